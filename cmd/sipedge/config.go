@@ -1,0 +1,75 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"github.com/sipedge/sipedge/edge"
+)
+
+// fileConfig is the TOML file: each section belongs to the package that
+// uses it, plus the process-wide [log].
+type fileConfig struct {
+	edge.Config
+	Log logConfig `toml:"log"`
+}
+
+type logConfig struct {
+	Level  string `toml:"level"`
+	Format string `toml:"format"`
+}
+
+func defaultConfig() fileConfig {
+	return fileConfig{Config: edge.DefaultConfig(), Log: logConfig{Level: "info", Format: "text"}}
+}
+
+func (l logConfig) validate() error {
+	var errs []error
+	switch l.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log.level: %q is not debug, info, warn or error", l.Level))
+	}
+	if l.Format != "text" && l.Format != "json" {
+		errs = append(errs, fmt.Errorf("log.format: %q is not text or json", l.Format))
+	}
+	return errors.Join(errs...)
+}
+
+// loadConfig reads path over the defaults, strictly: unknown keys, syntax
+// errors (with line and column) and invalid values are all errors.
+// An empty path means the built-in defaults.
+func loadConfig(path string) (fileConfig, error) {
+	cfg := defaultConfig()
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, err
+		}
+		md, err := toml.Decode(string(data), &cfg)
+		if err != nil {
+			var pe toml.ParseError
+			if errors.As(err, &pe) {
+				return cfg, fmt.Errorf("%s:%d:%d: %s", path, pe.Position.Line, pe.Position.Col, pe.Message)
+			}
+			return cfg, fmt.Errorf("%s: %w", path, err)
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			keys := make([]string, len(und))
+			for i, k := range und {
+				keys[i] = k.String()
+			}
+			return cfg, fmt.Errorf("%s: unknown key %s", path, strings.Join(keys, ", "))
+		}
+	}
+	if err := errors.Join(cfg.Config.Validate(), cfg.Log.validate()); err != nil {
+		if path == "" {
+			path = "built-in defaults"
+		}
+		return cfg, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}

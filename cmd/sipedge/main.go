@@ -1,0 +1,117 @@
+// Command sipedge is an edge SIP registration proxy with NAT traversal.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream"
+)
+
+// version is stamped by the Makefile (-ldflags -X main.version=...).
+var version = "dev"
+
+const usage = `usage:
+  sipedge run [-config FILE]     serve (no file: built-in defaults)
+  sipedge check-config FILE      validate a config file
+  sipedge version                print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "version":
+		fmt.Fprintln(stdout, "sipedge", version)
+		return 0
+	case "check-config":
+		if len(args) != 2 {
+			fmt.Fprint(stderr, usage)
+			return 2
+		}
+		if _, err := loadConfig(args[1]); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		fmt.Fprintln(stdout, args[1]+": ok")
+		return 0
+	case "run":
+		fs := flag.NewFlagSet("run", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		path := fs.String("config", "", "config file (TOML)")
+		if err := fs.Parse(args[1:]); err != nil {
+			return 2
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := serve(ctx, *path, stderr); err != nil {
+			fmt.Fprintln(stderr, "sipedge:", err)
+			return 1
+		}
+		return 0
+	}
+	fmt.Fprint(stderr, usage)
+	return 2
+}
+
+func serve(ctx context.Context, path string, logOut io.Writer) error {
+	cfg, err := loadConfig(path)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, logOut)
+	// sipgo's process-wide knobs, set once here. UDP messages up to 64 KiB
+	// may leave; sipgo's default (1300 B) refuses INVITEs with large SDP.
+	sip.UDPMTUSize = 65535
+	sip.SetDefaultLogger(slog.New(slog.DiscardHandler))
+
+	key, err := nat.LoadOrCreateKey(cfg.Core.KeyFile)
+	if err != nil {
+		return fmt.Errorf("core.key_file: %w", err)
+	}
+	signer, err := nat.NewSigner(key)
+	if err != nil {
+		return fmt.Errorf("core.key_file: %w", err)
+	}
+	pool, err := upstream.NewPool(cfg.Core.Upstreams)
+	if err != nil {
+		return fmt.Errorf("core.upstreams: %w", err)
+	}
+	socks, err := edge.Listen(cfg.Config)
+	if err != nil {
+		return err
+	}
+	srv, err := edge.New(cfg.Config, socks, edge.Deps{Log: log, Signer: signer, Upstreams: pool})
+	if err != nil {
+		socks.Close()
+		return err
+	}
+	log.Info("sipedge starting", "version", version, "udp", cfg.Access.UDP, "tcp", cfg.Access.TCP,
+		"tls", cfg.Access.TLS, "ws", cfg.Access.WS, "wss", cfg.Access.WSS)
+	return srv.Serve(ctx)
+}
+
+func newLogger(c logConfig, w io.Writer) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lv}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

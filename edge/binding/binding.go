@@ -1,0 +1,201 @@
+// Package binding is the edge's table of registrations the core accepted:
+// for each address-of-record, its contacts and the flow each was
+// registered on. Expiry is data compared with an injected clock; one
+// sweeper removes what has expired.
+package binding
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/sipedge/sipedge/nat"
+)
+
+// Binding is one contact of one AOR as the core accepted it.
+type Binding struct {
+	AOR         string      // sip:user@domain
+	Contact     string      // the endpoint's own Contact URI
+	CoreContact string      // the Contact URI the core stored (differs in rewrite mode)
+	Flow        nat.FlowKey // where the REGISTER came from
+	Expires     time.Time   // as granted by the core
+	CallID      string
+	CSeq        uint32
+	UserAgent   string
+	Instance    string // +sip.instance, if any
+	RegID       int    // reg-id, 0 if none
+	Updated     time.Time
+}
+
+// Events are optional callbacks, called without the table's lock held.
+type Events struct {
+	OnBind   func(Binding)
+	OnRemove func(Binding) // explicit unregister
+	OnExpire func(Binding)
+}
+
+// Table holds bindings by AOR and contact. Safe for concurrent use.
+type Table struct {
+	now    func() time.Time
+	events Events
+
+	mu    sync.Mutex
+	byAOR map[string]map[string]Binding // AOR -> Contact -> binding
+	count int
+}
+
+// New returns an empty table reading time from now.
+func New(now func() time.Time, ev Events) *Table {
+	return &Table{now: now, events: ev, byAOR: make(map[string]map[string]Binding)}
+}
+
+// Put inserts or refreshes b, keyed by (AOR, Contact).
+func (t *Table) Put(b Binding) {
+	b.Updated = t.now()
+	t.mu.Lock()
+	m := t.byAOR[b.AOR]
+	if m == nil {
+		m = make(map[string]Binding)
+		t.byAOR[b.AOR] = m
+	}
+	if _, ok := m[b.Contact]; !ok {
+		t.count++
+	}
+	m[b.Contact] = b
+	t.mu.Unlock()
+	if t.events.OnBind != nil {
+		t.events.OnBind(b)
+	}
+}
+
+// Remove deletes one contact of aor and reports whether it existed.
+func (t *Table) Remove(aor, contact string) bool {
+	t.mu.Lock()
+	b, ok := t.byAOR[aor][contact]
+	if ok {
+		t.deleteLocked(aor, contact)
+	}
+	t.mu.Unlock()
+	if ok && t.events.OnRemove != nil {
+		t.events.OnRemove(b)
+	}
+	return ok
+}
+
+// RemoveAOR deletes every contact of aor (Contact: *) and returns how many.
+func (t *Table) RemoveAOR(aor string) int {
+	t.mu.Lock()
+	m := t.byAOR[aor]
+	removed := make([]Binding, 0, len(m))
+	for c, b := range m {
+		removed = append(removed, b)
+		t.deleteLocked(aor, c)
+	}
+	t.mu.Unlock()
+	if t.events.OnRemove != nil {
+		for _, b := range removed {
+			t.events.OnRemove(b)
+		}
+	}
+	return len(removed)
+}
+
+func (t *Table) deleteLocked(aor, contact string) {
+	m := t.byAOR[aor]
+	delete(m, contact)
+	t.count--
+	if len(m) == 0 {
+		delete(t.byAOR, aor)
+	}
+}
+
+// Lookup returns the live contacts of aor, sorted by contact.
+func (t *Table) Lookup(aor string) []Binding {
+	now := t.now()
+	t.mu.Lock()
+	out := make([]Binding, 0, len(t.byAOR[aor]))
+	for _, b := range t.byAOR[aor] {
+		if b.Expires.After(now) {
+			out = append(out, b)
+		}
+	}
+	t.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Contact < out[j].Contact })
+	return out
+}
+
+// ByCoreContact finds the live binding of aor whose core-side contact is
+// coreContact. Scoped to one AOR so no user can reach another's binding.
+func (t *Table) ByCoreContact(aor, coreContact string) (Binding, bool) {
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, b := range t.byAOR[aor] {
+		if b.CoreContact == coreContact && b.Expires.After(now) {
+			return b, true
+		}
+	}
+	return Binding{}, false
+}
+
+// Len returns the number of bindings, expired or not yet swept.
+func (t *Table) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.count
+}
+
+// All returns a snapshot of every binding, sorted by AOR and contact.
+func (t *Table) All() []Binding {
+	t.mu.Lock()
+	out := make([]Binding, 0, t.count)
+	for _, m := range t.byAOR {
+		for _, b := range m {
+			out = append(out, b)
+		}
+	}
+	t.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].AOR != out[j].AOR {
+			return out[i].AOR < out[j].AOR
+		}
+		return out[i].Contact < out[j].Contact
+	})
+	return out
+}
+
+// Sweep removes every binding expired at the clock's now and returns them.
+func (t *Table) Sweep() []Binding {
+	now := t.now()
+	var gone []Binding
+	t.mu.Lock()
+	for aor, m := range t.byAOR {
+		for c, b := range m {
+			if !b.Expires.After(now) {
+				gone = append(gone, b)
+				t.deleteLocked(aor, c)
+			}
+		}
+	}
+	t.mu.Unlock()
+	if t.events.OnExpire != nil {
+		for _, b := range gone {
+			t.events.OnExpire(b)
+		}
+	}
+	return gone
+}
+
+// RunSweeper calls Sweep on every tick until ctx ends. The ticks come from
+// the caller so tests can drive them.
+func (t *Table) RunSweeper(ctx context.Context, tick <-chan time.Time) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick:
+			t.Sweep()
+		}
+	}
+}

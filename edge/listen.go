@@ -1,0 +1,106 @@
+package edge
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+)
+
+// Sockets are the edge's own sockets, bound before serving so a bound
+// socket means a ready server. Tests bind 127.0.0.1:0 and pass them in.
+type Sockets struct {
+	UDP     []net.PacketConn
+	TCP     []net.Listener
+	TLS     []net.Listener // already TLS-wrapped
+	WS      []net.Listener
+	WSS     []net.Listener // already TLS-wrapped
+	CoreUDP net.PacketConn
+	CoreTCP net.Listener
+}
+
+// Listen binds every address the config names.
+func Listen(cfg Config) (*Sockets, error) {
+	s := &Sockets{}
+	var tlsConf *tls.Config
+	if len(cfg.Access.TLS)+len(cfg.Access.WSS) > 0 {
+		cert, err := tls.LoadX509KeyPair(cfg.Access.TLSCert, cfg.Access.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("access.tls_cert: %w", err)
+		}
+		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	fail := func(key string, err error) (*Sockets, error) {
+		s.Close()
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	for _, a := range cfg.Access.UDP {
+		c, err := net.ListenPacket("udp", a)
+		if err != nil {
+			return fail("access.udp", err)
+		}
+		s.UDP = append(s.UDP, c)
+	}
+	streams := []struct {
+		key   string
+		addrs []string
+		dst   *[]net.Listener
+		tls   bool
+	}{
+		{"access.tcp", cfg.Access.TCP, &s.TCP, false},
+		{"access.tls", cfg.Access.TLS, &s.TLS, true},
+		{"access.ws", cfg.Access.WS, &s.WS, false},
+		{"access.wss", cfg.Access.WSS, &s.WSS, true},
+	}
+	for _, st := range streams {
+		for _, a := range st.addrs {
+			l, err := net.Listen("tcp", a)
+			if err != nil {
+				return fail(st.key, err)
+			}
+			if st.tls {
+				l = tls.NewListener(l, tlsConf)
+			}
+			*st.dst = append(*st.dst, l)
+		}
+	}
+	var err error
+	if s.CoreUDP, err = net.ListenPacket("udp", cfg.Core.Listen); err != nil {
+		return fail("core.listen", err)
+	}
+	if s.CoreTCP, err = net.Listen("tcp", cfg.Core.Listen); err != nil {
+		return fail("core.listen", err)
+	}
+	return s, nil
+}
+
+// listeners returns every stream listener.
+func (s *Sockets) listeners() []net.Listener {
+	out := append([]net.Listener{}, s.TCP...)
+	out = append(out, s.TLS...)
+	out = append(out, s.WS...)
+	out = append(out, s.WSS...)
+	if s.CoreTCP != nil {
+		out = append(out, s.CoreTCP)
+	}
+	return out
+}
+
+// Close closes every socket; closing twice is harmless.
+func (s *Sockets) Close() error {
+	var errs []error
+	for _, l := range s.listeners() {
+		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	for _, c := range append(append([]net.PacketConn{}, s.UDP...), s.CoreUDP) {
+		if c == nil {
+			continue
+		}
+		if err := c.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,144 @@
+package edge
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// noExpires marks an absent expires value.
+const noExpires = -1
+
+// registerRequest is a REGISTER parsed once; after this nothing reads its
+// header strings again.
+type registerRequest struct {
+	AOR       string // sip:user@domain, host lowercased, no port or params
+	Domain    string
+	Star      bool // Contact: *
+	Contacts  []regContact
+	Expires   int // Expires header, noExpires if absent
+	CallID    string
+	CSeq      uint32
+	Supported []string
+	UserAgent string
+}
+
+type regContact struct {
+	Header   *sip.ContactHeader // the request's own header (read only)
+	Expires  int                // expires param, noExpires if absent
+	Instance string             // +sip.instance, quotes kept
+	RegID    int                // reg-id, 0 if absent
+}
+
+// effectiveExpires is what the contact asks for, with the registrar's
+// default when neither the param nor the header says.
+func (r *registerRequest) effectiveExpires(c regContact, def int) int {
+	if c.Expires != noExpires {
+		return c.Expires
+	}
+	if r.Expires != noExpires {
+		return r.Expires
+	}
+	return def
+}
+
+func (r *registerRequest) supports(tag string) bool {
+	for _, s := range r.Supported {
+		if strings.EqualFold(s, tag) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseRegister reads what the registrar needs from a sane REGISTER.
+func parseRegister(req *sip.Request) (*registerRequest, *Error) {
+	to := req.To()
+	if to == nil || req.CallID() == nil || req.CSeq() == nil {
+		return nil, reject(400, "Missing Required Header")
+	}
+	if s := to.Address.Scheme; s != "sip" && s != "sips" {
+		return nil, reject(416, "Unsupported URI Scheme")
+	}
+	if to.Address.Host == "" {
+		return nil, reject(400, "Bad To Header")
+	}
+	r := &registerRequest{
+		Domain:  strings.ToLower(to.Address.Host),
+		Expires: noExpires,
+		CallID:  req.CallID().Value(),
+		CSeq:    req.CSeq().SeqNo,
+	}
+	r.AOR = to.Address.Scheme + ":" + r.Domain
+	if to.Address.User != "" {
+		r.AOR = to.Address.Scheme + ":" + to.Address.User + "@" + r.Domain
+	}
+	if hs := req.GetHeaders("Expires"); len(hs) > 0 {
+		if len(hs) > 1 {
+			return nil, reject(400, "Multiple Expires")
+		}
+		v, ok := parseSeconds(hs[0].Value())
+		if !ok {
+			return nil, reject(400, "Bad Expires")
+		}
+		r.Expires = v
+	}
+	for _, h := range req.GetHeaders("Supported") {
+		for _, tok := range strings.Split(h.Value(), ",") {
+			if tok = strings.TrimSpace(tok); tok != "" {
+				r.Supported = append(r.Supported, tok)
+			}
+		}
+	}
+	if h := req.GetHeader("User-Agent"); h != nil {
+		r.UserAgent = h.Value()
+	}
+	for _, h := range req.GetHeaders("Contact") {
+		ch, ok := h.(*sip.ContactHeader)
+		if !ok {
+			return nil, reject(400, "Bad Contact")
+		}
+		if ch.Address.Wildcard {
+			r.Star = true
+			continue
+		}
+		c := regContact{Header: ch, Expires: noExpires}
+		if v, ok := ch.Params.Get("expires"); ok {
+			if c.Expires, ok = parseSeconds(v); !ok {
+				return nil, reject(400, "Bad Contact Expires")
+			}
+		}
+		c.Instance, _ = ch.Params.Get("+sip.instance")
+		if v, ok := ch.Params.Get("reg-id"); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return nil, reject(400, "Bad reg-id")
+			}
+			c.RegID = n
+		}
+		r.Contacts = append(r.Contacts, c)
+	}
+	// RFC 3261 §10.3 step 6: "*" only alone and only with Expires: 0.
+	if r.Star && (len(r.Contacts) > 0 || r.Expires != 0) {
+		return nil, reject(400, "Invalid Wildcard Contact")
+	}
+	return r, nil
+}
+
+// parseSeconds parses a delta-seconds value, capped like RFC 3261 §20.19
+// allows (values over 2^32-1 are taken as that; we cap far lower).
+func parseSeconds(s string) (int, bool) {
+	s = strings.TrimSpace(s)
+	if s == "" || len(s) > 10 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	if n > 1<<31-1 {
+		n = 1<<31 - 1
+	}
+	return int(n), true
+}

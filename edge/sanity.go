@@ -1,0 +1,63 @@
+package edge
+
+import (
+	"context"
+	"strconv"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// sanity rejects requests a proxy must not forward (RFC 3261 §16.3), before
+// anything else looks at them. sipgo accepts many of these (see the
+// RFC 4475 notes in docs/), so the edge checks them itself.
+func sanity(next Handler) Handler {
+	return func(ctx context.Context, r *Request) error {
+		if err := checkSanity(r.Request); err != nil {
+			return err
+		}
+		return next(ctx, r)
+	}
+}
+
+func checkSanity(req *sip.Request) *Error {
+	if req.SipVersion != "SIP/2.0" {
+		return reject(505, "Version Not Supported")
+	}
+	if s := req.Recipient.Scheme; s != "sip" && s != "sips" {
+		return reject(416, "Unsupported URI Scheme")
+	}
+	if req.Via() == nil || req.From() == nil || req.To() == nil || req.CallID() == nil || req.CSeq() == nil {
+		return reject(400, "Missing Required Header")
+	}
+	if req.CSeq().MethodName != req.Method {
+		return reject(400, "CSeq Method Mismatch")
+	}
+	if len(req.GetHeaders("Content-Length")) > 1 {
+		return reject(400, "Multiple Content-Length")
+	}
+	for _, h := range req.Headers() {
+		if strings.ContainsAny(h.Value(), "\r\n\x00") || strings.ContainsAny(h.Name(), "\r\n\x00") {
+			return reject(400, "Bad Header Value")
+		}
+	}
+	if strings.ContainsAny(req.Recipient.String(), "\r\n\x00 ") {
+		return reject(400, "Bad Request-URI")
+	}
+	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 && req.Method != sip.OPTIONS {
+		return reject(483, "Too Many Hops")
+	}
+	return nil
+}
+
+// observe stamps the real source on the top Via (RFC 3581 §4): received and
+// rport, always, even when the client asked for neither, so every response
+// (ours or relayed) finds its way back through the NAT.
+func observe(next Handler) Handler {
+	return func(ctx context.Context, r *Request) error {
+		v := r.Via()
+		v.Params.Add("received", r.Flow.Remote.Addr().String())
+		v.Params.Add("rport", strconv.Itoa(int(r.Flow.Remote.Port())))
+		return next(ctx, r)
+	}
+}

@@ -1,0 +1,249 @@
+// Package edge is sipedge's SIP side: it serves the access and core
+// sockets, runs each request through a chain of small stages, registers
+// endpoints with the core and keeps the binding table.
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/binding"
+	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream"
+)
+
+// Deps are what the server is built from besides its config.
+type Deps struct {
+	Log       *slog.Logger     // required
+	Signer    *nat.Signer      // required: signs flow tokens
+	Upstreams *upstream.Pool   // required: the core registrars
+	Now       func() time.Time // defaults to time.Now
+	Grace     time.Duration    // drain time on shutdown; default 5s
+}
+
+// Server is a running edge.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	now       func() time.Time
+	grace     time.Duration
+	signer    *nat.Signer
+	upstreams *upstream.Pool
+	bindings  *binding.Table
+	domains   map[string]bool
+	socks     *Sockets
+	coreAddr  netip.AddrPort
+
+	accessUA   *sipgo.UserAgent
+	coreUA     *sipgo.UserAgent
+	coreClient *sipgo.Client
+	access     Handler
+
+	mu       sync.RWMutex // guards draining against inflight.Add
+	draining bool
+	inflight sync.WaitGroup
+}
+
+// New builds a server on sockets the caller bound.
+func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if d.Log == nil || d.Signer == nil || d.Upstreams == nil {
+		return nil, errors.New("edge: Log, Signer and Upstreams are required")
+	}
+	s := &Server{
+		cfg: cfg, log: d.Log, now: d.Now, grace: d.Grace,
+		signer: d.Signer, upstreams: d.Upstreams, socks: socks,
+		domains: make(map[string]bool),
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.grace == 0 {
+		s.grace = 5 * time.Second
+	}
+	for _, dom := range cfg.Registration.Domains {
+		s.domains[strings.ToLower(dom)] = true
+	}
+	ca, err := netip.ParseAddrPort(socks.CoreUDP.LocalAddr().String())
+	if err != nil {
+		return nil, fmt.Errorf("core socket: %w", err)
+	}
+	s.coreAddr = unmap(ca)
+	s.bindings = binding.New(s.now, binding.Events{
+		OnExpire: func(b binding.Binding) { s.log.Info("binding expired", "aor", b.AOR, "flow", b.Flow) },
+	})
+
+	siplog := slog.New(quietSipgo{s.log.Handler()})
+	uaOpts := func(name string) []sipgo.UserAgentOption {
+		return []sipgo.UserAgentOption{
+			sipgo.WithUserAgent(name),
+			sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(siplog)),
+			sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(siplog)),
+		}
+	}
+	if s.accessUA, err = sipgo.NewUA(uaOpts("sipedge")...); err != nil {
+		return nil, err
+	}
+	if s.coreUA, err = sipgo.NewUA(uaOpts("sipedge")...); err != nil {
+		return nil, err
+	}
+	if s.coreClient, err = sipgo.NewClient(s.coreUA, sipgo.WithClientLogger(siplog),
+		sipgo.WithClientHostname(s.coreAddr.Addr().String())); err != nil {
+		return nil, err
+	}
+	s.access = chain(s.route, sanity, observe)
+	return s, nil
+}
+
+// Bindings is the table of registrations the core accepted.
+func (s *Server) Bindings() *binding.Table { return s.bindings }
+
+// CoreAddr is the edge's core-side address (where Path points).
+func (s *Server) CoreAddr() netip.AddrPort { return s.coreAddr }
+
+// route picks the handler for an access-side request.
+func (s *Server) route(ctx context.Context, r *Request) error {
+	switch r.Method {
+	case sip.REGISTER:
+		return s.handleRegister(ctx, r)
+	case sip.OPTIONS:
+		if r.Route() == nil {
+			reply(s.log, r, 200, "OK", sip.NewHeader("Allow", "REGISTER, OPTIONS"))
+			return nil
+		}
+	}
+	return reject(501, "Not Implemented")
+}
+
+// serveCore answers requests from the core side. Routing them to
+// endpoints is not built yet; OPTIONS lets the core monitor the edge.
+func (s *Server) serveCore(ctx context.Context, r *Request) error {
+	if r.Method == sip.OPTIONS {
+		reply(s.log, r, 200, "OK")
+		return nil
+	}
+	return reject(501, "Not Implemented")
+}
+
+// sipHandler adapts a Handler to sipgo: flow key, drain check, panic
+// recovery, and the one place errors become responses.
+func (s *Server) sipHandler(h Handler) sipgo.RequestHandler {
+	return func(req *sip.Request, tx sip.ServerTransaction) {
+		if tx == nil {
+			return // a stray ACK: no transaction, nothing to answer
+		}
+		s.mu.RLock()
+		draining := s.draining
+		if !draining {
+			s.inflight.Add(1)
+		}
+		s.mu.RUnlock()
+		flow, err := flowOf(req, tx)
+		r := &Request{Request: req, Tx: tx, Flow: flow}
+		if err != nil {
+			s.log.Debug("request without usable flow", "err", err)
+		}
+		if draining {
+			respondError(s.log, r, coreDown(s.cfg.Core.RetryAfter))
+			return
+		}
+		defer s.inflight.Done()
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.Error("panic in handler", "method", req.Method, "panic", p, "stack", string(debug.Stack()))
+				respondError(s.log, r, reject(500, "Server Internal Error"))
+			}
+		}()
+		if err := h(context.Background(), r); err != nil {
+			respondError(s.log, r, err)
+		}
+	}
+}
+
+// Serve serves until ctx ends, then drains: stop accepting, answer new
+// requests 503, let transactions finish within the grace period, close.
+func (s *Server) Serve(ctx context.Context) error {
+	accessSrv, err := sipgo.NewServer(s.accessUA)
+	if err != nil {
+		return err
+	}
+	coreSrv, err := sipgo.NewServer(s.coreUA)
+	if err != nil {
+		return err
+	}
+	accessSrv.OnNoRoute(s.sipHandler(s.access))
+	coreSrv.OnNoRoute(s.sipHandler(chain(s.serveCore, sanity, observe)))
+
+	var wg sync.WaitGroup
+	serve := func(f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !errors.Is(err, net.ErrClosed) {
+				s.log.Debug("listener stopped", "err", err)
+			}
+		}()
+	}
+	for _, c := range s.socks.UDP {
+		serve(func() error { return accessSrv.ServeUDP(c) })
+	}
+	for _, l := range s.socks.TCP {
+		serve(func() error { return accessSrv.ServeTCP(l) })
+	}
+	for _, l := range s.socks.TLS {
+		serve(func() error { return accessSrv.ServeTLS(l) })
+	}
+	for _, l := range s.socks.WS {
+		serve(func() error { return accessSrv.ServeWS(l) })
+	}
+	for _, l := range s.socks.WSS {
+		serve(func() error { return accessSrv.ServeWSS(l) })
+	}
+	serve(func() error { return coreSrv.ServeUDP(s.socks.CoreUDP) })
+	serve(func() error { return coreSrv.ServeTCP(s.socks.CoreTCP) })
+
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	ticker := time.NewTicker(time.Second)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.bindings.RunSweeper(sweepCtx, ticker.C)
+	}()
+	s.log.Info("sipedge serving", "core", s.coreAddr, "mode", s.cfg.Core.Mode, "upstream", s.upstreams.Pick())
+
+	<-ctx.Done()
+	s.log.Info("draining", "grace", s.grace)
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
+	for _, l := range s.socks.listeners() {
+		_ = l.Close() // stop accepting; open connections finish their transactions
+	}
+	done := make(chan struct{})
+	go func() { s.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(s.grace):
+		s.log.Warn("grace period over with transactions in flight")
+	}
+	stopSweep()
+	ticker.Stop()
+	_ = s.accessUA.Close()
+	_ = s.coreUA.Close()
+	_ = s.socks.Close()
+	wg.Wait()
+	<-done // handlers return once the UAs are closed
+	return nil
+}
