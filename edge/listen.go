@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 )
 
 // Sockets are the edge's own sockets, bound before serving so a bound
@@ -103,4 +104,23 @@ func (s *Sockets) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// readyConn tells when sipgo has taken a UDP socket into service: sipgo
+// puts the socket into its connection pool and only then starts reading,
+// so the first ReadFrom means requests can now leave from it (sending
+// earlier makes sipgo bind a second socket to the same port and fail).
+type readyConn struct {
+	net.PacketConn
+	once  sync.Once
+	ready chan struct{}
+}
+
+func newReadyConn(c net.PacketConn) *readyConn {
+	return &readyConn{PacketConn: c, ready: make(chan struct{})}
+}
+
+func (c *readyConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	c.once.Do(func() { close(c.ready) })
+	return c.PacketConn.ReadFrom(b)
 }

@@ -49,6 +49,8 @@ type Server struct {
 	coreClient *sipgo.Client
 	access     Handler
 
+	ready    chan struct{} // closed once every socket is in service
+
 	mu       sync.RWMutex // guards draining against inflight.Add
 	draining bool
 	inflight sync.WaitGroup
@@ -65,7 +67,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: d.Log, now: d.Now, grace: d.Grace,
 		signer: d.Signer, upstreams: d.Upstreams, socks: socks,
-		domains: make(map[string]bool),
+		domains: make(map[string]bool), ready: make(chan struct{}),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -106,6 +108,9 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	s.access = chain(s.route, sanity, observe)
 	return s, nil
 }
+
+// Ready is closed once the server can take and send requests.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // Bindings is the table of registrations the core accepted.
 func (s *Server) Bindings() *binding.Table { return s.bindings }
@@ -196,8 +201,14 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 		}()
 	}
+	var udpReady []chan struct{}
+	serveUDP := func(srv *sipgo.Server, c net.PacketConn) {
+		rc := newReadyConn(c)
+		udpReady = append(udpReady, rc.ready)
+		serve(func() error { return srv.ServeUDP(rc) })
+	}
 	for _, c := range s.socks.UDP {
-		serve(func() error { return accessSrv.ServeUDP(c) })
+		serveUDP(accessSrv, c)
 	}
 	for _, l := range s.socks.TCP {
 		serve(func() error { return accessSrv.ServeTCP(l) })
@@ -211,7 +222,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	for _, l := range s.socks.WSS {
 		serve(func() error { return accessSrv.ServeWSS(l) })
 	}
-	serve(func() error { return coreSrv.ServeUDP(s.socks.CoreUDP) })
+	serveUDP(coreSrv, s.socks.CoreUDP)
 	serve(func() error { return coreSrv.ServeTCP(s.socks.CoreTCP) })
 
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
@@ -221,6 +232,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer wg.Done()
 		s.bindings.RunSweeper(sweepCtx, ticker.C)
 	}()
+	for _, r := range udpReady {
+		select {
+		case <-r:
+		case <-ctx.Done():
+		}
+	}
+	close(s.ready)
 	s.log.Info("sipedge serving", "core", s.coreAddr, "mode", s.cfg.Core.Mode, "upstream", s.upstreams.Pick())
 
 	<-ctx.Done()

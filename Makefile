@@ -1,0 +1,44 @@
+# sipedge: `make` lists the targets.
+SHELL := /bin/bash
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+GO ?= go
+PKGS := ./...
+FUZZTIME ?= 20s
+
+.PHONY: help build run test unit lint fuzz interop bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build bin/sipedge with the version stamped in
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/sipedge ./cmd/sipedge
+
+run: build ## run sipedge on the shipped config (phones: 127.0.0.1:5060, core: 127.0.0.1:5070)
+	./bin/sipedge run -config configs/sipedge.toml
+
+test: lint unit interop ## everything CI runs: lint, unit tests with -race, interop with Kamailio and sipp
+
+unit: ## unit and in-process tests with -race
+	$(GO) test -race -count=1 $(PKGS)
+
+lint: ## gofmt, go vet, staticcheck
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet $(PKGS)
+	$(GO) vet -tags interop,bench $(PKGS)
+	$(GO) tool staticcheck $(PKGS)
+
+fuzz: ## run every fuzz target for FUZZTIME each
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./nat/
+	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./nat/
+	$(GO) test -run '^$$' -fuzz '^FuzzRegister$$' -fuzztime $(FUZZTIME) ./edge/
+
+interop: ## real Kamailio core and sipp phones through the built binary (needs kamailio, sip-tester)
+	$(GO) test -race -count=1 -tags interop -v -run Interop ./cmd/sipedge/
+
+bench: ## Go benchmarks, then sipp throughput straight to Kamailio vs through sipedge
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+	$(GO) test -count=1 -tags bench -v -run Throughput -timeout 20m ./cmd/sipedge/
+
+clean: ## remove build output
+	rm -rf bin

@@ -1,0 +1,282 @@
+// Package edgetest starts an edge on 127.0.0.1:0 for tests and gives them
+// a raw SIP phone that speaks text over real sockets.
+package edgetest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream"
+)
+
+// Key is the fixed flow-token key tests use.
+var Key = bytes.Repeat([]byte{0x5e}, 32)
+
+// Edge is a running edge.
+type Edge struct {
+	*edge.Server
+	UDP, TCP netip.AddrPort // access side
+	Signer   *nat.Signer
+}
+
+// Start runs an edge toward core (a SIP URI) with the default config as
+// changed by mutate. It stops when the test ends.
+func Start(t testing.TB, core string, mutate func(*edge.Config)) *Edge {
+	t.Helper()
+	cfg := edge.DefaultConfig()
+	cfg.Access = edge.AccessConfig{UDP: []string{"127.0.0.1:0"}, TCP: []string{"127.0.0.1:0"}}
+	cfg.Core.Listen = "127.0.0.1:0"
+	cfg.Core.Upstreams = []string{core}
+	cfg.Core.Timeout = 2 * time.Second
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	socks, err := edge.Listen(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := nat.NewSigner(Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := upstream.NewPool(cfg.Core.Upstreams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := &testWriter{t: t}
+	t.Cleanup(tw.stop) // runs last: sipgo may still log while transactions end
+	log := slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv, err := edge.New(cfg, socks, edge.Deps{Log: log, Signer: signer, Upstreams: pool, Grace: time.Second})
+	if err != nil {
+		socks.Close()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("edge did not stop within 10s")
+		}
+	})
+	select {
+	case <-srv.Ready():
+	case err := <-done:
+		t.Fatalf("edge stopped before it was ready: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("edge not ready within 10s")
+	}
+	e := &Edge{Server: srv, Signer: signer}
+	if len(socks.UDP) > 0 {
+		e.UDP = netip.MustParseAddrPort(socks.UDP[0].LocalAddr().String())
+	}
+	if len(socks.TCP) > 0 {
+		e.TCP = netip.MustParseAddrPort(socks.TCP[0].Addr().String())
+	}
+	return e
+}
+
+// testWriter sends log lines to the test log until the test ends.
+type testWriter struct {
+	t       testing.TB
+	mu      sync.Mutex
+	stopped bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.stopped {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (w *testWriter) stop() {
+	w.mu.Lock()
+	w.stopped = true
+	w.mu.Unlock()
+}
+
+// Phone is a raw SIP client on one socket.
+type Phone struct {
+	t      testing.TB
+	conn   net.Conn
+	stream *bufio.Reader // TCP only
+	Local  netip.AddrPort
+}
+
+// Dial connects a phone to the edge over "udp" or "tcp" from 127.0.0.1.
+func Dial(t testing.TB, network string, to netip.AddrPort) *Phone {
+	t.Helper()
+	c, err := net.Dial(network, to.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	p := &Phone{t: t, conn: c, Local: netip.MustParseAddrPort(c.LocalAddr().String())}
+	if network == "tcp" {
+		p.stream = bufio.NewReader(c)
+	}
+	return p
+}
+
+// Transport is the Via transport name of the phone's socket.
+func (p *Phone) Transport() string {
+	if p.stream != nil {
+		return "TCP"
+	}
+	return "UDP"
+}
+
+// Close closes the phone's socket.
+func (p *Phone) Close() { p.conn.Close() }
+
+// Send writes a raw message; "\n" line ends become "\r\n" and
+// Content-Length is not touched.
+func (p *Phone) Send(msg string) {
+	p.t.Helper()
+	msg = strings.ReplaceAll(strings.ReplaceAll(msg, "\r\n", "\n"), "\n", "\r\n")
+	if _, err := p.conn.Write([]byte(msg)); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// Recv reads the next SIP message within d.
+func (p *Phone) Recv(d time.Duration) (sip.Message, error) {
+	p.conn.SetReadDeadline(time.Now().Add(d))
+	var raw []byte
+	if p.stream == nil {
+		buf := make([]byte, 65535)
+		n, err := p.conn.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		raw = buf[:n]
+	} else {
+		var err error
+		if raw, err = readStreamMessage(p.stream); err != nil {
+			return nil, err
+		}
+	}
+	return sip.ParseMessage(raw)
+}
+
+// MustRecvResponse reads the next message and fails unless it is a response.
+func (p *Phone) MustRecvResponse(d time.Duration) *sip.Response {
+	p.t.Helper()
+	m, err := p.Recv(d)
+	if err != nil {
+		p.t.Fatalf("no response: %v", err)
+	}
+	res, ok := m.(*sip.Response)
+	if !ok {
+		p.t.Fatalf("got a request, want a response:\n%s", m)
+	}
+	return res
+}
+
+// readStreamMessage reads one message framed by Content-Length.
+func readStreamMessage(r *bufio.Reader) ([]byte, error) {
+	var head bytes.Buffer
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return nil, err
+		}
+		if head.Len() == 0 && (line == "\r\n" || line == "\n") {
+			continue // keepalive CRLF
+		}
+		head.WriteString(line)
+		if line == "\r\n" {
+			break
+		}
+	}
+	n := 0
+	for _, l := range strings.Split(head.String(), "\r\n") {
+		name, val, ok := strings.Cut(l, ":")
+		if ok && (strings.EqualFold(strings.TrimSpace(name), "content-length") || strings.TrimSpace(name) == "l") {
+			n, _ = strconv.Atoi(strings.TrimSpace(val))
+		}
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, err
+	}
+	return append(head.Bytes(), body...), nil
+}
+
+// Reg describes a REGISTER for Register to build.
+type Reg struct {
+	User, Domain string
+	CallID       string
+	CSeq         int
+	Contact      string // full Contact header value; default <sip:USER@PHONE;transport=..>
+	Expires      string // Expires header value; "" means 3600, "-" none
+	Extra        string // more header lines, "\n"-separated
+}
+
+// Register builds a REGISTER from the phone, with rport in its Via.
+func (p *Phone) Register(r Reg) string {
+	if r.Domain == "" {
+		r.Domain = "example.com"
+	}
+	if r.CallID == "" {
+		r.CallID = "reg-" + r.User + "-" + p.Local.String()
+	}
+	if r.CSeq == 0 {
+		r.CSeq = 1
+	}
+	if r.Contact == "" {
+		r.Contact = fmt.Sprintf("<sip:%s@%s;transport=%s>", r.User, p.Local, strings.ToLower(p.Transport()))
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "REGISTER sip:%s SIP/2.0\n", r.Domain)
+	fmt.Fprintf(&b, "Via: SIP/2.0/%s %s;branch=z9hG4bK%s-%d;rport\n", p.Transport(), p.Local, sanitize(r.CallID), r.CSeq)
+	fmt.Fprintf(&b, "Max-Forwards: 70\n")
+	fmt.Fprintf(&b, "From: <sip:%s@%s>;tag=f%d\n", r.User, r.Domain, r.CSeq)
+	fmt.Fprintf(&b, "To: <sip:%s@%s>\n", r.User, r.Domain)
+	fmt.Fprintf(&b, "Call-ID: %s\n", r.CallID)
+	fmt.Fprintf(&b, "CSeq: %d REGISTER\n", r.CSeq)
+	if r.Contact != "-" {
+		fmt.Fprintf(&b, "Contact: %s\n", r.Contact)
+	}
+	switch r.Expires {
+	case "":
+		b.WriteString("Expires: 3600\n")
+	case "-":
+	default:
+		fmt.Fprintf(&b, "Expires: %s\n", r.Expires)
+	}
+	if r.Extra != "" {
+		b.WriteString(strings.TrimRight(r.Extra, "\n") + "\n")
+	}
+	b.WriteString("Content-Length: 0\n\n")
+	return b.String()
+}
+
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, s)
+}

@@ -1,0 +1,332 @@
+package edge_test
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/icholy/digest"
+	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/edge/edgetest"
+	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream/upstreamtest"
+)
+
+const wait = 5 * time.Second
+
+func nextRequest(t *testing.T, core *upstreamtest.Registrar) *sip.Request {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	req, err := core.NextRequest(ctx)
+	if err != nil {
+		t.Fatalf("core got nothing: %v", err)
+	}
+	return req
+}
+
+// pathToken extracts and verifies the flow token of the edge's Path.
+func pathToken(t *testing.T, e *edgetest.Edge, req *sip.Request) nat.FlowKey {
+	t.Helper()
+	h := req.GetHeader("Path")
+	if h == nil {
+		t.Fatalf("core got no Path:\n%s", req)
+	}
+	v := h.Value()
+	if !strings.HasPrefix(v, "<sip:") || !strings.Contains(v, "@"+e.CoreAddr().String()) || !strings.Contains(v, ";lr") || !strings.Contains(v, ";ob") {
+		t.Fatalf("Path %q does not point at the edge's core side %s with lr and ob", v, e.CoreAddr())
+	}
+	tok := strings.TrimPrefix(v[:strings.Index(v, "@")], "<sip:")
+	k, err := e.Signer.Decode(tok)
+	if err != nil {
+		t.Fatalf("Path token %q: %v", tok, err)
+	}
+	return k
+}
+
+func TestRegisterPathMode(t *testing.T) {
+	for _, network := range []string{"udp", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			core := upstreamtest.Start(t, upstreamtest.Options{RequirePath: true})
+			e := edgetest.Start(t, core.URI(network), nil)
+			access := e.UDP
+			tp := nat.UDP
+			if network == "tcp" {
+				access, tp = e.TCP, nat.TCP
+			}
+			phone := edgetest.Dial(t, network, access)
+			phone.Send(phone.Register(edgetest.Reg{User: "alice"}))
+
+			got := nextRequest(t, core)
+			flow := pathToken(t, e, got)
+			want := nat.FlowKey{Transport: tp, Local: access, Remote: phone.Local}
+			if flow != want {
+				t.Errorf("token flow = %v, want %v", flow, want)
+			}
+			vias := got.GetHeaders("Via")
+			if len(vias) != 2 {
+				t.Fatalf("core got %d Vias, want 2", len(vias))
+			}
+			top := vias[0].(*sip.ViaHeader)
+			if top.Host != e.CoreAddr().Addr().String() || top.Port != int(e.CoreAddr().Port()) {
+				t.Errorf("top Via %v is not the edge's core side %v", top, e.CoreAddr())
+			}
+			client := vias[1].(*sip.ViaHeader)
+			if rcv, _ := client.Params.Get("received"); rcv != "127.0.0.1" {
+				t.Errorf("client Via received = %q", rcv)
+			}
+			if rp, _ := client.Params.Get("rport"); rp != itoa(phone.Local.Port()) {
+				t.Errorf("client Via rport = %q, want %d", rp, phone.Local.Port())
+			}
+			if mf := got.MaxForwards(); mf == nil || mf.Val() != 69 {
+				t.Errorf("Max-Forwards = %v, want 69", mf)
+			}
+
+			res := phone.MustRecvResponse(wait)
+			if res.StatusCode != 200 {
+				t.Fatalf("phone got %d %s", res.StatusCode, res.Reason)
+			}
+			if res.GetHeader("Path") != nil {
+				t.Errorf("edge's core-side Path leaked to the phone: %s", res.GetHeader("Path").Value())
+			}
+			if n := len(res.GetHeaders("Via")); n != 1 {
+				t.Errorf("phone got %d Vias, want its own only", n)
+			}
+			bs := e.Bindings().Lookup("sip:alice@example.com")
+			if len(bs) != 1 || bs[0].Flow != want {
+				t.Fatalf("bindings = %+v, want one on %v", bs, want)
+			}
+			if d := time.Until(bs[0].Expires); d < 3500*time.Second || d > 3600*time.Second {
+				t.Errorf("binding expires in %v, want ~1h", d)
+			}
+			core.Bindings("sip:alice@example.com") // the core kept it too
+			if cb := core.Bindings("sip:alice@example.com"); len(cb) != 1 || len(cb[0].Path) != 1 {
+				t.Errorf("core bindings = %+v", cb)
+			}
+		})
+	}
+}
+
+func itoa(p uint16) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), p).String()[len("0.0.0.0:"):] }
+
+func TestRegisterDigestPassesThrough(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{Users: map[string]string{"alice": "s3cret"}})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	phone := edgetest.Dial(t, "udp", e.UDP)
+
+	phone.Send(phone.Register(edgetest.Reg{User: "alice", CSeq: 1}))
+	res := phone.MustRecvResponse(wait)
+	if res.StatusCode != 401 {
+		t.Fatalf("got %d, want the core's 401", res.StatusCode)
+	}
+	wwwAuth := res.GetHeader("WWW-Authenticate")
+	if wwwAuth == nil {
+		t.Fatal("401 lost its WWW-Authenticate")
+	}
+	chal, err := digest.ParseChallenge(wwwAuth.Value())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, err := digest.Digest(chal, digest.Options{Method: "REGISTER", URI: "sip:example.com", Username: "alice", Password: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	phone.Send(phone.Register(edgetest.Reg{User: "alice", CSeq: 2, Extra: "Authorization: " + cred.String()}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("authenticated REGISTER got %d %s", res.StatusCode, res.Reason)
+	}
+	if n := len(e.Bindings().Lookup("sip:alice@example.com")); n != 1 {
+		t.Fatalf("%d bindings after auth, want 1", n)
+	}
+
+	// Wrong password: the core's 403 reaches the phone and nothing is bound.
+	phone2 := edgetest.Dial(t, "udp", e.UDP)
+	cred.Response = strings.Repeat("0", 32)
+	phone2.Send(phone2.Register(edgetest.Reg{User: "alice", CSeq: 3, Extra: "Authorization: " + cred.String()}))
+	if res := phone2.MustRecvResponse(wait); res.StatusCode != 403 {
+		t.Fatalf("bad credentials got %d, want 403", res.StatusCode)
+	}
+	if bs := e.Bindings().Lookup("sip:alice@example.com"); len(bs) != 1 || bs[0].Flow.Remote != phone.Local {
+		t.Fatalf("a failed REGISTER changed the binding: %+v", bs)
+	}
+}
+
+func TestRegisterRewriteMode(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) { c.Core.Mode = edge.ModeRewrite })
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	own := "<sip:bob@" + phone.Local.String() + ";transport=udp>"
+	phone.Send(phone.Register(edgetest.Reg{User: "bob", Contact: own}))
+
+	got := nextRequest(t, core)
+	if got.GetHeader("Path") != nil {
+		t.Error("rewrite mode added a Path")
+	}
+	c := got.Contact()
+	if c.Address.Host != e.CoreAddr().Addr().String() || c.Address.Port != int(e.CoreAddr().Port()) {
+		t.Fatalf("core saw Contact %s, want the edge's core side %s", c.Address.String(), e.CoreAddr())
+	}
+	k, err := e.Signer.Decode(c.Address.User)
+	if err != nil || k.Remote != phone.Local {
+		t.Fatalf("rewritten Contact user %q: flow %v, err %v", c.Address.User, k, err)
+	}
+	res := phone.MustRecvResponse(wait)
+	if res.StatusCode != 200 {
+		t.Fatalf("got %d", res.StatusCode)
+	}
+	rc := res.Contact()
+	if rc == nil || rc.Address.Host != "127.0.0.1" || rc.Address.Port != int(phone.Local.Port()) || rc.Address.User != "bob" {
+		t.Fatalf("phone got Contact %v, want its own %s", rc, own)
+	}
+	bs := e.Bindings().Lookup("sip:bob@example.com")
+	if len(bs) != 1 || bs[0].CoreContact != c.Address.String() {
+		t.Fatalf("bindings %+v", bs)
+	}
+}
+
+func TestUnregister(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	aor := "sip:carol@example.com"
+	register := func(r edgetest.Reg) {
+		t.Helper()
+		r.User = "carol"
+		phone.Send(phone.Register(r))
+		if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+			t.Fatalf("got %d %s", res.StatusCode, res.Reason)
+		}
+	}
+	c1 := "<sip:carol@" + phone.Local.String() + ">"
+	c2 := "<sip:carol2@" + phone.Local.String() + ">"
+	register(edgetest.Reg{CSeq: 1, Contact: c1})
+	register(edgetest.Reg{CSeq: 2, Contact: c2})
+	if n := len(e.Bindings().Lookup(aor)); n != 2 {
+		t.Fatalf("%d bindings, want 2", n)
+	}
+	register(edgetest.Reg{CSeq: 3, Contact: c1, Expires: "0"})
+	if bs := e.Bindings().Lookup(aor); len(bs) != 1 || !strings.Contains(bs[0].Contact, "carol2@") {
+		t.Fatalf("after Expires: 0, bindings = %+v", bs)
+	}
+	register(edgetest.Reg{CSeq: 4, Contact: "-"}) // a query changes nothing
+	if n := len(e.Bindings().Lookup(aor)); n != 1 {
+		t.Fatalf("query REGISTER changed bindings: %d", n)
+	}
+	register(edgetest.Reg{CSeq: 5, Contact: "*", Expires: "0"})
+	if n := len(e.Bindings().Lookup(aor)); n != 0 {
+		t.Fatalf("Contact: * left %d bindings", n)
+	}
+}
+
+func TestRegisterRejects(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+		c.Registration.Domains = []string{"example.com"}
+		c.Registration.MaxContacts = 2
+	})
+	cases := []struct {
+		name   string
+		reg    edgetest.Reg
+		edit   func(string) string
+		code   int
+		header string // a header the answer must carry
+	}{
+		{name: "foreign domain", reg: edgetest.Reg{Domain: "evil.test"}, code: 403},
+		{name: "too brief", reg: edgetest.Reg{Expires: "10"}, code: 423, header: "Min-Expires: 60"},
+		{name: "too brief contact param", reg: edgetest.Reg{Contact: "<sip:u@127.0.0.1:5999>;expires=5"}, code: 423},
+		{name: "too many contacts", reg: edgetest.Reg{Contact: "<sip:a@127.0.0.1:1>, <sip:b@127.0.0.1:2>, <sip:c@127.0.0.1:3>"}, code: 403},
+		{name: "max-forwards zero", edit: func(s string) string { return strings.Replace(s, "Max-Forwards: 70", "Max-Forwards: 0", 1) }, code: 483},
+		{name: "cseq method mismatch", edit: func(s string) string { return strings.Replace(s, "1 REGISTER", "1 INVITE", 1) }, code: 400},
+		{name: "star with expires", reg: edgetest.Reg{Contact: "*"}, code: 400},
+		{name: "bad expires", reg: edgetest.Reg{Expires: "soon"}, code: 400},
+		{name: "bad uri scheme", edit: func(s string) string { return strings.Replace(s, "REGISTER sip:", "REGISTER tel:", 1) }, code: 416},
+		{name: "version", edit: func(s string) string { return strings.Replace(s, "SIP/2.0\r", "SIP/3.0\r", 1) }, code: 505},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			phone := edgetest.Dial(t, "udp", e.UDP)
+			tc.reg.User = "u"
+			tc.reg.CSeq = 1
+			tc.reg.CallID = "reject-" + itoa(uint16(i))
+			msg := strings.ReplaceAll(phone.Register(tc.reg), "\n", "\r\n")
+			if tc.edit != nil {
+				msg = tc.edit(msg)
+			}
+			phone.Send(msg)
+			res := phone.MustRecvResponse(wait)
+			if res.StatusCode != tc.code {
+				t.Fatalf("got %d %s, want %d", res.StatusCode, res.Reason, tc.code)
+			}
+			if tc.header != "" && !strings.Contains(res.String(), tc.header) {
+				t.Errorf("answer lacks %q:\n%s", tc.header, res)
+			}
+		})
+	}
+	if n := len(core.Requests()); n != 0 {
+		t.Errorf("core got %d rejected requests", n)
+	}
+}
+
+func TestMaxExpiresIsLowered(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "dan", Expires: "86400"}))
+	got := nextRequest(t, core)
+	if v, _ := got.Contact().Params.Get("expires"); v != "3600" {
+		t.Fatalf("core saw contact expires %q, want 3600 (max_expires)", v)
+	}
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("got %d", res.StatusCode)
+	}
+}
+
+func TestSymmetricResponseWithoutRport(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	// The Via claims port 5999 and asks for no rport, as a phone behind a
+	// NAT would; the answer must still reach the real source port.
+	msg := phone.Register(edgetest.Reg{User: "erin"})
+	msg = strings.Replace(msg, phone.Local.String()+";branch", "127.0.0.1:5999;branch", 1)
+	msg = strings.Replace(msg, ";rport\n", "\n", 1)
+	phone.Send(msg)
+	res := phone.MustRecvResponse(wait)
+	if res.StatusCode != 200 {
+		t.Fatalf("got %d", res.StatusCode)
+	}
+	via := res.Via()
+	if rp, _ := via.Params.Get("rport"); rp != itoa(phone.Local.Port()) {
+		t.Errorf("response Via rport = %q, want %d", rp, phone.Local.Port())
+	}
+	if rcv, _ := via.Params.Get("received"); rcv != "127.0.0.1" {
+		t.Errorf("response Via received = %q", rcv)
+	}
+}
+
+func TestCoreSilentGives408(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{Silent: true})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) { c.Core.Timeout = time.Second })
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "fay"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 408 {
+		t.Fatalf("got %d, want 408", res.StatusCode)
+	}
+	if n := len(e.Bindings().All()); n != 0 {
+		t.Fatalf("%d bindings without a core answer", n)
+	}
+}
+
+func TestCoreRefusingGives503(t *testing.T) {
+	// Nothing listens on this TCP port: the connect fails at once.
+	e := edgetest.Start(t, "sip:127.0.0.1:1;transport=tcp", nil)
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "gil"}))
+	res := phone.MustRecvResponse(wait)
+	if res.StatusCode != 503 || res.GetHeader("Retry-After") == nil {
+		t.Fatalf("got %d %s (Retry-After %v), want 503 with Retry-After", res.StatusCode, res.Reason, res.GetHeader("Retry-After"))
+	}
+}

@@ -1,0 +1,56 @@
+package edge
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// FuzzRegister feeds arbitrary bytes through sipgo's parser and then the
+// edge's own checks and REGISTER parser: none may panic, and what they
+// accept must be consistent.
+func FuzzRegister(f *testing.F) {
+	seeds, _ := filepath.Glob("../testdata/register/*.sip")
+	for _, p := range seeds {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("REGISTER sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:a@x>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: *\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		msg, err := sip.ParseMessage(data)
+		if err != nil {
+			return
+		}
+		req, ok := msg.(*sip.Request)
+		if !ok {
+			return
+		}
+		if checkSanity(req) != nil || req.Method != sip.REGISTER {
+			return
+		}
+		reg, rerr := parseRegister(req)
+		if rerr != nil {
+			if rerr.Code < 400 || rerr.Code > 499 {
+				t.Fatalf("parse error with code %d", rerr.Code)
+			}
+			return
+		}
+		if reg.Star && len(reg.Contacts) > 0 {
+			t.Fatal("wildcard accepted beside other contacts")
+		}
+		if !strings.HasPrefix(reg.AOR, "sip:") && !strings.HasPrefix(reg.AOR, "sips:") {
+			t.Fatalf("AOR %q", reg.AOR)
+		}
+		for _, c := range reg.Contacts {
+			if e := reg.effectiveExpires(c, defaultExpires); e < 0 {
+				t.Fatalf("negative expires %d", e)
+			}
+		}
+	})
+}
