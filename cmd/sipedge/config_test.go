@@ -1,0 +1,99 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Every shipped config must load: the examples in docs are tested.
+func TestShippedConfigsLoad(t *testing.T) {
+	files, err := filepath.Glob("../../configs/*.toml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no configs found: %v", err)
+	}
+	for _, f := range files {
+		if _, err := loadConfig(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+// The annotated example must show every default, so a reader can trust it.
+func TestAnnotatedConfigIsTheDefault(t *testing.T) {
+	cfg, err := loadConfig("../../configs/sipedge.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	def, err := loadConfig("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.Config.Core, def.Config.Core; got.Listen != want.Listen || got.Timeout != want.Timeout ||
+		got.RetryAfter != want.RetryAfter || got.Mode != want.Mode || got.KeyFile != want.KeyFile {
+		t.Errorf("configs/sipedge.toml [core] = %+v, defaults = %+v", got, want)
+	}
+	if got, want := cfg.Config.Registration, def.Config.Registration; got.MinExpires != want.MinExpires ||
+		got.MaxExpires != want.MaxExpires || got.MaxContacts != want.MaxContacts {
+		t.Errorf("configs/sipedge.toml [registration] = %+v, defaults = %+v", got, want)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	cases := []struct {
+		name, toml, want string
+	}{
+		{"unknown key", "[core]\nlisten = \"127.0.0.1:5062\"\nlistne = 1\n", "unknown key core.listne"},
+		{"unknown section", "[cor]\nx = 1\n", "unknown key cor"},
+		{"syntax error names line and column", "[core]\nlisten = \"127.0.0.1:5062\n", ":2:"},
+		{"bad duration", "[core]\ntimeout = \"soon\"\n", "invalid duration"},
+		{"bad mode", "[core]\nmode = \"magic\"\n", "core.mode"},
+		{"timeout too long", "[core]\ntimeout = \"5m\"\n", "core.timeout"},
+		{"bad listen", "[access]\nudp = [\"localhost\"]\n", "access.udp"},
+		{"no listener", "[access]\nudp = []\ntcp = []\n", "access: no listener"},
+		{"tls without cert", "[access]\ntls = [\"127.0.0.1:5061\"]\n", "access.tls_cert"},
+		{"upstream by name", "[core]\nupstreams = [\"sip:core.example.com\"]\n", "core.upstreams"},
+		{"upstream transport", "[core]\nupstreams = [\"sip:10.0.0.1;transport=sctp\"]\n", "core.upstreams"},
+		{"min over max", "[registration]\nmin_expires = \"2h\"\n", "registration.max_expires"},
+		{"contacts", "[registration]\nmax_contacts = 0\n", "registration.max_contacts"},
+		{"log level", "[log]\nlevel = \"loud\"\n", "log.level"},
+		{"log format", "[log]\nformat = \"xml\"\n", "log.format"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "c.toml")
+			if err := os.WriteFile(p, []byte(tc.toml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := loadConfig(p)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestCLI(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "sipedge ") {
+		t.Errorf("version: code %d, out %q", code, out.String())
+	}
+	out.Reset()
+	if code := run([]string{"check-config", "../../configs/sipedge.toml"}, &out, &errb); code != 0 {
+		t.Errorf("check-config of the shipped file: code %d, %s", code, errb.String())
+	}
+	errb.Reset()
+	p := filepath.Join(t.TempDir(), "bad.toml")
+	os.WriteFile(p, []byte("[core]\nbogus = true\n"), 0o600)
+	if code := run([]string{"check-config", p}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "core.bogus") {
+		t.Errorf("check-config of a bad file: code %d, stderr %q", code, errb.String())
+	}
+	if code := run([]string{"frobnicate"}, &out, &errb); code != 2 {
+		t.Errorf("unknown command: code %d", code)
+	}
+	if code := run(nil, &out, &errb); code != 2 {
+		t.Errorf("no command: code %d", code)
+	}
+}

@@ -1,0 +1,77 @@
+package nat
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+)
+
+func FuzzDecode(f *testing.F) {
+	s := newTestSigner(f, testKey)
+	for _, k := range testKeys()[:30] {
+		tok := s.Encode(k)
+		f.Add(tok)
+		for _, cut := range []int{1, 2, 3, 16, len(tok) - 1} {
+			f.Add(tok[:len(tok)-cut])
+		}
+		f.Add(tok + "A")
+	}
+	f.Add("")
+	f.Add("sip:alice@example.com")
+	f.Add("\r\n")
+	f.Fuzz(func(t *testing.T, tok string) {
+		k, err := s.Decode(tok)
+		if err != nil {
+			if !errors.Is(err, ErrBadToken) {
+				t.Fatalf("Decode error %v does not wrap ErrBadToken", err)
+			}
+			if k != (FlowKey{}) {
+				t.Fatalf("Decode returned %v with an error", k)
+			}
+			return
+		}
+		// Anything accepted must be a token we issued, spelled one way.
+		if !k.Valid() {
+			t.Fatalf("Decode(%q) accepted invalid key %v", tok, k)
+		}
+		if again := s.Encode(k); again != tok {
+			t.Fatalf("Decode(%q) = %v, which encodes as %q", tok, k, again)
+		}
+	})
+}
+
+func FuzzRoundTrip(f *testing.F) {
+	f.Add(uint8(0), []byte{192, 0, 2, 1}, uint16(5060), []byte{203, 0, 113, 9}, uint16(40000))
+	f.Add(uint8(2), make([]byte, 16), uint16(0), []byte{0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, uint16(65535))
+	f.Add(uint8(4), []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1}, uint16(1), []byte{1, 2, 3}, uint16(2))
+	s := newTestSigner(f, testKey)
+	other := newTestSigner(f, []byte("another key that is long enough!"))
+	f.Fuzz(func(t *testing.T, tr uint8, local []byte, lport uint16, remote []byte, rport uint16) {
+		k := FlowKey{
+			Transport: UDP + Transport(tr%uint8(WSS)),
+			Local:     netip.AddrPortFrom(addrFromBytes(local), lport),
+			Remote:    netip.AddrPortFrom(addrFromBytes(remote), rport),
+		}
+		tok := s.Encode(k)
+		got, err := s.Decode(tok)
+		if err != nil || got != k {
+			t.Fatalf("Decode(Encode(%v)) = %v, %v", k, got, err)
+		}
+		if _, err := other.Decode(tok); !errors.Is(err, ErrBadToken) {
+			t.Fatalf("a foreign signer accepted the token for %v: %v", k, err)
+		}
+	})
+}
+
+// addrFromBytes makes an IPv4 address from up to 4 bytes, else an IPv6
+// one (zero-padded or cut to 16).
+func addrFromBytes(b []byte) netip.Addr {
+	if len(b) <= 4 {
+		var a [4]byte
+		copy(a[:], b)
+		return netip.AddrFrom4(a)
+	}
+	var a [16]byte
+	copy(a[:], b)
+	return netip.AddrFrom16(a)
+}
