@@ -110,7 +110,9 @@ func TestRegisterPathMode(t *testing.T) {
 	}
 }
 
-func itoa(p uint16) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), p).String()[len("0.0.0.0:"):] }
+func itoa(p uint16) string {
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), p).String()[len("0.0.0.0:"):]
+}
 
 func TestRegisterDigestPassesThrough(t *testing.T) {
 	core := upstreamtest.Start(t, upstreamtest.Options{Users: map[string]string{"alice": "s3cret"}})

@@ -49,7 +49,7 @@ type Server struct {
 	coreClient *sipgo.Client
 	access     Handler
 
-	ready    chan struct{} // closed once every socket is in service
+	ready chan struct{} // closed once every socket is in service
 
 	mu       sync.RWMutex // guards draining against inflight.Add
 	draining bool
