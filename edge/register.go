@@ -2,7 +2,6 @@ package edge
 
 import (
 	"context"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -60,10 +59,15 @@ func (s *Server) handleRegister(ctx context.Context, r *Request) error {
 		sent[i] = sentContact{reg: c, core: fc.Address}
 	}
 	if s.cfg.Core.Mode == ModePath {
-		fwd.PrependHeader(sip.NewHeader("Path", "<"+s.pathURI(token, target)+">"))
+		// Ours is the topmost Path: right after the Vias.
+		fwd.AppendHeaderAfter(sip.NewHeader("Path", "<"+s.pathURI(token, target)+">"), "Via")
 		if !reg.supports("path") {
-			removeHeaders(fwd, "Supported")
-			fwd.AppendHeader(sip.NewHeader("Supported", strings.Join(append(slices.Clone(reg.Supported), "path"), ", ")))
+			// Repeated Supported headers equal one comma list (RFC 3261 §7.3.1).
+			after := "Contact"
+			if hs := fwd.GetHeaders("Supported"); len(hs) > 0 {
+				after = hs[len(hs)-1].Name()
+			}
+			fwd.AppendHeaderAfter(sip.NewHeader("Supported", "path"), after)
 		}
 	}
 
@@ -203,15 +207,4 @@ func sameURI(a, b sip.Uri) bool {
 		}
 	}
 	return true
-}
-
-// removeHeaders removes every header called name, in any letter case
-// (sipgo's RemoveHeader matches the exact spelling only).
-func removeHeaders(m interface {
-	GetHeaders(string) []sip.Header
-	RemoveHeader(string) bool
-}, name string) {
-	for _, h := range m.GetHeaders(name) {
-		m.RemoveHeader(h.Name())
-	}
 }
