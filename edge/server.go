@@ -208,7 +208,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		serve(func() error { return srv.ServeUDP(rc) })
 	}
 	for _, c := range s.socks.UDP {
-		serveUDP(accessSrv, c)
+		// STUN and CRLF keepalives are answered here, before sipgo parses.
+		serveUDP(accessSrv, nat.NewPacketConn(c, nat.PacketHooks{}))
 	}
 	for _, l := range s.socks.TCP {
 		serve(func() error { return accessSrv.ServeTCP(l) })
