@@ -34,11 +34,11 @@ fuzz: ## run every fuzz target for FUZZTIME each
 	$(GO) test -run '^$$' -fuzz '^FuzzRegister$$' -fuzztime $(FUZZTIME) ./edge/
 
 interop: ## real Kamailio core and sipp phones through the built binary (needs kamailio, sip-tester)
-	$(GO) test -race -count=1 -tags interop -v -run Interop ./cmd/sipedge/
+	$(GO) test -race -count=1 -tags interop -v -timeout 10m -run Interop ./cmd/sipedge/
 
 bench: ## Go benchmarks, then sipp throughput straight to Kamailio vs through sipedge
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
-	$(GO) test -count=1 -tags bench -v -run Throughput -timeout 20m ./cmd/sipedge/
+	$(GO) test -count=1 -tags bench -v -timeout 30m -run Throughput ./cmd/sipedge/
 
 clean: ## remove build output
 	rm -rf bin
