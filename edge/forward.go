@@ -3,23 +3,35 @@ package edge
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/nat"
-	"github.com/sipedge/sipedge/upstream"
 )
+
+// inviteTimeout bounds an INVITE transaction (RFC 3261 Timer C is > 3 min).
+const inviteTimeout = 3 * time.Minute
 
 // prebuilt tells sipgo's client the request is complete: with no option it
 // would fill in headers the way a UAC does.
 func prebuilt(*sipgo.Client, *sip.Request) error { return nil }
 
-// forward sends fwd (a clone of r's request, already adapted) to the core
-// from the edge's core-side socket and relays every response back over r's
-// flow. onFinal may adapt the final response before it is relayed.
-func (s *Server) forward(ctx context.Context, r *Request, fwd *sip.Request, t upstream.Target, onFinal func(*sip.Response)) error {
+// hop is where a forwarded request goes and which edge socket sends it.
+type hop struct {
+	client    *sipgo.Client
+	transport nat.Transport
+	dest      netip.AddrPort
+	local     netip.AddrPort // socket to leave from: set for UDP, zero for streams
+	sentBy    netip.AddrPort // host:port of the edge's Via
+	toCore    bool
+}
+
+// prepare decrements Max-Forwards, adds the edge's Via and points fwd at h.
+func (h hop) prepare(fwd *sip.Request) *Error {
 	if mf := fwd.MaxForwards(); mf != nil {
 		if mf.Val() == 0 {
 			return reject(483, "Too Many Hops")
@@ -30,54 +42,151 @@ func (s *Server) forward(ctx context.Context, r *Request, fwd *sip.Request, t up
 		fwd.AppendHeader(&mf)
 	}
 	via := &sip.ViaHeader{
-		ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: t.Transport.String(),
-		Host: s.coreAddr.Addr().String(), Port: int(s.coreAddr.Port()), Params: sip.NewParams(),
+		ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: h.transport.String(),
+		Host: h.sentBy.Addr().String(), Port: int(h.sentBy.Port()), Params: sip.NewParams(),
 	}
 	via.Params.Add("branch", sip.GenerateBranch())
 	via.Params.Add("rport", "")
 	fwd.PrependHeader(via)
-	fwd.SetTransport(t.Transport.String())
-	fwd.SetDestination(t.Addr.String())
-	fwd.Laddr = sip.Addr{}
-	if t.Transport == nat.UDP {
-		// Leave from the core-side listener, never from an ephemeral socket.
-		fwd.Laddr = sip.Addr{IP: s.coreAddr.Addr().AsSlice(), Port: int(s.coreAddr.Port())}
-	}
+	h.address(fwd)
+	return nil
+}
 
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Core.Timeout)
-	defer cancel()
-	tx, err := s.coreClient.TransactionRequest(ctx, fwd, prebuilt)
-	if err != nil {
-		s.log.Warn("core unreachable", "core", t, "method", r.Method, "err", err)
+// address points a request at h without touching its headers.
+func (h hop) address(req *sip.Request) {
+	req.SetTransport(h.transport.String())
+	req.SetDestination(h.dest.String())
+	req.Laddr = sip.Addr{}
+	if h.local.IsValid() {
+		// Leave from the listening socket, never from an ephemeral one.
+		req.Laddr = sip.Addr{IP: h.local.Addr().AsSlice(), Port: int(h.local.Port())}
+	}
+}
+
+// failed is the answer when h could not be reached at all.
+func (s *Server) failed(h hop) *Error {
+	if h.toCore {
 		return coreDown(s.cfg.Core.RetryAfter)
 	}
-	defer tx.Terminate()
+	return reject(430, "Flow Failed")
+}
+
+// forward sends fwd (a clone of r's request, already adapted) over h and
+// relays every response back on r's flow. onFinal may adapt the final
+// response first. For INVITE, a CANCEL from upstream is passed on at once
+// and 2xx retransmissions keep being relayed after the handler returns.
+func (s *Server) forward(ctx context.Context, r *Request, fwd *sip.Request, h hop, onFinal func(*sip.Response)) error {
+	if err := h.prepare(fwd); err != nil {
+		return err
+	}
+	timeout := s.cfg.Core.Timeout
+	if fwd.IsInvite() {
+		timeout = inviteTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tx, err := h.client.TransactionRequest(ctx, fwd, prebuilt)
+	if err != nil {
+		s.log.Warn("next hop unreachable", "dst", h.dest, "core", h.toCore, "method", r.Method, "err", err)
+		return s.failed(h)
+	}
+	var canceled atomic.Bool
+	if fwd.IsInvite() {
+		// sipgo answers the CANCEL (200) and the INVITE (487) upstream by
+		// itself; the edge's job is to cancel the branch downstream now.
+		r.Tx.OnCancel(func(*sip.Request) {
+			canceled.Store(true)
+			go s.cancelBranch(fwd, h)
+		})
+	}
+	keepTx := false
+	defer func() {
+		if !keepTx {
+			tx.Terminate()
+		}
+	}()
 	for {
 		select {
 		case res := <-tx.Responses():
 			if res.StatusCode == 100 {
-				continue // hop by hop; the edge's own 100 is sipgo's business
+				continue // hop by hop
 			}
-			out := res.Clone()
-			out.RemoveHeader("Via") // ours: the top one
+			out := stripTopVia(res)
 			if res.StatusCode >= 200 && onFinal != nil {
 				onFinal(out)
 			}
 			send(s.log, r, out)
-			if res.StatusCode >= 200 {
-				return nil
+			if res.StatusCode < 200 {
+				continue
 			}
+			if fwd.IsInvite() && res.StatusCode < 300 {
+				if canceled.Load() {
+					s.log.Info("2xx after CANCEL: callee answered a canceled call", "call", callID(fwd))
+				}
+				// RFC 6026: 2xx retransmissions are relayed, not absorbed.
+				keepTx = true
+				tx.OnRetransmission(func(res *sip.Response) { send(s.log, r, stripTopVia(res)) })
+			}
+			return nil
 		case <-tx.Done():
 			if errors.Is(tx.Err(), sip.ErrTransactionTimeout) {
 				return reject(408, "Request Timeout")
 			}
-			s.log.Warn("core transaction failed", "core", t, "method", r.Method, "err", tx.Err())
-			return coreDown(s.cfg.Core.RetryAfter)
+			if canceled.Load() {
+				return nil // sipgo already answered 487
+			}
+			s.log.Warn("next hop failed", "dst", h.dest, "core", h.toCore, "method", r.Method, "err", tx.Err())
+			return s.failed(h)
 		case <-ctx.Done():
-			s.log.Warn("core did not answer", "core", t, "method", r.Method, "timeout", s.cfg.Core.Timeout)
+			s.log.Warn("no final answer", "dst", h.dest, "core", h.toCore, "method", r.Method, "timeout", timeout)
 			return reject(408, "Request Timeout")
 		}
 	}
+}
+
+// cancelBranch sends CANCEL for the forwarded INVITE fwd (RFC 3261 §9.1:
+// same Request-URI, Call-ID, From, To, CSeq number, top Via and Route).
+func (s *Server) cancelBranch(fwd *sip.Request, h hop) {
+	c := sip.NewRequest(sip.CANCEL, *fwd.Recipient.Clone())
+	c.AppendHeader(fwd.Via().Clone())
+	for _, rt := range fwd.GetHeaders("Route") {
+		c.AppendHeader(sip.HeaderClone(rt))
+	}
+	mf := sip.MaxForwardsHeader(70)
+	c.AppendHeader(&mf)
+	c.AppendHeader(sip.HeaderClone(fwd.From()))
+	c.AppendHeader(sip.HeaderClone(fwd.To()))
+	c.AppendHeader(sip.HeaderClone(fwd.CallID()))
+	c.AppendHeader(&sip.CSeqHeader{SeqNo: fwd.CSeq().SeqNo, MethodName: sip.CANCEL})
+	c.SetBody(nil)
+	h.address(c)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Core.Timeout)
+	defer cancel()
+	tx, err := h.client.TransactionRequest(ctx, c, prebuilt)
+	if err != nil {
+		s.log.Debug("CANCEL not sent", "dst", h.dest, "err", err)
+		return
+	}
+	defer tx.Terminate()
+	select {
+	case <-tx.Responses():
+	case <-tx.Done():
+	case <-ctx.Done():
+	}
+}
+
+// stripTopVia returns a copy of res without the edge's own Via.
+func stripTopVia(res *sip.Response) *sip.Response {
+	out := res.Clone()
+	out.RemoveHeader("Via")
+	return out
+}
+
+func callID(m sip.Message) string {
+	if h := m.CallID(); h != nil {
+		return h.Value()
+	}
+	return ""
 }
 
 // coreDown is the answer when no core can take the request.

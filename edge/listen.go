@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 )
 
@@ -73,6 +74,22 @@ func Listen(cfg Config) (*Sockets, error) {
 		return fail("core.listen", err)
 	}
 	return s, nil
+}
+
+// addrs returns the address of every access socket.
+func (s *Sockets) addrs() []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, c := range s.UDP {
+		if a, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
+			out = append(out, unmap(a))
+		}
+	}
+	for _, l := range append(append(append(append([]net.Listener{}, s.TCP...), s.TLS...), s.WS...), s.WSS...) {
+		if a, err := netip.ParseAddrPort(l.Addr().String()); err == nil {
+			out = append(out, unmap(a))
+		}
+	}
+	return out
 }
 
 // listeners returns every stream listener.

@@ -71,7 +71,7 @@ func (s *Server) handleRegister(ctx context.Context, r *Request) error {
 		}
 	}
 
-	return s.forward(ctx, r, fwd, target, func(res *sip.Response) {
+	return s.forward(ctx, r, fwd, s.coreHop(target), func(res *sip.Response) {
 		if res.IsSuccess() {
 			s.recordBindings(r, reg, sent, res)
 			s.restoreReply(reg, token, sent, res)

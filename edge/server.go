@@ -43,11 +43,15 @@ type Server struct {
 	domains   map[string]bool
 	socks     *Sockets
 	coreAddr  netip.AddrPort
+	advertise netip.Addr              // public address of the access side, if set
+	ownAddrs  map[netip.AddrPort]bool // every access socket address
+	ownPorts  map[uint16]bool         // their ports, for advertise matching
 
-	accessUA   *sipgo.UserAgent
-	coreUA     *sipgo.UserAgent
-	coreClient *sipgo.Client
-	access     Handler
+	accessUA     *sipgo.UserAgent
+	coreUA       *sipgo.UserAgent
+	coreClient   *sipgo.Client
+	accessClient *sipgo.Client
+	access       Handler
 
 	ready chan struct{} // closed once every socket is in service
 
@@ -83,6 +87,15 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		return nil, fmt.Errorf("core socket: %w", err)
 	}
 	s.coreAddr = unmap(ca)
+	s.ownAddrs, s.ownPorts = make(map[netip.AddrPort]bool), make(map[uint16]bool)
+	for _, a := range socks.addrs() {
+		s.ownAddrs[a], s.ownPorts[a.Port()] = true, true
+	}
+	if cfg.Access.Advertise != "" {
+		if s.advertise, err = netip.ParseAddr(cfg.Access.Advertise); err != nil {
+			return nil, fmt.Errorf("access.advertise: %w", err)
+		}
+	}
 	s.bindings = binding.New(s.now, binding.Events{
 		OnExpire: func(b binding.Binding) { s.log.Info("binding expired", "aor", b.AOR, "flow", b.Flow) },
 	})
@@ -105,6 +118,9 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		sipgo.WithClientHostname(s.coreAddr.Addr().String())); err != nil {
 		return nil, err
 	}
+	if s.accessClient, err = sipgo.NewClient(s.accessUA, sipgo.WithClientLogger(siplog)); err != nil {
+		return nil, err
+	}
 	s.access = chain(s.route, sanity, observe)
 	return s, nil
 }
@@ -123,31 +139,36 @@ func (s *Server) route(ctx context.Context, r *Request) error {
 	switch r.Method {
 	case sip.REGISTER:
 		return s.handleRegister(ctx, r)
-	case sip.OPTIONS:
-		if r.Route() == nil {
-			reply(s.log, r, 200, "OK", sip.NewHeader("Allow", "REGISTER, OPTIONS"))
-			return nil
-		}
+	case sip.CANCEL:
+		return reject(481, "Call/Transaction Does Not Exist") // a matching one never gets here
 	}
-	return reject(501, "Not Implemented")
+	return s.proxyToCore(ctx, r)
 }
 
-// serveCore answers requests from the core side. Routing them to
-// endpoints is not built yet; OPTIONS lets the core monitor the edge.
-func (s *Server) serveCore(ctx context.Context, r *Request) error {
-	if r.Method == sip.OPTIONS {
-		reply(s.log, r, 200, "OK")
-		return nil
+// routeCore picks the handler for a request from the core side.
+func (s *Server) routeCore(ctx context.Context, r *Request) error {
+	switch r.Method {
+	case sip.REGISTER:
+		return reject(403, "Forbidden")
+	case sip.CANCEL:
+		return reject(481, "Call/Transaction Does Not Exist")
 	}
-	return reject(501, "Not Implemented")
+	return s.proxyToEndpoint(ctx, r)
 }
 
 // sipHandler adapts a Handler to sipgo: flow key, drain check, panic
 // recovery, and the one place errors become responses.
-func (s *Server) sipHandler(h Handler) sipgo.RequestHandler {
+func (s *Server) sipHandler(h Handler, fromCore bool) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
+		if req.IsAck() {
+			// An ACK that reaches a handler matched no INVITE transaction:
+			// it acknowledges a 2xx and travels statelessly (sipgo may
+			// still hand it a transaction of its own).
+			s.relayAck(req, fromCore)
+			return
+		}
 		if tx == nil {
-			return // a stray ACK: no transaction, nothing to answer
+			return
 		}
 		s.mu.RLock()
 		draining := s.draining
@@ -188,8 +209,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	accessSrv.OnNoRoute(s.sipHandler(s.access))
-	coreSrv.OnNoRoute(s.sipHandler(chain(s.serveCore, sanity, observe)))
+	accessSrv.OnNoRoute(s.sipHandler(s.access, false))
+	coreSrv.OnNoRoute(s.sipHandler(chain(s.routeCore, sanity, observe), true))
 
 	var wg sync.WaitGroup
 	serve := func(f func() error) {

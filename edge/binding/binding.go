@@ -35,19 +35,22 @@ type Events struct {
 	OnExpire func(Binding)
 }
 
+type key struct{ aor, contact string }
+
 // Table holds bindings by AOR and contact. Safe for concurrent use.
 type Table struct {
 	now    func() time.Time
 	events Events
 
-	mu    sync.Mutex
-	byAOR map[string]map[string]Binding // AOR -> Contact -> binding
-	count int
+	mu     sync.Mutex
+	byAOR  map[string]map[string]Binding // AOR -> Contact -> binding
+	byCore map[string]key                // CoreContact -> binding (rewrite mode)
+	count  int
 }
 
 // New returns an empty table reading time from now.
 func New(now func() time.Time, ev Events) *Table {
-	return &Table{now: now, events: ev, byAOR: make(map[string]map[string]Binding)}
+	return &Table{now: now, events: ev, byAOR: make(map[string]map[string]Binding), byCore: make(map[string]key)}
 }
 
 // Put inserts or refreshes b, keyed by (AOR, Contact).
@@ -59,10 +62,15 @@ func (t *Table) Put(b Binding) {
 		m = make(map[string]Binding)
 		t.byAOR[b.AOR] = m
 	}
-	if _, ok := m[b.Contact]; !ok {
+	if old, ok := m[b.Contact]; !ok {
 		t.count++
+	} else if old.CoreContact != "" {
+		delete(t.byCore, old.CoreContact)
 	}
 	m[b.Contact] = b
+	if b.CoreContact != "" {
+		t.byCore[b.CoreContact] = key{b.AOR, b.Contact}
+	}
 	t.mu.Unlock()
 	if t.events.OnBind != nil {
 		t.events.OnBind(b)
@@ -103,6 +111,9 @@ func (t *Table) RemoveAOR(aor string) int {
 
 func (t *Table) deleteLocked(aor, contact string) {
 	m := t.byAOR[aor]
+	if b := m[contact]; b.CoreContact != "" && t.byCore[b.CoreContact] == (key{aor, contact}) {
+		delete(t.byCore, b.CoreContact)
+	}
 	delete(m, contact)
 	t.count--
 	if len(m) == 0 {
@@ -137,6 +148,20 @@ func (t *Table) ByCoreContact(aor, coreContact string) (Binding, bool) {
 		}
 	}
 	return Binding{}, false
+}
+
+// ByCore finds the live binding whose core-side contact is coreContact.
+// Only rewrite mode makes them distinct per binding.
+func (t *Table) ByCore(coreContact string) (Binding, bool) {
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k, ok := t.byCore[coreContact]
+	if !ok {
+		return Binding{}, false
+	}
+	b, ok := t.byAOR[k.aor][k.contact]
+	return b, ok && b.Expires.After(now)
 }
 
 // Len returns the number of bindings, expired or not yet swept.

@@ -280,3 +280,46 @@ func sanitize(s string) string {
 		return '-'
 	}, s)
 }
+
+// MustRecvRequest reads the next message and fails unless it is a request
+// of the given method.
+func (p *Phone) MustRecvRequest(method string, d time.Duration) *sip.Request {
+	p.t.Helper()
+	m, err := p.Recv(d)
+	if err != nil {
+		p.t.Fatalf("no %s: %v", method, err)
+	}
+	req, ok := m.(*sip.Request)
+	if !ok || string(req.Method) != method {
+		p.t.Fatalf("got %q, want a %s request", strings.SplitN(m.String(), "\r\n", 2)[0], method)
+	}
+	return req
+}
+
+// Respond sends a response to req built the way a UAS does (RFC 3261
+// §8.2.6): Vias, From, To (with toTag), Call-ID and CSeq copied, and for
+// INVITE the Record-Route and a Contact at the phone.
+func (p *Phone) Respond(req *sip.Request, code int, reason, toTag string) {
+	p.t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "SIP/2.0 %d %s\n", code, reason)
+	for _, h := range req.GetHeaders("Via") {
+		b.WriteString("Via: " + h.Value() + "\n")
+	}
+	if req.IsInvite() && code > 100 && code < 300 {
+		for _, h := range req.GetHeaders("Record-Route") {
+			b.WriteString("Record-Route: " + h.Value() + "\n")
+		}
+		fmt.Fprintf(&b, "Contact: <sip:callee@%s;transport=%s>\n", p.Local, strings.ToLower(p.Transport()))
+	}
+	b.WriteString("From: " + req.From().Value() + "\n")
+	to := req.To().Value()
+	if toTag != "" && !req.To().Params.Has("tag") {
+		to += ";tag=" + toTag
+	}
+	b.WriteString("To: " + to + "\n")
+	b.WriteString("Call-ID: " + req.CallID().Value() + "\n")
+	b.WriteString("CSeq: " + req.CSeq().Value() + "\n")
+	b.WriteString("Content-Length: 0\n\n")
+	p.Send(b.String())
+}

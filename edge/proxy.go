@@ -1,0 +1,237 @@
+package edge
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream"
+)
+
+// coreHop sends to a core target from the core-side socket.
+func (s *Server) coreHop(t upstream.Target) hop {
+	h := hop{client: s.coreClient, transport: t.Transport, dest: t.Addr, sentBy: s.coreAddr, toCore: true}
+	if t.Transport == nat.UDP {
+		h.local = s.coreAddr
+	}
+	return h
+}
+
+// flowHop sends to an endpoint over the flow it registered on: from the
+// listening UDP socket to its public address, or on its own connection.
+func (s *Server) flowHop(f nat.FlowKey) hop {
+	h := hop{client: s.accessClient, transport: f.Transport, dest: f.Remote, sentBy: s.accessAddr(f)}
+	if f.Transport == nat.UDP {
+		h.local = f.Local
+	}
+	return h
+}
+
+// accessAddr is the address phones use to reach the edge on flow f.
+func (s *Server) accessAddr(f nat.FlowKey) netip.AddrPort {
+	if s.advertise.IsValid() {
+		return netip.AddrPortFrom(s.advertise, f.Local.Port())
+	}
+	return f.Local
+}
+
+// flowUsable reports whether f can carry a request now: a stream flow
+// needs its connection (sipgo would otherwise dial the NAT's address).
+func (s *Server) flowUsable(f nat.FlowKey) bool {
+	if !f.Transport.Reliable() {
+		return true
+	}
+	c, err := s.accessUA.TransportLayer().GetConnection(f.Transport.String(), f.Remote.String())
+	return err == nil && c != nil
+}
+
+// isOurs reports whether u names this edge (either side).
+func (s *Server) isOurs(u sip.Uri) bool {
+	ip, err := netip.ParseAddr(strings.Trim(u.Host, "[]"))
+	if err != nil {
+		return false
+	}
+	port := uint16(u.Port)
+	if port == 0 {
+		port = 5060
+		if u.Scheme == "sips" {
+			port = 5061
+		}
+	}
+	ap := netip.AddrPortFrom(ip.Unmap(), port)
+	if ap == s.coreAddr || s.ownAddrs[ap] {
+		return true
+	}
+	return s.advertise.IsValid() && ip.Unmap() == s.advertise && s.ownPorts[port]
+}
+
+// popOwnRoutes removes the Route entries at the top of req that name this
+// edge (loose routing, RFC 3261 §16.4) and returns the flow token one of
+// them carried, if any.
+func (s *Server) popOwnRoutes(req *sip.Request) (token string) {
+	for {
+		rt := req.Route()
+		if rt == nil || !s.isOurs(rt.Address) {
+			return token
+		}
+		if rt.Address.User != "" {
+			token = rt.Address.User
+		}
+		req.RemoveHeader("Route")
+	}
+}
+
+// recordRoute adds the edge's two Record-Route entries (RFC 5658): the
+// one facing the next hop on top, the one facing the previous hop below.
+// The access-side entry carries the endpoint's flow token so in-dialog
+// requests from the core come back onto the same flow.
+func (s *Server) recordRoute(fwd *sip.Request, flow nat.FlowKey, core hop, towardCore bool) {
+	acc := s.accessAddr(flow)
+	access := sip.Uri{Scheme: "sip", User: s.signer.Encode(flow), Host: acc.Addr().String(), Port: int(acc.Port()), UriParams: sip.NewParams()}
+	if flow.Transport != nat.UDP {
+		access.UriParams.Add("transport", strings.ToLower(flow.Transport.String()))
+	}
+	access.UriParams.Add("lr", "")
+	coreSide := sip.Uri{Scheme: "sip", Host: s.coreAddr.Addr().String(), Port: int(s.coreAddr.Port()), UriParams: sip.NewParams()}
+	if core.transport != nat.UDP {
+		coreSide.UriParams.Add("transport", strings.ToLower(core.transport.String()))
+	}
+	coreSide.UriParams.Add("lr", "")
+	first, second := access, coreSide // the second one ends up on top
+	if !towardCore {
+		first, second = coreSide, access
+	}
+	fwd.PrependHeader(&sip.RecordRouteHeader{Address: first})
+	fwd.PrependHeader(&sip.RecordRouteHeader{Address: second})
+}
+
+// dialogCreating reports whether req may create a dialog and so needs the
+// edge in its route set.
+func dialogCreating(req *sip.Request) bool {
+	switch req.Method {
+	case sip.INVITE, sip.SUBSCRIBE, sip.REFER, sip.NOTIFY:
+		return req.To() == nil || !req.To().Params.Has("tag")
+	}
+	return false
+}
+
+// loopDetected reports whether the edge already forwarded req (RFC 3261
+// §16.3 item 4): one of its Vias names this edge.
+func (s *Server) loopDetected(req *sip.Request) bool {
+	for _, h := range req.GetHeaders("Via") {
+		v, ok := h.(*sip.ViaHeader)
+		if !ok {
+			continue
+		}
+		if s.isOurs(sip.Uri{Scheme: "sip", Host: v.Host, Port: v.Port}) {
+			return true
+		}
+	}
+	return false
+}
+
+// proxyToCore forwards a phone's request (other than REGISTER) to the
+// core. Whatever its Route or Request-URI say, access-side requests only
+// ever go to the configured core: the edge is no open relay.
+func (s *Server) proxyToCore(ctx context.Context, r *Request) error {
+	if s.loopDetected(r.Request) {
+		return reject(482, "Loop Detected")
+	}
+	fwd := r.Clone()
+	s.popOwnRoutes(fwd)
+	if r.Method == sip.OPTIONS && fwd.Route() == nil && (fwd.Recipient.User == "" || s.isOurs(fwd.Recipient)) {
+		reply(s.log, r, 200, "OK", sip.NewHeader("Allow", allowed))
+		return nil
+	}
+	h := s.coreHop(s.upstreams.Pick())
+	if dialogCreating(fwd) {
+		s.recordRoute(fwd, r.Flow, h, true)
+	}
+	return s.forward(ctx, r, fwd, h, nil)
+}
+
+// proxyToEndpoint forwards a request from the core to the endpoint whose
+// flow token it carries.
+func (s *Server) proxyToEndpoint(ctx context.Context, r *Request) error {
+	if s.loopDetected(r.Request) {
+		return reject(482, "Loop Detected")
+	}
+	fwd := r.Clone()
+	flow, found, err := s.endpointFlow(fwd)
+	if err != nil {
+		return err
+	}
+	if !found {
+		if r.Method == sip.OPTIONS {
+			reply(s.log, r, 200, "OK", sip.NewHeader("Allow", allowed))
+			return nil
+		}
+		return reject(404, "Not Found")
+	}
+	h := s.flowHop(flow)
+	if dialogCreating(fwd) {
+		s.recordRoute(fwd, flow, s.coreHop(s.upstreams.Pick()), false)
+	}
+	return s.forward(ctx, r, fwd, h, nil)
+}
+
+// endpointFlow finds the flow a request from the core is for, from the
+// token in a Route (path mode, or the edge's Record-Route) or in the
+// Request-URI (rewrite mode, where the endpoint's own Contact is put
+// back). It pops the edge's Routes from fwd. found is false when the
+// request names no endpoint at all.
+func (s *Server) endpointFlow(fwd *sip.Request) (flow nat.FlowKey, found bool, _ *Error) {
+	token := s.popOwnRoutes(fwd)
+	rewritten := false
+	if token == "" && fwd.Recipient.User != "" && s.isOurs(fwd.Recipient) {
+		token, rewritten = fwd.Recipient.User, true
+	}
+	if token == "" {
+		return flow, false, nil
+	}
+	flow, err := s.signer.Decode(token)
+	if err != nil {
+		s.log.Warn("request with a bad flow token", "method", fwd.Method, "call", callID(fwd))
+		return flow, true, reject(403, "Forbidden")
+	}
+	if rewritten {
+		b, ok := s.bindings.ByCore(fwd.Recipient.String())
+		var u sip.Uri
+		if !ok || b.Flow != flow || sip.ParseUri(b.Contact, &u) != nil {
+			return flow, true, reject(404, "Not Found")
+		}
+		fwd.Recipient = u
+	}
+	if !s.flowUsable(flow) {
+		return flow, true, reject(430, "Flow Failed")
+	}
+	return flow, true, nil
+}
+
+// relayAck forwards an ACK that matches no transaction (the ACK for a
+// 2xx, RFC 3261 §16.7 item 4 / §17.1.1.3) statelessly along its route.
+func (s *Server) relayAck(req *sip.Request, fromCore bool) {
+	fwd := req.Clone()
+	var h hop
+	if fromCore {
+		flow, found, err := s.endpointFlow(fwd)
+		if !found || err != nil {
+			return
+		}
+		h = s.flowHop(flow)
+	} else {
+		s.popOwnRoutes(fwd)
+		h = s.coreHop(s.upstreams.Pick())
+	}
+	if h.prepare(fwd) != nil {
+		return
+	}
+	if err := h.client.WriteRequest(fwd, prebuilt); err != nil {
+		s.log.Debug("ACK not relayed", "dst", h.dest, "err", err)
+	}
+}
+
+// allowed is the Allow header value of the edge's own answers.
+const allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"

@@ -1,0 +1,333 @@
+package edge_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/edge/edgetest"
+	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream/upstreamtest"
+)
+
+// callSetup is an edge with one phone registered through it, and a raw
+// "core" socket that talks to the edge's core side.
+type callSetup struct {
+	e     *edgetest.Edge
+	reg   *upstreamtest.Registrar
+	phone *edgetest.Phone
+	core  *edgetest.Phone
+	path  string // the Path the registrar stored
+}
+
+func setupCall(t *testing.T, network string, mutate func(*edge.Config)) *callSetup {
+	t.Helper()
+	reg := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, reg.URI("udp"), mutate)
+	access := e.UDP
+	if network == "tcp" {
+		access = e.TCP
+	}
+	c := &callSetup{e: e, reg: reg, phone: edgetest.Dial(t, network, access)}
+	c.phone.Send(c.phone.Register(edgetest.Reg{User: "bob"}))
+	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("REGISTER got %d", res.StatusCode)
+	}
+	if bs := reg.Bindings("sip:bob@example.com"); len(bs) == 1 && len(bs[0].Path) == 1 {
+		c.path = bs[0].Path[0]
+	}
+	c.core = edgetest.Dial(t, "udp", e.CoreAddr())
+	return c
+}
+
+// request builds a request from the raw core socket.
+func (c *callSetup) request(method, ruri, route, callID string, cseq int, extra string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s SIP/2.0\n", method, ruri)
+	fmt.Fprintf(&b, "Via: SIP/2.0/UDP %s;branch=z9hG4bK-%s-%d-%s;rport\n", c.core.Local, callID, cseq, strings.ToLower(method))
+	if route != "" {
+		fmt.Fprintf(&b, "Route: %s\n", route)
+	}
+	b.WriteString("Max-Forwards: 70\n")
+	fmt.Fprintf(&b, "From: <sip:alice@example.com>;tag=caller\nTo: <sip:bob@example.com>%s\n", extra)
+	fmt.Fprintf(&b, "Call-ID: %s\nCSeq: %d %s\n", callID, cseq, method)
+	if method == "INVITE" {
+		fmt.Fprintf(&b, "Contact: <sip:alice@%s>\n", c.core.Local)
+	}
+	b.WriteString("Content-Length: 0\n\n")
+	return b.String()
+}
+
+func (c *callSetup) contact() string {
+	return fmt.Sprintf("sip:bob@%s;transport=%s", c.phone.Local, strings.ToLower(c.phone.Transport()))
+}
+
+func TestInviteFromCoreReachesTheFlow(t *testing.T) {
+	for _, network := range []string{"udp", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			c := setupCall(t, network, nil)
+			c.core.Send(c.request("INVITE", c.contact(), c.path, "call-"+network, 1, ""))
+
+			inv := c.phone.MustRecvRequest("INVITE", wait)
+			if inv.Route() != nil {
+				t.Errorf("the edge's own Route reached the phone: %s", inv.Route().Value())
+			}
+			rrs := inv.GetHeaders("Record-Route")
+			if len(rrs) != 2 {
+				t.Fatalf("phone got %d Record-Routes, want the edge's two", len(rrs))
+			}
+			top := rrs[0].(*sip.RecordRouteHeader).Address
+			access := c.e.UDP
+			if network == "tcp" {
+				access = c.e.TCP
+			}
+			if top.Host != "127.0.0.1" || top.Port != int(access.Port()) || top.User == "" {
+				t.Errorf("top Record-Route %s should be the access side with a token", top.String())
+			}
+			if n := len(inv.GetHeaders("Via")); n != 2 {
+				t.Errorf("phone got %d Vias, want the core's and the edge's", n)
+			}
+			if mf := inv.MaxForwards(); mf == nil || mf.Val() != 69 {
+				t.Errorf("Max-Forwards %v, want 69", mf)
+			}
+			c.phone.Respond(inv, 180, "Ringing", "callee")
+			if res := c.core.MustRecvResponse(wait); res.StatusCode != 180 {
+				t.Fatalf("core got %d, want 180", res.StatusCode)
+			}
+			c.phone.Respond(inv, 200, "OK", "callee")
+			res := c.core.MustRecvResponse(wait)
+			if res.StatusCode != 200 || len(res.GetHeaders("Via")) != 1 {
+				t.Fatalf("core got %d with %d Vias", res.StatusCode, len(res.GetHeaders("Via")))
+			}
+
+			// The core's ACK and BYE follow the Record-Route back onto the flow.
+			route := routeSet(res)
+			c.core.Send(c.request("ACK", c.contact(), route, "call-"+network, 1, ";tag=callee"))
+			c.phone.MustRecvRequest("ACK", wait)
+			c.core.Send(c.request("BYE", c.contact(), route, "call-"+network, 2, ";tag=callee"))
+			bye := c.phone.MustRecvRequest("BYE", wait)
+			c.phone.Respond(bye, 200, "OK", "")
+			if res := c.core.MustRecvResponse(wait); res.StatusCode != 200 {
+				t.Fatalf("BYE got %d", res.StatusCode)
+			}
+		})
+	}
+}
+
+// routeSet turns a 2xx's Record-Route into the Route header value the
+// UAC uses (RFC 3261 §12.1.2: the reverse order).
+func routeSet(res *sip.Response) string {
+	rrs := res.GetHeaders("Record-Route")
+	var out []string
+	for i := len(rrs) - 1; i >= 0; i-- {
+		out = append(out, rrs[i].Value())
+	}
+	return strings.Join(out, ", ")
+}
+
+func TestTamperedTokenIsForbidden(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	tok := strings.TrimPrefix(c.path[:strings.Index(c.path, "@")], "<sip:")
+	bad := []byte(tok)
+	bad[5] ^= 1
+	if bad[5] == '\x00' {
+		bad[5] = 'A'
+	}
+	tampered := strings.Replace(c.path, tok, string(bad), 1)
+	c.core.Send(c.request("INVITE", c.contact(), tampered, "tampered", 1, ""))
+	if res := c.core.MustRecvResponse(wait); res.StatusCode != 403 {
+		t.Fatalf("tampered token got %d, want 403", res.StatusCode)
+	}
+	// A token signed with another key is just as foreign.
+	other, _ := nat.NewSigner([]byte(strings.Repeat("k", 32)))
+	foreign := "<sip:" + other.Encode(c.e.Bindings().All()[0].Flow) + "@" + c.e.CoreAddr().String() + ";lr>"
+	c.core.Send(c.request("MESSAGE", c.contact(), foreign, "foreign", 1, ""))
+	if res := c.core.MustRecvResponse(wait); res.StatusCode != 403 {
+		t.Fatalf("foreign token got %d, want 403", res.StatusCode)
+	}
+}
+
+func TestClosedTCPFlowGives430(t *testing.T) {
+	c := setupCall(t, "tcp", nil)
+	c.phone.Close()
+	// The edge learns of the close asynchronously; keep asking until it
+	// answers 430 (bounded), never forwarding anywhere else.
+	deadline := time.Now().Add(wait)
+	for i := 1; ; i++ {
+		c.core.Send(c.request("MESSAGE", c.contact(), c.path, fmt.Sprintf("closed-%d", i), 1, ""))
+		res := c.core.MustRecvResponse(wait)
+		if res.StatusCode == 430 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("closed TCP flow still answers %d", res.StatusCode)
+		}
+	}
+}
+
+func TestCancelDuringRinging(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	c.core.Send(c.request("INVITE", c.contact(), c.path, "cancel-1", 1, ""))
+	inv := c.phone.MustRecvRequest("INVITE", wait)
+	c.phone.Respond(inv, 180, "Ringing", "callee")
+	if res := c.core.MustRecvResponse(wait); res.StatusCode != 180 {
+		t.Fatalf("core got %d, want 180", res.StatusCode)
+	}
+	// CANCEL has the INVITE's branch (RFC 3261 §9.1).
+	cancel := c.request("CANCEL", c.contact(), c.path, "cancel-1", 1, "")
+	cancel = strings.Replace(cancel, "-cancel;rport", "-invite;rport", 1)
+	c.core.Send(cancel)
+
+	got := map[string]int{}
+	for len(got) < 2 {
+		res := c.core.MustRecvResponse(wait)
+		got[string(res.CSeq().MethodName)] = res.StatusCode
+	}
+	if got["CANCEL"] != 200 || got["INVITE"] != 487 {
+		t.Fatalf("core got %v, want CANCEL 200 and INVITE 487", got)
+	}
+	cr := c.phone.MustRecvRequest("CANCEL", wait)
+	if cr.CSeq().SeqNo != inv.CSeq().SeqNo || cr.Via().Params.GetOr("branch", "") != inv.Via().Params.GetOr("branch", "x") {
+		t.Fatalf("downstream CANCEL does not match the INVITE: %s / %s", cr.CSeq().Value(), cr.Via().Value())
+	}
+	c.phone.Respond(cr, 200, "OK", "callee")
+	c.phone.Respond(inv, 487, "Request Terminated", "callee")
+	ack := c.phone.MustRecvRequest("ACK", wait) // hop-by-hop ACK for the 487
+	if ack.CSeq().SeqNo != inv.CSeq().SeqNo {
+		t.Fatalf("ACK CSeq %s", ack.CSeq().Value())
+	}
+}
+
+func TestTwoHundredRetransmissionsReachTheCaller(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	c.core.Send(c.request("INVITE", c.contact(), c.path, "retrans-1", 1, ""))
+	inv := c.phone.MustRecvRequest("INVITE", wait)
+	for i := 0; i < 3; i++ { // the callee retransmits its 2xx until it sees the ACK
+		c.phone.Respond(inv, 200, "OK", "callee")
+		if res := c.core.MustRecvResponse(wait); res.StatusCode != 200 {
+			t.Fatalf("transmission %d: core got %d", i+1, res.StatusCode)
+		}
+	}
+}
+
+func TestPhoneCallsOutThroughTheCore(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	invite := `INVITE sip:carol@example.com SIP/2.0
+Via: SIP/2.0/UDP ` + c.phone.Local.String() + `;branch=z9hG4bK-out-1;rport
+Max-Forwards: 70
+From: <sip:bob@example.com>;tag=bob1
+To: <sip:carol@example.com>
+Call-ID: out-1
+CSeq: 1 INVITE
+Contact: <sip:bob@` + c.phone.Local.String() + `>
+Content-Length: 0
+
+`
+	c.phone.Send(invite)
+	got := nextRequestOf(t, c.reg, "INVITE")
+	rrs := got.GetHeaders("Record-Route")
+	if len(rrs) != 2 {
+		t.Fatalf("core got %d Record-Routes, want 2", len(rrs))
+	}
+	top := rrs[0].(*sip.RecordRouteHeader).Address
+	if top.Host != c.e.CoreAddr().Addr().String() || top.Port != int(c.e.CoreAddr().Port()) {
+		t.Errorf("top Record-Route %s should face the core", top.String())
+	}
+	if rrs[1].(*sip.RecordRouteHeader).Address.User == "" {
+		t.Errorf("access-side Record-Route carries no flow token")
+	}
+	var res *sip.Response
+	for res == nil || res.StatusCode < 200 {
+		res = c.phone.MustRecvResponse(wait)
+	}
+	if res.StatusCode != 200 {
+		t.Fatalf("phone got %d", res.StatusCode)
+	}
+	// BYE from the phone, in dialog: Route is the reversed Record-Route.
+	bye := `BYE sip:carol@example.com SIP/2.0
+Via: SIP/2.0/UDP ` + c.phone.Local.String() + `;branch=z9hG4bK-out-2;rport
+Route: ` + routeSetUAC(res) + `
+Max-Forwards: 70
+From: <sip:bob@example.com>;tag=bob1
+To: ` + res.To().Value() + `
+Call-ID: out-1
+CSeq: 2 BYE
+Content-Length: 0
+
+`
+	c.phone.Send(bye)
+	gotBye := nextRequestOf(t, c.reg, "BYE")
+	if gotBye.Route() != nil && c.e.CoreAddr().String() == gotBye.Route().Address.HostPort() {
+		t.Errorf("the edge's own Route was not removed: %s", gotBye.Route().Value())
+	}
+	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("BYE got %d", res.StatusCode)
+	}
+}
+
+// routeSetUAC is the caller's route set: the Record-Route reversed.
+func routeSetUAC(res *sip.Response) string { return routeSet(res) }
+
+func nextRequestOf(t *testing.T, reg *upstreamtest.Registrar, method string) *sip.Request {
+	t.Helper()
+	for {
+		req := nextRequest(t, reg)
+		if string(req.Method) == method {
+			return req
+		}
+	}
+}
+
+func TestOptionsToTheEdgeAnsweredLocally(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	c.phone.Send(`OPTIONS sip:` + c.e.UDP.String() + ` SIP/2.0
+Via: SIP/2.0/UDP ` + c.phone.Local.String() + `;branch=z9hG4bK-opt-1;rport
+Max-Forwards: 70
+From: <sip:bob@example.com>;tag=o1
+To: <sip:` + c.e.UDP.String() + `>
+Call-ID: opt-1
+CSeq: 1 OPTIONS
+Content-Length: 0
+
+`)
+	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("OPTIONS got %d", res.StatusCode)
+	}
+	for _, r := range c.reg.Requests() {
+		if r.Method == sip.OPTIONS {
+			t.Fatal("OPTIONS to the edge reached the core")
+		}
+	}
+}
+
+func TestRewriteModeRestoresContact(t *testing.T) {
+	c := setupCall(t, "udp", func(cfg *edge.Config) { cfg.Core.Mode = edge.ModeRewrite })
+	b := c.e.Bindings().All()[0]
+	c.core.Send(c.request("MESSAGE", b.CoreContact, "", "rw-1", 1, ""))
+	msg := c.phone.MustRecvRequest("MESSAGE", wait)
+	if msg.Recipient.String() != b.Contact {
+		t.Fatalf("phone got Request-URI %s, want its own contact %s", msg.Recipient.String(), b.Contact)
+	}
+	c.phone.Respond(msg, 200, "OK", "p")
+	if res := c.core.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("core got %d", res.StatusCode)
+	}
+}
+
+func TestLoopAndHops(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	loop := c.request("MESSAGE", c.contact(), c.path, "loop-1", 1, "")
+	loop = strings.Replace(loop, "Via: ", "Via: SIP/2.0/UDP "+c.e.CoreAddr().String()+";branch=z9hG4bK-old\nVia: ", 1)
+	c.core.Send(loop)
+	if res := c.core.MustRecvResponse(wait); res.StatusCode != 482 {
+		t.Fatalf("loop got %d, want 482", res.StatusCode)
+	}
+	hops := strings.Replace(c.request("MESSAGE", c.contact(), c.path, "hops-1", 1, ""), "Max-Forwards: 70", "Max-Forwards: 0", 1)
+	c.core.Send(hops)
+	if res := c.core.MustRecvResponse(wait); res.StatusCode != 483 {
+		t.Fatalf("Max-Forwards 0 got %d, want 483", res.StatusCode)
+	}
+}
