@@ -76,6 +76,7 @@ func (s *Server) failed(h hop) *Error {
 // response first. For INVITE, a CANCEL from upstream is passed on at once
 // and 2xx retransmissions keep being relayed after the handler returns.
 func (s *Server) forward(ctx context.Context, r *Request, fwd *sip.Request, h hop, onFinal func(*sip.Response)) error {
+	stampVia(fwd.Via(), r.Flow.Remote)
 	if err := h.prepare(fwd); err != nil {
 		return err
 	}
@@ -92,6 +93,9 @@ func (s *Server) forward(ctx context.Context, r *Request, fwd *sip.Request, h ho
 	}
 	var canceled atomic.Bool
 	if fwd.IsInvite() {
+		// RFC 6026: 2xx retransmissions are relayed, not absorbed. Hooked
+		// before any response can arrive so none slips past.
+		tx.OnRetransmission(func(res *sip.Response) { send(s.log, r, stripTopVia(res)) })
 		// sipgo answers the CANCEL (200) and the INVITE (487) upstream by
 		// itself; the edge's job is to cancel the branch downstream now.
 		r.Tx.OnCancel(func(*sip.Request) {
@@ -121,11 +125,11 @@ func (s *Server) forward(ctx context.Context, r *Request, fwd *sip.Request, h ho
 			}
 			if fwd.IsInvite() && res.StatusCode < 300 {
 				if canceled.Load() {
-					s.log.Info("2xx after CANCEL: callee answered a canceled call", "call", callID(fwd))
+					// Upstream already got 487; the call the callee just
+					// answered must not stay up (RFC 3261 §16.7 item 5 note).
+					go s.hangUp(fwd, res, h)
 				}
-				// RFC 6026: 2xx retransmissions are relayed, not absorbed.
-				keepTx = true
-				tx.OnRetransmission(func(res *sip.Response) { send(s.log, r, stripTopVia(res)) })
+				keepTx = true // its retransmission hook stays live until Timer M
 			}
 			return nil
 		case <-tx.Done():
@@ -165,6 +169,60 @@ func (s *Server) cancelBranch(fwd *sip.Request, h hop) {
 	tx, err := h.client.TransactionRequest(ctx, c, prebuilt)
 	if err != nil {
 		s.log.Debug("CANCEL not sent", "dst", h.dest, "err", err)
+		return
+	}
+	defer tx.Terminate()
+	select {
+	case <-tx.Responses():
+	case <-tx.Done():
+	case <-ctx.Done():
+	}
+}
+
+// hangUp acknowledges a 2xx that arrived after the INVITE was canceled
+// and ends that dialog at once with BYE.
+func (s *Server) hangUp(fwd *sip.Request, res *sip.Response, h hop) {
+	s.log.Info("callee answered a canceled call: hanging up", "call", callID(fwd))
+	contact := res.Contact()
+	if contact == nil {
+		return
+	}
+	// The route set toward the callee is the Record-Route above the edge's
+	// own entries, reversed (RFC 3261 §12.1.2).
+	var routes []sip.Uri
+	for _, rr := range res.GetHeaders("Record-Route") {
+		u := rr.(*sip.RecordRouteHeader).Address
+		if s.isOurs(u) {
+			break
+		}
+		routes = append([]sip.Uri{u}, routes...)
+	}
+	build := func(m sip.RequestMethod, seq uint32) *sip.Request {
+		r := sip.NewRequest(m, *contact.Address.Clone())
+		for _, u := range routes {
+			r.AppendHeader(&sip.RouteHeader{Address: u})
+		}
+		r.AppendHeader(sip.HeaderClone(fwd.From()))
+		r.AppendHeader(sip.HeaderClone(res.To()))
+		r.AppendHeader(sip.HeaderClone(fwd.CallID()))
+		r.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: m})
+		r.SetBody(nil)
+		if h.prepare(r) != nil {
+			return nil
+		}
+		return r
+	}
+	if ack := build(sip.ACK, fwd.CSeq().SeqNo); ack != nil {
+		_ = h.client.WriteRequest(ack, prebuilt)
+	}
+	bye := build(sip.BYE, fwd.CSeq().SeqNo+1)
+	if bye == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Core.Timeout)
+	defer cancel()
+	tx, err := h.client.TransactionRequest(ctx, bye, prebuilt)
+	if err != nil {
 		return
 	}
 	defer tx.Terminate()

@@ -10,5 +10,6 @@ import (
 
 func TestMain(m *testing.M) {
 	sip.SetDefaultLogger(slog.New(slog.DiscardHandler))
+	sip.UDPMTUSize = 65535 // as cmd/sipedge sets it once for the process
 	goleak.VerifyTestMain(m)
 }

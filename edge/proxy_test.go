@@ -331,3 +331,34 @@ func TestLoopAndHops(t *testing.T) {
 		t.Fatalf("Max-Forwards 0 got %d, want 483", res.StatusCode)
 	}
 }
+
+func TestAnswerAfterCancelIsHungUp(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	c.core.Send(c.request("INVITE", c.contact(), c.path, "late-1", 1, ""))
+	inv := c.phone.MustRecvRequest("INVITE", wait)
+	cancel := strings.Replace(c.request("CANCEL", c.contact(), c.path, "late-1", 1, ""), "-cancel;rport", "-invite;rport", 1)
+	c.core.Send(cancel)
+	c.phone.MustRecvRequest("CANCEL", wait)
+	// The callee answers the INVITE anyway (the 200 crossed the CANCEL).
+	c.phone.Respond(inv, 200, "OK", "late")
+	c.phone.MustRecvRequest("ACK", wait)
+	bye := c.phone.MustRecvRequest("BYE", wait)
+	if bye.CallID().Value() != "late-1" || !strings.Contains(bye.To().Value(), "tag=late") {
+		t.Fatalf("BYE for the wrong dialog: %s / %s", bye.CallID().Value(), bye.To().Value())
+	}
+}
+
+func TestLargeInviteCrossesUDP(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	sdp := "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 9 18 101\r\n"
+	for len(sdp) < 4096 {
+		sdp += "a=candidate:1 1 UDP 2130706431 127.0.0.1 4000 typ host generation 0 network-id 1\r\n"
+	}
+	msg := c.request("INVITE", c.contact(), c.path, "big-1", 1, "")
+	msg = strings.Replace(msg, "Content-Length: 0\n\n", fmt.Sprintf("Content-Type: application/sdp\nContent-Length: %d\n\n", len(sdp)), 1)
+	c.core.Send(strings.ReplaceAll(msg, "\n", "\r\n") + sdp)
+	inv := c.phone.MustRecvRequest("INVITE", wait)
+	if len(inv.Body()) != len(sdp) {
+		t.Fatalf("phone got %d bytes of SDP, want %d", len(inv.Body()), len(sdp))
+	}
+}

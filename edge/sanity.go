@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -50,14 +51,15 @@ func checkSanity(req *sip.Request) *Error {
 	return nil
 }
 
-// observe stamps the real source on the top Via (RFC 3581 §4): received and
+// stampVia records the real source on a Via (RFC 3581 §4): received and
 // rport, always, even when the client asked for neither, so every response
-// (ours or relayed) finds its way back through the NAT.
-func observe(next Handler) Handler {
-	return func(ctx context.Context, r *Request) error {
-		v := r.Via()
-		v.Params.Add("received", r.Flow.Remote.Addr().String())
-		v.Params.Add("rport", strconv.Itoa(int(r.Flow.Remote.Port())))
-		return next(ctx, r)
+// (the edge's own or relayed) finds its way back through the NAT. It is
+// applied to copies only: the server transaction's request is shared with
+// sipgo's timers.
+func stampVia(v *sip.ViaHeader, src netip.AddrPort) {
+	if v == nil {
+		return
 	}
+	v.Params.Add("received", src.Addr().String())
+	v.Params.Add("rport", strconv.Itoa(int(src.Port())))
 }

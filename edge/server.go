@@ -121,7 +121,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	if s.accessClient, err = sipgo.NewClient(s.accessUA, sipgo.WithClientLogger(siplog)); err != nil {
 		return nil, err
 	}
-	s.access = chain(s.route, sanity, observe)
+	s.access = chain(s.route, sanity)
 	return s, nil
 }
 
@@ -210,7 +210,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		return err
 	}
 	accessSrv.OnNoRoute(s.sipHandler(s.access, false))
-	coreSrv.OnNoRoute(s.sipHandler(chain(s.routeCore, sanity, observe), true))
+	coreSrv.OnNoRoute(s.sipHandler(chain(s.routeCore, sanity), true))
 
 	var wg sync.WaitGroup
 	serve := func(f func() error) {

@@ -63,6 +63,7 @@ func reply(log *slog.Logger, r *Request, code int, reason string, hdrs ...sip.He
 		return // ACK is never answered
 	}
 	res := sip.NewResponseFromRequest(r.Request, code, reason, nil)
+	stampVia(res.Via(), r.Flow.Remote)
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}
