@@ -8,6 +8,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/binding"
+	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/upstream"
 )
 
@@ -43,6 +44,7 @@ func (s *Server) handleRegister(ctx context.Context, r *Request) error {
 		}
 	}
 
+	evidence := s.natEvidence(r, reg)
 	fwd := r.Clone()
 	target := s.upstreams.Pick()
 	token := s.signer.Encode(r.Flow)
@@ -73,10 +75,21 @@ func (s *Server) handleRegister(ctx context.Context, r *Request) error {
 
 	return s.forward(ctx, r, fwd, s.coreHop(target), func(res *sip.Response) {
 		if res.IsSuccess() {
-			s.recordBindings(r, reg, sent, res)
+			s.recordBindings(r, reg, sent, res, evidence)
 			s.restoreReply(reg, token, sent, res)
 		}
 	})
+}
+
+// natEvidence classifies the path the REGISTER took (behind a NAT, a SIP
+// ALG) from its top Via and Contacts against the real source.
+func (s *Server) natEvidence(r *Request, reg *registerRequest) nat.Evidence {
+	via := r.Via()
+	contacts := make([]nat.HostPort, len(reg.Contacts))
+	for i, c := range reg.Contacts {
+		contacts[i] = nat.HostPort{Host: c.Header.Address.Host, Port: c.Header.Address.Port}
+	}
+	return nat.Detect(r.Flow.Remote, r.Flow.Transport, nat.HostPort{Host: via.Host, Port: via.Port}, contacts)
 }
 
 func (s *Server) domainAllowed(d string) bool {
@@ -107,7 +120,7 @@ func (s *Server) pathURI(token string, t upstream.Target) string {
 
 // recordBindings stores what the core's 2xx granted for the contacts this
 // REGISTER carried. Contacts the core did not list are gone.
-func (s *Server) recordBindings(r *Request, reg *registerRequest, sent []sentContact, res *sip.Response) {
+func (s *Server) recordBindings(r *Request, reg *registerRequest, sent []sentContact, res *sip.Response, ev nat.Evidence) {
 	if reg.Star {
 		s.bindings.RemoveAOR(reg.AOR)
 		return
@@ -150,6 +163,7 @@ func (s *Server) recordBindings(r *Request, reg *registerRequest, sent []sentCon
 			UserAgent:   reg.UserAgent,
 			Instance:    sc.reg.Instance,
 			RegID:       sc.reg.RegID,
+			NAT:         ev,
 		})
 	}
 }

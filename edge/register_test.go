@@ -332,3 +332,21 @@ func TestCoreRefusingGives503(t *testing.T) {
 		t.Fatalf("got %d %s (Retry-After %v), want 503 with Retry-After", res.StatusCode, res.Reason, res.GetHeader("Retry-After"))
 	}
 }
+
+func TestBindingRecordsNATEvidence(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	// What a phone behind a home router sends: its private address.
+	msg := phone.Register(edgetest.Reg{User: "nat", Contact: "<sip:nat@192.168.1.20:5060>"})
+	msg = strings.Replace(msg, phone.Local.String()+";branch", "192.168.1.20:5060;branch", 1)
+	phone.Send(msg)
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("got %d", res.StatusCode)
+	}
+	bs := e.Bindings().Lookup("sip:nat@example.com")
+	want := nat.ViaAddrDiffers | nat.ViaPortDiffers | nat.PrivateContact
+	if len(bs) != 1 || bs[0].NAT != want || !bs[0].NAT.BehindNAT() {
+		t.Fatalf("bindings %+v, want NAT evidence %v", bs, want)
+	}
+}

@@ -25,6 +25,7 @@ type Binding struct {
 	UserAgent   string
 	Instance    string // +sip.instance, if any
 	RegID       int    // reg-id, 0 if none
+	NAT         nat.Evidence
 	Updated     time.Time
 }
 
@@ -53,7 +54,11 @@ func New(now func() time.Time, ev Events) *Table {
 	return &Table{now: now, events: ev, byAOR: make(map[string]map[string]Binding), byCore: make(map[string]key)}
 }
 
-// Put inserts or refreshes b, keyed by (AOR, Contact).
+// Put inserts or refreshes b, keyed by (AOR, Contact). A binding with an
+// instance and reg-id replaces the one of the same AOR, instance and
+// reg-id even if its Contact changed (RFC 5626 §6): a phone behind a
+// symmetric NAT re-registering from a new port moves its binding instead
+// of leaving a dead twin.
 func (t *Table) Put(b Binding) {
 	b.Updated = t.now()
 	t.mu.Lock()
@@ -61,6 +66,16 @@ func (t *Table) Put(b Binding) {
 	if m == nil {
 		m = make(map[string]Binding)
 		t.byAOR[b.AOR] = m
+	}
+	if b.Instance != "" {
+		for c, old := range m {
+			if c != b.Contact && old.Instance == b.Instance && old.RegID == b.RegID {
+				t.deleteLocked(b.AOR, c)
+			}
+		}
+		if len(m) == 0 { // deleteLocked dropped the emptied map
+			t.byAOR[b.AOR] = m
+		}
 	}
 	if old, ok := m[b.Contact]; !ok {
 		t.count++

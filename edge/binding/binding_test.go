@@ -120,3 +120,23 @@ func TestConcurrentPuts(t *testing.T) {
 		t.Fatalf("len %d, all %d", tab.Len(), len(tab.All()))
 	}
 }
+
+func TestSameInstanceMovesTheBinding(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	tab := New(clk.Now, Events{})
+	aor := "sip:alice@example.com"
+	inst := `"<urn:uuid:00000000-0000-0000-0000-000000000001>"`
+	tab.Put(Binding{AOR: aor, Contact: "sip:a@198.51.100.7:1111", Instance: inst, RegID: 1, Flow: flow(1111), Expires: clk.Now().Add(time.Hour)})
+	tab.Put(Binding{AOR: aor, Contact: "sip:a@198.51.100.7:2222", Instance: inst, RegID: 1, Flow: flow(2222), Expires: clk.Now().Add(time.Hour)})
+	bs := tab.Lookup(aor)
+	if len(bs) != 1 || bs[0].Flow != flow(2222) || tab.Len() != 1 {
+		t.Fatalf("bindings = %+v, want only the new flow", bs)
+	}
+	// Another reg-id of the same instance is a second flow, kept (RFC 5626 §4.2).
+	tab.Put(Binding{AOR: aor, Contact: "sip:a@198.51.100.7:3333", Instance: inst, RegID: 2, Flow: flow(3333), Expires: clk.Now().Add(time.Hour)})
+	// The same instance under another AOR is untouched by either.
+	tab.Put(Binding{AOR: "sip:bob@example.com", Contact: "sip:b@1", Instance: inst, RegID: 1, Expires: clk.Now().Add(time.Hour)})
+	if len(tab.Lookup(aor)) != 2 || len(tab.Lookup("sip:bob@example.com")) != 1 {
+		t.Fatalf("aor %d, bob %d", len(tab.Lookup(aor)), len(tab.Lookup("sip:bob@example.com")))
+	}
+}
