@@ -38,7 +38,8 @@ type Events struct {
 
 type key struct{ aor, contact string }
 
-// Table holds bindings by AOR and contact. Safe for concurrent use.
+// Table holds bindings by AOR and contact, with indexes by core-side
+// contact and by flow. Safe for concurrent use.
 type Table struct {
 	now    func() time.Time
 	events Events
@@ -46,12 +47,14 @@ type Table struct {
 	mu     sync.Mutex
 	byAOR  map[string]map[string]Binding // AOR -> Contact -> binding
 	byCore map[string]key                // CoreContact -> binding (rewrite mode)
+	byFlow map[nat.FlowKey]map[key]struct{}
 	count  int
 }
 
 // New returns an empty table reading time from now.
 func New(now func() time.Time, ev Events) *Table {
-	return &Table{now: now, events: ev, byAOR: make(map[string]map[string]Binding), byCore: make(map[string]key)}
+	return &Table{now: now, events: ev, byAOR: make(map[string]map[string]Binding),
+		byCore: make(map[string]key), byFlow: make(map[nat.FlowKey]map[key]struct{})}
 }
 
 // Put inserts or refreshes b, keyed by (AOR, Contact). A binding with an
@@ -61,32 +64,19 @@ func New(now func() time.Time, ev Events) *Table {
 // of leaving a dead twin.
 func (t *Table) Put(b Binding) {
 	b.Updated = t.now()
+	var replaced []Binding
 	t.mu.Lock()
-	m := t.byAOR[b.AOR]
-	if m == nil {
-		m = make(map[string]Binding)
-		t.byAOR[b.AOR] = m
-	}
-	if b.Instance != "" {
-		for c, old := range m {
-			if c != b.Contact && old.Instance == b.Instance && old.RegID == b.RegID {
-				t.deleteLocked(b.AOR, c)
+	for c, old := range t.byAOR[b.AOR] {
+		if c == b.Contact || (b.Instance != "" && old.Instance == b.Instance && old.RegID == b.RegID) {
+			if c != b.Contact {
+				replaced = append(replaced, old)
 			}
-		}
-		if len(m) == 0 { // deleteLocked dropped the emptied map
-			t.byAOR[b.AOR] = m
+			t.deleteLocked(old)
 		}
 	}
-	if old, ok := m[b.Contact]; !ok {
-		t.count++
-	} else if old.CoreContact != "" {
-		delete(t.byCore, old.CoreContact)
-	}
-	m[b.Contact] = b
-	if b.CoreContact != "" {
-		t.byCore[b.CoreContact] = key{b.AOR, b.Contact}
-	}
+	t.insertLocked(b)
 	t.mu.Unlock()
+	t.fire(t.events.OnRemove, replaced)
 	if t.events.OnBind != nil {
 		t.events.OnBind(b)
 	}
@@ -97,11 +87,11 @@ func (t *Table) Remove(aor, contact string) bool {
 	t.mu.Lock()
 	b, ok := t.byAOR[aor][contact]
 	if ok {
-		t.deleteLocked(aor, contact)
+		t.deleteLocked(b)
 	}
 	t.mu.Unlock()
-	if ok && t.events.OnRemove != nil {
-		t.events.OnRemove(b)
+	if ok {
+		t.fire(t.events.OnRemove, []Binding{b})
 	}
 	return ok
 }
@@ -109,30 +99,86 @@ func (t *Table) Remove(aor, contact string) bool {
 // RemoveAOR deletes every contact of aor (Contact: *) and returns how many.
 func (t *Table) RemoveAOR(aor string) int {
 	t.mu.Lock()
-	m := t.byAOR[aor]
-	removed := make([]Binding, 0, len(m))
-	for c, b := range m {
+	removed := make([]Binding, 0, len(t.byAOR[aor]))
+	for _, b := range t.byAOR[aor] {
 		removed = append(removed, b)
-		t.deleteLocked(aor, c)
+		t.deleteLocked(b)
 	}
 	t.mu.Unlock()
-	if t.events.OnRemove != nil {
-		for _, b := range removed {
-			t.events.OnRemove(b)
-		}
-	}
+	t.fire(t.events.OnRemove, removed)
 	return len(removed)
 }
 
-func (t *Table) deleteLocked(aor, contact string) {
-	m := t.byAOR[aor]
-	if b := m[contact]; b.CoreContact != "" && t.byCore[b.CoreContact] == (key{aor, contact}) {
-		delete(t.byCore, b.CoreContact)
+// RemoveFlow deletes every binding registered on flow f (the flow died)
+// and returns them.
+func (t *Table) RemoveFlow(f nat.FlowKey) []Binding {
+	t.mu.Lock()
+	var removed []Binding
+	for k := range t.byFlow[f] {
+		b := t.byAOR[k.aor][k.contact]
+		removed = append(removed, b)
+		t.deleteLocked(b)
 	}
-	delete(m, contact)
+	t.mu.Unlock()
+	t.fire(t.events.OnRemove, removed)
+	return removed
+}
+
+// HasFlow reports whether any binding uses flow f.
+func (t *Table) HasFlow(f nat.FlowKey) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byFlow[f]) > 0
+}
+
+func (t *Table) fire(f func(Binding), bs []Binding) {
+	if f == nil {
+		return
+	}
+	for _, b := range bs {
+		f(b)
+	}
+}
+
+func (t *Table) insertLocked(b Binding) {
+	m := t.byAOR[b.AOR]
+	if m == nil {
+		m = make(map[string]Binding)
+		t.byAOR[b.AOR] = m
+	}
+	m[b.Contact] = b
+	t.count++
+	k := key{b.AOR, b.Contact}
+	if b.CoreContact != "" {
+		t.byCore[b.CoreContact] = k
+	}
+	fm := t.byFlow[b.Flow]
+	if fm == nil {
+		fm = make(map[key]struct{})
+		t.byFlow[b.Flow] = fm
+	}
+	fm[k] = struct{}{}
+}
+
+func (t *Table) deleteLocked(b Binding) {
+	k := key{b.AOR, b.Contact}
+	m := t.byAOR[b.AOR]
+	if _, ok := m[b.Contact]; !ok {
+		return
+	}
+	delete(m, b.Contact)
 	t.count--
 	if len(m) == 0 {
-		delete(t.byAOR, aor)
+		delete(t.byAOR, b.AOR)
+	}
+	if b.CoreContact != "" && t.byCore[b.CoreContact] == k {
+		delete(t.byCore, b.CoreContact)
+	}
+	if fm := t.byFlow[b.Flow]; fm != nil {
+		delete(fm, k)
+		if len(fm) == 0 {
+			delete(t.byFlow, b.Flow)
+		}
 	}
 }
 
@@ -210,20 +256,16 @@ func (t *Table) Sweep() []Binding {
 	now := t.now()
 	var gone []Binding
 	t.mu.Lock()
-	for aor, m := range t.byAOR {
-		for c, b := range m {
+	for _, m := range t.byAOR {
+		for _, b := range m {
 			if !b.Expires.After(now) {
 				gone = append(gone, b)
-				t.deleteLocked(aor, c)
+				t.deleteLocked(b)
 			}
 		}
 	}
 	t.mu.Unlock()
-	if t.events.OnExpire != nil {
-		for _, b := range gone {
-			t.events.OnExpire(b)
-		}
-	}
+	t.fire(t.events.OnExpire, gone)
 	return gone
 }
 

@@ -140,3 +140,24 @@ func TestSameInstanceMovesTheBinding(t *testing.T) {
 		t.Fatalf("aor %d, bob %d", len(tab.Lookup(aor)), len(tab.Lookup("sip:bob@example.com")))
 	}
 }
+
+func TestRemoveFlow(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	var gone []string
+	tab := New(clk.Now, Events{OnRemove: func(b Binding) { gone = append(gone, b.Contact) }})
+	exp := clk.Now().Add(time.Hour)
+	tab.Put(Binding{AOR: "sip:a@x", Contact: "sip:a@1", Flow: flow(1), Expires: exp})
+	tab.Put(Binding{AOR: "sip:b@x", Contact: "sip:b@1", Flow: flow(1), Expires: exp})
+	tab.Put(Binding{AOR: "sip:c@x", Contact: "sip:c@2", Flow: flow(2), Expires: exp})
+	if !tab.HasFlow(flow(1)) || len(tab.RemoveFlow(flow(1))) != 2 || tab.HasFlow(flow(1)) {
+		t.Fatal("RemoveFlow did not remove both bindings of the flow")
+	}
+	if tab.Len() != 1 || len(gone) != 2 || !tab.HasFlow(flow(2)) {
+		t.Fatalf("len %d, removed %v", tab.Len(), gone)
+	}
+	// A refresh that moves a binding to another flow re-indexes it.
+	tab.Put(Binding{AOR: "sip:c@x", Contact: "sip:c@2", Flow: flow(3), Expires: exp})
+	if tab.HasFlow(flow(2)) || !tab.HasFlow(flow(3)) {
+		t.Fatal("flow index not moved on refresh")
+	}
+}
