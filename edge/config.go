@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/upstream"
 )
 
@@ -50,11 +51,20 @@ type RegistrationConfig struct {
 	MaxContacts int           `toml:"max_contacts"`
 }
 
+// NATConfig is the [nat] section: keepalives and the flow table.
+type NATConfig struct {
+	nat.KeepaliveConfig
+	// MaxFlows caps the flow table; a REGISTER on a new flow beyond it
+	// still works but its flow is not kept alive.
+	MaxFlows int `toml:"max_flows"`
+}
+
 // Config is everything the edge needs from the config file.
 type Config struct {
 	Access       AccessConfig       `toml:"access"`
 	Core         CoreConfig         `toml:"core"`
 	Registration RegistrationConfig `toml:"registration"`
+	NAT          NATConfig          `toml:"nat"`
 }
 
 // DefaultConfig works on one machine: phones on 127.0.0.1:5060, a core on
@@ -78,6 +88,7 @@ func DefaultConfig() Config {
 			MaxExpires:  time.Hour,
 			MaxContacts: 10,
 		},
+		NAT: NATConfig{KeepaliveConfig: nat.DefaultKeepaliveConfig(), MaxFlows: 1_000_000},
 	}
 }
 
@@ -142,5 +153,9 @@ func (c Config) Validate() error {
 	if r.MaxContacts < 1 {
 		bad("registration.max_contacts", "%d is below 1", r.MaxContacts)
 	}
+	if c.NAT.MaxFlows < 1 {
+		bad("nat.max_flows", "%d is below 1", c.NAT.MaxFlows)
+	}
+	errs = append(errs, c.NAT.KeepaliveConfig.Validate())
 	return errors.Join(errs...)
 }

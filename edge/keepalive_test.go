@@ -1,6 +1,10 @@
 package edge_test
 
 import (
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/edge/binding"
+	"github.com/sipedge/sipedge/nat"
 	"net"
 	"testing"
 	"time"
@@ -51,5 +55,133 @@ func TestSTUNOnSIPPort(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	if n, err := c.Read(buf); err == nil {
 		t.Fatalf("CRLF keepalive was answered on UDP: %q", buf[:n])
+	}
+}
+
+func TestCRLFKeepalivesReachRegisteredUDPFlows(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+		c.NAT.Mode = nat.KeepaliveCRLF
+		c.NAT.Interval = time.Second
+	})
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "ka"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("got %d", res.StatusCode)
+	}
+	// The phone stays silent; the edge's ping arrives from the SIP port.
+	raw, from := phone.RecvRaw(wait)
+	if string(raw) != "\r\n\r\n" || from != e.UDP {
+		t.Fatalf("got %q from %v, want a CRLF keepalive from %v", raw, from, e.UDP)
+	}
+}
+
+func TestUnansweredOptionsKillTheFlow(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	dead := make(chan nat.FlowKey, 1)
+	e := edgetest.StartWith(t, core.URI("udp"), func(c *edge.Config) {
+		c.NAT.Mode = nat.KeepaliveOptions
+		c.NAT.Interval = time.Second
+		c.NAT.Failures = 2
+	}, edge.Events{OnFlowDead: func(k nat.FlowKey, why string, removed []binding.Binding) {
+		if len(removed) == 1 {
+			dead <- k
+		}
+	}})
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "gone"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("got %d", res.StatusCode)
+	}
+	opt := phone.MustRecvRequest("OPTIONS", wait) // the phone never answers
+	if opt.Recipient.Host != "127.0.0.1" || opt.Recipient.Port != int(phone.Local.Port()) {
+		t.Errorf("OPTIONS to %s", opt.Recipient.String())
+	}
+	select {
+	case k := <-dead:
+		if k.Remote != phone.Local {
+			t.Fatalf("dead flow %v, want the phone's", k)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("flow not declared dead after unanswered OPTIONS")
+	}
+	if n := len(e.Bindings().All()); n != 0 {
+		t.Fatalf("%d bindings survive a dead flow", n)
+	}
+	// A new REGISTER revives it.
+	phone.Send(phone.Register(edgetest.Reg{User: "gone", CSeq: 2}))
+	for {
+		m, err := phone.Recv(wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res, ok := m.(*sip.Response); ok {
+			if res.StatusCode != 200 {
+				t.Fatalf("re-REGISTER got %d", res.StatusCode)
+			}
+			break
+		}
+	}
+	if n := len(e.Bindings().All()); n != 1 {
+		t.Fatalf("%d bindings after re-REGISTER, want 1", n)
+	}
+}
+
+func TestTCPCloseKillsTheFlowAtOnce(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	dead := make(chan string, 1)
+	e := edgetest.StartWith(t, core.URI("udp"), nil, edge.Events{OnFlowDead: func(k nat.FlowKey, why string, removed []binding.Binding) {
+		dead <- why
+	}})
+	phone := edgetest.Dial(t, "tcp", e.TCP)
+	phone.Send(phone.Register(edgetest.Reg{User: "tcp"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("got %d", res.StatusCode)
+	}
+	// A CRLF ping gets a pong and does not disturb SIP.
+	phone.SendRaw("\r\n\r\n")
+	if raw, _ := phone.RecvRaw(wait); string(raw) != "\r\n" {
+		t.Fatalf("ping answered %q, want a CRLF pong", raw)
+	}
+	phone.Close()
+	select {
+	case why := <-dead:
+		t.Logf("flow dead: %s", why)
+	case <-time.After(wait):
+		t.Fatal("closing the connection did not kill the flow")
+	}
+	if n := len(e.Bindings().All()); n != 0 {
+		t.Fatalf("%d bindings survive the closed connection", n)
+	}
+}
+
+func TestOutboundClientsGetFlowTimer(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	for _, tc := range []struct {
+		network string
+		want    string
+	}{{"udp", "25"}, {"tcp", "120"}} {
+		access := e.UDP
+		if tc.network == "tcp" {
+			access = e.TCP
+		}
+		phone := edgetest.Dial(t, tc.network, access)
+		contact := "<sip:ob@" + phone.Local.String() + ";transport=" + tc.network + `;ob>;+sip.instance="<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>";reg-id=1`
+		phone.Send(phone.Register(edgetest.Reg{User: "ob" + tc.network, Contact: contact, Extra: "Supported: path, outbound"}))
+		res := phone.MustRecvResponse(wait)
+		if res.StatusCode != 200 {
+			t.Fatalf("%s: got %d", tc.network, res.StatusCode)
+		}
+		req, ft := res.GetHeader("Require"), res.GetHeader("Flow-Timer")
+		if req == nil || req.Value() != "outbound" || ft == nil || ft.Value() != tc.want {
+			t.Fatalf("%s: Require %v, Flow-Timer %v; want outbound and %s", tc.network, req, ft, tc.want)
+		}
+	}
+	// Without outbound support: neither header.
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "plain"}))
+	if res := phone.MustRecvResponse(wait); res.GetHeader("Require") != nil || res.GetHeader("Flow-Timer") != nil {
+		t.Fatalf("plain client got outbound headers:\n%s", res)
 	}
 }

@@ -37,9 +37,13 @@ func (s *Server) accessAddr(f nat.FlowKey) netip.AddrPort {
 	return f.Local
 }
 
-// flowUsable reports whether f can carry a request now: a stream flow
-// needs its connection (sipgo would otherwise dial the NAT's address).
+// flowUsable reports whether f can carry a request now: it must be a
+// live flow, and a stream flow needs its connection (sipgo would
+// otherwise dial the NAT's address).
 func (s *Server) flowUsable(f nat.FlowKey) bool {
+	if !s.flows.Alive(f) {
+		return false // dead, or never registered
+	}
 	if !f.Transport.Reliable() {
 		return true
 	}

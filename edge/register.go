@@ -77,6 +77,7 @@ func (s *Server) handleRegister(ctx context.Context, r *Request) error {
 		if res.IsSuccess() {
 			s.recordBindings(r, reg, sent, res, evidence)
 			s.restoreReply(reg, token, sent, res)
+			s.outbound(reg, r.Flow, res)
 		}
 	})
 }

@@ -29,23 +29,34 @@ type Deps struct {
 	Upstreams *upstream.Pool   // required: the core registrars
 	Now       func() time.Time // defaults to time.Now
 	Grace     time.Duration    // drain time on shutdown; default 5s
+	Events    Events           // optional hooks
+}
+
+// Events are optional callbacks for metrics, audit logs and tests.
+type Events struct {
+	// OnFlowDead reports a flow found dead and the bindings it took along.
+	OnFlowDead func(k nat.FlowKey, why string, removed []binding.Binding)
 }
 
 // Server is a running edge.
 type Server struct {
-	cfg       Config
-	log       *slog.Logger
-	now       func() time.Time
-	grace     time.Duration
-	signer    *nat.Signer
-	upstreams *upstream.Pool
-	bindings  *binding.Table
-	domains   map[string]bool
-	socks     *Sockets
-	coreAddr  netip.AddrPort
-	advertise netip.Addr              // public address of the access side, if set
-	ownAddrs  map[netip.AddrPort]bool // every access socket address
-	ownPorts  map[uint16]bool         // their ports, for advertise matching
+	cfg        Config
+	log        *slog.Logger
+	now        func() time.Time
+	grace      time.Duration
+	signer     *nat.Signer
+	upstreams  *upstream.Pool
+	bindings   *binding.Table
+	flows      *nat.FlowTable
+	keepalive  *nat.Keepaliver
+	events     Events
+	udpByLocal map[netip.AddrPort]net.PacketConn // raw access UDP sockets, for pings
+	domains    map[string]bool
+	socks      *Sockets
+	coreAddr   netip.AddrPort
+	advertise  netip.Addr              // public address of the access side, if set
+	ownAddrs   map[netip.AddrPort]bool // every access socket address
+	ownPorts   map[uint16]bool         // their ports, for advertise matching
 
 	accessUA     *sipgo.UserAgent
 	coreUA       *sipgo.UserAgent
@@ -71,7 +82,8 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: d.Log, now: d.Now, grace: d.Grace,
 		signer: d.Signer, upstreams: d.Upstreams, socks: socks,
-		domains: make(map[string]bool), ready: make(chan struct{}),
+		domains: make(map[string]bool), ready: make(chan struct{}), events: d.Events,
+		udpByLocal: make(map[netip.AddrPort]net.PacketConn),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -96,9 +108,14 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 			return nil, fmt.Errorf("access.advertise: %w", err)
 		}
 	}
-	s.bindings = binding.New(s.now, binding.Events{
-		OnExpire: func(b binding.Binding) { s.log.Info("binding expired", "aor", b.AOR, "flow", b.Flow) },
-	})
+	for _, c := range socks.UDP {
+		if a, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
+			s.udpByLocal[unmap(a)] = c
+		}
+	}
+	s.flows = nat.NewFlowTable(cfg.NAT.MaxFlows, s.now, nat.FlowEvents{OnDead: s.flowDead})
+	s.keepalive = nat.NewKeepaliver(cfg.NAT.KeepaliveConfig, s.flows, s, s.now, nil)
+	s.bindings = binding.New(s.now, s.bindingEvents())
 
 	siplog := slog.New(quietSipgo{s.log.Handler()})
 	uaOpts := func(name string) []sipgo.UserAgentOption {
@@ -228,31 +245,39 @@ func (s *Server) Serve(ctx context.Context) error {
 		udpReady = append(udpReady, rc.ready)
 		serve(func() error { return srv.ServeUDP(rc) })
 	}
-	for _, c := range s.socks.UDP {
+	for local, c := range s.udpByLocal {
 		// STUN and CRLF keepalives are answered here, before sipgo parses.
-		serveUDP(accessSrv, nat.NewPacketConn(c, nat.PacketHooks{}))
+		serveUDP(accessSrv, nat.NewPacketConn(c, s.packetHooks(local)))
 	}
+	// Stream listeners are wrapped so every connection is a flow: CRLF
+	// pings answered, close noticed at once.
+	wrap := func(l net.Listener, tp nat.Transport) net.Listener { return nat.NewListener(l, tp, s.streamHooks()) }
 	for _, l := range s.socks.TCP {
-		serve(func() error { return accessSrv.ServeTCP(l) })
+		serve(func() error { return accessSrv.ServeTCP(wrap(l, nat.TCP)) })
 	}
 	for _, l := range s.socks.TLS {
-		serve(func() error { return accessSrv.ServeTLS(l) })
+		serve(func() error { return accessSrv.ServeTLS(wrap(l, nat.TLS)) })
 	}
 	for _, l := range s.socks.WS {
-		serve(func() error { return accessSrv.ServeWS(l) })
+		serve(func() error { return accessSrv.ServeWS(wrap(l, nat.WS)) })
 	}
 	for _, l := range s.socks.WSS {
-		serve(func() error { return accessSrv.ServeWSS(l) })
+		serve(func() error { return accessSrv.ServeWSS(wrap(l, nat.WSS)) })
 	}
 	serveUDP(coreSrv, s.socks.CoreUDP)
 	serve(func() error { return coreSrv.ServeTCP(s.socks.CoreTCP) })
 
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	ticker := time.NewTicker(time.Second)
-	wg.Add(1)
+	kaTicker := time.NewTicker(time.Second)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		s.bindings.RunSweeper(sweepCtx, ticker.C)
+	}()
+	go func() {
+		defer wg.Done()
+		s.keepalive.Run(sweepCtx, kaTicker.C)
 	}()
 	for _, r := range udpReady {
 		select {
@@ -280,6 +305,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	stopSweep()
 	ticker.Stop()
+	kaTicker.Stop()
 	_ = s.accessUA.Close()
 	_ = s.coreUA.Close()
 	_ = s.socks.Close()

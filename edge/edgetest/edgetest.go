@@ -37,6 +37,12 @@ type Edge struct {
 // changed by mutate. It stops when the test ends.
 func Start(t testing.TB, core string, mutate func(*edge.Config)) *Edge {
 	t.Helper()
+	return StartWith(t, core, mutate, edge.Events{})
+}
+
+// StartWith is Start with event hooks.
+func StartWith(t testing.TB, core string, mutate func(*edge.Config), ev edge.Events) *Edge {
+	t.Helper()
 	cfg := edge.DefaultConfig()
 	cfg.Access = edge.AccessConfig{UDP: []string{"127.0.0.1:0"}, TCP: []string{"127.0.0.1:0"}}
 	cfg.Core.Listen = "127.0.0.1:0"
@@ -60,7 +66,7 @@ func Start(t testing.TB, core string, mutate func(*edge.Config)) *Edge {
 	tw := &testWriter{t: t}
 	t.Cleanup(tw.stop) // runs last: sipgo may still log while transactions end
 	log := slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := edge.New(cfg, socks, edge.Deps{Log: log, Signer: signer, Upstreams: pool, Grace: time.Second})
+	srv, err := edge.New(cfg, socks, edge.Deps{Log: log, Signer: signer, Upstreams: pool, Grace: time.Second, Events: ev})
 	if err != nil {
 		socks.Close()
 		t.Fatal(err)
@@ -322,4 +328,31 @@ func (p *Phone) Respond(req *sip.Request, code int, reason, toTag string) {
 	b.WriteString("CSeq: " + req.CSeq().Value() + "\n")
 	b.WriteString("Content-Length: 0\n\n")
 	p.Send(b.String())
+}
+
+// SendRaw writes bytes as they are.
+func (p *Phone) SendRaw(b string) {
+	p.t.Helper()
+	if _, err := p.conn.Write([]byte(b)); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// RecvRaw reads the next datagram (UDP) or chunk (TCP) as bytes, with
+// the address it came from.
+func (p *Phone) RecvRaw(d time.Duration) ([]byte, netip.AddrPort) {
+	p.t.Helper()
+	p.conn.SetReadDeadline(time.Now().Add(d))
+	buf := make([]byte, 65535)
+	var n int
+	var err error
+	if p.stream != nil {
+		n, err = p.stream.Read(buf)
+	} else {
+		n, err = p.conn.Read(buf)
+	}
+	if err != nil {
+		p.t.Fatalf("nothing received: %v", err)
+	}
+	return buf[:n], netip.MustParseAddrPort(p.conn.RemoteAddr().String())
 }
