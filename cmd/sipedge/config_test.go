@@ -35,6 +35,9 @@ func TestAnnotatedConfigIsTheDefault(t *testing.T) {
 		got.RetryAfter != want.RetryAfter || got.Mode != want.Mode || got.KeyFile != want.KeyFile {
 		t.Errorf("configs/sipedge.toml [core] = %+v, defaults = %+v", got, want)
 	}
+	if got, want := cfg.Config.NAT, def.Config.NAT; got != want {
+		t.Errorf("configs/sipedge.toml [nat] = %+v, defaults = %+v", got, want)
+	}
 	if got, want := cfg.Config.Registration, def.Config.Registration; got.MinExpires != want.MinExpires ||
 		got.MaxExpires != want.MaxExpires || got.MaxContacts != want.MaxContacts {
 		t.Errorf("configs/sipedge.toml [registration] = %+v, defaults = %+v", got, want)
@@ -60,6 +63,8 @@ func TestConfigErrors(t *testing.T) {
 		{"contacts", "[registration]\nmax_contacts = 0\n", "registration.max_contacts"},
 		{"log level", "[log]\nlevel = \"loud\"\n", "log.level"},
 		{"log format", "[log]\nformat = \"xml\"\n", "log.format"},
+		{"keepalive mode", "[nat]\nkeepalive = \"ping\"\n", "nat.keepalive"},
+		{"flow timer", "[nat]\nflow_timer = \"1500ms\"\n", "nat.flow_timer"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
