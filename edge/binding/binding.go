@@ -66,15 +66,22 @@ func (t *Table) Put(b Binding) {
 	b.Updated = t.now()
 	var replaced []Binding
 	t.mu.Lock()
-	for c, old := range t.byAOR[b.AOR] {
-		if c == b.Contact || (b.Instance != "" && old.Instance == b.Instance && old.RegID == b.RegID) {
-			if c != b.Contact {
+	if b.Instance != "" {
+		for c, old := range t.byAOR[b.AOR] {
+			if c != b.Contact && old.Instance == b.Instance && old.RegID == b.RegID {
 				replaced = append(replaced, old)
+				t.deleteLocked(old)
 			}
-			t.deleteLocked(old)
 		}
 	}
-	t.insertLocked(b)
+	if old, ok := t.byAOR[b.AOR][b.Contact]; ok && old.Flow == b.Flow && old.CoreContact == b.CoreContact {
+		t.byAOR[b.AOR][b.Contact] = b // a plain refresh: indexes unchanged
+	} else {
+		if ok {
+			t.deleteLocked(old)
+		}
+		t.insertLocked(b)
+	}
 	t.mu.Unlock()
 	t.fire(t.events.OnRemove, replaced)
 	if t.events.OnBind != nil {
