@@ -1,0 +1,254 @@
+package ratelimit
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// banRec is a ban, in force while now < until, and kept after it ends
+// (until ban_forget has passed) so that the next ban of the same source
+// lasts longer.
+type banRec struct {
+	since, until int64
+	count        int32
+	reason       Reason
+	notified     bool // expiry reported to OnUnban
+}
+
+// maxBan bounds any ban, so that until and Ban.Until cannot overflow.
+const maxBan = 100 * 365 * 24 * time.Hour
+
+// wideBan is a ban of a prefix wider than one source (an operator's).
+type wideBan struct {
+	p   netip.Prefix
+	rec banRec
+}
+
+// banned reports whether k is banned now. sh.mu must be held.
+func (sh *shard) banned(k key, now int64) bool {
+	rec, ok := sh.bans[k]
+	return ok && now < rec.until
+}
+
+// wideBanned reports whether a falls in a prefix ban. Lock-free.
+func (l *Limiter) wideBanned(a netip.Addr, now int64) bool {
+	p := l.wide.Load()
+	if p == nil {
+		return false
+	}
+	for i := range *p {
+		if w := &(*p)[i]; now < w.rec.until && w.p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// banDuration is how long the count-th ban lasts: ban_time doubled for
+// each earlier ban still remembered, at most ban_max.
+func (l *Limiter) banDuration(count int32) time.Duration {
+	d := l.cfg.BanTime
+	for i := int32(1); i < count; i++ {
+		if d >= l.cfg.BanMax/2 {
+			return l.cfg.BanMax
+		}
+		d *= 2
+	}
+	return min(d, l.cfg.BanMax)
+}
+
+func (l *Limiter) banOf(p netip.Prefix, rec banRec) Ban {
+	return Ban{Addr: p, Reason: rec.reason, Since: l.toTime(rec.since), Until: l.toTime(rec.until), Count: int(rec.count)}
+}
+
+// banLocked is an automatic ban of source k (entry e, nil if untracked).
+// It refuses sources holding bindings (unless ban_bound) and new records
+// beyond max_bans. sh.mu must be held; the caller emits the Ban.
+func (l *Limiter) banLocked(sh *shard, k key, e *entry, r Reason, now int64) (Ban, bool) {
+	if e != nil && e.bindings > 0 && !l.cfg.BanBound {
+		return Ban{}, false
+	}
+	b, ok := l.banKeyLocked(sh, k, r, 0, now, true)
+	if ok && e != nil {
+		e.overSince, e.lastOver = 0, 0
+	}
+	return b, ok
+}
+
+// banKeyLocked bans k for d (0: by escalation). An active ban is extended,
+// never shortened. auto bans respect max_bans. sh.mu must be held.
+func (l *Limiter) banKeyLocked(sh *shard, k key, r Reason, d time.Duration, now int64, auto bool) (Ban, bool) {
+	rec, ok := sh.bans[k]
+	if !ok {
+		if n := l.banRecs.Add(1); auto && n > int64(l.cfg.MaxBans) {
+			l.banRecs.Add(-1)
+			l.banOverflow.Add(1)
+			return Ban{}, false
+		}
+	}
+	rec.apply(r, d, now, l.banDuration)
+	sh.bans[k] = rec
+	return l.banOf(k.prefix(), rec), true
+}
+
+func (rec *banRec) apply(r Reason, d time.Duration, now int64, dur func(int32) time.Duration) {
+	if rec.count < 1<<30 {
+		rec.count++
+	}
+	if d <= 0 {
+		d = dur(rec.count)
+	}
+	until := now + int64(min(d, maxBan))
+	if now < rec.until {
+		until = max(until, rec.until)
+	} else {
+		rec.since = now
+	}
+	rec.until, rec.reason, rec.notified = until, r, false
+}
+
+// Ban bans p (a source, or any prefix) for d, or, if d <= 0, for the
+// escalated ban_time. IPv6 prefixes longer than /64 widen to the /64.
+// Prefixes inside the allowlist are ignored; max_bans does not apply.
+func (l *Limiter) Ban(p netip.Prefix, r Reason, d time.Duration) {
+	if !p.IsValid() {
+		return
+	}
+	p = normPrefix(p)
+	for _, a := range l.allow {
+		if a.Bits() <= p.Bits() && a.Contains(p.Addr()) {
+			return
+		}
+	}
+	now := l.nowNS()
+	var b Ban
+	if k, ok := prefixKey(p); ok {
+		sh := l.shardOf(k)
+		sh.mu.Lock()
+		b, _ = l.banKeyLocked(sh, k, r, d, now, false)
+		sh.mu.Unlock()
+	} else {
+		l.wideMu.Lock()
+		i := slices.IndexFunc(l.wideList, func(w wideBan) bool { return w.p == p })
+		if i < 0 {
+			i = len(l.wideList)
+			l.wideList = append(l.wideList, wideBan{p: p})
+		}
+		l.wideList[i].rec.apply(r, d, now, l.banDuration)
+		b = l.banOf(p, l.wideList[i].rec)
+		l.publishWide()
+		l.wideMu.Unlock()
+	}
+	l.emitBan(b)
+}
+
+// publishWide makes a copy of wideList the readers' snapshot. wideMu must
+// be held.
+func (l *Limiter) publishWide() {
+	if len(l.wideList) == 0 {
+		l.wide.Store(nil)
+		return
+	}
+	s := slices.Clone(l.wideList)
+	l.wide.Store(&s)
+}
+
+// Unban lifts the ban of p (as given to Ban, or a source's /32 or /64) and
+// forgets its history, so a later ban starts again at ban_time. It reports
+// whether a ban was in force.
+func (l *Limiter) Unban(p netip.Prefix) bool {
+	if !p.IsValid() {
+		return false
+	}
+	p = normPrefix(p)
+	now := l.nowNS()
+	var rec banRec
+	var found bool
+	if k, ok := prefixKey(p); ok {
+		sh := l.shardOf(k)
+		sh.mu.Lock()
+		if rec, found = sh.bans[k]; found {
+			delete(sh.bans, k)
+			l.banRecs.Add(-1)
+		}
+		sh.mu.Unlock()
+		p = k.prefix()
+	} else {
+		l.wideMu.Lock()
+		if i := slices.IndexFunc(l.wideList, func(w wideBan) bool { return w.p == p }); i >= 0 {
+			rec, found = l.wideList[i].rec, true
+			l.wideList = slices.Delete(l.wideList, i, i+1)
+			l.publishWide()
+		}
+		l.wideMu.Unlock()
+	}
+	active := found && now < rec.until
+	if active && l.ev.OnUnban != nil {
+		l.ev.OnUnban(l.banOf(p, rec))
+	}
+	return active
+}
+
+// Bans lists the bans in force, sorted by prefix.
+func (l *Limiter) Bans() []Ban {
+	now := l.nowNS()
+	var out []Ban
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for k, rec := range sh.bans {
+			if now < rec.until {
+				out = append(out, l.banOf(k.prefix(), rec))
+			}
+		}
+		sh.mu.Unlock()
+	}
+	if p := l.wide.Load(); p != nil {
+		for _, w := range *p {
+			if now < w.rec.until {
+				out = append(out, l.banOf(w.p, w.rec))
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Ban) int { return a.Addr.Compare(b.Addr) })
+	return out
+}
+
+// Banned reports whether a is banned now (never, if allowlisted).
+func (l *Limiter) Banned(a netip.Addr) bool {
+	k, a, ok := keyOf(a)
+	if !ok || l.allowed(a) {
+		return false
+	}
+	now := l.nowNS()
+	if l.wideBanned(a, now) {
+		return true
+	}
+	sh := l.shardOf(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.banned(k, now)
+}
+
+// sweepWide is Sweep for prefix bans: expired ones are appended to
+// expired, forgotten ones deleted.
+func (l *Limiter) sweepWide(now, forget int64, expired []Ban) []Ban {
+	l.wideMu.Lock()
+	defer l.wideMu.Unlock()
+	n, changed := len(l.wideList), false
+	for i := range l.wideList {
+		if w := &l.wideList[i]; w.rec.until <= now && !w.rec.notified {
+			w.rec.notified = true
+			expired = append(expired, l.banOf(w.p, w.rec))
+			changed = true
+		}
+	}
+	l.wideList = slices.DeleteFunc(l.wideList, func(w wideBan) bool {
+		return w.rec.until <= now-forget
+	})
+	if changed || len(l.wideList) != n {
+		l.publishWide()
+	}
+	return expired
+}

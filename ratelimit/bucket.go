@@ -1,0 +1,138 @@
+package ratelimit
+
+import (
+	"encoding/binary"
+	"math"
+	"net/netip"
+	"sync/atomic"
+	"time"
+)
+
+// Buckets are GCRA (virtual scheduling): one int64 per limit, the
+// "theoretical arrival time" (tat) in nanoseconds since the Limiter's
+// epoch. A bucket whose tat is not after now is full, which is also its
+// zero value, so an idle entry can be deleted without losing anything.
+// Compared with x/time/rate (80 bytes and a mutex per limiter), this
+// keeps all thirteen of a source's buckets and scores in one 128-byte
+// entry under its shard's lock.
+
+// bucket holds the constants of one budget.
+type bucket struct {
+	step float64 // ns per unit at factor 1 (1/rate)
+	tol  int64   // debt allowed, ns: burst units at factor 1
+}
+
+func newBucket(rate float64, burst int) bucket {
+	step := float64(time.Second) / rate
+	return bucket{step: step, tol: int64(step * float64(burst))}
+}
+
+func newBudget(b Budget) bucket { return newBucket(b.Rate, b.Burst) }
+
+// next charges n units at factor f (f >= 1 multiplies both rate and burst:
+// each unit costs step/f while the tolerance stays burst*step). It returns
+// the new tat and whether it is within the burst; the caller commits it.
+func (b bucket) next(tat, now int64, n, f float64) (int64, bool) {
+	tat = max(tat, now) + int64(b.step*n/f)
+	return tat, tat-now <= b.tol
+}
+
+// take charges and commits if within the burst.
+func (b bucket) take(tat *int64, now int64, n, f float64) bool {
+	t, ok := b.next(*tat, now, n, f)
+	if ok {
+		*tat = t
+	}
+	return ok
+}
+
+// takeAtomic is take on a shared tat, without a lock.
+func (b bucket) takeAtomic(tat *atomic.Int64, now int64, n, f float64) bool {
+	for {
+		old := tat.Load()
+		t, ok := b.next(old, now, n, f)
+		if !ok {
+			return false
+		}
+		if tat.CompareAndSwap(old, t) {
+			return true
+		}
+	}
+}
+
+// score counts events that decay: limit events within window reach it.
+// One event is forgiven every window/limit.
+type score struct {
+	step float64 // ns per event at factor 1
+	tol  int64   // window, ns
+}
+
+func newScore(limit int, window time.Duration) score {
+	return score{step: float64(window) / float64(limit), tol: int64(window)}
+}
+
+// add records an event at factor f (the limit becomes limit*f) and
+// reports whether the limit is reached. The score never exceeds the limit,
+// so it always decays to zero within one window.
+func (s score) add(tat *int64, now int64, f float64) bool {
+	t := min(max(*tat, now)+int64(math.Ceil(s.step/f)), now+s.tol)
+	*tat = t
+	return t-now >= s.tol
+}
+
+// key identifies a source: an IPv4 address, or the /64 of an IPv6 one.
+// It is pointer-free (unlike netip.Addr), so maps of keys are not scanned
+// by the garbage collector.
+type key struct{ hi, lo uint64 }
+
+// v4Tag marks an IPv4 key as in ::ffff:a.b.c.d; IPv6 keys have lo == 0.
+const v4Tag = 0xffff << 32
+
+// keyOf returns the key of a, and a unmapped and without zone. IPv4-mapped
+// IPv6 addresses count as IPv4.
+func keyOf(a netip.Addr) (key, netip.Addr, bool) {
+	a = a.Unmap()
+	switch {
+	case a.Is4():
+		b := a.As4()
+		return key{lo: v4Tag | uint64(binary.BigEndian.Uint32(b[:]))}, a, true
+	case a.Is6():
+		b := a.As16()
+		return key{hi: binary.BigEndian.Uint64(b[:8])}, a.WithZone(""), true
+	}
+	return key{}, a, false
+}
+
+// prefix is the key as an address prefix: /32 or /64.
+func (k key) prefix() netip.Prefix {
+	if k.hi == 0 && k.lo>>32 == 0xffff {
+		var b [4]byte
+		binary.BigEndian.PutUint32(b[:], uint32(k.lo))
+		return netip.PrefixFrom(netip.AddrFrom4(b), 32)
+	}
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], k.hi)
+	return netip.PrefixFrom(netip.AddrFrom16(b), 64)
+}
+
+// prefixKey is the key of a normalised prefix that names exactly one
+// source (IPv4 /32, or IPv6 /64 and longer, which widens to the /64).
+func prefixKey(p netip.Prefix) (key, bool) {
+	a := p.Addr()
+	if a.Is4() && p.Bits() == 32 || a.Is6() && p.Bits() >= 64 {
+		k, _, ok := keyOf(a)
+		return k, ok
+	}
+	return key{}, false
+}
+
+// SourcePrefix is what a source is tracked and banned as: the IPv4 address
+// itself (/32), or the /64 holding an IPv6 address. Callers that count
+// bindings for SetBindings should count them per SourcePrefix.
+func SourcePrefix(a netip.Addr) netip.Prefix {
+	k, _, ok := keyOf(a)
+	if !ok {
+		return netip.Prefix{}
+	}
+	return k.prefix()
+}

@@ -1,0 +1,335 @@
+package ratelimit
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Budget is a token bucket: Burst at once, refilled at Rate per second.
+type Budget struct {
+	Rate  float64 `toml:"rate"`
+	Burst int     `toml:"burst"`
+}
+
+// Config is the [ratelimit] section. Every per-source budget is what a
+// source with no registered bindings gets; see BindingWeight for how
+// bindings enlarge it. README.md documents each key.
+type Config struct {
+	// Allow lists CIDRs (or single addresses) that are never limited and
+	// never banned.
+	Allow []string `toml:"allow"`
+
+	// MaxSources caps the sources tracked individually. Beyond it, new
+	// sources share one overflow budget (OverflowShare). Sources holding
+	// bindings are always tracked and do not count against the cap.
+	MaxSources int `toml:"max_sources"`
+	// MaxAORs caps the addresses-of-record tracked for register_rate and
+	// aor_auth_failures. Beyond it, untracked AORs are not AOR-limited
+	// (the per-source limits still apply).
+	MaxAORs int `toml:"max_aors"`
+	// MaxBans caps automatic ban records, active or kept for escalation.
+	// At the cap a new offender is dropped but not banned.
+	MaxBans int `toml:"max_bans"`
+
+	// BindingWeight: a source holding n bindings gets every per-source
+	// budget (rates, bursts, max_conns, auth_failures) multiplied by
+	// 1 + binding_weight*min(n, max_bindings).
+	BindingWeight float64 `toml:"binding_weight"`
+	// MaxBindings caps the n used above.
+	MaxBindings int `toml:"max_bindings"`
+	// OverflowShare sizes the one budget that untracked sources share, as
+	// a multiple of one unknown source's budget.
+	OverflowShare float64 `toml:"overflow_share"`
+
+	// Before parsing (UDP): datagrams and bytes per source.
+	PacketRate  float64 `toml:"packet_rate"`
+	PacketBurst int     `toml:"packet_burst"`
+	ByteRate    float64 `toml:"byte_rate"`
+	ByteBurst   int     `toml:"byte_burst"`
+
+	// Before parsing (TCP, TLS, WS): new connections per source, and how
+	// many it may hold open at once.
+	ConnRate  float64 `toml:"conn_rate"`
+	ConnBurst int     `toml:"conn_burst"`
+	MaxConns  int     `toml:"max_conns"`
+
+	// After parsing: requests of any method per source.
+	RequestRate  float64 `toml:"request_rate"`
+	RequestBurst int     `toml:"request_burst"`
+	// Each method named in Methods has its own per-source budget; all
+	// other non-REGISTER methods share MethodRate/MethodBurst.
+	MethodRate  float64           `toml:"method_rate"`
+	MethodBurst int               `toml:"method_burst"`
+	Methods     map[string]Budget `toml:"methods"`
+	// REGISTERs per address-of-record, whatever the source (not scaled by
+	// bindings).
+	RegisterRate  float64 `toml:"register_rate"`
+	RegisterBurst int     `toml:"register_burst"`
+
+	// Over a limit, a request is answered 503 while the source's reply
+	// budget lasts, and dropped silently after that.
+	ReplyRate  float64 `toml:"reply_rate"`
+	ReplyBurst int     `toml:"reply_burst"`
+	// RetryAfter goes in those 503s, randomised by ±RetryJitter (a
+	// fraction) so that rejected clients do not return together.
+	RetryAfter  time.Duration `toml:"retry_after"`
+	RetryJitter float64       `toml:"retry_jitter"`
+
+	// MaxInflight caps requests forwarded to the core and not yet answered.
+	MaxInflight int `toml:"max_inflight"`
+
+	// FloodWindow: a source over any per-source limit, without a pause of
+	// a second or more, for this long is banned.
+	FloodWindow time.Duration `toml:"flood_window"`
+
+	// Bans last BanTime * 2^(n-1) for the n-th ban of the same source, at
+	// most BanMax. A source's ban count is forgotten BanForget after its
+	// last ban ends.
+	BanTime   time.Duration `toml:"ban_time"`
+	BanMax    time.Duration `toml:"ban_max"`
+	BanForget time.Duration `toml:"ban_forget"`
+	// BanBound allows automatic bans of sources that hold bindings. Off,
+	// such sources are only limited: a spoofed flood or one misconfigured
+	// phone must not lock a whole office out.
+	BanBound bool `toml:"ban_bound"`
+
+	// AuthFailures failed authentications by one source within AuthWindow
+	// ban it; AORAuthFailures on one address-of-record, from any sources,
+	// ban each further source that fails on it.
+	AuthFailures    int           `toml:"auth_failures"`
+	AORAuthFailures int           `toml:"aor_auth_failures"`
+	AuthWindow      time.Duration `toml:"auth_window"`
+
+	// MalformedLimit unparsable messages from one source within
+	// MalformedWindow ban it.
+	MalformedLimit  int           `toml:"malformed_limit"`
+	MalformedWindow time.Duration `toml:"malformed_window"`
+
+	// ScannerUserAgents are matched case-insensitively as whole words in
+	// the User-Agent; a match bans the source and drops the request.
+	ScannerUserAgents []string `toml:"scanner_user_agents"`
+}
+
+// DefaultScannerUserAgents are the User-Agents of well-known SIP scanning
+// and cracking tools. Real phones, PBXs and SDKs are deliberately absent
+// (Cisco-SIPGateway, for one, is Cisco IOS voice gateways).
+func DefaultScannerUserAgents() []string {
+	return []string{
+		"friendly-scanner", // SIPVicious svmap/svwar default
+		"sipvicious",
+		"sipcli",
+		"sip-scan",
+		"sundayddr",
+		"iWar",
+		"VaxSIPUserAgent",
+		"pplsip",
+		"siparmyknife",
+		"SIPScan",
+		"smap",
+	}
+}
+
+// DefaultConfig is sized for one unknown phone per source, with bindings
+// scaling budgets up for NATed sites. README.md explains each value.
+func DefaultConfig() Config {
+	return Config{
+		Allow:         []string{},
+		MaxSources:    100000,
+		MaxAORs:       100000,
+		MaxBans:       50000,
+		BindingWeight: 0.5,
+		MaxBindings:   1000,
+		OverflowShare: 20,
+
+		PacketRate:  50,
+		PacketBurst: 200,
+		ByteRate:    64 << 10,
+		ByteBurst:   256 << 10,
+
+		ConnRate:  5,
+		ConnBurst: 20,
+		MaxConns:  20,
+
+		RequestRate:  20,
+		RequestBurst: 100,
+		MethodRate:   5,
+		MethodBurst:  20,
+		Methods: map[string]Budget{
+			"INVITE":    {Rate: 2, Burst: 10},
+			"OPTIONS":   {Rate: 5, Burst: 20},
+			"SUBSCRIBE": {Rate: 5, Burst: 100},
+		},
+		RegisterRate:  1,
+		RegisterBurst: 20,
+
+		ReplyRate:   1,
+		ReplyBurst:  10,
+		RetryAfter:  20 * time.Second,
+		RetryJitter: 0.25,
+
+		MaxInflight: 1000,
+
+		FloodWindow: 10 * time.Second,
+
+		BanTime:   5 * time.Minute,
+		BanMax:    24 * time.Hour,
+		BanForget: 24 * time.Hour,
+
+		AuthFailures:    10,
+		AORAuthFailures: 20,
+		AuthWindow:      time.Minute,
+
+		MalformedLimit:  10,
+		MalformedWindow: time.Minute,
+
+		ScannerUserAgents: DefaultScannerUserAgents(),
+	}
+}
+
+// maxNamedMethods is how many methods Config.Methods may name.
+const maxNamedMethods = methodSlots - 1
+
+// maxUDPPayload is the largest datagram: byte_burst must pass it.
+const maxUDPPayload = 65535
+
+// Validate reports every invalid key, each named "ratelimit.<key>".
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("ratelimit.%s: %s", key, fmt.Sprintf(format, a...)))
+	}
+	pos := func(key string, v float64) {
+		if !(v > 0) || math.IsInf(v, 0) {
+			bad(key, "must be > 0")
+		}
+	}
+	atLeast := func(key string, v, min int) {
+		if v < min {
+			bad(key, "must be >= %d", min)
+		}
+	}
+	dur := func(key string, d, min time.Duration) {
+		if d < min {
+			bad(key, "must be >= %s", min)
+		}
+	}
+
+	for _, s := range c.Allow {
+		if _, err := parsePrefix(s); err != nil {
+			bad("allow", "%q is not an address or CIDR", s)
+		}
+	}
+	atLeast("max_sources", c.MaxSources, 1)
+	atLeast("max_aors", c.MaxAORs, 1)
+	atLeast("max_bans", c.MaxBans, 1)
+	if !(c.BindingWeight >= 0) || math.IsInf(c.BindingWeight, 0) {
+		bad("binding_weight", "must be >= 0")
+	}
+	atLeast("max_bindings", c.MaxBindings, 0)
+	if !(c.OverflowShare >= 1) || math.IsInf(c.OverflowShare, 0) {
+		bad("overflow_share", "must be >= 1")
+	}
+
+	pos("packet_rate", c.PacketRate)
+	atLeast("packet_burst", c.PacketBurst, 1)
+	pos("byte_rate", c.ByteRate)
+	atLeast("byte_burst", c.ByteBurst, maxUDPPayload) // one datagram of any size must fit
+	pos("conn_rate", c.ConnRate)
+	atLeast("conn_burst", c.ConnBurst, 1)
+	atLeast("max_conns", c.MaxConns, 1)
+	pos("request_rate", c.RequestRate)
+	atLeast("request_burst", c.RequestBurst, 1)
+	pos("method_rate", c.MethodRate)
+	atLeast("method_burst", c.MethodBurst, 1)
+	if len(c.Methods) > maxNamedMethods {
+		bad("methods", "names %d methods, at most %d", len(c.Methods), maxNamedMethods)
+	}
+	for m, b := range c.Methods {
+		switch {
+		case !isToken(m):
+			bad("methods", "%q is not a SIP method name", m)
+		case m == "REGISTER":
+			bad("methods.REGISTER", "REGISTER is limited by request_rate and register_rate")
+		default:
+			pos("methods."+m+".rate", b.Rate)
+			atLeast("methods."+m+".burst", b.Burst, 1)
+		}
+	}
+	pos("register_rate", c.RegisterRate)
+	atLeast("register_burst", c.RegisterBurst, 1)
+	pos("reply_rate", c.ReplyRate)
+	atLeast("reply_burst", c.ReplyBurst, 0)
+	dur("retry_after", c.RetryAfter, time.Second)
+	if !(c.RetryJitter >= 0 && c.RetryJitter < 1) {
+		bad("retry_jitter", "must be in [0, 1)")
+	}
+	atLeast("max_inflight", c.MaxInflight, 1)
+	dur("flood_window", c.FloodWindow, time.Second)
+	dur("ban_time", c.BanTime, time.Second)
+	if c.BanMax < c.BanTime {
+		bad("ban_max", "must be >= ban_time (%s)", c.BanTime)
+	}
+	dur("ban_forget", c.BanForget, 0)
+	atLeast("auth_failures", c.AuthFailures, 1)
+	atLeast("aor_auth_failures", c.AORAuthFailures, 1)
+	dur("auth_window", c.AuthWindow, time.Second)
+	atLeast("malformed_limit", c.MalformedLimit, 1)
+	dur("malformed_window", c.MalformedWindow, time.Second)
+	for _, s := range c.ScannerUserAgents {
+		if strings.TrimSpace(s) == "" {
+			bad("scanner_user_agents", "empty pattern")
+		} else if len(s) > maxPatternLen {
+			bad("scanner_user_agents", "%q is longer than %d bytes", s, maxPatternLen)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// parsePrefix accepts "10.0.0.0/8" or a bare address (a single host).
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return p, err
+		}
+		return normPrefix(p), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.Unmap().WithZone("")
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// normPrefix masks p and turns an IPv4-mapped prefix into IPv4, so that it
+// matches unmapped sources.
+func normPrefix(p netip.Prefix) netip.Prefix {
+	a := p.Addr().WithZone("")
+	if a.Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(a.Unmap(), p.Bits()-96).Masked()
+	}
+	return netip.PrefixFrom(a, p.Bits()).Masked()
+}
+
+// isToken reports whether s is a SIP token (RFC 3261 §25.1), as method
+// names are.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("-.!%*_+`'~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}

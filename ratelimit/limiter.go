@@ -1,0 +1,306 @@
+// Package ratelimit protects the edge from abusive sources: per-source
+// and per-AOR rate limits, bans with escalation, auth-failure, scanner and
+// malformed-message scoring, budgets that grow with the registered
+// bindings behind a NAT, and memory bounded whatever the traffic.
+//
+// It opens no sockets. The socket wrappers call Packet (each UDP datagram)
+// and Accept (each connection) before parsing; the SIP stage chain calls
+// Request, Inflight, AuthFailure and Malformed after. Time comes from an
+// injected clock; the caller runs Sweep on a ticker.
+package ratelimit
+
+import (
+	"hash/maphash"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	numShards  = 64 // power of two
+	shardShift = 64 - 6
+
+	// methodSlots is the per-source method budgets: slot 0 for methods not
+	// named in Config.Methods, then one per named method.
+	methodSlots = 6
+
+	// floodBreak: over-limit events closer together than this extend one
+	// flood streak; a longer pause ends it.
+	floodBreak = int64(time.Second)
+)
+
+// Events are optional callbacks, for metrics, logs and tests. They are
+// called synchronously, without any lock held, so they may call back into
+// the Limiter; they must be quick (OnDecision runs for every datagram
+// dropped in a flood).
+type Events struct {
+	// OnDecision is called for every Reject and Drop (Allow is only
+	// counted, see Stats). src is the address given, or invalid for
+	// Inflight.
+	OnDecision func(d Decision, r Reason, src netip.Addr)
+	// OnBan is called when a ban starts or is extended.
+	OnBan func(Ban)
+	// OnUnban is called when a ban is lifted by Unban or, from Sweep,
+	// when it has expired.
+	OnUnban func(Ban)
+}
+
+// Ban is a banned source or prefix.
+type Ban struct {
+	Addr   netip.Prefix // a source (/32 or IPv6 /64) or a wider prefix
+	Reason Reason
+	Since  time.Time
+	Until  time.Time
+	Count  int // how many times this prefix has been banned, this one included
+}
+
+// Option configures New beyond Config.
+type Option func(*options)
+
+type options struct {
+	rnd rand.Source
+}
+
+// WithRand makes RetryAfter's jitter come from src (for reproducible
+// tests). The Limiter serialises its calls to src.
+func WithRand(src rand.Source) Option { return func(o *options) { o.rnd = src } }
+
+// Limiter decides, per source, what the edge lets through. It is safe for
+// concurrent use. Memory is bounded by max_sources, max_aors and max_bans
+// (plus sources that hold bindings, which the registrar bounds).
+type Limiter struct {
+	cfg   Config
+	now   func() time.Time
+	epoch time.Time
+	ev    Events
+
+	allow   []netip.Prefix
+	scan    scanner
+	methods [maxNamedMethods]string // slot i+1; "" unused
+
+	pkt, bytes, conn, req, reply, register bucket
+	method                                 [methodSlots]bucket
+	auth, aorAuth, malformed               score
+
+	seed    uint64
+	aorSeed maphash.Seed
+	shards  [numShards]shard
+	aors    [numShards]aorShard
+
+	tracked  atomic.Int64 // entries in all shards
+	bound    atomic.Int64 // of which hold bindings
+	aorCount atomic.Int64
+	banRecs  atomic.Int64 // ban records in shards (active or history)
+
+	// The budget shared by untracked sources: lock-free for datagrams,
+	// under overMu for connections and requests.
+	overPkt, overBytes atomic.Int64
+	overMu             sync.Mutex
+	overEnt            entry
+
+	inflight atomic.Int64
+
+	wideMu   sync.Mutex
+	wideList []wideBan                 // owned under wideMu
+	wide     atomic.Pointer[[]wideBan] // immutable snapshot for readers
+
+	overflowHits, aorOverflow, banOverflow atomic.Uint64
+
+	rndMu sync.Mutex
+	rnd   rand.Source
+}
+
+// entry is one tracked source. All fields are guarded by its shard's mutex.
+type entry struct {
+	pkt, bytes, conn, req, reply int64 // bucket tats
+	method                       [methodSlots]int64
+	auth, malformed              int64 // score tats
+	overSince, lastOver          int64 // current flood streak; 0: none
+	bindings                     int32
+	conns                        int32
+}
+
+type shard struct {
+	mu   sync.Mutex
+	idx  map[key]int32 // into ents
+	ents []entry
+	free []int32
+	bans map[key]banRec
+
+	counts [numDecisions][NumReasons]atomic.Uint64
+	_      [64]byte // keep neighbouring shards' locks off one cache line
+}
+
+type aorShard struct {
+	mu sync.Mutex
+	m  map[string]aorEntry
+	_  [64]byte
+}
+
+type aorEntry struct {
+	// key is the map key, cloned from the caller's string when inserted:
+	// assigning to a map with a string key replaces the stored key, so
+	// updates go through this copy and never keep a message buffer alive.
+	key            string
+	register, auth int64
+}
+
+// New builds a Limiter. now is the clock (nil: time.Now).
+func New(cfg Config, now func() time.Time, ev Events, opts ...Option) (*Limiter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	l := &Limiter{
+		cfg: cfg,
+		now: now,
+		// One second back, so that every reading is > 0: a zero tat is
+		// always in the past, and a zero lastOver means "none".
+		epoch:   now().Add(-time.Second),
+		ev:      ev,
+		scan:    newScanner(cfg.ScannerUserAgents),
+		seed:    rand.Uint64(),
+		aorSeed: maphash.MakeSeed(),
+		rnd:     o.rnd,
+	}
+	for _, s := range cfg.Allow {
+		p, _ := parsePrefix(s) // validated
+		l.allow = append(l.allow, p)
+	}
+	names := make([]string, 0, len(cfg.Methods))
+	for m := range cfg.Methods {
+		names = append(names, m)
+	}
+	slices.Sort(names)
+	l.method[0] = newBucket(cfg.MethodRate, cfg.MethodBurst)
+	for i, m := range names {
+		l.methods[i] = m
+		l.method[i+1] = newBudget(cfg.Methods[m])
+	}
+	l.pkt = newBucket(cfg.PacketRate, cfg.PacketBurst)
+	l.bytes = newBucket(cfg.ByteRate, cfg.ByteBurst)
+	l.conn = newBucket(cfg.ConnRate, cfg.ConnBurst)
+	l.req = newBucket(cfg.RequestRate, cfg.RequestBurst)
+	l.reply = newBucket(cfg.ReplyRate, cfg.ReplyBurst)
+	l.register = newBucket(cfg.RegisterRate, cfg.RegisterBurst)
+	l.auth = newScore(cfg.AuthFailures, cfg.AuthWindow)
+	l.aorAuth = newScore(cfg.AORAuthFailures, cfg.AuthWindow)
+	l.malformed = newScore(cfg.MalformedLimit, cfg.MalformedWindow)
+	for i := range l.shards {
+		l.shards[i].idx = make(map[key]int32)
+		l.shards[i].bans = make(map[key]banRec)
+		l.aors[i].m = make(map[string]aorEntry)
+	}
+	return l, nil
+}
+
+func (l *Limiter) nowNS() int64 { return int64(l.now().Sub(l.epoch)) }
+
+func (l *Limiter) toTime(ns int64) time.Time { return l.epoch.Add(time.Duration(ns)) }
+
+func (l *Limiter) shardOf(k key) *shard {
+	h := (k.hi ^ l.seed) * 0x9e3779b97f4a7c15
+	h = (h ^ k.lo) * 0xbf58476d1ce4e5b9
+	return &l.shards[h>>shardShift]
+}
+
+func (l *Limiter) aorShardOf(aor string) *aorShard {
+	return &l.aors[maphash.String(l.aorSeed, aor)>>shardShift]
+}
+
+func (l *Limiter) allowed(a netip.Addr) bool {
+	for _, p := range l.allow {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// factor is how much a source's budgets are multiplied by for its bindings.
+func (l *Limiter) factor(e *entry) float64 {
+	n := min(int(e.bindings), l.cfg.MaxBindings)
+	return 1 + l.cfg.BindingWeight*float64(n)
+}
+
+// lookup modes.
+const (
+	find        = iota // never insert
+	insert             // insert unless max_sources is reached
+	insertBound        // insert whatever the count (the source holds bindings)
+)
+
+// lookup returns k's entry, inserting it as mode says. nil means not
+// tracked: the caller falls back to the overflow budget (or does nothing).
+// sh.mu must be held.
+func (l *Limiter) lookup(sh *shard, k key, mode int) *entry {
+	if i, ok := sh.idx[k]; ok {
+		return &sh.ents[i]
+	}
+	switch mode {
+	case find:
+		return nil
+	case insert:
+		// Read first: at the cap (a spoofed flood), every caller takes
+		// this branch, and a read-only check keeps the counter's cache
+		// line shared between cores.
+		limit := int64(l.cfg.MaxSources)
+		if l.tracked.Load()-l.bound.Load() >= limit {
+			l.overflowHits.Add(1)
+			return nil
+		}
+		if l.tracked.Add(1)-l.bound.Load() > limit {
+			l.tracked.Add(-1)
+			l.overflowHits.Add(1)
+			return nil
+		}
+	default:
+		l.tracked.Add(1)
+	}
+	var i int32
+	if n := len(sh.free); n > 0 {
+		i = sh.free[n-1]
+		sh.free = sh.free[:n-1]
+		sh.ents[i] = entry{}
+	} else {
+		i = int32(len(sh.ents))
+		sh.ents = append(sh.ents, entry{})
+	}
+	sh.idx[k] = i
+	return &sh.ents[i]
+}
+
+// overLimit records that e went over a limit and reports whether it has
+// been over without pause for flood_window. sh.mu must be held.
+func (l *Limiter) overLimit(e *entry, now int64) bool {
+	if e.lastOver == 0 || now-e.lastOver > floodBreak {
+		e.overSince = now
+	}
+	e.lastOver = now
+	return now-e.overSince >= int64(l.cfg.FloodWindow)
+}
+
+// count records a decision in sh's counters and reports it to OnDecision.
+func (l *Limiter) count(sh *shard, d Decision, r Reason, src netip.Addr) {
+	sh.counts[d][r].Add(1)
+	if d != Allow && l.ev.OnDecision != nil {
+		l.ev.OnDecision(d, r, src)
+	}
+}
+
+func (l *Limiter) emitBan(b Ban) {
+	if l.ev.OnBan != nil {
+		l.ev.OnBan(b)
+	}
+}
+
+func noop() {}

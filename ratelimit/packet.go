@@ -1,0 +1,173 @@
+package ratelimit
+
+import (
+	"net/netip"
+	"sync/atomic"
+)
+
+// Packet decides on a UDP datagram of size bytes from src, before parsing:
+// Allow or Drop. It does not allocate.
+//
+// Drop: src is banned; or over its packet or byte budget (a source over
+// budget without pause for flood_window is banned); or untracked and the
+// shared overflow budget is spent.
+func (l *Limiter) Packet(src netip.Addr, size int) Decision {
+	k, a, ok := keyOf(src)
+	if !ok {
+		l.count(&l.shards[0], Drop, ReasonMalformed, src)
+		return Drop
+	}
+	sh := l.shardOf(k)
+	if l.allowed(a) {
+		l.count(sh, Allow, ReasonNone, src)
+		return Allow
+	}
+	now := l.nowNS()
+	if l.wideBanned(a, now) {
+		l.count(sh, Drop, ReasonBanned, src)
+		return Drop
+	}
+	sh.mu.Lock()
+	if sh.banned(k, now) {
+		sh.mu.Unlock()
+		l.count(sh, Drop, ReasonBanned, src)
+		return Drop
+	}
+	e := l.lookup(sh, k, insert)
+	if e == nil {
+		sh.mu.Unlock()
+		f := l.cfg.OverflowShare
+		if !l.pkt.takeAtomic(&l.overPkt, now, 1, f) || !l.bytes.takeAtomic(&l.overBytes, now, float64(max(size, 0)), f) {
+			l.count(sh, Drop, ReasonOverflow, src)
+			return Drop
+		}
+		l.count(sh, Allow, ReasonNone, src)
+		return Allow
+	}
+	f := l.factor(e)
+	r := ReasonNone
+	tp, okp := l.pkt.next(e.pkt, now, 1, f)
+	tb, okb := l.bytes.next(e.bytes, now, float64(max(size, 0)), f)
+	switch {
+	case !okp:
+		r = ReasonPacketRate
+	case !okb:
+		r = ReasonByteRate
+	default:
+		e.pkt, e.bytes = tp, tb
+	}
+	var b Ban
+	var banned bool
+	if r != ReasonNone && l.overLimit(e, now) {
+		if b, banned = l.banLocked(sh, k, e, ReasonFlood, now); banned {
+			r = ReasonFlood
+		}
+	}
+	sh.mu.Unlock()
+	if banned {
+		l.emitBan(b)
+	}
+	if r == ReasonNone {
+		l.count(sh, Allow, ReasonNone, src)
+		return Allow
+	}
+	l.count(sh, Drop, r, src)
+	return Drop
+}
+
+// Accept decides on a new TCP, TLS or WebSocket connection from src:
+// Allow or Drop (close it). On Allow, release must be called when the
+// connection closes; it is idempotent. release is never nil.
+//
+// Drop: src is banned; or opens connections faster than conn_rate, or
+// already holds max_conns (both scaled by bindings); or is untracked and
+// the shared overflow budget is spent.
+func (l *Limiter) Accept(src netip.Addr) (Decision, func()) {
+	k, a, ok := keyOf(src)
+	if !ok {
+		l.count(&l.shards[0], Drop, ReasonMalformed, src)
+		return Drop, noop
+	}
+	sh := l.shardOf(k)
+	if l.allowed(a) {
+		l.count(sh, Allow, ReasonNone, src)
+		return Allow, noop
+	}
+	now := l.nowNS()
+	if l.wideBanned(a, now) {
+		l.count(sh, Drop, ReasonBanned, src)
+		return Drop, noop
+	}
+	sh.mu.Lock()
+	if sh.banned(k, now) {
+		sh.mu.Unlock()
+		l.count(sh, Drop, ReasonBanned, src)
+		return Drop, noop
+	}
+	e := l.lookup(sh, k, insert)
+	if e == nil {
+		sh.mu.Unlock()
+		l.overMu.Lock()
+		r := l.acceptLocked(&l.overEnt, l.cfg.OverflowShare, now)
+		l.overMu.Unlock()
+		if r != ReasonNone {
+			l.count(sh, Drop, ReasonOverflow, src)
+			return Drop, noop
+		}
+		l.count(sh, Allow, ReasonNone, src)
+		return Allow, l.releaser(k, true)
+	}
+	r := l.acceptLocked(e, l.factor(e), now)
+	var b Ban
+	var banned bool
+	if r != ReasonNone && l.overLimit(e, now) {
+		if b, banned = l.banLocked(sh, k, e, ReasonFlood, now); banned {
+			r = ReasonFlood
+		}
+	}
+	sh.mu.Unlock()
+	if banned {
+		l.emitBan(b)
+	}
+	if r != ReasonNone {
+		l.count(sh, Drop, r, src)
+		return Drop, noop
+	}
+	l.count(sh, Allow, ReasonNone, src)
+	return Allow, l.releaser(k, false)
+}
+
+// acceptLocked applies the connection limits to e and takes a slot.
+func (l *Limiter) acceptLocked(e *entry, f float64, now int64) Reason {
+	if float64(e.conns) >= float64(l.cfg.MaxConns)*f {
+		return ReasonConnCount
+	}
+	if !l.conn.take(&e.conn, now, 1, f) {
+		return ReasonConnRate
+	}
+	e.conns++
+	return ReasonNone
+}
+
+// releaser returns the idempotent func that gives back k's connection slot.
+func (l *Limiter) releaser(k key, overflow bool) func() {
+	var done atomic.Bool
+	return func() {
+		if !done.CompareAndSwap(false, true) {
+			return
+		}
+		if overflow {
+			l.overMu.Lock()
+			l.overEnt.conns--
+			l.overMu.Unlock()
+			return
+		}
+		sh := l.shardOf(k)
+		sh.mu.Lock()
+		// The entry cannot have been swept while it held a connection.
+		if e := l.lookup(sh, k, find); e != nil && e.conns > 0 {
+			e.conns--
+		}
+		sh.mu.Unlock()
+	}
+}

@@ -1,0 +1,298 @@
+package ratelimit
+
+import (
+	"math"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Request decides on a parsed request from src. method is the SIP method
+// (case-sensitive), aor the address-of-record of a REGISTER (its To URI,
+// normalised by the caller; "" skips the per-AOR limit) and userAgent the
+// User-Agent header ("" if absent).
+//
+// Drop with ReasonScanner: userAgent names a scanner; src is banned. Over
+// a limit (ReasonSourceRate, ReasonMethodRate, ReasonAORRate,
+// ReasonOverflow): Reject (503 with Retry-After) while the source's reply
+// budget lasts, Drop after it, so that a flood gets no answers to reflect.
+// A source over its own limits without pause for flood_window is banned
+// (Drop, ReasonFlood). Banned: Drop, ReasonBanned.
+func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string) (Decision, Reason) {
+	k, a, ok := keyOf(src)
+	if !ok {
+		l.count(&l.shards[0], Drop, ReasonMalformed, src)
+		return Drop, ReasonMalformed
+	}
+	sh := l.shardOf(k)
+	if l.allowed(a) {
+		l.count(sh, Allow, ReasonNone, src)
+		return Allow, ReasonNone
+	}
+	now := l.nowNS()
+	if l.wideBanned(a, now) {
+		l.count(sh, Drop, ReasonBanned, src)
+		return Drop, ReasonBanned
+	}
+	scanner := l.scan.match(userAgent)
+	sh.mu.Lock()
+	if sh.banned(k, now) {
+		sh.mu.Unlock()
+		l.count(sh, Drop, ReasonBanned, src)
+		return Drop, ReasonBanned
+	}
+	var (
+		d      Decision
+		r      Reason
+		b      Ban
+		banned bool
+	)
+	if scanner {
+		// Banned even if untracked (max_bans bounds it); a source with
+		// bindings only unless ban_bound.
+		b, banned = l.banLocked(sh, k, l.lookup(sh, k, find), ReasonScanner, now)
+		sh.mu.Unlock()
+		d, r = Drop, ReasonScanner
+	} else if e := l.lookup(sh, k, insert); e != nil {
+		d, r = l.requestLocked(e, l.factor(e), method, aor, now)
+		if r != ReasonNone && r != ReasonAORRate && l.overLimit(e, now) {
+			if b, banned = l.banLocked(sh, k, e, ReasonFlood, now); banned {
+				d, r = Drop, ReasonFlood
+			}
+		}
+		sh.mu.Unlock()
+	} else {
+		sh.mu.Unlock()
+		l.overMu.Lock()
+		d, r = l.requestLocked(&l.overEnt, l.cfg.OverflowShare, method, aor, now)
+		l.overMu.Unlock()
+		if r == ReasonSourceRate || r == ReasonMethodRate {
+			r = ReasonOverflow
+		}
+	}
+	if banned {
+		l.emitBan(b)
+	}
+	l.count(sh, d, r, src)
+	return d, r
+}
+
+// requestLocked applies the request limits to e at factor f. The source's
+// budgets are charged only if every limit passes. The caller holds the
+// lock guarding e; this takes the AOR shard's lock inside it.
+func (l *Limiter) requestLocked(e *entry, f float64, method, aor string, now int64) (Decision, Reason) {
+	r := ReasonNone
+	tr, ok := l.req.next(e.req, now, 1, f)
+	if !ok {
+		r = ReasonSourceRate
+	}
+	slot, tm := -1, int64(0)
+	if r == ReasonNone && method != "REGISTER" {
+		slot = l.methodSlot(method)
+		if tm, ok = l.method[slot].next(e.method[slot], now, 1, f); !ok {
+			r = ReasonMethodRate
+		}
+	}
+	// Last, because it commits: the AOR is charged only if the source
+	// passed, and the source only if the AOR did.
+	if r == ReasonNone && method == "REGISTER" && aor != "" && !l.aorTake(aor, now) {
+		r = ReasonAORRate
+	}
+	if r == ReasonNone {
+		e.req = tr
+		if slot >= 0 {
+			e.method[slot] = tm
+		}
+		return Allow, ReasonNone
+	}
+	if l.reply.take(&e.reply, now, 1, f) {
+		return Reject, r
+	}
+	return Drop, r
+}
+
+func (l *Limiter) methodSlot(m string) int {
+	for i, name := range l.methods {
+		if name == "" {
+			break
+		}
+		if name == m {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// aorTake charges one REGISTER to aor. Untracked AORs (max_aors reached)
+// pass: the per-source limits still hold them.
+func (l *Limiter) aorTake(aor string, now int64) bool {
+	as := l.aorShardOf(aor)
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	ae, ok := l.aorLookup(as, aor)
+	if !ok {
+		return true
+	}
+	if !l.register.take(&ae.register, now, 1, 1) {
+		return false
+	}
+	as.m[ae.key] = ae
+	return true
+}
+
+// aorLookup returns aor's entry (a new one if needed and below max_aors).
+// as.mu must be held; the caller stores the entry back under ae.key.
+func (l *Limiter) aorLookup(as *aorShard, aor string) (aorEntry, bool) {
+	if ae, ok := as.m[aor]; ok {
+		return ae, true
+	}
+	if l.aorCount.Add(1) > int64(l.cfg.MaxAORs) {
+		l.aorCount.Add(-1)
+		l.aorOverflow.Add(1)
+		return aorEntry{}, false
+	}
+	return aorEntry{key: strings.Clone(aor)}, true
+}
+
+// Inflight takes one of max_inflight slots for a request forwarded to the
+// core. When ok, release must be called once the core has answered (or
+// the request is abandoned); it is idempotent. When not ok, answer 503
+// with RetryAfter; release is then a no-op, never nil.
+func (l *Limiter) Inflight() (release func(), ok bool) {
+	if l.inflight.Add(1) > int64(l.cfg.MaxInflight) {
+		l.inflight.Add(-1)
+		l.count(&l.shards[0], Reject, ReasonInflight, netip.Addr{})
+		return noop, false
+	}
+	var done atomic.Bool
+	return func() {
+		if done.CompareAndSwap(false, true) {
+			l.inflight.Add(-1)
+		}
+	}, true
+}
+
+// AuthFailure records that the core answered 401 or 403 to a request from
+// src that already carried credentials for aor ("" if unknown). Call it
+// once per such answer, not for the first, credential-less challenge.
+//
+// auth_failures from src within auth_window ban it (the limit scaled by its
+// bindings); aor_auth_failures on one AOR, from any sources, ban each
+// source that fails on it while the count stays over.
+func (l *Limiter) AuthFailure(src netip.Addr, aor string) {
+	k, a, ok := keyOf(src)
+	if !ok || l.allowed(a) {
+		return
+	}
+	now := l.nowNS()
+	sh := l.shardOf(k)
+	sh.mu.Lock()
+	if sh.banned(k, now) {
+		sh.mu.Unlock()
+		return
+	}
+	e := l.lookup(sh, k, insert)
+	hit := e != nil && l.auth.add(&e.auth, now, l.factor(e))
+	if aor != "" && l.aorFail(aor, now) {
+		hit = true
+	}
+	var b Ban
+	var banned bool
+	if hit {
+		b, banned = l.banLocked(sh, k, e, ReasonAuthFailures, now)
+	}
+	sh.mu.Unlock()
+	if banned {
+		l.emitBan(b)
+	}
+}
+
+// aorFail scores one authentication failure on aor and reports whether
+// aor_auth_failures is reached.
+func (l *Limiter) aorFail(aor string, now int64) bool {
+	as := l.aorShardOf(aor)
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	ae, ok := l.aorLookup(as, aor)
+	if !ok {
+		return false
+	}
+	hit := l.aorAuth.add(&ae.auth, now, 1)
+	as.m[ae.key] = ae
+	return hit
+}
+
+// Malformed records an unparsable or insane message from src;
+// malformed_limit within malformed_window ban it.
+func (l *Limiter) Malformed(src netip.Addr) {
+	k, a, ok := keyOf(src)
+	if !ok || l.allowed(a) {
+		return
+	}
+	now := l.nowNS()
+	sh := l.shardOf(k)
+	sh.mu.Lock()
+	if sh.banned(k, now) {
+		sh.mu.Unlock()
+		return
+	}
+	var b Ban
+	var banned bool
+	if e := l.lookup(sh, k, insert); e != nil && l.malformed.add(&e.malformed, now, l.factor(e)) {
+		b, banned = l.banLocked(sh, k, e, ReasonMalformed, now)
+	}
+	sh.mu.Unlock()
+	if banned {
+		l.emitBan(b)
+	}
+}
+
+// SetBindings tells how many registered, authenticated bindings src holds
+// (for IPv6, the whole /64: count per SourcePrefix). With n > 0 the source
+// is tracked even beyond max_sources, its budgets are multiplied by
+// 1 + binding_weight*min(n, max_bindings), and unless ban_bound it is
+// never banned automatically. n <= 0 clears it.
+func (l *Limiter) SetBindings(src netip.Addr, n int) {
+	k, a, ok := keyOf(src)
+	if !ok || l.allowed(a) {
+		return
+	}
+	n = min(max(n, 0), math.MaxInt32)
+	sh := l.shardOf(k)
+	sh.mu.Lock()
+	mode := find
+	if n > 0 {
+		mode = insertBound
+	}
+	if e := l.lookup(sh, k, mode); e != nil {
+		switch old := e.bindings; {
+		case old == 0 && n > 0:
+			l.bound.Add(1)
+		case old > 0 && n == 0:
+			l.bound.Add(-1)
+		}
+		e.bindings = int32(n)
+	}
+	sh.mu.Unlock()
+}
+
+// RetryAfter is the Retry-After for a 503: retry_after ± retry_jitter,
+// rounded to whole seconds (the header's unit), at least one second.
+func (l *Limiter) RetryAfter() time.Duration {
+	d := float64(l.cfg.RetryAfter)
+	if j := l.cfg.RetryJitter; j > 0 {
+		d *= 1 + j*(2*l.float64()-1)
+	}
+	return max(time.Duration(d).Round(time.Second), time.Second)
+}
+
+func (l *Limiter) float64() float64 {
+	if l.rnd == nil {
+		return rand.Float64()
+	}
+	l.rndMu.Lock()
+	defer l.rndMu.Unlock()
+	return float64(l.rnd.Uint64()>>11) / (1 << 53)
+}

@@ -1,0 +1,138 @@
+package ratelimit
+
+// idle reports whether e holds nothing that a fresh entry would not: every
+// bucket full, every score zero, no connections, bindings or flood streak.
+func (e *entry) idle(now int64) bool {
+	if e.bindings > 0 || e.conns > 0 || e.lastOver != 0 && now-e.lastOver <= floodBreak {
+		return false
+	}
+	t := max(e.pkt, e.bytes, e.conn, e.req, e.reply, e.auth, e.malformed)
+	for _, m := range e.method {
+		t = max(t, m)
+	}
+	return t <= now
+}
+
+// Sweep deletes idle sources and AORs and forgotten ban records, and
+// reports bans that have expired since the last Sweep to OnUnban. Run it
+// on a ticker (every few seconds); its cost is linear in what is tracked,
+// one shard lock at a time.
+func (l *Limiter) Sweep() {
+	now := l.nowNS()
+	forget := int64(l.cfg.BanForget)
+	var expired []Ban
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for k, j := range sh.idx {
+			if sh.ents[j].idle(now) {
+				delete(sh.idx, k)
+				sh.free = append(sh.free, j)
+				l.tracked.Add(-1)
+			}
+		}
+		sh.compact()
+		for k, rec := range sh.bans {
+			if rec.until <= now && !rec.notified {
+				rec.notified = true
+				sh.bans[k] = rec
+				expired = append(expired, l.banOf(k.prefix(), rec))
+			}
+			if rec.until <= now-forget {
+				delete(sh.bans, k)
+				l.banRecs.Add(-1)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	for i := range l.aors {
+		as := &l.aors[i]
+		as.mu.Lock()
+		for k, ae := range as.m {
+			if ae.register <= now && ae.auth <= now {
+				delete(as.m, k)
+				l.aorCount.Add(-1)
+			}
+		}
+		as.mu.Unlock()
+	}
+	expired = l.sweepWide(now, forget, expired)
+	if l.ev.OnUnban != nil {
+		for _, b := range expired {
+			l.ev.OnUnban(b)
+		}
+	}
+}
+
+// compact gives back the memory of a shard that has shrunk to a quarter of
+// its peak (after a flood of distinct sources, say). Go maps never shrink,
+// so the index is rebuilt too. sh.mu must be held.
+func (sh *shard) compact() {
+	if len(sh.free) < 256 || len(sh.free) < 3*len(sh.idx) {
+		return
+	}
+	ents := make([]entry, 0, 2*len(sh.idx))
+	idx := make(map[key]int32, len(sh.idx))
+	for k, j := range sh.idx {
+		idx[k] = int32(len(ents))
+		ents = append(ents, sh.ents[j])
+	}
+	sh.ents, sh.idx, sh.free = ents, idx, nil
+}
+
+// Stats is a snapshot for metrics.
+type Stats struct {
+	Sources      int // sources tracked individually, bound ones included
+	BoundSources int // tracked sources holding bindings
+	AORs         int // addresses-of-record tracked
+	Bans         int // bans in force (sources and prefixes)
+	BanRecords   int // source ban records, in force or kept for escalation
+	Inflight     int // requests toward the core now
+
+	OverflowHits uint64 // times an untracked source used the shared budget (max_sources reached)
+	AOROverflow  uint64 // times an AOR went unlimited because max_aors was reached
+	BanOverflow  uint64 // automatic bans not recorded because max_bans was reached
+
+	Allowed  uint64
+	Rejected [NumReasons]uint64 // by Reason
+	Dropped  [NumReasons]uint64 // by Reason
+}
+
+// Stats counts what is tracked (walking the ban tables under their locks,
+// one shard at a time) and sums the decision counters.
+func (l *Limiter) Stats() Stats {
+	now := l.nowNS()
+	s := Stats{
+		Sources:      int(l.tracked.Load()),
+		BoundSources: int(l.bound.Load()),
+		AORs:         int(l.aorCount.Load()),
+		BanRecords:   int(l.banRecs.Load()),
+		Inflight:     int(l.inflight.Load()),
+		OverflowHits: l.overflowHits.Load(),
+		AOROverflow:  l.aorOverflow.Load(),
+		BanOverflow:  l.banOverflow.Load(),
+	}
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for _, rec := range sh.bans {
+			if now < rec.until {
+				s.Bans++
+			}
+		}
+		sh.mu.Unlock()
+		s.Allowed += sh.counts[Allow][ReasonNone].Load()
+		for r := range NumReasons {
+			s.Rejected[r] += sh.counts[Reject][r].Load()
+			s.Dropped[r] += sh.counts[Drop][r].Load()
+		}
+	}
+	if p := l.wide.Load(); p != nil {
+		for _, w := range *p {
+			if now < w.rec.until {
+				s.Bans++
+			}
+		}
+	}
+	return s
+}
