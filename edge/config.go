@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/ratelimit"
 	"github.com/sipedge/sipedge/upstream"
 )
 
@@ -65,6 +66,7 @@ type Config struct {
 	Core         CoreConfig         `toml:"core"`
 	Registration RegistrationConfig `toml:"registration"`
 	NAT          NATConfig          `toml:"nat"`
+	RateLimit    ratelimit.Config   `toml:"ratelimit"`
 }
 
 // DefaultConfig works on one machine: phones on 127.0.0.1:5060, a core on
@@ -88,7 +90,8 @@ func DefaultConfig() Config {
 			MaxExpires:  time.Hour,
 			MaxContacts: 10,
 		},
-		NAT: NATConfig{KeepaliveConfig: nat.DefaultKeepaliveConfig(), MaxFlows: 1_000_000},
+		NAT:       NATConfig{KeepaliveConfig: nat.DefaultKeepaliveConfig(), MaxFlows: 1_000_000},
+		RateLimit: ratelimit.DefaultConfig(),
 	}
 }
 
@@ -156,6 +159,6 @@ func (c Config) Validate() error {
 	if c.NAT.MaxFlows < 1 {
 		bad("nat.max_flows", "%d is below 1", c.NAT.MaxFlows)
 	}
-	errs = append(errs, c.NAT.KeepaliveConfig.Validate())
+	errs = append(errs, c.NAT.KeepaliveConfig.Validate(), c.RateLimit.Validate())
 	return errors.Join(errs...)
 }

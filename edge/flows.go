@@ -12,6 +12,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/binding"
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/ratelimit"
 )
 
 // This file connects the NAT machinery to the edge: flows are created by
@@ -34,21 +35,11 @@ func (s *Server) packetHooks(local netip.AddrPort) nat.PacketHooks {
 	seen := func(src netip.AddrPort) { s.refresh(nat.FlowKey{Transport: nat.UDP, Local: local, Remote: src}) }
 	return nat.PacketHooks{
 		Accept: func(src netip.AddrPort, n int) bool {
+			if s.limiter.Packet(src.Addr(), n) != ratelimit.Allow {
+				return false // before sipgo parses, pools or logs anything
+			}
 			seen(src)
 			return true
-		},
-	}
-}
-
-// streamHooks observes one access stream listener.
-func (s *Server) streamHooks() nat.StreamHooks {
-	return nat.StreamHooks{
-		OnRead: s.refresh,
-		OnPong: s.flows.Pong,
-		OnClose: func(k nat.FlowKey, why string) {
-			if _, ok := s.flows.Get(k); ok {
-				s.flows.Closed(k, why)
-			}
 		},
 	}
 }
@@ -74,10 +65,12 @@ func (s *Server) bindingEvents() binding.Events {
 		if !s.bindings.HasFlow(b.Flow) {
 			s.keepalive.Unwatch(b.Flow)
 		}
+		s.updateSourceBindings(b.Flow.Remote.Addr())
 	}
 	return binding.Events{
 		OnBind: func(b binding.Binding) {
 			s.flows.Seen(b.Flow)
+			s.updateSourceBindings(b.Flow.Remote.Addr())
 			if b.Flow.Transport == nat.UDP {
 				s.keepalive.Watch(b.Flow)
 			}

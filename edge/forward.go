@@ -80,6 +80,13 @@ func (s *Server) forward(ctx context.Context, r *Request, fwd *sip.Request, h ho
 	if err := h.prepare(fwd); err != nil {
 		return err
 	}
+	if h.toCore {
+		release, ok := s.limiter.Inflight()
+		if !ok {
+			return s.busy() // the core already has all it should carry
+		}
+		defer release()
+	}
 	timeout := s.cfg.Core.Timeout
 	if fwd.IsInvite() {
 		timeout = inviteTimeout

@@ -74,7 +74,12 @@ func (s *Server) handleRegister(ctx context.Context, r *Request) error {
 	}
 
 	return s.forward(ctx, r, fwd, s.coreHop(target), func(res *sip.Response) {
-		if res.IsSuccess() {
+		switch code := res.StatusCode; {
+		case code == 401 || code == 403 || code == 407:
+			if hadCredentials(r.Request) {
+				s.limiter.AuthFailure(r.Flow.Remote.Addr(), reg.AOR)
+			}
+		case res.IsSuccess():
 			s.recordBindings(r, reg, sent, res, evidence)
 			s.restoreReply(reg, token, sent, res)
 			s.outbound(reg, r.Flow, res)

@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"context"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -9,18 +8,9 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-// sanity rejects requests a proxy must not forward (RFC 3261 §16.3), before
-// anything else looks at them. sipgo accepts many of these (see the
-// RFC 4475 notes in docs/), so the edge checks them itself.
-func sanity(next Handler) Handler {
-	return func(ctx context.Context, r *Request) error {
-		if err := checkSanity(r.Request); err != nil {
-			return err
-		}
-		return next(ctx, r)
-	}
-}
-
+// checkSanity rejects requests a proxy must not forward (RFC 3261 §16.3),
+// before anything else looks at them. sipgo accepts many of these (see
+// docs/sipgo.md), so the edge checks them itself.
 func checkSanity(req *sip.Request) *Error {
 	if req.SipVersion != "SIP/2.0" {
 		return reject(505, "Version Not Supported")

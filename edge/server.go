@@ -19,6 +19,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/binding"
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/ratelimit"
 	"github.com/sipedge/sipedge/upstream"
 )
 
@@ -36,6 +37,8 @@ type Deps struct {
 type Events struct {
 	// OnFlowDead reports a flow found dead and the bindings it took along.
 	OnFlowDead func(k nat.FlowKey, why string, removed []binding.Binding)
+	// RateLimit observes the limiter's decisions and bans.
+	RateLimit ratelimit.Events
 }
 
 // Server is a running edge.
@@ -50,6 +53,8 @@ type Server struct {
 	flows      *nat.FlowTable
 	keepalive  *nat.Keepaliver
 	events     Events
+	limiter    *ratelimit.Limiter
+	conns      connLimits
 	udpByLocal map[netip.AddrPort]net.PacketConn // raw access UDP sockets, for pings
 	domains    map[string]bool
 	socks      *Sockets
@@ -113,6 +118,9 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 			s.udpByLocal[unmap(a)] = c
 		}
 	}
+	if s.limiter, err = ratelimit.New(cfg.RateLimit, s.now, d.Events.RateLimit); err != nil {
+		return nil, err
+	}
 	s.flows = nat.NewFlowTable(cfg.NAT.MaxFlows, s.now, nat.FlowEvents{OnDead: s.flowDead})
 	s.keepalive = nat.NewKeepaliver(cfg.NAT.KeepaliveConfig, s.flows, s, s.now, nil)
 	s.bindings = binding.New(s.now, s.bindingEvents())
@@ -138,12 +146,15 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	if s.accessClient, err = sipgo.NewClient(s.accessUA, sipgo.WithClientLogger(siplog)); err != nil {
 		return nil, err
 	}
-	s.access = chain(s.route, sanity)
+	s.access = chain(s.route, s.sanity, s.limit)
 	return s, nil
 }
 
 // Ready is closed once the server can take and send requests.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Limiter is the rate limiter and ban list (for the admin API).
+func (s *Server) Limiter() *ratelimit.Limiter { return s.limiter }
 
 // Bindings is the table of registrations the core accepted.
 func (s *Server) Bindings() *binding.Table { return s.bindings }
@@ -209,7 +220,7 @@ func (s *Server) sipHandler(h Handler, fromCore bool) sipgo.RequestHandler {
 				respondError(s.log, r, reject(500, "Server Internal Error"))
 			}
 		}()
-		if err := h(context.Background(), r); err != nil {
+		if err := h(context.Background(), r); err != nil && !errors.Is(err, errDrop) {
 			respondError(s.log, r, err)
 		}
 	}
@@ -227,7 +238,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		return err
 	}
 	accessSrv.OnNoRoute(s.sipHandler(s.access, false))
-	coreSrv.OnNoRoute(s.sipHandler(chain(s.routeCore, sanity), true))
+	coreSrv.OnNoRoute(s.sipHandler(chain(s.routeCore, s.sanity), true))
 
 	var wg sync.WaitGroup
 	serve := func(f func() error) {
@@ -251,7 +262,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	// Stream listeners are wrapped so every connection is a flow: CRLF
 	// pings answered, close noticed at once.
-	wrap := func(l net.Listener, tp nat.Transport) net.Listener { return nat.NewListener(l, tp, s.streamHooks()) }
+	wrap := func(l net.Listener, tp nat.Transport) net.Listener {
+		local, _ := netip.ParseAddrPort(l.Addr().String())
+		return nat.NewListener(l, tp, s.streamHooks(tp, unmap(local)))
+	}
 	for _, l := range s.socks.TCP {
 		serve(func() error { return accessSrv.ServeTCP(wrap(l, nat.TCP)) })
 	}
@@ -278,6 +292,18 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		s.keepalive.Run(sweepCtx, kaTicker.C)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-sweepCtx.Done():
+				return
+			case <-ticker.C:
+				s.limiter.Sweep()
+			}
+		}
 	}()
 	for _, r := range udpReady {
 		select {

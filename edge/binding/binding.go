@@ -6,6 +6,7 @@ package binding
 
 import (
 	"context"
+	"net/netip"
 	"sort"
 	"sync"
 	"time"
@@ -48,13 +49,33 @@ type Table struct {
 	byAOR  map[string]map[string]Binding // AOR -> Contact -> binding
 	byCore map[string]key                // CoreContact -> binding (rewrite mode)
 	byFlow map[nat.FlowKey]map[key]struct{}
+	bySrc  map[netip.Prefix]int // bindings per source address (IPv6: per /64)
 	count  int
+}
+
+// sourceOf is the unit a source is counted in: the address, or its /64
+// for IPv6, where one subscriber holds a whole prefix.
+func sourceOf(a netip.Addr) netip.Prefix {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p
+	}
+	return netip.PrefixFrom(a, 32)
+}
+
+// CountSource returns how many bindings were registered from src (its
+// /64 for IPv6).
+func (t *Table) CountSource(src netip.Addr) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.bySrc[sourceOf(src)]
 }
 
 // New returns an empty table reading time from now.
 func New(now func() time.Time, ev Events) *Table {
 	return &Table{now: now, events: ev, byAOR: make(map[string]map[string]Binding),
-		byCore: make(map[string]key), byFlow: make(map[nat.FlowKey]map[key]struct{})}
+		byCore: make(map[string]key), byFlow: make(map[nat.FlowKey]map[key]struct{}), bySrc: make(map[netip.Prefix]int)}
 }
 
 // Put inserts or refreshes b, keyed by (AOR, Contact). A binding with an
@@ -165,6 +186,7 @@ func (t *Table) insertLocked(b Binding) {
 		t.byFlow[b.Flow] = fm
 	}
 	fm[k] = struct{}{}
+	t.bySrc[sourceOf(b.Flow.Remote.Addr())]++
 }
 
 func (t *Table) deleteLocked(b Binding) {
@@ -186,6 +208,10 @@ func (t *Table) deleteLocked(b Binding) {
 		if len(fm) == 0 {
 			delete(t.byFlow, b.Flow)
 		}
+	}
+	src := sourceOf(b.Flow.Remote.Addr())
+	if t.bySrc[src]--; t.bySrc[src] <= 0 {
+		delete(t.bySrc, src)
 	}
 }
 
