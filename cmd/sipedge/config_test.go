@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -34,6 +35,9 @@ func TestAnnotatedConfigIsTheDefault(t *testing.T) {
 	if got, want := cfg.Config.Core, def.Config.Core; got.Listen != want.Listen || got.Timeout != want.Timeout ||
 		got.RetryAfter != want.RetryAfter || got.Mode != want.Mode || got.KeyFile != want.KeyFile {
 		t.Errorf("configs/sipedge.toml [core] = %+v, defaults = %+v", got, want)
+	}
+	if got, want := cfg.Config.RateLimit, def.Config.RateLimit; !reflect.DeepEqual(got, want) {
+		t.Errorf("configs/sipedge.toml [ratelimit] = %+v, defaults = %+v", got, want)
 	}
 	if got, want := cfg.Config.NAT, def.Config.NAT; got != want {
 		t.Errorf("configs/sipedge.toml [nat] = %+v, defaults = %+v", got, want)
