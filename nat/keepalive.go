@@ -161,8 +161,12 @@ type kaEntry struct {
 
 // NewKeepaliver returns a Keepaliver for flows tracked in flows, which
 // it keeps informed (PingSent, Pong, Missed). now nil means time.Now; rnd
-// nil means a randomly seeded source. cfg must be valid.
+// nil means a randomly seeded source. It panics if cfg is invalid (see
+// Validate): the config loader has checked it already.
 func NewKeepaliver(cfg KeepaliveConfig, flows *FlowTable, p Pinger, now func() time.Time, rnd *rand.Rand) *Keepaliver {
+	if err := cfg.Validate(); err != nil {
+		panic("nat: NewKeepaliver: " + err.Error())
+	}
 	if now == nil {
 		now = time.Now
 	}
@@ -253,7 +257,7 @@ func (k *Keepaliver) Len() int {
 // counts as a miss; when the flow turns dead (OnDead fires) it is no
 // longer watched. Calls to Tick run one at a time.
 func (k *Keepaliver) Tick(ctx context.Context) {
-	if k.cfg.Mode == KeepaliveOff {
+	if k.cfg.Mode == KeepaliveOff || ctx.Err() != nil {
 		return
 	}
 	k.tick.Lock()

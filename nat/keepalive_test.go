@@ -3,6 +3,7 @@ package nat
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"strings"
@@ -134,6 +135,17 @@ func TestKeepaliveConfigValidate(t *testing.T) {
 	if err == nil || strings.Count(err.Error(), "\n") != 5 {
 		t.Errorf("zero config: %v, want 6 errors", err)
 	}
+}
+
+func TestNewKeepaliverPanicsOnInvalidConfig(t *testing.T) {
+	defer func() {
+		if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "nat.keepalive_interval") {
+			t.Errorf("recovered %v, want a panic naming nat.keepalive_interval", r)
+		}
+	}()
+	cfg := DefaultKeepaliveConfig()
+	cfg.Interval = 0
+	NewKeepaliver(cfg, NewFlowTable(1, nil, FlowEvents{}), &countPinger{}, nil, nil)
 }
 
 func TestKeepaliveFirstPingAfterInterval(t *testing.T) {

@@ -1,6 +1,9 @@
 package nat
 
-import "bytes"
+import (
+	"bytes"
+	"math"
+)
 
 // framer follows SIP message boundaries in a byte stream (RFC 3261
 // §7.5, §18.3) just well enough to tell whether the stream is between
@@ -10,22 +13,31 @@ import "bytes"
 //
 // It mirrors sipgo's stream parser: lines end in CRLF, CRLFs before a
 // start-line are skipped, the empty line ends the headers, and the last
-// Content-Length (or "l") header, folded or not, sizes the body. Where
-// sipgo fails a message it closes the connection, so what the framer
-// makes of malformed input does not matter.
+// Content-Length (or "l") header, folded or not, sizes the body. Header
+// names and values may carry any amount of ASCII space around them, as
+// sipgo trims it (sipgo also trims Unicode spaces; the framer does not).
+// Where sipgo fails a message it closes the connection, so what the
+// framer makes of malformed input does not matter.
 type framer struct {
 	state uint8
 
 	// In frameHead:
-	cr    bool // the last byte was the CR ending a line
-	bol   bool // at the beginning of a header line
-	start bool // in the start-line
-	empty bool // the current line has no bytes yet
-	keep  bool // the current header may be Content-Length: buffer it
-	over  bool // it overflowed hdr
-	n     uint8
-	hdr   [48]byte
+	cr    bool  // the last byte was the CR ending a line
+	bol   bool  // at the beginning of a header line
+	start bool  // in the start-line
+	hdrs  bool  // a header line has begun
+	empty bool  // the current line has no bytes yet
 	clen  int64 // the last Content-Length, -1 for none
+
+	// The current header, read a byte at a time while it may be
+	// Content-Length:
+	hs     uint8    // hdrSkip, hdrName or hdrValue
+	name   [14]byte // lower-cased, len("content-length")
+	nn     uint8
+	nameSP bool // space after the name began
+	num    int64
+	digits bool
+	numSP  bool // space after the digits
 
 	body int64 // in frameBody: bytes left
 }
@@ -34,6 +46,12 @@ const (
 	frameIdle uint8 = iota // between messages
 	frameHead              // in a start-line or headers
 	frameBody              // in a body
+)
+
+const (
+	hdrSkip  uint8 = iota // not Content-Length, or not a valid one
+	hdrName               // before the colon
+	hdrValue              // after the colon of a Content-Length
 )
 
 func (f *framer) idle() bool { return f.state == frameIdle }
@@ -87,12 +105,16 @@ func (f *framer) head(p []byte) []byte {
 		}
 		if f.bol {
 			f.bol = false
-			if c := p[0]; c == ' ' || c == '\t' {
-				f.add([]byte{' '}) // a folded continuation of the header
-			} else {
+			switch c := p[0]; {
+			case (c == ' ' || c == '\t') && f.hdrs:
+				f.headerByte(' ') // a folded continuation of the header
+			default:
 				f.endHeader()
-				f.keep = c == 'c' || c == 'C' || c == 'l' || c == 'L'
-				f.n, f.over = 0, false
+				f.hdrs = true
+				f.hs, f.nn, f.nameSP, f.num, f.digits, f.numSP = hdrName, 0, false, 0, false, false
+				if isAlnum(c) && c != 'c' && c != 'C' && c != 'l' && c != 'L' {
+					f.hs = hdrSkip // the common case, decided on one byte
+				}
 			}
 		}
 		i := bytes.IndexByte(p, '\r')
@@ -102,7 +124,9 @@ func (f *framer) head(p []byte) []byte {
 		}
 		if len(line) > 0 {
 			f.empty = false
-			f.add(line)
+			for j := 0; j < len(line) && f.hs != hdrSkip; j++ {
+				f.headerByte(line[j])
+			}
 		}
 		if i < 0 {
 			return nil
@@ -113,47 +137,59 @@ func (f *framer) head(p []byte) []byte {
 	return nil
 }
 
-// add buffers b if the current header may be Content-Length.
-func (f *framer) add(b []byte) {
-	if !f.keep || f.over {
-		return
+// headerByte advances over one byte of a header that may be
+// Content-Length.
+func (f *framer) headerByte(c byte) {
+	switch f.hs {
+	case hdrName:
+		switch {
+		case c == ':':
+			if n := string(f.name[:f.nn]); n == "content-length" || n == "l" {
+				f.hs = hdrValue
+			} else {
+				f.hs = hdrSkip
+			}
+		case isSpace(c):
+			f.nameSP = f.nn > 0
+		case f.nameSP || int(f.nn) == len(f.name):
+			f.hs = hdrSkip // space inside the name, or too long a name
+		default:
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			f.name[f.nn] = c
+			f.nn++
+		}
+	case hdrValue:
+		switch {
+		case '0' <= c && c <= '9' && !f.numSP:
+			f.num = f.num*10 + int64(c-'0')
+			f.digits = true
+			if f.num > math.MaxUint32 {
+				f.hs = hdrSkip // sipgo refuses it
+			}
+		case isSpace(c):
+			f.numSP = f.digits
+		default:
+			f.hs = hdrSkip
+		}
 	}
-	if int(f.n)+len(b) > len(f.hdr) {
-		f.over = true
-		return
-	}
-	f.n += uint8(copy(f.hdr[f.n:], b))
 }
 
 // endHeader takes the Content-Length from the header just ended, if it
-// is one.
+// is a valid one.
 func (f *framer) endHeader() {
-	if !f.keep {
-		return
+	if f.hs == hdrValue && f.digits {
+		f.clen = f.num
 	}
-	f.keep = false
-	if f.over {
-		return
-	}
-	h := f.hdr[:f.n]
-	colon := bytes.IndexByte(h, ':')
-	if colon < 0 {
-		return
-	}
-	name := bytes.TrimSpace(h[:colon])
-	if !bytes.EqualFold(name, []byte("content-length")) && !bytes.EqualFold(name, []byte("l")) {
-		return
-	}
-	v := bytes.TrimSpace(h[colon+1:])
-	if len(v) == 0 || len(v) > 10 {
-		return
-	}
-	var n int64
-	for _, c := range v {
-		if c < '0' || c > '9' {
-			return
-		}
-		n = n*10 + int64(c-'0')
-	}
-	f.clen = n
+	f.hs = hdrSkip
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
+
+// isSpace reports ASCII white space, as bytes.TrimSpace trims it.
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
 }
