@@ -83,13 +83,20 @@ func hadCredentials(req *sip.Request) bool {
 }
 
 // connLimits tracks the connection slots the limiter granted, to give
-// them back when the connection closes.
+// them back when the connection closes. Keyed by transport and remote
+// address: on a wildcard listener the connection's local address is only
+// known after Accept.
 type connLimits struct {
-	releases sync.Map // nat.FlowKey -> func()
+	releases sync.Map // connKey -> func()
+}
+
+type connKey struct {
+	tp     nat.Transport
+	remote netip.AddrPort
 }
 
 // streamHooks observes one access stream listener.
-func (s *Server) streamHooks(tp nat.Transport, local netip.AddrPort) nat.StreamHooks {
+func (s *Server) streamHooks(tp nat.Transport) nat.StreamHooks {
 	return nat.StreamHooks{
 		Accept: func(remote netip.AddrPort) bool {
 			d, release := s.limiter.Accept(remote.Addr())
@@ -97,13 +104,13 @@ func (s *Server) streamHooks(tp nat.Transport, local netip.AddrPort) nat.StreamH
 				release()
 				return false
 			}
-			s.conns.releases.Store(nat.FlowKey{Transport: tp, Local: local, Remote: unmap(remote)}, release)
+			s.conns.releases.Store(connKey{tp, unmap(remote)}, release)
 			return true
 		},
 		OnRead: s.refresh,
 		OnPong: s.flows.Pong,
 		OnClose: func(k nat.FlowKey, why string) {
-			if release, ok := s.conns.releases.LoadAndDelete(k); ok {
+			if release, ok := s.conns.releases.LoadAndDelete(connKey{k.Transport, k.Remote}); ok {
 				release.(func())()
 			}
 			if _, ok := s.flows.Get(k); ok {

@@ -251,21 +251,21 @@ func (s *Server) Serve(ctx context.Context) error {
 		}()
 	}
 	var udpReady []chan struct{}
-	serveUDP := func(srv *sipgo.Server, c net.PacketConn) {
-		rc := newReadyConn(c)
+	var udpSocks []*udpSocket
+	serveUDPOn := func(srv *sipgo.Server, u *udpSocket) {
+		rc := newReadyConn(u)
 		udpReady = append(udpReady, rc.ready)
-		serve(func() error { return srv.ServeUDP(rc) })
+		udpSocks = append(udpSocks, u)
+		serve(func() error { return serveUDP(srv, u, rc) })
 	}
 	for local, c := range s.udpByLocal {
-		// STUN and CRLF keepalives are answered here, before sipgo parses.
-		serveUDP(accessSrv, nat.NewPacketConn(c, s.packetHooks(local)))
+		// STUN and CRLF keepalives, limits and garbage are handled below
+		// sipgo, before it parses anything.
+		serveUDPOn(accessSrv, s.newUDPSocket(c, local))
 	}
 	// Stream listeners are wrapped so every connection is a flow: CRLF
 	// pings answered, close noticed at once.
-	wrap := func(l net.Listener, tp nat.Transport) net.Listener {
-		local, _ := netip.ParseAddrPort(l.Addr().String())
-		return nat.NewListener(l, tp, s.streamHooks(tp, unmap(local)))
-	}
+	wrap := func(l net.Listener, tp nat.Transport) net.Listener { return nat.NewListener(l, tp, s.streamHooks(tp)) }
 	for _, l := range s.socks.TCP {
 		serve(func() error { return accessSrv.ServeTCP(wrap(l, nat.TCP)) })
 	}
@@ -278,7 +278,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	for _, l := range s.socks.WSS {
 		serve(func() error { return accessSrv.ServeWSS(wrap(l, nat.WSS)) })
 	}
-	serveUDP(coreSrv, s.socks.CoreUDP)
+	serveUDPOn(coreSrv, &udpSocket{PacketConn: s.socks.CoreUDP, raw: s.socks.CoreUDP})
 	serve(func() error { return coreSrv.ServeTCP(s.socks.CoreTCP) })
 
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
@@ -332,6 +332,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	stopSweep()
 	ticker.Stop()
 	kaTicker.Stop()
+	for _, u := range udpSocks {
+		u.stopping.Store(true)
+	}
 	_ = s.accessUA.Close()
 	_ = s.coreUA.Close()
 	_ = s.socks.Close()

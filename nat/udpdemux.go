@@ -23,6 +23,9 @@ type PacketHooks struct {
 	// OnCRLF is called for a CRLF keepalive (a datagram of only CR and
 	// LF bytes), which is dropped without a reply (RFC 5626 §4.4.1).
 	OnCRLF func(src netip.AddrPort)
+	// Inspect sees every other datagram just before it is returned to the
+	// caller; false drops it (say, it cannot be SIP). b must not be kept.
+	Inspect func(src netip.AddrPort, b []byte) bool
 }
 
 // PacketConn wraps a UDP socket for sipgo's ServeUDP. Its ReadFrom
@@ -104,6 +107,9 @@ func (c *PacketConn) ReadFrom(p []byte) (int, net.Addr, error) {
 			if c.hooks.OnCRLF != nil {
 				c.hooks.OnCRLF(src)
 			}
+			continue
+		}
+		if c.hooks.Inspect != nil && !c.hooks.Inspect(src, b) {
 			continue
 		}
 		if addr == nil {

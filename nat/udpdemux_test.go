@@ -592,3 +592,28 @@ func FuzzDemux(f *testing.F) {
 		}
 	})
 }
+
+func TestInspectDrops(t *testing.T) {
+	var (
+		mu   sync.Mutex
+		seen []string
+	)
+	h := newHarness(t, "udp", "127.0.0.1:0", PacketHooks{
+		Inspect: func(src netip.AddrPort, b []byte) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			seen = append(seen, string(b))
+			return string(b) != "garbage"
+		},
+	}, nil)
+	c := h.dial(t)
+	send(t, c, []byte("\r\n\r\n"))                      // a keepalive: never inspected
+	send(t, c, []byte("garbage"))                       // dropped by Inspect
+	expectEcho(t, h, c)
+	h.noMoreReads(t)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 || seen[0] != "garbage" || seen[1] != string(sipDatagram) {
+		t.Errorf("Inspect saw %q", seen)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,7 +66,10 @@ func StartWith(t testing.TB, core string, mutate func(*edge.Config), ev edge.Eve
 	}
 	tw := &testWriter{t: t}
 	t.Cleanup(tw.stop) // runs last: sipgo may still log while transactions end
-	log := slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// SIPEDGE_TEST_LOG=debug shows sipgo's and the edge's debug lines.
+	level := slog.LevelInfo
+	_ = level.UnmarshalText([]byte(os.Getenv("SIPEDGE_TEST_LOG")))
+	log := slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: level}))
 	srv, err := edge.New(cfg, socks, edge.Deps{Log: log, Signer: signer, Upstreams: pool, Grace: time.Second, Events: ev})
 	if err != nil {
 		socks.Close()
@@ -132,7 +136,22 @@ type Phone struct {
 // Dial connects a phone to the edge over "udp" or "tcp" from 127.0.0.1.
 func Dial(t testing.TB, network string, to netip.AddrPort) *Phone {
 	t.Helper()
-	c, err := net.Dial(network, to.String())
+	return DialFrom(t, network, netip.Addr{}, to)
+}
+
+// DialFrom is Dial from a chosen local address (any of 127.0.0.0/8 works
+// on Linux), so tests can play many sources.
+func DialFrom(t testing.TB, network string, from netip.Addr, to netip.AddrPort) *Phone {
+	t.Helper()
+	d := net.Dialer{}
+	if from.IsValid() {
+		if network == "tcp" {
+			d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0))
+		} else {
+			d.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(from, 0))
+		}
+	}
+	c, err := d.Dial(network, to.String())
 	if err != nil {
 		t.Fatal(err)
 	}
