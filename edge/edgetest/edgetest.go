@@ -6,12 +6,21 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,6 +40,7 @@ var Key = bytes.Repeat([]byte{0x5e}, 32)
 type Edge struct {
 	*edge.Server
 	UDP, TCP netip.AddrPort // access side
+	TLS, WS  netip.AddrPort // access side, when configured
 	Signer   *nat.Signer
 }
 
@@ -100,6 +110,12 @@ func StartWith(t testing.TB, core string, mutate func(*edge.Config), ev edge.Eve
 	if len(socks.TCP) > 0 {
 		e.TCP = netip.MustParseAddrPort(socks.TCP[0].Addr().String())
 	}
+	if len(socks.TLS) > 0 {
+		e.TLS = netip.MustParseAddrPort(socks.TLS[0].Addr().String())
+	}
+	if len(socks.WS) > 0 {
+		e.WS = netip.MustParseAddrPort(socks.WS[0].Addr().String())
+	}
 	return e
 }
 
@@ -129,7 +145,8 @@ func (w *testWriter) stop() {
 type Phone struct {
 	t      testing.TB
 	conn   net.Conn
-	stream *bufio.Reader // TCP only
+	stream *bufio.Reader // TCP and TLS
+	tp     string        // transport name when not plain UDP/TCP
 	Local  netip.AddrPort
 }
 
@@ -165,10 +182,24 @@ func DialFrom(t testing.TB, network string, from netip.Addr, to netip.AddrPort) 
 
 // Transport is the Via transport name of the phone's socket.
 func (p *Phone) Transport() string {
-	if p.stream != nil {
+	switch {
+	case p.tp != "":
+		return p.tp
+	case p.stream != nil:
 		return "TCP"
 	}
 	return "UDP"
+}
+
+// DialTLS connects a phone over TLS, trusting any certificate.
+func DialTLS(t testing.TB, to netip.AddrPort) *Phone {
+	t.Helper()
+	c, err := tls.Dial("tcp", to.String(), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &Phone{t: t, conn: c, stream: bufio.NewReader(c), tp: "TLS", Local: netip.MustParseAddrPort(c.LocalAddr().String())}
 }
 
 // Close closes the phone's socket.
@@ -374,4 +405,37 @@ func (p *Phone) RecvRaw(d time.Duration) ([]byte, netip.AddrPort) {
 		p.t.Fatalf("nothing received: %v", err)
 	}
 	return buf[:n], netip.MustParseAddrPort(p.conn.RemoteAddr().String())
+}
+
+// SelfSignedCert writes a fresh self-signed certificate for 127.0.0.1 and
+// its key into dir and returns their paths.
+func SelfSignedCert(t testing.TB, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "sipedge test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }

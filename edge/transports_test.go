@@ -1,0 +1,92 @@
+package edge_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
+	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/edge/edgetest"
+	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream/upstreamtest"
+)
+
+// REGISTER over TLS: the flow token names the TLS connection and a
+// request from the core comes back on it.
+func TestRegisterOverTLS(t *testing.T) {
+	cert, key := edgetest.SelfSignedCert(t, t.TempDir())
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+		c.Access.TLS = []string{"127.0.0.1:0"}
+		c.Access.TLSCert, c.Access.TLSKey = cert, key
+	})
+	phone := edgetest.DialTLS(t, e.TLS)
+	phone.Send(phone.Register(edgetest.Reg{User: "tls"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("got %d", res.StatusCode)
+	}
+	got := core.Requests()[0]
+	if k := pathToken(t, e, got); k.Transport != nat.TLS || k.Remote != phone.Local {
+		t.Fatalf("token flow %v", k)
+	}
+	path := core.Bindings("sip:tls@example.com")[0].Path[0]
+	coreSock := edgetest.Dial(t, "udp", e.CoreAddr())
+	coreSock.Send("MESSAGE sip:tls@" + phone.Local.String() + ";transport=tls SIP/2.0\n" +
+		"Via: SIP/2.0/UDP " + coreSock.Local.String() + ";branch=z9hG4bK-tls-msg;rport\n" +
+		"Route: " + path + "\nMax-Forwards: 70\nFrom: <sip:core@example.com>;tag=c\nTo: <sip:tls@example.com>\n" +
+		"Call-ID: tls-msg\nCSeq: 1 MESSAGE\nContent-Length: 0\n\n")
+	msg := phone.MustRecvRequest("MESSAGE", wait)
+	phone.Respond(msg, 200, "OK", "p")
+	if res := coreSock.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("core got %d", res.StatusCode)
+	}
+}
+
+// REGISTER over WebSocket (RFC 7118), with the "sip" subprotocol.
+func TestRegisterOverWebSocket(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+		c.Access.WS = []string{"127.0.0.1:0"}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	d := ws.Dialer{Protocols: []string{"sip"}}
+	conn, _, _, err := d.Dial(ctx, "ws://"+e.WS.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	local := conn.LocalAddr().String()
+	reg := "REGISTER sip:example.com SIP/2.0\r\n" +
+		"Via: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bK-ws-1;rport\r\n" +
+		"Max-Forwards: 70\r\nFrom: <sip:ws@example.com>;tag=w1\r\nTo: <sip:ws@example.com>\r\n" +
+		"Call-ID: ws-1\r\nCSeq: 1 REGISTER\r\nContact: <sip:ws@df7jal23ls0d.invalid;transport=ws>\r\nExpires: 600\r\n" +
+		"Content-Length: 0\r\n\r\n"
+	if err := wsutil.WriteClientText(conn, []byte(reg)); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(wait))
+	data, err := wsutil.ReadServerText(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := sip.ParseMessage(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, ok := m.(*sip.Response); !ok || res.StatusCode != 200 {
+		t.Fatalf("got %s", strings.SplitN(string(data), "\r\n", 2)[0])
+	}
+	bs := e.Bindings().Lookup("sip:ws@example.com")
+	if len(bs) != 1 || bs[0].Flow.Transport != nat.WS || bs[0].Flow.Remote.String() != local {
+		t.Fatalf("bindings %+v, want one on the WS connection from %s", bs, local)
+	}
+	if !bs[0].NAT.BehindNAT() {
+		t.Errorf("a .invalid Via host should count as NAT evidence, got %v", bs[0].NAT)
+	}
+}
