@@ -6,7 +6,7 @@ GO ?= go
 PKGS := ./...
 FUZZTIME ?= 20s
 
-.PHONY: help build run test unit lint fuzz interop bench clean
+.PHONY: help build run test unit lint fuzz interop natlab bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -17,7 +17,7 @@ build: ## build bin/sipedge with the version stamped in
 run: build ## run sipedge on the shipped config (phones: 127.0.0.1:5060, core: 127.0.0.1:5070)
 	./bin/sipedge run -config configs/sipedge.toml
 
-test: lint unit interop ## everything CI runs: lint, unit tests with -race, interop with Kamailio and sipp
+test: lint unit interop natlab ## everything CI runs: lint, unit tests with -race, interop with Kamailio and sipp, the NAT lab
 
 unit: ## unit and in-process tests with -race
 	$(GO) test -race -count=1 $(PKGS)
@@ -25,7 +25,7 @@ unit: ## unit and in-process tests with -race
 lint: ## gofmt, go vet, staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet $(PKGS)
-	$(GO) vet -tags interop,bench $(PKGS)
+	$(GO) vet -tags interop,bench,natlab $(PKGS)
 	$(GO) tool staticcheck $(PKGS)
 
 fuzz: ## run every fuzz target for FUZZTIME each
@@ -35,6 +35,9 @@ fuzz: ## run every fuzz target for FUZZTIME each
 
 interop: ## real Kamailio core and sipp phones through the built binary (needs kamailio, sip-tester)
 	$(GO) test -race -count=1 -tags interop -v -timeout 10m -run Interop ./cmd/sipedge/
+
+natlab: ## real Linux NAT (netns + nftables) between phones and sipedge; needs root
+	$(GO) test -count=1 -tags natlab -v -timeout 15m -run NATLab ./cmd/sipedge/
 
 bench: ## Go benchmarks, then sipp throughput straight to Kamailio vs through sipedge
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)

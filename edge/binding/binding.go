@@ -82,7 +82,8 @@ func New(now func() time.Time, ev Events) *Table {
 // instance and reg-id replaces the one of the same AOR, instance and
 // reg-id even if its Contact changed (RFC 5626 §6): a phone behind a
 // symmetric NAT re-registering from a new port moves its binding instead
-// of leaving a dead twin.
+// of leaving a dead twin. OnRemove reports every binding that left a flow
+// this way, so whoever watches flows can let the old one go.
 func (t *Table) Put(b Binding) {
 	b.Updated = t.now()
 	var replaced []Binding
@@ -100,6 +101,9 @@ func (t *Table) Put(b Binding) {
 	} else {
 		if ok {
 			t.deleteLocked(old)
+			if old.Flow != b.Flow {
+				replaced = append(replaced, old) // it left its old flow
+			}
 		}
 		t.insertLocked(b)
 	}

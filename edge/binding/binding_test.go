@@ -45,7 +45,8 @@ func TestPutLookupRemove(t *testing.T) {
 	if !tab.Remove(aor, "sip:a@10.0.0.1") || tab.Remove(aor, "sip:a@10.0.0.1") {
 		t.Fatal("Remove should succeed once")
 	}
-	if n := tab.RemoveAOR(aor); n != 1 || tab.Len() != 0 || len(removed) != 2 {
+	// Three removals: the refresh that left flow 1, Remove, RemoveAOR.
+	if n := tab.RemoveAOR(aor); n != 1 || tab.Len() != 0 || len(removed) != 3 {
 		t.Fatalf("RemoveAOR = %d, len %d, removed events %d", n, tab.Len(), len(removed))
 	}
 }
@@ -159,5 +160,18 @@ func TestRemoveFlow(t *testing.T) {
 	tab.Put(Binding{AOR: "sip:c@x", Contact: "sip:c@2", Flow: flow(3), Expires: exp})
 	if tab.HasFlow(flow(2)) || !tab.HasFlow(flow(3)) {
 		t.Fatal("flow index not moved on refresh")
+	}
+}
+
+func TestMoveToAnotherFlowReportsTheOld(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	var removed []nat.FlowKey
+	tab := New(clk.Now, Events{OnRemove: func(b Binding) { removed = append(removed, b.Flow) }})
+	exp := clk.Now().Add(time.Hour)
+	tab.Put(Binding{AOR: "sip:a@x", Contact: "sip:a@1", Flow: flow(1), Expires: exp})
+	tab.Put(Binding{AOR: "sip:a@x", Contact: "sip:a@1", Flow: flow(1), Expires: exp}) // refresh
+	tab.Put(Binding{AOR: "sip:a@x", Contact: "sip:a@1", Flow: flow(2), Expires: exp}) // new NAT port
+	if len(removed) != 1 || removed[0] != flow(1) || tab.HasFlow(flow(1)) {
+		t.Fatalf("removed %v; old flow still used: %v", removed, tab.HasFlow(flow(1)))
 	}
 }
