@@ -607,8 +607,8 @@ func TestInspectDrops(t *testing.T) {
 		},
 	}, nil)
 	c := h.dial(t)
-	send(t, c, []byte("\r\n\r\n"))                      // a keepalive: never inspected
-	send(t, c, []byte("garbage"))                       // dropped by Inspect
+	send(t, c, []byte("\r\n\r\n")) // a keepalive: never inspected
+	send(t, c, []byte("garbage"))  // dropped by Inspect
 	expectEcho(t, h, c)
 	h.noMoreReads(t)
 	mu.Lock()
