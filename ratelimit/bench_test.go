@@ -138,6 +138,23 @@ func BenchmarkRequest(b *testing.B) {
 			l.Request(src, "OPTIONS", "", ua)
 		}
 	})
+	// The same without reading the system clock: the Limiter's own cost.
+	b.Run("REGISTER-fixedclock", func(b *testing.B) {
+		l := benchLimiterClock(b, nil, func() time.Time { return t0 })
+		src := addr("192.0.2.1")
+		b.ReportAllocs()
+		for b.Loop() {
+			l.Request(src, "REGISTER", "sip:1000@example.com", ua)
+		}
+	})
+	b.Run("OPTIONS-fixedclock", func(b *testing.B) {
+		l := benchLimiterClock(b, nil, func() time.Time { return t0 })
+		src := addr("192.0.2.1")
+		b.ReportAllocs()
+		for b.Loop() {
+			l.Request(src, "OPTIONS", "", ua)
+		}
+	})
 	b.Run("scanner", func(b *testing.B) {
 		l := benchLimiter(b, nil)
 		i := 0

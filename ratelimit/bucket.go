@@ -8,13 +8,16 @@ import (
 	"time"
 )
 
-// Buckets are GCRA (virtual scheduling): one int64 per limit, the
-// "theoretical arrival time" (tat) in nanoseconds since the Limiter's
-// epoch. A bucket whose tat is not after now is full, which is also its
-// zero value, so an idle entry can be deleted without losing anything.
-// Compared with x/time/rate (80 bytes and a mutex per limiter), this
-// keeps all thirteen of a source's buckets and scores in one 128-byte
-// entry under its shard's lock.
+// The limits checked before parsing (datagrams, bytes, connections), the
+// reply budget and the scores are GCRA (virtual scheduling): one int64 per
+// limit, the "theoretical arrival time" (tat) in nanoseconds since the
+// Limiter's epoch. A bucket whose tat is not after now is full, which is
+// also its zero value, so an idle entry can be deleted without losing
+// anything. Compared with x/time/rate (80 bytes and a mutex per limiter),
+// this keeps those six of every tracked source's limits in one 80-byte
+// entry under its shard's lock, which matters on the per-datagram path
+// and for the max_sources entries a spoofed flood fills. The post-parse
+// limits are rate.Limiters (post.go).
 
 // bucket holds the constants of one budget.
 type bucket struct {
@@ -26,8 +29,6 @@ func newBucket(rate float64, burst int) bucket {
 	step := float64(time.Second) / rate
 	return bucket{step: step, tol: int64(step * float64(burst))}
 }
-
-func newBudget(b Budget) bucket { return newBucket(b.Rate, b.Burst) }
 
 // next charges n units at factor f (f >= 1 multiplies both rate and burst:
 // each unit costs step/f while the tolerance stays burst*step). It returns
@@ -72,12 +73,16 @@ func newScore(limit int, window time.Duration) score {
 }
 
 // add records an event at factor f (the limit becomes limit*f) and
-// reports whether the limit is reached. The score never exceeds the limit,
-// so it always decays to zero within one window.
+// reports whether the limit is reached: the score leaks one event per
+// window/limit, so a burst of limit events hits on the limit-th (the
+// score passes limit-1 events' worth), and a steady rate above limit per
+// window hits sooner or later. The score never exceeds the limit, so it
+// always decays to zero within one window.
 func (s score) add(tat *int64, now int64, f float64) bool {
-	t := min(max(*tat, now)+int64(math.Ceil(s.step/f)), now+s.tol)
+	step := int64(math.Ceil(s.step / f))
+	t := min(max(*tat, now)+step, now+s.tol)
 	*tat = t
-	return t-now >= s.tol
+	return t-now > s.tol-step
 }
 
 // key identifies a source: an IPv4 address, or the /64 of an IPv6 one.

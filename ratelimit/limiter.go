@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 const (
@@ -81,9 +83,14 @@ type Limiter struct {
 	scan    scanner
 	methods [maxNamedMethods]string // slot i+1; "" unused
 
-	pkt, bytes, conn, req, reply, register bucket
-	method                                 [methodSlots]bucket
-	auth, aorAuth, malformed               score
+	// Before parsing, and the reply budget: GCRA buckets in each entry.
+	pkt, bytes, conn, reply  bucket
+	auth, aorAuth, malformed score
+	// After parsing: the budgets of the rate.Limiters of reqLimits
+	// (post[0] the request rate, post[1+i] method slot i) and of each
+	// AOR's REGISTER rate.
+	post     [postSlots]Budget
+	register Budget
 
 	seed    uint64
 	aorSeed maphash.Seed
@@ -100,6 +107,7 @@ type Limiter struct {
 	overPkt, overBytes atomic.Int64
 	overMu             sync.Mutex
 	overEnt            entry
+	overReq            reqLimits
 
 	inflight atomic.Int64
 
@@ -113,14 +121,17 @@ type Limiter struct {
 	rnd   rand.Source
 }
 
-// entry is one tracked source. All fields are guarded by its shard's mutex.
+// entry is one tracked source. All fields are guarded by its shard's
+// mutex. It is pointer-free, so the slab of entries is not scanned by the
+// garbage collector; the post-parse limiters, which only sources sending
+// parsed requests need, are elsewhere (req).
 type entry struct {
-	pkt, bytes, conn, req, reply int64 // bucket tats
-	method                       [methodSlots]int64
-	auth, malformed              int64 // score tats
-	overSince, lastOver          int64 // current flood streak; 0: none
-	bindings                     int32
-	conns                        int32
+	pkt, bytes, conn, reply int64 // bucket tats
+	auth, malformed         int64 // score tats
+	overSince, lastOver     int64 // current flood streak; 0: none
+	bindings                int32
+	conns                   int32
+	req                     int32 // 1 + index of its reqLimits in shard.reqs; 0: none yet
 }
 
 type shard struct {
@@ -129,6 +140,10 @@ type shard struct {
 	ents []entry
 	free []int32
 	bans map[key]banRec
+	// reqs holds the post-parse limiters of the entries whose req is set;
+	// nil slots are listed in reqFree.
+	reqs    []*reqLimits
+	reqFree []int32
 
 	counts [numDecisions][NumReasons]atomic.Uint64
 	_      [64]byte // keep neighbouring shards' locks off one cache line
@@ -144,8 +159,11 @@ type aorEntry struct {
 	// key is the map key, cloned from the caller's string when inserted:
 	// assigning to a map with a string key replaces the stored key, so
 	// updates go through this copy and never keep a message buffer alive.
-	key            string
-	register, auth int64
+	key string
+	// register is the AOR's REGISTER budget, made on its first REGISTER
+	// (nil: full; an entry made by AuthFailure has none).
+	register *rate.Limiter
+	auth     int64 // score tat
 }
 
 // New builds a Limiter. now is the clock (nil: time.Now).
@@ -181,17 +199,18 @@ func New(cfg Config, now func() time.Time, ev Events, opts ...Option) (*Limiter,
 		names = append(names, m)
 	}
 	slices.Sort(names)
-	l.method[0] = newBucket(cfg.MethodRate, cfg.MethodBurst)
+	l.post[0] = Budget{cfg.RequestRate, cfg.RequestBurst}
+	l.post[1] = Budget{cfg.MethodRate, cfg.MethodBurst}
 	for i, m := range names {
 		l.methods[i] = m
-		l.method[i+1] = newBudget(cfg.Methods[m])
+		l.post[2+i] = cfg.Methods[m]
 	}
+	l.register = Budget{cfg.RegisterRate, cfg.RegisterBurst}
+	l.overReq.f = cfg.OverflowShare
 	l.pkt = newBucket(cfg.PacketRate, cfg.PacketBurst)
 	l.bytes = newBucket(cfg.ByteRate, cfg.ByteBurst)
 	l.conn = newBucket(cfg.ConnRate, cfg.ConnBurst)
-	l.req = newBucket(cfg.RequestRate, cfg.RequestBurst)
 	l.reply = newBucket(cfg.ReplyRate, cfg.ReplyBurst)
-	l.register = newBucket(cfg.RegisterRate, cfg.RegisterBurst)
 	l.auth = newScore(cfg.AuthFailures, cfg.AuthWindow)
 	l.aorAuth = newScore(cfg.AORAuthFailures, cfg.AuthWindow)
 	l.malformed = newScore(cfg.MalformedLimit, cfg.MalformedWindow)
@@ -204,6 +223,13 @@ func New(cfg Config, now func() time.Time, ev Events, opts ...Option) (*Limiter,
 }
 
 func (l *Limiter) nowNS() int64 { return int64(l.now().Sub(l.epoch)) }
+
+// clock reads the clock once, as a time (for rate.Limiter) and in ns since
+// the epoch (for the GCRA buckets and bans).
+func (l *Limiter) clock() (time.Time, int64) {
+	t := l.now()
+	return t, int64(t.Sub(l.epoch))
+}
 
 func (l *Limiter) toTime(ns int64) time.Time { return l.epoch.Add(time.Duration(ns)) }
 

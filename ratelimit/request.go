@@ -31,7 +31,7 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string) (Decisi
 		l.count(sh, Allow, ReasonNone, src)
 		return Allow, ReasonNone
 	}
-	now := l.nowNS()
+	t, now := l.clock()
 	if l.wideBanned(a, now) {
 		l.count(sh, Drop, ReasonBanned, src)
 		return Drop, ReasonBanned
@@ -56,7 +56,7 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string) (Decisi
 		sh.mu.Unlock()
 		d, r = Drop, ReasonScanner
 	} else if e := l.lookup(sh, k, insert); e != nil {
-		d, r = l.requestLocked(e, l.factor(e), method, aor, now)
+		d, r = l.requestLocked(l.reqsOf(sh, e), &e.reply, l.factor(e), method, aor, t, now)
 		if r != ReasonNone && r != ReasonAORRate && l.overLimit(e, now) {
 			if b, banned = l.banLocked(sh, k, e, ReasonFlood, now); banned {
 				d, r = Drop, ReasonFlood
@@ -66,7 +66,7 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string) (Decisi
 	} else {
 		sh.mu.Unlock()
 		l.overMu.Lock()
-		d, r = l.requestLocked(&l.overEnt, l.cfg.OverflowShare, method, aor, now)
+		d, r = l.requestLocked(&l.overReq, &l.overEnt.reply, l.cfg.OverflowShare, method, aor, t, now)
 		l.overMu.Unlock()
 		if r == ReasonSourceRate || r == ReasonMethodRate {
 			r = ReasonOverflow
@@ -79,35 +79,36 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string) (Decisi
 	return d, r
 }
 
-// requestLocked applies the request limits to e at factor f. The source's
-// budgets are charged only if every limit passes. The caller holds the
-// lock guarding e; this takes the AOR shard's lock inside it.
-func (l *Limiter) requestLocked(e *entry, f float64, method, aor string, now int64) (Decision, Reason) {
+// requestLocked applies the request limits of a source (its post-parse
+// limiters rq and reply bucket, at factor f) at t (now in ns). The
+// source's budgets are charged only if every limit passes. The caller
+// holds the lock guarding rq and reply; this takes the AOR shard's lock
+// inside it.
+func (l *Limiter) requestLocked(rq *reqLimits, reply *int64, f float64, method, aor string, t time.Time, now int64) (Decision, Reason) {
+	// The source's request budget is checked first and charged last, once
+	// the one other limit of the request (its method's, or for a REGISTER
+	// its AOR's) has passed and been charged: so each is charged only if
+	// both pass. Nobody else touches rq meanwhile, so the token seen at
+	// first is still there at the end.
 	r := ReasonNone
-	tr, ok := l.req.next(e.req, now, 1, f)
-	if !ok {
+	src := rq.limiter(l, 0)
+	switch {
+	case src.TokensAt(t) < 1:
 		r = ReasonSourceRate
-	}
-	slot, tm := -1, int64(0)
-	if r == ReasonNone && method != "REGISTER" {
-		slot = l.methodSlot(method)
-		if tm, ok = l.method[slot].next(e.method[slot], now, 1, f); !ok {
+	case method != "REGISTER":
+		if !rq.limiter(l, 1+l.methodSlot(method)).AllowN(t, 1) {
 			r = ReasonMethodRate
 		}
-	}
-	// Last, because it commits: the AOR is charged only if the source
-	// passed, and the source only if the AOR did.
-	if r == ReasonNone && method == "REGISTER" && aor != "" && !l.aorTake(aor, now) {
-		r = ReasonAORRate
+	case aor != "":
+		if !l.aorTake(aor, t) {
+			r = ReasonAORRate
+		}
 	}
 	if r == ReasonNone {
-		e.req = tr
-		if slot >= 0 {
-			e.method[slot] = tm
-		}
+		src.AllowN(t, 1)
 		return Allow, ReasonNone
 	}
-	if l.reply.take(&e.reply, now, 1, f) {
+	if l.reply.take(reply, now, 1, f) {
 		return Reject, r
 	}
 	return Drop, r
@@ -125,9 +126,9 @@ func (l *Limiter) methodSlot(m string) int {
 	return 0
 }
 
-// aorTake charges one REGISTER to aor. Untracked AORs (max_aors reached)
-// pass: the per-source limits still hold them.
-func (l *Limiter) aorTake(aor string, now int64) bool {
+// aorTake charges one REGISTER to aor at t. Untracked AORs (max_aors
+// reached) pass: the per-source limits still hold them.
+func (l *Limiter) aorTake(aor string, t time.Time) bool {
 	as := l.aorShardOf(aor)
 	as.mu.Lock()
 	defer as.mu.Unlock()
@@ -135,11 +136,12 @@ func (l *Limiter) aorTake(aor string, now int64) bool {
 	if !ok {
 		return true
 	}
-	if !l.register.take(&ae.register, now, 1, 1) {
-		return false
+	if ae.register == nil {
+		// The AOR's first REGISTER (since Sweep last found it full).
+		ae.register = newRateLimiter(l.register, 1)
+		as.m[ae.key] = ae
 	}
-	as.m[ae.key] = ae
-	return true
+	return ae.register.AllowN(t, 1)
 }
 
 // aorLookup returns aor's entry (a new one if needed and below max_aors).
@@ -274,6 +276,13 @@ func (l *Limiter) SetBindings(src netip.Addr, n int) {
 			l.bound.Add(-1)
 		}
 		e.bindings = int32(n)
+		if e.req != 0 {
+			// The GCRA buckets scale by themselves (the factor is applied
+			// per call); the rate.Limiters are rebuilt at the new factor.
+			if rq, f := sh.reqs[e.req-1], l.factor(e); rq.f != f {
+				rq.rescale(l, f, l.now())
+			}
+		}
 	}
 	sh.mu.Unlock()
 }

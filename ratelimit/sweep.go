@@ -1,16 +1,24 @@
 package ratelimit
 
-// idle reports whether e holds nothing that a fresh entry would not: every
-// bucket full, every score zero, no connections, bindings or flood streak.
+import "time"
+
+// idle reports whether e's own state holds nothing that a fresh entry
+// would not: every bucket full, every score zero, no connections, bindings
+// or flood streak. Its post-parse limiters (e.req) are checked apart.
 func (e *entry) idle(now int64) bool {
 	if e.bindings > 0 || e.conns > 0 || e.lastOver != 0 && now-e.lastOver <= floodBreak {
 		return false
 	}
-	t := max(e.pkt, e.bytes, e.conn, e.req, e.reply, e.auth, e.malformed)
-	for _, m := range e.method {
-		t = max(t, m)
+	return max(e.pkt, e.bytes, e.conn, e.reply, e.auth, e.malformed) <= now
+}
+
+// sweepEntry drops e's post-parse limiters if they are all full, and
+// reports whether e is then idle as a whole. sh.mu must be held.
+func (sh *shard) sweepEntry(e *entry, t time.Time, now int64) bool {
+	if e.req != 0 && sh.reqs[e.req-1].idle(t) {
+		sh.dropReqs(e)
 	}
-	return t <= now
+	return e.req == 0 && e.idle(now)
 }
 
 // Sweep deletes idle sources and AORs and forgotten ban records, and
@@ -18,14 +26,14 @@ func (e *entry) idle(now int64) bool {
 // on a ticker (every few seconds); its cost is linear in what is tracked,
 // one shard lock at a time.
 func (l *Limiter) Sweep() {
-	now := l.nowNS()
+	t, now := l.clock()
 	forget := int64(l.cfg.BanForget)
 	var expired []Ban
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
 		for k, j := range sh.idx {
-			if sh.ents[j].idle(now) {
+			if sh.sweepEntry(&sh.ents[j], t, now) {
 				delete(sh.idx, k)
 				sh.free = append(sh.free, j)
 				l.tracked.Add(-1)
@@ -49,7 +57,7 @@ func (l *Limiter) Sweep() {
 		as := &l.aors[i]
 		as.mu.Lock()
 		for k, ae := range as.m {
-			if ae.register <= now && ae.auth <= now {
+			if full(ae.register, t) && ae.auth <= now {
 				delete(as.m, k)
 				l.aorCount.Add(-1)
 			}
@@ -66,18 +74,28 @@ func (l *Limiter) Sweep() {
 
 // compact gives back the memory of a shard that has shrunk to a quarter of
 // its peak (after a flood of distinct sources, say). Go maps never shrink,
-// so the index is rebuilt too. sh.mu must be held.
+// so the index is rebuilt too. The slots of post-parse limiters are
+// compacted the same way, on their own. sh.mu must be held.
 func (sh *shard) compact() {
-	if len(sh.free) < 256 || len(sh.free) < 3*len(sh.idx) {
-		return
+	if len(sh.free) >= 256 && len(sh.free) >= 3*len(sh.idx) {
+		ents := make([]entry, 0, 2*len(sh.idx))
+		idx := make(map[key]int32, len(sh.idx))
+		for k, j := range sh.idx {
+			idx[k] = int32(len(ents))
+			ents = append(ents, sh.ents[j])
+		}
+		sh.ents, sh.idx, sh.free = ents, idx, nil
 	}
-	ents := make([]entry, 0, 2*len(sh.idx))
-	idx := make(map[key]int32, len(sh.idx))
-	for k, j := range sh.idx {
-		idx[k] = int32(len(ents))
-		ents = append(ents, sh.ents[j])
+	if live := len(sh.reqs) - len(sh.reqFree); len(sh.reqFree) >= 256 && len(sh.reqFree) >= 3*live {
+		reqs := make([]*reqLimits, 0, 2*live)
+		for _, j := range sh.idx {
+			if e := &sh.ents[j]; e.req != 0 {
+				reqs = append(reqs, sh.reqs[e.req-1])
+				e.req = int32(len(reqs))
+			}
+		}
+		sh.reqs, sh.reqFree = reqs, nil
 	}
-	sh.ents, sh.idx, sh.free = ents, idx, nil
 }
 
 // Stats is a snapshot for metrics.
