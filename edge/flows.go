@@ -117,7 +117,7 @@ func (s *Server) pingOptions(ctx context.Context, k nat.FlowKey) error {
 	mf := sip.MaxForwardsHeader(1)
 	req.AppendHeader(&mf)
 	req.SetBody(nil)
-	if err := h.prepare(req); err != nil {
+	if err := h.prepare(req, sip.GenerateBranch()); err != nil {
 		return err
 	}
 	tx, err := h.client.TransactionRequest(ctx, req, prebuilt)

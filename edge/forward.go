@@ -30,8 +30,9 @@ type hop struct {
 	toCore    bool
 }
 
-// prepare decrements Max-Forwards, adds the edge's Via and points fwd at h.
-func (h hop) prepare(fwd *sip.Request) *Error {
+// prepare decrements Max-Forwards, adds the edge's Via with the given
+// branch and points fwd at h.
+func (h hop) prepare(fwd *sip.Request, branch string) *Error {
 	if mf := fwd.MaxForwards(); mf != nil {
 		if mf.Val() == 0 {
 			return reject(483, "Too Many Hops")
@@ -45,7 +46,7 @@ func (h hop) prepare(fwd *sip.Request) *Error {
 		ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: h.transport.String(),
 		Host: h.sentBy.Addr().String(), Port: int(h.sentBy.Port()), Params: sip.NewParams(),
 	}
-	via.Params.Add("branch", sip.GenerateBranch())
+	via.Params.Add("branch", branch)
 	via.Params.Add("rport", "")
 	fwd.PrependHeader(via)
 	h.address(fwd)
@@ -76,8 +77,9 @@ func (s *Server) failed(h hop) *Error {
 // response first. For INVITE, a CANCEL from upstream is passed on at once
 // and 2xx retransmissions keep being relayed after the handler returns.
 func (s *Server) forward(ctx context.Context, r *Request, fwd *sip.Request, h hop, onFinal func(*sip.Response)) error {
+	branch := loopBranch(r.Request)
 	stampVia(fwd.Via(), r.Flow.Remote)
-	if err := h.prepare(fwd); err != nil {
+	if err := h.prepare(fwd, branch); err != nil {
 		return err
 	}
 	if h.toCore {
@@ -214,7 +216,7 @@ func (s *Server) hangUp(fwd *sip.Request, res *sip.Response, h hop) {
 		r.AppendHeader(sip.HeaderClone(fwd.CallID()))
 		r.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: m})
 		r.SetBody(nil)
-		if h.prepare(r) != nil {
+		if h.prepare(r, sip.GenerateBranch()) != nil {
 			return nil
 		}
 		return r

@@ -41,6 +41,7 @@ func Listen(cfg Config) (*Sockets, error) {
 		if err != nil {
 			return fail("access.udp", err)
 		}
+		bigBuffers(c)
 		s.UDP = append(s.UDP, c)
 	}
 	streams := []struct {
@@ -70,10 +71,23 @@ func Listen(cfg Config) (*Sockets, error) {
 	if s.CoreUDP, err = net.ListenPacket("udp", cfg.Core.Listen); err != nil {
 		return fail("core.listen", err)
 	}
+	bigBuffers(s.CoreUDP)
 	if s.CoreTCP, err = net.Listen("tcp", cfg.Core.Listen); err != nil {
 		return fail("core.listen", err)
 	}
 	return s, nil
+}
+
+// udpBuffer is the socket buffer size asked for on UDP sockets: the
+// kernel default (~200 KiB) overflows in bursts of a few thousand
+// messages a second. The kernel caps it at net.core.rmem_max/wmem_max.
+const udpBuffer = 4 << 20
+
+func bigBuffers(c net.PacketConn) {
+	if u, ok := c.(*net.UDPConn); ok {
+		_ = u.SetReadBuffer(udpBuffer) // best effort: capped, never fatal
+		_ = u.SetWriteBuffer(udpBuffer)
+	}
 }
 
 // addrs returns the address of every access socket.

@@ -2,7 +2,9 @@ package edge
 
 import (
 	"context"
+	"hash/fnv"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
@@ -121,19 +123,54 @@ func dialogCreating(req *sip.Request) bool {
 	return false
 }
 
-// loopDetected reports whether the edge already forwarded req (RFC 3261
-// §16.3 item 4): one of its Vias names this edge.
+// loopDetected reports whether req is one the edge already forwarded,
+// unchanged (RFC 3261 §16.3 item 4): a Via of the edge's whose branch
+// carries the loop hash of req as it arrives now. The same request coming
+// back after the core changed its Request-URI (a call between two phones
+// behind this edge) is a spiral, and goes on.
 func (s *Server) loopDetected(req *sip.Request) bool {
+	prefix := loopBranchPrefix(req)
 	for _, h := range req.GetHeaders("Via") {
 		v, ok := h.(*sip.ViaHeader)
-		if !ok {
+		if !ok || !s.isOurs(sip.Uri{Scheme: "sip", Host: v.Host, Port: v.Port}) {
 			continue
 		}
-		if s.isOurs(sip.Uri{Scheme: "sip", Host: v.Host, Port: v.Port}) {
+		if b, _ := v.Params.Get("branch"); strings.HasPrefix(b, prefix) {
 			return true
 		}
 	}
 	return false
+}
+
+// loopBranch is the branch of the edge's Via on a request forwarded for
+// req: the magic cookie, a hash of what identifies req on this hop
+// (RFC 3261 §16.6 item 8: tags, Call-ID, Request-URI as received, CSeq
+// number, Proxy-Require, Proxy-Authorization), and a random part that
+// keeps each transaction's branch unique.
+func loopBranch(req *sip.Request) string {
+	return loopBranchPrefix(req) + sip.GenerateTagN(10)
+}
+
+func loopBranchPrefix(req *sip.Request) string {
+	h := fnv.New64a()
+	write := func(s string) { h.Write([]byte(s)); h.Write([]byte{0}) }
+	if t := req.To(); t != nil {
+		write(t.Params.GetOr("tag", ""))
+	}
+	if f := req.From(); f != nil {
+		write(f.Params.GetOr("tag", ""))
+	}
+	write(callID(req))
+	write(req.Recipient.String())
+	if c := req.CSeq(); c != nil {
+		write(strconv.FormatUint(uint64(c.SeqNo), 10))
+	}
+	for _, name := range []string{"Proxy-Require", "Proxy-Authorization"} {
+		for _, v := range req.GetHeaders(name) {
+			write(v.Value())
+		}
+	}
+	return "z9hG4bK" + strconv.FormatUint(h.Sum64(), 36) + "."
 }
 
 // proxyToCore forwards a phone's request (other than REGISTER) to the
@@ -229,7 +266,7 @@ func (s *Server) relayAck(req *sip.Request, fromCore bool) {
 		s.popOwnRoutes(fwd)
 		h = s.coreHop(s.upstreams.Pick())
 	}
-	if h.prepare(fwd) != nil {
+	if h.prepare(fwd, sip.GenerateBranch()) != nil {
 		return
 	}
 	if err := h.client.WriteRequest(fwd, prebuilt); err != nil {

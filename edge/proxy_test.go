@@ -319,12 +319,36 @@ func TestRewriteModeRestoresContact(t *testing.T) {
 
 func TestLoopAndHops(t *testing.T) {
 	c := setupCall(t, "udp", nil)
-	loop := c.request("MESSAGE", c.contact(), c.path, "loop-1", 1, "")
-	loop = strings.Replace(loop, "Via: ", "Via: SIP/2.0/UDP "+c.e.CoreAddr().String()+";branch=z9hG4bK-old\nVia: ", 1)
-	c.core.Send(loop)
+	c.core.Send(c.request("MESSAGE", c.contact(), c.path, "loop-1", 1, ""))
+	first := c.phone.MustRecvRequest("MESSAGE", wait)
+	c.phone.Respond(first, 200, "OK", "p")
+	c.core.MustRecvResponse(wait)
+
+	// Someone sends the very request the edge forwarded back to it (a
+	// loop): same Request-URI, tags, Call-ID and CSeq, the edge's Via inside.
+	resend := func(ruri string) {
+		var b strings.Builder
+		fmt.Fprintf(&b, "MESSAGE %s SIP/2.0\n", ruri)
+		fmt.Fprintf(&b, "Via: SIP/2.0/UDP %s;branch=z9hG4bK-back-%d;rport\n", c.core.Local, len(ruri))
+		for _, v := range first.GetHeaders("Via") {
+			b.WriteString("Via: " + v.Value() + "\n")
+		}
+		b.WriteString("Route: " + c.path + "\nMax-Forwards: 60\n")
+		b.WriteString("From: " + first.From().Value() + "\nTo: " + first.To().Value() + "\n")
+		b.WriteString("Call-ID: loop-1\nCSeq: 1 MESSAGE\nContent-Length: 0\n\n")
+		c.core.Send(b.String())
+	}
+	resend(first.Recipient.String())
 	if res := c.core.MustRecvResponse(wait); res.StatusCode != 482 {
 		t.Fatalf("loop got %d, want 482", res.StatusCode)
 	}
+	// The same with a new Request-URI is a spiral (RFC 3261 §16.3 item 4):
+	// forwarded, as for a call between two phones behind this edge.
+	resend(c.contact() + ";spiral")
+	if got := c.phone.MustRecvRequest("MESSAGE", wait); !strings.Contains(got.Recipient.String(), "spiral") {
+		t.Fatalf("spiral reached the phone as %s", got.Recipient.String())
+	}
+
 	hops := strings.Replace(c.request("MESSAGE", c.contact(), c.path, "hops-1", 1, ""), "Max-Forwards: 70", "Max-Forwards: 0", 1)
 	c.core.Send(hops)
 	if res := c.core.MustRecvResponse(wait); res.StatusCode != 483 {

@@ -29,7 +29,7 @@ type Deps struct {
 	Signer    *nat.Signer      // required: signs flow tokens
 	Upstreams *upstream.Pool   // required: the core registrars
 	Now       func() time.Time // defaults to time.Now
-	Grace     time.Duration    // drain time on shutdown; default 5s
+	Grace     time.Duration    // drain time on shutdown; default 4s
 	Events    Events           // optional hooks
 }
 
@@ -94,7 +94,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		s.now = time.Now
 	}
 	if s.grace == 0 {
-		s.grace = 5 * time.Second
+		s.grace = 4 * time.Second
 	}
 	for _, dom := range cfg.Registration.Domains {
 		s.domains[strings.ToLower(dom)] = true
