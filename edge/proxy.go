@@ -145,7 +145,8 @@ func (s *Server) loopDetected(req *sip.Request) bool {
 // loopBranch is the branch of the edge's Via on a request forwarded for
 // req: the magic cookie, a hash of what identifies req on this hop
 // (RFC 3261 §16.6 item 8: tags, Call-ID, Request-URI as received, CSeq
-// number, Proxy-Require, Proxy-Authorization), and a random part that
+// number, Proxy-Require, Proxy-Authorization; and the Route set as
+// received), and a random part that
 // keeps each transaction's branch unique.
 func loopBranch(req *sip.Request) string {
 	return loopBranchPrefix(req) + sip.GenerateTagN(10)
@@ -165,7 +166,10 @@ func loopBranchPrefix(req *sip.Request) string {
 	if c := req.CSeq(); c != nil {
 		write(strconv.FormatUint(uint64(c.SeqNo), 10))
 	}
-	for _, name := range []string{"Proxy-Require", "Proxy-Authorization"} {
+	// The Route set as received tells the two passes of an in-dialog
+	// request between two phones behind this edge apart: same target,
+	// tags and CSeq, but each pass has consumed a part of the route.
+	for _, name := range []string{"Route", "Proxy-Require", "Proxy-Authorization"} {
 		for _, v := range req.GetHeaders(name) {
 			write(v.Value())
 		}

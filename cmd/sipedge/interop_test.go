@@ -113,11 +113,18 @@ type proc struct {
 
 func startProc(t *testing.T, name, logPath string, argv ...string) *proc {
 	t.Helper()
+	return startProcIn(t, name, "", logPath, argv...)
+}
+
+// startProcIn is startProc with a working directory (empty: the test's).
+func startProcIn(t *testing.T, name, dir, logPath string, argv ...string) *proc {
+	t.Helper()
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -245,6 +252,7 @@ func waitSIP(t *testing.T, p *proc, addr string) {
 type kamOpts struct {
 	users       int  // subscribers 1000..1000+users-1, password pw<user>
 	logRegister bool // xlog each authenticated REGISTER
+	logCalls    bool // xlog where INVITE, MESSAGE, CANCEL, in-dialog requests go
 	shmMB       int
 	children    int
 }
@@ -299,13 +307,17 @@ func startKamailio(t *testing.T, o kamOpts) *kamailio {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logReg := 0
+	logReg, logCalls := 0, 0
 	if o.logRegister {
 		logReg = 1
 	}
+	if o.logCalls {
+		logCalls = 1
+	}
 	var cfg bytes.Buffer
 	must(t, tmpl.Execute(&cfg, map[string]any{
-		"Port": k.port, "DBDir": db, "CtlSock": k.ctl, "LogRegister": logReg, "Children": o.children,
+		"Port": k.port, "DBDir": db, "CtlSock": k.ctl, "LogRegister": logReg, "LogCalls": logCalls,
+		"Children": o.children,
 	}))
 	cfgPath := filepath.Join(dir, "kamailio.cfg")
 	must(t, os.WriteFile(cfgPath, cfg.Bytes(), 0o644))
@@ -410,6 +422,7 @@ type edgeOpts struct {
 	mode     string // path | rewrite
 	upstream string // sip:127.0.0.1:PORT;transport=udp|tcp
 	level    string
+	extra    string // more TOML, appended to the config (e.g. a [ratelimit] section)
 }
 
 type sipedge struct {
@@ -449,7 +462,7 @@ max_contacts = 10
 [log]
 level = %q
 format = "text"
-`, e.udp, e.tcp, e.core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.level)
+`, e.udp, e.tcp, e.core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.level) + o.extra
 	cfgPath := filepath.Join(dir, "sipedge.toml")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o644))
 	if out, err := runBounded(30*time.Second, dir, bin, "check-config", cfgPath); err != nil {
