@@ -28,10 +28,14 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) vet -tags interop,bench,natlab $(PKGS)
 	$(GO) tool staticcheck $(PKGS)
 
-fuzz: ## run every fuzz target for FUZZTIME each
+fuzz: ## run every fuzz target for FUZZTIME each (crashers land in testdata/fuzz and stay as regression tests)
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./nat/
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./nat/
+	$(GO) test -run '^$$' -fuzz '^FuzzDemux$$' -fuzztime $(FUZZTIME) ./nat/
+	$(GO) test -run '^$$' -fuzz '^FuzzFramer$$' -fuzztime $(FUZZTIME) ./nat/
 	$(GO) test -run '^$$' -fuzz '^FuzzRegister$$' -fuzztime $(FUZZTIME) ./edge/
+	$(GO) test -run '^$$' -fuzz '^FuzzLooksLikeSIP$$' -fuzztime $(FUZZTIME) ./edge/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecisions$$' -fuzztime $(FUZZTIME) ./ratelimit/
 
 interop: ## real Kamailio core and sipp phones through the built binary (needs kamailio, sip-tester)
 	$(GO) test -race -count=1 -tags interop -v -timeout 10m -run Interop ./cmd/sipedge/

@@ -54,3 +54,25 @@ func FuzzRegister(f *testing.F) {
 		}
 	})
 }
+
+// FuzzLooksLikeSIP checks the cheap pre-parse filter never drops a
+// datagram that sipgo would parse into a message its transaction layer
+// can handle (Via, CSeq and Call-ID present): it may only drop garbage.
+func FuzzLooksLikeSIP(f *testing.F) {
+	seeds, _ := filepath.Glob("../testdata/register/*.sip")
+	for _, p := range seeds {
+		b, _ := os.ReadFile(p)
+		f.Add(b)
+	}
+	f.Add([]byte("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nContent-Length: 0\r\n\r\n"))
+	f.Add([]byte("OPTIONS sip:x SIP/2.0\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := sip.ParseMessage(data)
+		if err != nil || m.Via() == nil || m.CSeq() == nil || m.CallID() == nil {
+			return // sipgo would drop or reject it anyway
+		}
+		if !looksLikeSIP(data) {
+			t.Fatalf("filter drops a message sipgo handles: %q", data)
+		}
+	})
+}
