@@ -386,3 +386,26 @@ func TestLargeInviteCrossesUDP(t *testing.T) {
 		t.Fatalf("phone got %d bytes of SDP, want %d", len(inv.Body()), len(sdp))
 	}
 }
+
+// Behind a 1:1 NAT the edge names its public address toward phones:
+// in its Via and its access-side Record-Route; the core's addresses stay
+// out of sight except in the Record-Route entries dialog routing needs.
+func TestAdvertisedAddressFacesPhones(t *testing.T) {
+	c := setupCall(t, "udp", func(cfg *edge.Config) { cfg.Access.Advertise = "203.0.113.5" })
+	c.core.Send(c.request("INVITE", c.contact(), c.path, "adv-1", 1, ""))
+	inv := c.phone.MustRecvRequest("INVITE", wait)
+	if v := inv.Via(); v.Host != "203.0.113.5" || v.Port != int(c.e.UDP.Port()) {
+		t.Errorf("top Via %s, want the advertised address", v.Value())
+	}
+	if rr := inv.RecordRoute(); rr == nil || rr.Address.Host != "203.0.113.5" {
+		t.Errorf("access-side Record-Route %v, want the advertised address", rr)
+	}
+	c.phone.Respond(inv, 200, "OK", "adv")
+	res := c.core.MustRecvResponse(wait)
+	if res.StatusCode != 200 || len(res.GetHeaders("Via")) != 1 {
+		t.Fatalf("core got %d with %d Vias", res.StatusCode, len(res.GetHeaders("Via")))
+	}
+	// A request routed to the advertised address is recognised as ours.
+	c.core.Send(c.request("BYE", c.contact(), routeSet(res), "adv-1", 2, ";tag=adv"))
+	c.phone.MustRecvRequest("BYE", wait)
+}
