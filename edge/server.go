@@ -29,7 +29,7 @@ type Deps struct {
 	Signer    *nat.Signer      // required: signs flow tokens
 	Upstreams *upstream.Pool   // required: the core registrars
 	Now       func() time.Time // defaults to time.Now
-	Grace     time.Duration    // drain time on shutdown; default 4s
+	Grace     time.Duration    // drain time on shutdown; default 3s
 	Events    Events           // optional hooks
 }
 
@@ -94,7 +94,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		s.now = time.Now
 	}
 	if s.grace == 0 {
-		s.grace = 4 * time.Second
+		s.grace = 3 * time.Second
 	}
 	for _, dom := range cfg.Registration.Domains {
 		s.domains[strings.ToLower(dom)] = true
@@ -339,6 +339,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	_ = s.coreUA.Close()
 	_ = s.socks.Close()
 	wg.Wait()
-	<-done // handlers return once the UAs are closed
+	select {
+	case <-done: // handlers return once the UAs are closed
+	case <-time.After(time.Second):
+		s.log.Warn("handlers still running after close")
+	}
 	return nil
 }

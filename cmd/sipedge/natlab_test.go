@@ -742,14 +742,15 @@ format = "text"
 // ------------------------------------------------------------------ sipp
 
 // startPhone starts the sipp phone in cli: it registers user through the
-// NAT (and, with rebind, once more 3 s later) and then waits silently for
-// one MESSAGE.
-func (l *natLab) startPhone(user string, rebind bool) (*nlProc, string) {
+// NAT (and, with rebind, once more 3 s later) and then waits silently
+// until its out-of-call scenario ooc (in testdata/natlab) is through:
+// phone_ooc.xml takes one MESSAGE, phone_call.xml one call.
+func (l *natLab) startPhone(user, ooc string, rebind bool) (*nlProc, string) {
 	l.t.Helper()
 	dir := l.t.TempDir()
 	sf, err := filepath.Abs(filepath.Join(natlabDir, "phone.xml"))
 	nlMust(l.t, err)
-	ooc, err := filepath.Abs(filepath.Join(natlabDir, "phone_ooc.xml"))
+	ooc, err = filepath.Abs(filepath.Join(natlabDir, ooc))
 	nlMust(l.t, err)
 	rb := "0"
 	if rebind {
@@ -787,10 +788,18 @@ var nlStatusRE = regexp.MustCompile(`(?m)^SIP/2\.0 (\d{3}) `)
 
 // sendMessage runs the core-side sipp in pub: one MESSAGE to the AOR via
 // Kamailio, which routes it along the Path through sipedge and the NAT.
-func (l *natLab) sendMessage(to string) nlUAC {
+func (l *natLab) sendMessage(to string) nlUAC { return l.coreUAC("core_message.xml", to) }
+
+// call runs the core-side sipp in pub: one call to the AOR via Kamailio,
+// answered, then hung up (ACK and BYE along the route set).
+func (l *natLab) call(to string) nlUAC { return l.coreUAC("core_call.xml", to) }
+
+// coreUAC runs scenario (in testdata/natlab) with sipp in pub, sending to
+// Kamailio, until it ends; status is the last final response it got.
+func (l *natLab) coreUAC(scenario, to string) nlUAC {
 	l.t.Helper()
 	dir := l.t.TempDir()
-	sf, err := filepath.Abs(filepath.Join(natlabDir, "core_message.xml"))
+	sf, err := filepath.Abs(filepath.Join(natlabDir, scenario))
 	nlMust(l.t, err)
 	r := nlUAC{start: time.Now()}
 	out, err := nlRun(40*time.Second, "ip", "netns", "exec", l.pub, "sipp", fmt.Sprintf("127.0.0.1:%d", nlKamPort),
@@ -1110,6 +1119,62 @@ func nlTo(addr string) func(nlPacket) bool {
 
 // ------------------------------------------------------------------ tests
 
+// nlIdlePhone is the start of scenarios (a), (b) and (e): a sipp phone in
+// cli registered 1000 through the NAT via sipedge and then sent nothing
+// for three NAT timeouts and 2 s.
+type nlIdlePhone struct {
+	l              *natLab
+	k              *nlKamailio
+	capPub, capCli *nlCapture    // pub0 (sipedge's side of the NAT), cli0 (the phone's link)
+	phone          *nlProc       // still waiting, for its out-of-call scenario
+	phoneMsgs      string        // its sipp message trace
+	regAt          time.Time     // when its 200 REGISTER reached it (cli0)
+	wait           time.Duration // silent since regAt (at least)
+	m0, m1         nlConn        // its NAT mapping after the REGISTER, after the wait
+	alive          bool          // m1 exists
+}
+
+// startIdlePhone builds the lab with the given NAT timeout, starts
+// Kamailio, sipedge (keepalive, every 2 s), the captures and the phone
+// (phone.xml with out-of-call scenario ooc), and returns after the wait.
+func startIdlePhone(t *testing.T, natTimeout int, keepalive, ooc string) *nlIdlePhone {
+	t.Helper()
+	nlNeed(t, "sipp")
+	l := newNATLab(t, natLabOpts{udpTimeout: natTimeout})
+	s := &nlIdlePhone{l: l, k: l.startKamailio()}
+	l.startSipedge(nlEdgeOpts{keepalive: keepalive, interval: "2s"})
+	s.capPub = l.capture(l.pub, "pub0")
+	s.capCli = l.capture(l.cli, "cli0")
+
+	s.phone, s.phoneMsgs = l.startPhone("1000", ooc, false)
+	ct, regAt := l.waitRegistered(s.k, s.capCli, s.phone, "1000", "", 1)
+	s.regAt = regAt
+	t.Logf("registered: contact %s path %s", ct.Address, ct.Path)
+	m0, ok := l.phoneFlow(nlPhonePort)
+	if !ok {
+		t.Fatalf("no conntrack entry for the phone right after it registered:\n%v", l.conntrack())
+	}
+	s.m0 = m0
+	t.Logf("NAT mapping after REGISTER: %s → %s (public %s), timeout left %ds, helper=%q: %s",
+		m0.origSrc, m0.origDst, m0.replyDst, m0.timeout, m0.helper, m0.raw)
+	if m0.helper != "" || m0.timeout > natTimeout {
+		t.Fatalf("a conntrack helper is involved (helper=%q, timeout %ds > %ds): %s", m0.helper, m0.timeout, natTimeout, m0.raw)
+	}
+
+	s.wait = 3*time.Duration(natTimeout)*time.Second + 2*time.Second
+	t.Logf("phone silent now; waiting %s (3 × NAT UDP timeout %ds + 2s)", s.wait, natTimeout)
+	if s.phone.wait(s.wait - time.Since(regAt)) {
+		t.Fatalf("phone sipp exited during the wait (status %d)\n%s", s.phone.exitCode(), nlTail(s.phone.log(), 30))
+	}
+	s.m1, s.alive = l.phoneFlow(nlPhonePort)
+	if s.alive {
+		t.Logf("NAT mapping after the wait: public %s, timeout left %ds: %s", s.m1.replyDst, s.m1.timeout, s.m1.raw)
+	} else {
+		t.Logf("NAT mapping after the wait: gone (conntrack has %d UDP entries)", len(l.conntrack()))
+	}
+	return s
+}
+
 // TestNATLabKeepaliveCRLF (a): with sipedge's CRLF keepalives every 2 s a
 // sipp phone that registered through the NAT and then sent nothing for
 // three NAT timeouts is still reachable from the core.
@@ -1125,59 +1190,29 @@ func TestNATLabKeepaliveOff(t *testing.T) {
 }
 
 func runSilentPhone(t *testing.T, keepalive string, wantReach bool) {
-	nlNeed(t, "sipp")
 	const natTimeout = 5
-	l := newNATLab(t, natLabOpts{udpTimeout: natTimeout})
-	k := l.startKamailio()
-	l.startSipedge(nlEdgeOpts{keepalive: keepalive, interval: "2s"})
-	capPub := l.capture(l.pub, "pub0")
-	capCli := l.capture(l.cli, "cli0")
+	s := startIdlePhone(t, natTimeout, keepalive, "phone_ooc.xml")
 
-	phone, phoneMsgs := l.startPhone("1000", false)
-	ct, regAt := l.waitRegistered(k, capCli, phone, "1000", "", 1)
-	t.Logf("registered: contact %s path %s", ct.Address, ct.Path)
-	m0, ok := l.phoneFlow(nlPhonePort)
-	if !ok {
-		t.Fatalf("no conntrack entry for the phone right after it registered:\n%v", l.conntrack())
-	}
-	t.Logf("NAT mapping after REGISTER: %s → %s (public %s), timeout left %ds, helper=%q: %s",
-		m0.origSrc, m0.origDst, m0.replyDst, m0.timeout, m0.helper, m0.raw)
-	if m0.helper != "" || m0.timeout > natTimeout {
-		t.Fatalf("a conntrack helper is involved (helper=%q, timeout %ds > %ds): %s", m0.helper, m0.timeout, natTimeout, m0.raw)
-	}
-
-	wait := 3*natTimeout*time.Second + 2*time.Second
-	t.Logf("phone silent now; waiting %s (3 × NAT UDP timeout %ds + 2s)", wait, natTimeout)
-	if phone.wait(wait - time.Since(regAt)) {
-		t.Fatalf("phone sipp exited during the wait (status %d)\n%s", phone.exitCode(), nlTail(phone.log(), 30))
-	}
-	m1, alive := l.phoneFlow(nlPhonePort)
-	if alive {
-		t.Logf("NAT mapping after the wait: public %s, timeout left %ds: %s", m1.replyDst, m1.timeout, m1.raw)
-	} else {
-		t.Logf("NAT mapping after the wait: gone (conntrack has %d UDP entries)", len(l.conntrack()))
-	}
-
-	uac := l.sendMessage("1000")
+	uac := s.l.sendMessage("1000")
 	reached := false
 	if wantReach {
-		reached = phone.wait(5 * time.Second)
+		reached = s.phone.wait(5 * time.Second)
 	} else {
-		phone.stop(t)
+		s.phone.stop(t)
 	}
-	phoneTrace, _ := os.ReadFile(phoneMsgs)
+	phoneTrace, _ := os.ReadFile(s.phoneMsgs)
 	phoneGotMessage := regexp.MustCompile(`(?m)^MESSAGE sip:`).Match(phoneTrace)
 	t.Logf("core → phone MESSAGE: final status at the core %d (sipp exit %d) after %s; phone saw the MESSAGE: %v",
 		uac.status, uac.exit, uac.elapsed.Round(time.Millisecond), phoneGotMessage)
-	t.Logf("Kamailio: %s", strings.Join(append(k.lines("NL-LOOKUP"), append(k.lines("NL-REPLY"), k.lines("NL-FAILURE")...)...), " | "))
+	t.Logf("Kamailio: %s", strings.Join(append(s.k.lines("NL-LOOKUP"), append(s.k.lines("NL-REPLY"), s.k.lines("NL-FAILURE")...)...), " | "))
 
-	pub := capPub.packets(t)
-	cli := capCli.packets(t)
-	wan := m0.replyDst
+	pub := s.capPub.packets(t)
+	cli := s.capCli.packets(t)
+	wan := s.m0.replyDst
 	toPhoneWAN := func(p nlPacket) bool { return p.dst == wan }
 	// The end of the registration: the last 200 REGISTER the phone got.
-	regDone := regAt
-	if r := nlFilter(cli, nlAnd(nlIsKind("SIP 200 REGISTER"), nlBetween(regAt.Add(-15*time.Second), uac.start))); len(r) > 0 {
+	regDone := s.regAt
+	if r := nlFilter(cli, nlAnd(nlIsKind("SIP 200 REGISTER"), nlBetween(s.regAt.Add(-15*time.Second), uac.start))); len(r) > 0 {
 		regDone = r[len(r)-1].at
 	}
 	silent := nlBetween(regDone.Add(time.Millisecond), uac.start)
@@ -1205,23 +1240,23 @@ func runSilentPhone(t *testing.T, keepalive string, wantReach bool) {
 		t.Errorf("the phone sent %d packets during the wait (it must stay silent, they refresh the NAT): %v", len(fromPhone), fromPhone)
 	}
 	if wantReach {
-		if !alive {
+		if !s.alive {
 			t.Errorf("the NAT mapping expired although sipedge sends keepalives")
-		} else if m1.replyDst != m0.replyDst {
-			t.Errorf("the NAT mapping changed from %s to %s", m0.replyDst, m1.replyDst)
+		} else if s.m1.replyDst != s.m0.replyDst {
+			t.Errorf("the NAT mapping changed from %s to %s", s.m0.replyDst, s.m1.replyDst)
 		}
-		if min := int(wait / (2 * time.Second) / 2); len(kaGot) < min {
-			t.Errorf("only %d CRLF keepalives reached the phone in %s (interval 2s), want at least %d", len(kaGot), wait, min)
+		if min := int(s.wait / (2 * time.Second) / 2); len(kaGot) < min {
+			t.Errorf("only %d CRLF keepalives reached the phone in %s (interval 2s), want at least %d", len(kaGot), s.wait, min)
 		}
 		if uac.status != 200 || uac.exit != 0 {
 			t.Errorf("core MESSAGE to the phone: status %d, sipp exit %d; want 200\n%s\n%s", uac.status, uac.exit, uac.errors, nlTail(uac.messages, 40))
 		}
-		if !phoneGotMessage || !reached || phone.exitCode() != 0 {
-			t.Errorf("the phone did not take the MESSAGE (saw it %v, exited %v, status %d)", phoneGotMessage, reached, phone.exitCode())
+		if !phoneGotMessage || !reached || s.phone.exitCode() != 0 {
+			t.Errorf("the phone did not take the MESSAGE (saw it %v, exited %v, status %d)", phoneGotMessage, reached, s.phone.exitCode())
 		}
 	} else {
-		if alive {
-			t.Errorf("the NAT mapping is still there without keepalives: the lab does not expire mappings: %s", m1.raw)
+		if s.alive {
+			t.Errorf("the NAT mapping is still there without keepalives: the lab does not expire mappings: %s", s.m1.raw)
 		}
 		if len(kaSent) > 0 {
 			t.Errorf("sipedge sent %d CRLF keepalives with keepalive = off", len(kaSent))
@@ -1250,7 +1285,7 @@ func TestNATLabSymmetricRebind(t *testing.T) {
 	capPub := l.capture(l.pub, "pub0")
 	capCli := l.capture(l.cli, "cli0")
 
-	phone, phoneMsgs := l.startPhone("1000", true)
+	phone, phoneMsgs := l.startPhone("1000", "phone_ooc.xml", true)
 	ct1, reg1 := l.waitRegistered(k, capCli, phone, "1000", "", 1)
 	m1, ok := l.phoneFlow(nlPhonePort)
 	if !ok {
@@ -1451,5 +1486,114 @@ func TestNATLabBaresipOutbound(t *testing.T) {
 		t.Errorf("the core's MESSAGE did not reach baresip (status at the core %d)\n%s", uac.status, nlTail(uac.messages, 30))
 	} else if uac.status != 200 {
 		t.Errorf("the MESSAGE reached baresip but the core got %d, want 200", uac.status)
+	}
+}
+
+// TestNATLabIdleCallee (e): the callee behind the NAT receives the INVITE
+// after being idle longer than the conntrack timeout. A sipp phone
+// registers through sipedge and then sends nothing for three NAT timeouts
+// (sipedge's CRLF keepalives every 2 s keep its mapping); a caller in pub
+// calls its AOR via Kamailio, whose lookup follows the Path to sipedge,
+// which sends the INVITE over the phone's NAT flow. The phone answers
+// 180/200, gets the ACK and the BYE (routed by sipedge's Record-Route to
+// the flow: its Contact is a private address) and answers 200.
+func TestNATLabIdleCallee(t *testing.T) {
+	const natTimeout = 5
+	s := startIdlePhone(t, natTimeout, "crlf", "phone_call.xml")
+
+	uac := s.l.call("1000")
+	answered := s.phone.wait(5 * time.Second)
+	t.Logf("core → phone call: caller sipp exit %d after %s (last final status %d); phone sipp ended %v (exit %d)",
+		uac.exit, uac.elapsed.Round(time.Millisecond), uac.status, answered, s.phone.exitCode())
+	lookups := s.k.lines("NL-LOOKUP")
+	t.Logf("Kamailio: %s", strings.Join(append(lookups, append(s.k.lines("NL-REPLY"), s.k.lines("NL-FAILURE")...)...), " | "))
+
+	pub := s.capPub.packets(t)
+	cli := s.capCli.packets(t)
+	phoneAddr := netip.AddrPortFrom(netip.MustParseAddr(nlPhoneIP), nlPhonePort)
+	isSIP := func(p nlPacket) bool { return strings.HasPrefix(p.kind(), "SIP ") }
+	during := nlBetween(uac.start, uac.start.Add(time.Minute))
+	invAtEdge := nlFilter(pub, nlAnd(during, nlIsKind("SIP INVITE"), nlFrom(nlEdgeIP)))
+	dialog := nlFilter(cli, nlAnd(during, isSIP))
+	t.Logf("cli0 (the phone's link) from the call on (0 = the caller started):\n%s", nlTimeline(dialog, uac.start, 40))
+	invAtPhone := nlFilter(dialog, nlIsKind("SIP INVITE"))
+	if len(invAtPhone) == 0 || len(invAtEdge) == 0 {
+		t.Fatalf("the INVITE did not reach the phone (%d at it, %d sent by sipedge toward the NAT %s); caller:\n%s\n%s\npub0:\n%s",
+			len(invAtPhone), len(invAtEdge), s.m0.replyDst, uac.errors, nlTail(uac.messages, 40),
+			nlTimeline(nlFilter(pub, during), uac.start, 40))
+	}
+	inv := invAtPhone[0]
+
+	// The phone's silence: nothing from it between its 200 REGISTER and
+	// the INVITE; idle counts from the last packet it sent at all.
+	fromPhone := nlFilter(cli, nlAnd(nlBetween(s.regAt.Add(time.Millisecond), inv.at), nlFrom(nlPhoneIP)))
+	sentBefore := nlFilter(cli, nlAnd(nlBetween(time.Time{}, inv.at), nlFrom(nlPhoneIP)))
+	var idle time.Duration
+	lastSent := "nothing"
+	if len(sentBefore) > 0 {
+		last := sentBefore[len(sentBefore)-1]
+		idle, lastSent = inv.at.Sub(last.at), last.kind()
+	}
+	kaGot := nlFilter(cli, nlAnd(nlBetween(s.regAt, inv.at), nlIsKind("crlf"), nlTo(nlPhoneIP)))
+	t.Logf("measured: NAT UDP timeout %ds; phone idle %s (its last packet, %s, → the INVITE reaching it; %.1f × the NAT timeout); packets from it after its 200 REGISTER: %d",
+		natTimeout, idle.Round(time.Millisecond), lastSent, idle.Seconds()/natTimeout, len(fromPhone))
+	t.Logf("measured: CRLF keepalives that reached the phone while idle: %d, longest gap %s; NAT mapping %s after the REGISTER, %s before the call (alive %v)",
+		len(kaGot), nlMaxGap(kaGot, s.regAt, inv.at).Round(time.Millisecond), s.m0.replyDst, s.m1.replyDst, s.alive)
+	t.Logf("measured: INVITE delivery: caller start → phone %s; sipedge (pub0, %s → %s) → phone (cli0, %s → %s) %s",
+		inv.at.Sub(uac.start).Round(time.Microsecond), invAtEdge[0].src, invAtEdge[0].dst, inv.src, inv.dst,
+		inv.at.Sub(invAtEdge[0].at).Round(time.Microsecond))
+	t.Logf("INVITE as the phone got it: Via %q, Record-Route %q", inv.header("Via"), inv.header("Record-Route"))
+
+	if uac.exit != 0 || !answered || s.phone.exitCode() != 0 {
+		t.Errorf("the call failed: caller sipp exit %d (last final status %d), phone sipp ended %v with exit %d; want 0 and 0\n%s\n%s",
+			uac.exit, uac.status, answered, s.phone.exitCode(), uac.errors, nlTail(uac.messages, 60))
+	}
+	if len(fromPhone) > 0 {
+		t.Errorf("the phone sent %d packets while idle (it must stay silent, they refresh the NAT): %v", len(fromPhone), fromPhone)
+	}
+	if min := 3 * natTimeout * time.Second; idle < min {
+		t.Errorf("the phone was idle %s before the INVITE, want at least %s (3 × NAT timeout)", idle, min)
+	}
+	if !s.alive || s.m1.replyDst != s.m0.replyDst {
+		t.Errorf("the NAT mapping %s did not survive the idle time (now: alive %v, %s)", s.m0.replyDst, s.alive, s.m1.replyDst)
+	}
+	if inv.src != nlEdge || inv.dst != phoneAddr {
+		t.Errorf("the INVITE reached the phone as %s → %s, want from sipedge %s to %s", inv.src, inv.dst, nlEdge, phoneAddr)
+	}
+	if via := inv.header("Via"); !strings.Contains(via, "/UDP "+nlEdge.String()+";") {
+		t.Errorf("the INVITE's top Via %q is not sipedge's access side %s", via, nlEdge)
+	}
+	for _, p := range invAtEdge {
+		if p.dst != s.m0.replyDst {
+			t.Errorf("sipedge sent the INVITE to %s, want the phone's NAT mapping %s", p.dst, s.m0.replyDst)
+		}
+	}
+	// du is the Path's URI: sipedge's core side (with a flow token).
+	pathDU := regexp.MustCompile(` du=sip:([^@; ]+@)?` + regexp.QuoteMeta(nlCoreListen) + `[; ]`)
+	var lookup string
+	for _, line := range lookups {
+		if strings.HasPrefix(line, "NL-LOOKUP INVITE ") {
+			lookup = line
+		}
+	}
+	if !pathDU.MatchString(lookup + " ") {
+		t.Errorf("Kamailio did not route the INVITE along the Path to sipedge's core side %s: %q", nlCoreListen, lookup)
+	}
+
+	// The whole dialog on the phone's link, retransmissions folded: every
+	// request from sipedge's address, every response back to it.
+	want := []string{"SIP INVITE", "SIP 180 INVITE", "SIP 200 INVITE", "SIP ACK", "SIP BYE", "SIP 200 BYE"}
+	var got []string
+	for _, p := range dialog {
+		if k := p.kind(); len(got) == 0 || got[len(got)-1] != k {
+			got = append(got, k)
+		}
+		resp := bytes.HasPrefix(p.payload, []byte("SIP/2.0 "))
+		if !(p.src == nlEdge && p.dst == phoneAddr && !resp) && !(p.src == phoneAddr && p.dst == nlEdge && resp) {
+			t.Errorf("%s on the phone's link: requests must come from sipedge %s to %s, responses go back", p, nlEdge, phoneAddr)
+		}
+	}
+	if strings.Join(got, ", ") != strings.Join(want, ", ") {
+		t.Errorf("the dialog on the phone's link was %v, want %v", got, want)
 	}
 }
