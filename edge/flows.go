@@ -21,14 +21,10 @@ import (
 
 var crlfPing = []byte("\r\n\r\n")
 
-// refresh notes inbound traffic on an existing flow. Only a REGISTER the
+// refresh notes inbound traffic on a known flow. Only a REGISTER the
 // core accepted creates a flow, so a flood of unknown sources cannot fill
-// the table.
-func (s *Server) refresh(k nat.FlowKey) {
-	if _, ok := s.flows.Get(k); ok {
-		s.flows.Seen(k)
-	}
-}
+// the table, and traffic never revives a flow found dead.
+func (s *Server) refresh(k nat.FlowKey) { s.flows.Touch(k) }
 
 // packetHooks observes one access UDP socket.
 func (s *Server) packetHooks(local netip.AddrPort) nat.PacketHooks {
@@ -47,8 +43,8 @@ func (s *Server) packetHooks(local netip.AddrPort) nat.PacketHooks {
 // flowDead removes the bindings of a flow that died.
 func (s *Server) flowDead(k nat.FlowKey, why string) {
 	s.keepalive.Unwatch(k)
-	gone := s.bindings.RemoveFlow(k)
 	s.flows.Remove(k)
+	gone := s.bindings.RemoveFlow(k)
 	aors := make([]string, len(gone))
 	for i, b := range gone {
 		aors[i] = b.AOR
@@ -61,9 +57,13 @@ func (s *Server) flowDead(k nat.FlowKey, why string) {
 
 // bindingEvents keeps flows and keepalives in step with the bindings.
 func (s *Server) bindingEvents() binding.Events {
+	// A flow no binding uses is forgotten: the core's requests carrying
+	// its (still validly signed) token then get 430, whoever holds that
+	// NAT address now.
 	unused := func(b binding.Binding) {
 		if !s.bindings.HasFlow(b.Flow) {
 			s.keepalive.Unwatch(b.Flow)
+			s.flows.Remove(b.Flow)
 		}
 		s.updateSourceBindings(b.Flow.Remote.Addr())
 	}

@@ -113,9 +113,7 @@ func (s *Server) streamHooks(tp nat.Transport) nat.StreamHooks {
 			if release, ok := s.conns.releases.LoadAndDelete(connKey{k.Transport, k.Remote}); ok {
 				release.(func())()
 			}
-			if _, ok := s.flows.Get(k); ok {
-				s.flows.Closed(k, why)
-			}
+			s.flows.Closed(k, why) // unknown flows are ignored
 		},
 	}
 }

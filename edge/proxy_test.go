@@ -409,3 +409,17 @@ func TestAdvertisedAddressFacesPhones(t *testing.T) {
 	c.core.Send(c.request("BYE", c.contact(), routeSet(res), "adv-1", 2, ";tag=adv"))
 	c.phone.MustRecvRequest("BYE", wait)
 }
+
+// Once no binding uses a flow, its token no longer routes: the NAT
+// address may belong to someone else by now.
+func TestUnregisteredFlowGives430(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	c.phone.Send(c.phone.Register(edgetest.Reg{User: "bob", CSeq: 2, Expires: "0"}))
+	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("unregister got %d", res.StatusCode)
+	}
+	c.core.Send(c.request("MESSAGE", c.contact(), c.path, "stale-1", 1, ""))
+	if res := c.core.MustRecvResponse(wait); res.StatusCode != 430 {
+		t.Fatalf("stale token got %d, want 430", res.StatusCode)
+	}
+}

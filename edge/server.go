@@ -23,6 +23,9 @@ import (
 	"github.com/sipedge/sipedge/upstream"
 )
 
+// flowIdle is how long a flow without bindings may stay in the table.
+const flowIdle = 10 * time.Minute
+
 // Deps are what the server is built from besides its config.
 type Deps struct {
 	Log       *slog.Logger     // required
@@ -293,15 +296,19 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer wg.Done()
 		s.keepalive.Run(sweepCtx, kaTicker.C)
 	}()
+	limTicker := time.NewTicker(5 * time.Second)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for {
+		for n := 1; ; n++ {
 			select {
 			case <-sweepCtx.Done():
 				return
-			case <-ticker.C:
+			case <-limTicker.C:
 				s.limiter.Sweep()
+				if n%12 == 0 { // every minute: flows no binding holds (a backstop)
+					s.flows.Sweep(flowIdle, s.bindings.HasFlow)
+				}
 			}
 		}
 	}()
@@ -332,6 +339,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	stopSweep()
 	ticker.Stop()
 	kaTicker.Stop()
+	limTicker.Stop()
 	for _, u := range udpSocks {
 		u.stopping.Store(true)
 	}

@@ -128,6 +128,23 @@ func (t *FlowTable) Seen(k FlowKey) {
 	t.mu.Unlock()
 }
 
+// Touch records inbound traffic on k if k is a known flow that is not
+// dead, in one step (no check-then-act against a concurrent removal),
+// and reports whether it was. Traffic never creates a flow here, nor
+// revives a dead one: only a new registration does (Seen).
+func (t *FlowTable) Touch(k FlowKey) bool {
+	now := t.nanos()
+	t.mu.Lock()
+	e, ok := t.m[k]
+	if ok && e.state != FlowDead {
+		e.lastIn = max(e.lastIn, now)
+		e.state, e.misses = FlowAlive, 0
+		t.m[k] = e
+	}
+	t.mu.Unlock()
+	return ok
+}
+
 // PingSent records that a keepalive was sent on k. Unknown flows are
 // ignored, here and in Pong and Missed.
 func (t *FlowTable) PingSent(k FlowKey) {

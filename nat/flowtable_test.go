@@ -407,3 +407,21 @@ func BenchmarkClock(b *testing.B) {
 		_ = time.Now().UnixNano()
 	}
 }
+
+func TestTouchNeverCreatesNorRevives(t *testing.T) {
+	var dead []FlowKey
+	ft := NewFlowTable(10, time.Now, FlowEvents{OnDead: func(k FlowKey, why string) { dead = append(dead, k) }})
+	k := FlowKey{Transport: TCP, Local: netip.MustParseAddrPort("192.0.2.1:5060"), Remote: netip.MustParseAddrPort("198.51.100.1:4000")}
+	if ft.Touch(k) || ft.Len() != 0 {
+		t.Fatal("Touch created a flow")
+	}
+	ft.Seen(k)
+	if !ft.Touch(k) || !ft.Alive(k) {
+		t.Fatal("Touch on a known flow")
+	}
+	ft.Closed(k, "eof")
+	ft.Touch(k)
+	if ft.Alive(k) || len(dead) != 1 {
+		t.Fatal("Touch revived a dead flow")
+	}
+}
