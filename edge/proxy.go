@@ -74,16 +74,20 @@ func (s *Server) isOurs(u sip.Uri) bool {
 }
 
 // popOwnRoutes removes the Route entries at the top of req that name this
-// edge (loose routing, RFC 3261 §16.4) and returns the flow token one of
-// them carried, if any.
-func (s *Server) popOwnRoutes(req *sip.Request) (token string) {
+// edge (loose routing, RFC 3261 §16.4) and returns the flow token they
+// carried, if any. Two different tokens mean someone stacked a second
+// flow into the route (a forged Path): ok is false.
+func (s *Server) popOwnRoutes(req *sip.Request) (token string, ok bool) {
 	for {
 		rt := req.Route()
 		if rt == nil || !s.isOurs(rt.Address) {
-			return token
+			return token, true
 		}
-		if rt.Address.User != "" {
-			token = rt.Address.User
+		if u := rt.Address.User; u != "" {
+			if token != "" && token != u {
+				return "", false
+			}
+			token = u
 		}
 		req.RemoveHeader("Route")
 	}
@@ -186,6 +190,12 @@ func (s *Server) proxyToCore(ctx context.Context, r *Request) error {
 	}
 	fwd := r.Clone()
 	s.popOwnRoutes(fwd)
+	inDialog := fwd.To() != nil && fwd.To().Params.Has("tag")
+	if !inDialog {
+		// A phone has no business pre-loading a route past the edge
+		// (Kamailio configs do the same with remove_hf("Route")).
+		dropHeaders(fwd, "Route")
+	}
 	if r.Method == sip.OPTIONS && fwd.Route() == nil && (fwd.Recipient.User == "" || s.isOurs(fwd.Recipient)) {
 		reply(s.log, r, 200, "OK", sip.NewHeader("Allow", allowed))
 		return nil
@@ -194,7 +204,11 @@ func (s *Server) proxyToCore(ctx context.Context, r *Request) error {
 	if dialogCreating(fwd) {
 		s.recordRoute(fwd, r.Flow, h, true)
 	}
-	return s.forward(ctx, r, fwd, h, nil)
+	return s.forward(ctx, r, fwd, h, func(res *sip.Response) {
+		if c := res.StatusCode; (c == 401 || c == 403 || c == 407) && hadCredentials(r.Request) {
+			s.limiter.AuthFailure(r.Flow.Remote.Addr(), aorOf(&sip.ToHeader{Address: r.From().Address}))
+		}
+	})
 }
 
 // proxyToEndpoint forwards a request from the core to the endpoint whose
@@ -228,7 +242,11 @@ func (s *Server) proxyToEndpoint(ctx context.Context, r *Request) error {
 // back). It pops the edge's Routes from fwd. found is false when the
 // request names no endpoint at all.
 func (s *Server) endpointFlow(fwd *sip.Request) (flow nat.FlowKey, found bool, _ *Error) {
-	token := s.popOwnRoutes(fwd)
+	token, ok := s.popOwnRoutes(fwd)
+	if !ok {
+		s.log.Warn("request with two flow tokens in its route", "method", fwd.Method, "call", callID(fwd))
+		return flow, true, reject(403, "Forbidden")
+	}
 	rewritten := false
 	if token == "" && fwd.Recipient.User != "" && s.isOurs(fwd.Recipient) {
 		token, rewritten = fwd.Recipient.User, true

@@ -423,3 +423,16 @@ func TestUnregisteredFlowGives430(t *testing.T) {
 		t.Fatalf("stale token got %d, want 430", res.StatusCode)
 	}
 }
+
+// Two different flow tokens stacked in one route is a forgery.
+func TestTwoTokensInRouteAreForbidden(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	other := edgetest.Dial(t, "udp", c.e.UDP)
+	other.Send(other.Register(edgetest.Reg{User: "eve"}))
+	other.MustRecvResponse(wait)
+	evePath := c.reg.Bindings("sip:eve@example.com")[0].Path[0]
+	c.core.Send(c.request("MESSAGE", c.contact(), c.path+", "+evePath, "two-1", 1, ""))
+	if res := c.core.MustRecvResponse(wait); res.StatusCode != 403 {
+		t.Fatalf("stacked tokens got %d, want 403", res.StatusCode)
+	}
+}

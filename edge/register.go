@@ -46,6 +46,10 @@ func (s *Server) handleRegister(ctx context.Context, r *Request) error {
 
 	evidence := s.natEvidence(r, reg)
 	fwd := r.Clone()
+	// The edge is the first hop: a Path from a phone could only point the
+	// core at someone else's flow, and the next hop is the edge's choice.
+	dropHeaders(fwd, "Path")
+	dropHeaders(fwd, "Route")
 	target := s.upstreams.Pick()
 	token := s.signer.Encode(r.Flow)
 	fwdContacts := contactsOf(fwd)
@@ -227,4 +231,15 @@ func sameURI(a, b sip.Uri) bool {
 		}
 	}
 	return true
+}
+
+// dropHeaders removes every header called name, in any letter case
+// (sipgo's RemoveHeader matches one exact spelling at a time).
+func dropHeaders(m interface {
+	GetHeaders(string) []sip.Header
+	RemoveHeader(string) bool
+}, name string) {
+	for _, h := range m.GetHeaders(name) {
+		m.RemoveHeader(h.Name())
+	}
 }

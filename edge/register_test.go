@@ -350,3 +350,28 @@ func TestBindingRecordsNATEvidence(t *testing.T) {
 		t.Fatalf("bindings %+v, want NAT evidence %v", bs, want)
 	}
 }
+
+// A phone cannot slip a Path (say, another phone's flow token) or a Route
+// past the edge: the core sees the edge's own Path only.
+func TestPhonePathAndRouteAreDropped(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	victim := edgetest.Dial(t, "udp", e.UDP)
+	victim.Send(victim.Register(edgetest.Reg{User: "victim"}))
+	victim.MustRecvResponse(wait)
+	victimPath := core.Bindings("sip:victim@example.com")[0].Path[0]
+
+	mallory := edgetest.Dial(t, "udp", e.UDP)
+	mallory.Send(mallory.Register(edgetest.Reg{User: "mallory",
+		Extra: "Path: " + victimPath + "\nRoute: <sip:192.0.2.66;lr>"}))
+	if res := mallory.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("got %d", res.StatusCode)
+	}
+	got := core.Requests()[1]
+	if paths := got.GetHeaders("Path"); len(paths) != 1 || strings.Contains(paths[0].Value(), strings.TrimPrefix(strings.Split(victimPath, "@")[0], "<sip:")) {
+		t.Fatalf("core got Paths %v", paths)
+	}
+	if got.GetHeader("Route") != nil {
+		t.Fatalf("core got the phone's Route %s", got.GetHeader("Route").Value())
+	}
+}
