@@ -136,7 +136,9 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 			sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(siplog)),
 		}
 	}
-	if s.accessUA, err = sipgo.NewUA(uaOpts("sipedge")...); err != nil {
+	accessOpts := append(uaOpts("sipedge"), sipgo.WithUserAgentTransportLayerOptions(
+		sip.WithTransportLayerTransports(neverDial())))
+	if s.accessUA, err = sipgo.NewUA(accessOpts...); err != nil {
 		return nil, err
 	}
 	if s.coreUA, err = sipgo.NewUA(uaOpts("sipedge")...); err != nil {

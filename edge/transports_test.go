@@ -2,6 +2,8 @@ package edge_test
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -88,5 +90,53 @@ func TestRegisterOverWebSocket(t *testing.T) {
 	}
 	if !bs[0].NAT.BehindNAT() {
 		t.Errorf("a .invalid Via host should count as NAT evidence, got %v", bs[0].NAT)
+	}
+}
+
+// When a phone's TCP connection is gone before its answer is ready,
+// sipgo falls back to the Via address: the access side must never dial
+// it (anyone could make the edge connect anywhere).
+func TestAccessSideNeverDials(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	trap, err := net.Listen("tcp", "127.0.0.9:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer trap.Close()
+	dialed := make(chan struct{}, 100)
+	go func() {
+		for {
+			c, err := trap.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+			dialed <- struct{}{}
+		}
+	}()
+	for i := range 20 {
+		c, err := net.Dial("tcp", e.TCP.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		for j := range 5 {
+			fmt.Fprintf(&b, "OPTIONS sip:%s SIP/2.0\r\nVia: SIP/2.0/TCP %s;branch=z9hG4bK-trap-%d-%d\r\nMax-Forwards: 70\r\n"+
+				"From: <sip:x@example.com>;tag=t\r\nTo: <sip:%s>\r\nCall-ID: trap-%d-%d\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+				e.TCP, trap.Addr(), i, j, e.TCP, i, j)
+		}
+		c.Write([]byte(b.String()))
+		c.(*net.TCPConn).SetLinger(0) // RST: the answers find no connection
+		c.Close()
+	}
+	// A UDP phone's answer after all that proves the edge has handled it.
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "after"}))
+	phone.MustRecvResponse(wait)
+	select {
+	case <-dialed:
+		t.Fatal("the edge connected to the address in a phone's Via")
+	case <-time.After(500 * time.Millisecond):
 	}
 }
