@@ -42,6 +42,9 @@ type CoreConfig struct {
 	Timeout    time.Duration `toml:"timeout"`
 	RetryAfter time.Duration `toml:"retry_after"`
 	KeyFile    string        `toml:"key_file"`
+	// Trusted lists the CIDRs allowed to send requests to the core side,
+	// besides the upstreams' own addresses (a core cluster, say).
+	Trusted []string `toml:"trusted"`
 }
 
 // RegistrationConfig bounds what a REGISTER may ask for.
@@ -138,6 +141,11 @@ func (c Config) Validate() error {
 	if c.Core.RetryAfter < time.Second || c.Core.RetryAfter > time.Hour {
 		bad("core.retry_after", "%s is outside 1s..1h", c.Core.RetryAfter)
 	}
+	for _, p := range c.Core.Trusted {
+		if _, err := parsePrefix(p); err != nil {
+			bad("core.trusted", "%q is not a CIDR or address", p)
+		}
+	}
 	for _, u := range c.Core.Upstreams {
 		if _, err := upstream.ParseTarget(u); err != nil {
 			bad("core.upstreams", "%v", err)
@@ -161,4 +169,16 @@ func (c Config) Validate() error {
 	}
 	errs = append(errs, c.NAT.KeepaliveConfig.Validate(), c.RateLimit.Validate())
 	return errors.Join(errs...)
+}
+
+// parsePrefix accepts "10.0.0.0/8" or a single address.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }

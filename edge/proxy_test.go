@@ -436,3 +436,15 @@ func TestTwoTokensInRouteAreForbidden(t *testing.T) {
 		t.Fatalf("stacked tokens got %d, want 403", res.StatusCode)
 	}
 }
+
+// Only the core (the upstreams, or core.trusted) may send requests to
+// the core side: anyone else reaching it gets 403 and no phone is rung.
+func TestCoreSideOnlyFromTheCore(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	stranger := edgetest.DialFrom(t, "udp", src(0, 0, 77), c.e.CoreAddr())
+	c.core = stranger
+	c.core.Send(c.request("MESSAGE", c.contact(), c.path, "stranger-1", 1, ""))
+	if res := stranger.MustRecvResponse(wait); res.StatusCode != 403 {
+		t.Fatalf("a stranger on the core side got %d, want 403", res.StatusCode)
+	}
+}

@@ -65,6 +65,7 @@ type Server struct {
 	advertise  netip.Addr              // public address of the access side, if set
 	ownAddrs   map[netip.AddrPort]bool // every access socket address
 	ownPorts   map[uint16]bool         // their ports, for advertise matching
+	trusted    []netip.Prefix          // who may send requests to the core side
 
 	accessUA     *sipgo.UserAgent
 	coreUA       *sipgo.UserAgent
@@ -110,6 +111,13 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	s.ownAddrs, s.ownPorts = make(map[netip.AddrPort]bool), make(map[uint16]bool)
 	for _, a := range socks.addrs() {
 		s.ownAddrs[a], s.ownPorts[a.Port()] = true, true
+	}
+	for _, t := range d.Upstreams.Targets() {
+		s.trusted = append(s.trusted, netip.PrefixFrom(t.Addr.Addr(), t.Addr.Addr().BitLen()))
+	}
+	for _, c := range cfg.Core.Trusted {
+		p, _ := parsePrefix(c) // validated
+		s.trusted = append(s.trusted, p)
 	}
 	if cfg.Access.Advertise != "" {
 		if s.advertise, err = netip.ParseAddr(cfg.Access.Advertise); err != nil {
@@ -193,6 +201,15 @@ func (s *Server) routeCore(ctx context.Context, r *Request) error {
 // recovery, and the one place errors become responses.
 func (s *Server) sipHandler(h Handler, fromCore bool) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
+		if fromCore && !s.fromTrusted(req) {
+			// Only the core may ask the edge to reach a phone.
+			if tx != nil && !req.IsAck() {
+				r := &Request{Request: req, Tx: tx}
+				r.Flow, _ = flowOf(req, tx)
+				respondError(s.log, r, reject(403, "Forbidden"))
+			}
+			return
+		}
 		if req.IsAck() {
 			// An ACK that reaches a handler matched no INVITE transaction:
 			// it acknowledges a 2xx and travels statelessly (sipgo may
@@ -229,6 +246,21 @@ func (s *Server) sipHandler(h Handler, fromCore bool) sipgo.RequestHandler {
 			respondError(s.log, r, err)
 		}
 	}
+}
+
+// fromTrusted reports whether a request on the core side came from a core.
+func (s *Server) fromTrusted(req *sip.Request) bool {
+	src, err := netip.ParseAddrPort(req.Source())
+	if err != nil {
+		return false
+	}
+	a := src.Addr().Unmap()
+	for _, p := range s.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // Serve serves until ctx ends, then drains: stop accepting, answer new
