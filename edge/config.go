@@ -111,14 +111,24 @@ func (c Config) Validate() error {
 		{"access.udp", c.Access.UDP}, {"access.tcp", c.Access.TCP}, {"access.tls", c.Access.TLS},
 		{"access.ws", c.Access.WS}, {"access.wss", c.Access.WSS},
 	}
-	total := 0
+	total, wildcard := 0, false
 	for _, l := range lists {
 		for _, a := range l.addrs {
-			if _, err := netip.ParseAddrPort(a); err != nil {
+			ap, err := netip.ParseAddrPort(a)
+			if err != nil {
 				bad(l.key, "%q is not IP:port", a)
 			}
+			wildcard = wildcard || ap.Addr().IsUnspecified()
 		}
 		total += len(l.addrs)
+	}
+	if c.Access.Advertise != "" {
+		if a, err := netip.ParseAddr(c.Access.Advertise); err != nil || a.IsUnspecified() {
+			bad("access.advertise", "%q is not an IP address", c.Access.Advertise)
+		}
+	} else if wildcard {
+		// Via and Record-Route toward phones need a real address.
+		bad("access.advertise", "required when listening on 0.0.0.0 or [::]: the address phones reach")
 	}
 	if total == 0 {
 		bad("access", "no listener configured")
@@ -126,8 +136,10 @@ func (c Config) Validate() error {
 	if (len(c.Access.TLS) > 0 || len(c.Access.WSS) > 0) && (c.Access.TLSCert == "" || c.Access.TLSKey == "") {
 		bad("access.tls_cert", "tls and wss listeners need tls_cert and tls_key")
 	}
-	if _, err := netip.ParseAddrPort(c.Core.Listen); err != nil {
+	if ap, err := netip.ParseAddrPort(c.Core.Listen); err != nil {
 		bad("core.listen", "%q is not IP:port", c.Core.Listen)
+	} else if ap.Addr().IsUnspecified() {
+		bad("core.listen", "%q: Path and Record-Route point here, so it must be a real address", c.Core.Listen)
 	}
 	if len(c.Core.Upstreams) == 0 {
 		bad("core.upstreams", "at least one core registrar is needed")

@@ -67,6 +67,9 @@ func TestConfigErrors(t *testing.T) {
 		{"contacts", "[registration]\nmax_contacts = 0\n", "registration.max_contacts"},
 		{"log level", "[log]\nlevel = \"loud\"\n", "log.level"},
 		{"log format", "[log]\nformat = \"xml\"\n", "log.format"},
+		{"wildcard needs advertise", "[access]\nudp = [\"0.0.0.0:5060\"]\n", "access.advertise: required"},
+		{"core listen wildcard", "[core]\nlisten = \"0.0.0.0:5062\"\n", "core.listen"},
+		{"trusted", "[core]\ntrusted = [\"10.0.0.0/33\"]\n", "core.trusted"},
 		{"keepalive mode", "[nat]\nkeepalive = \"ping\"\n", "nat.keepalive"},
 		{"flow timer", "[nat]\nflow_timer = \"1500ms\"\n", "nat.flow_timer"},
 	}
