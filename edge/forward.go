@@ -95,22 +95,38 @@ func (s *Server) forward(ctx context.Context, r *Request, fwd *sip.Request, h ho
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	var canceled, notSent atomic.Bool
+	sent := make(chan struct{}) // closed once the INVITE has gone out (or failed to)
+	if fwd.IsInvite() {
+		// sipgo answers a CANCEL (200) and the INVITE (487) upstream by
+		// itself; the edge's job is to cancel its branch downstream, as
+		// soon as that branch exists. Hooked before sending, so a CANCEL
+		// right behind the INVITE is not missed.
+		live := r.Tx.OnCancel(func(*sip.Request) {
+			if canceled.CompareAndSwap(false, true) {
+				s.background(func() {
+					<-sent
+					if !notSent.Load() {
+						s.cancelBranch(fwd, h)
+					}
+				})
+			}
+		})
+		if !live {
+			return nil // canceled already; sipgo has answered
+		}
+	}
 	tx, err := h.client.TransactionRequest(ctx, fwd, prebuilt)
 	if err != nil {
+		notSent.Store(true)
+		close(sent)
 		s.log.Warn("next hop unreachable", "dst", h.dest, "core", h.toCore, "method", r.Method, "err", err)
 		return s.failed(h)
 	}
-	var canceled atomic.Bool
+	close(sent)
 	if fwd.IsInvite() {
-		// RFC 6026: 2xx retransmissions are relayed, not absorbed. Hooked
-		// before any response can arrive so none slips past.
+		// RFC 6026: 2xx retransmissions are relayed, not absorbed.
 		tx.OnRetransmission(func(res *sip.Response) { send(s.log, r, stripTopVia(res)) })
-		// sipgo answers the CANCEL (200) and the INVITE (487) upstream by
-		// itself; the edge's job is to cancel the branch downstream now.
-		r.Tx.OnCancel(func(*sip.Request) {
-			canceled.Store(true)
-			go s.cancelBranch(fwd, h)
-		})
 	}
 	keepTx := false
 	defer func() {
@@ -136,7 +152,7 @@ func (s *Server) forward(ctx context.Context, r *Request, fwd *sip.Request, h ho
 				if canceled.Load() {
 					// Upstream already got 487; the call the callee just
 					// answered must not stay up (RFC 3261 §16.7 item 5 note).
-					go s.hangUp(fwd, res, h)
+					s.background(func() { s.hangUp(fwd, res, h) })
 				}
 				keepTx = true // its retransmission hook stays live until Timer M
 			}
@@ -152,6 +168,9 @@ func (s *Server) forward(ctx context.Context, r *Request, fwd *sip.Request, h ho
 			return s.failed(h)
 		case <-ctx.Done():
 			s.log.Warn("no final answer", "dst", h.dest, "core", h.toCore, "method", r.Method, "timeout", timeout)
+			if fwd.IsInvite() && canceled.CompareAndSwap(false, true) {
+				s.background(func() { s.cancelBranch(fwd, h) }) // Timer C: end the branch too
+			}
 			return reject(408, "Request Timeout")
 		}
 	}

@@ -448,3 +448,39 @@ func TestCoreSideOnlyFromTheCore(t *testing.T) {
 		t.Fatalf("a stranger on the core side got %d, want 403", res.StatusCode)
 	}
 }
+
+// A CANCEL as early as RFC 3261 §9.1 allows (right after the first
+// provisional response, the edge's own 100 Trying) reaches the callee:
+// the edge hooks CANCEL before it forwards the INVITE, so none slips
+// between the two. (Earlier than that the UAC breaks §9.1, and sipgo,
+// which handles each datagram in its own goroutine, may see the CANCEL
+// first and answer 481.)
+func TestEarliestCancelReachesTheCallee(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	for i := range 5 {
+		id := fmt.Sprintf("early-%d", i)
+		c.core.Send(c.request("INVITE", c.contact(), c.path, id, 1, ""))
+		res := c.core.MustRecvResponse(wait)
+		for res.CallID().Value() != id { // the last call's 487, retransmitted: the core never ACKs here
+			res = c.core.MustRecvResponse(wait)
+		}
+		if res.StatusCode != 100 {
+			t.Fatalf("%s: first answer %d, want 100", id, res.StatusCode)
+		}
+		c.core.Send(strings.Replace(c.request("CANCEL", c.contact(), c.path, id, 1, ""), "-cancel;rport", "-invite;rport", 1))
+		inv := c.phone.MustRecvRequest("INVITE", wait)
+		cr := c.phone.MustRecvRequest("CANCEL", wait)
+		c.phone.Respond(cr, 200, "OK", "x")
+		c.phone.Respond(inv, 487, "Request Terminated", "x")
+		c.phone.MustRecvRequest("ACK", wait)
+		got := map[string]int{}
+		for len(got) < 2 {
+			if res := c.core.MustRecvResponse(wait); res.CallID().Value() == id {
+				got[string(res.CSeq().MethodName)] = res.StatusCode
+			}
+		}
+		if got["CANCEL"] != 200 || got["INVITE"] != 487 {
+			t.Fatalf("%s: core got %v", id, got)
+		}
+	}
+}

@@ -75,7 +75,8 @@ type Server struct {
 
 	ready chan struct{} // closed once every socket is in service
 
-	mu       sync.RWMutex // guards draining against inflight.Add
+	bg       sync.WaitGroup // CANCELs and hang-ups sent after their request ended
+	mu       sync.RWMutex   // guards draining against inflight.Add
 	draining bool
 	inflight sync.WaitGroup
 }
@@ -248,6 +249,9 @@ func (s *Server) sipHandler(h Handler, fromCore bool) sipgo.RequestHandler {
 	}
 }
 
+// background runs f in a goroutine that Serve waits for on shutdown.
+func (s *Server) background(f func()) { s.bg.Go(f) }
+
 // fromTrusted reports whether a request on the core side came from a core.
 func (s *Server) fromTrusted(req *sip.Request) bool {
 	src, err := netip.ParseAddrPort(req.Source())
@@ -381,8 +385,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	_ = s.coreUA.Close()
 	_ = s.socks.Close()
 	wg.Wait()
+	bgDone := make(chan struct{})
+	go func() { <-done; s.bg.Wait(); close(bgDone) }()
 	select {
-	case <-done: // handlers return once the UAs are closed
+	case <-bgDone: // handlers and their follow-ups return once the UAs are closed
 	case <-time.After(time.Second):
 		s.log.Warn("handlers still running after close")
 	}
