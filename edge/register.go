@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"hash/fnv"
 	"strconv"
 	"strings"
 	"time"
@@ -60,7 +61,7 @@ func (s *Server) handleRegister(ctx context.Context, r *Request) error {
 			fc.Params.Add("expires", strconv.Itoa(maxE))
 		}
 		if s.cfg.Core.Mode == ModeRewrite {
-			fc.Address = s.coreURI(token, target, i)
+			fc.Address = s.coreURI(token, target, c.Header.Address.String())
 		}
 		sent[i] = sentContact{reg: c, core: fc.Address}
 	}
@@ -106,23 +107,26 @@ func (s *Server) domainAllowed(d string) bool {
 	return len(s.domains) == 0 || s.domains[d]
 }
 
-// coreURI is the Contact the core sees in rewrite mode: the edge's core
-// side, with the flow token as user part. A second contact on the same
-// flow gets an index so the core keeps them apart.
-func (s *Server) coreURI(token string, t upstream.Target, i int) sip.Uri {
+// coreURI is the edge's address on the core side with the flow token as
+// user part: the Path entry, and in rewrite mode the Contact the core
+// sees. In rewrite mode ct (a hash of the phone's own Contact) keeps
+// several contacts on one flow apart, the same in every REGISTER.
+func (s *Server) coreURI(token string, t upstream.Target, phoneContact string) sip.Uri {
 	u := sip.Uri{Scheme: "sip", User: token, Host: s.coreAddr.Addr().String(), Port: int(s.coreAddr.Port()), UriParams: sip.NewParams()}
 	if t.Transport.String() != "UDP" {
 		u.UriParams.Add("transport", strings.ToLower(t.Transport.String()))
 	}
-	if i > 0 {
-		u.UriParams.Add("ct", strconv.Itoa(i))
+	if phoneContact != "" {
+		h := fnv.New32a()
+		h.Write([]byte(phoneContact))
+		u.UriParams.Add("ct", strconv.FormatUint(uint64(h.Sum32()), 36))
 	}
 	return u
 }
 
 // pathURI is the edge's Path entry (RFC 3327, with ob from RFC 5626).
 func (s *Server) pathURI(token string, t upstream.Target) string {
-	u := s.coreURI(token, t, 0)
+	u := s.coreURI(token, t, "")
 	u.UriParams.Add("lr", "")
 	u.UriParams.Add("ob", "")
 	return u.String()
@@ -152,14 +156,14 @@ func (s *Server) recordBindings(r *Request, reg *registerRequest, sent []sentCon
 				if v, ok := g.Params.Get("expires"); ok {
 					e, _ = parseSeconds(v)
 				}
-				if e == noExpires {
-					e = reg.effectiveExpires(sc.reg, defaultExpires)
+				if e == noExpires { // the core said nothing: what was asked, as the edge lowered it
+					e = min(reg.effectiveExpires(sc.reg, defaultExpires), int(s.cfg.Registration.MaxExpires/time.Second))
 				}
 				break
 			}
 		}
 		if e <= 0 {
-			s.bindings.Remove(reg.AOR, contact)
+			s.bindings.Remove(reg.AOR, binding.ID(sc.core.String(), sc.reg.Instance, sc.reg.RegID))
 			continue
 		}
 		s.bindings.Put(binding.Binding{

@@ -3,6 +3,7 @@ package edge_test
 import (
 	"context"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -373,5 +374,61 @@ func TestPhonePathAndRouteAreDropped(t *testing.T) {
 	}
 	if got.GetHeader("Route") != nil {
 		t.Fatalf("core got the phone's Route %s", got.GetHeader("Route").Value())
+	}
+}
+
+// In rewrite mode two phones of one AOR that send the same private
+// Contact (two desks on 192.168.1.10 behind different NATs) stay two
+// bindings, and each gets its own calls.
+func TestRewriteSameContactTwoPhones(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) { c.Core.Mode = edge.ModeRewrite })
+	var phones []*edgetest.Phone
+	for i := range 2 {
+		p := edgetest.DialFrom(t, "udp", src(0, 2, byte(i+1)), e.UDP)
+		p.Send(p.Register(edgetest.Reg{User: "desk", Contact: "<sip:desk@192.168.1.10:5060>", CallID: "desk-" + strconv.Itoa(i)}))
+		if res := p.MustRecvResponse(wait); res.StatusCode != 200 {
+			t.Fatalf("got %d", res.StatusCode)
+		}
+		phones = append(phones, p)
+	}
+	bs := e.Bindings().Lookup("sip:desk@example.com")
+	if len(bs) != 2 || len(core.Bindings("sip:desk@example.com")) != 2 {
+		t.Fatalf("edge has %d bindings, core %d; want 2 and 2", len(bs), len(core.Bindings("sip:desk@example.com")))
+	}
+	coreSock := edgetest.Dial(t, "udp", e.CoreAddr())
+	for _, b := range bs {
+		coreSock.Send("MESSAGE " + b.CoreContact + " SIP/2.0\nVia: SIP/2.0/UDP " + coreSock.Local.String() + ";branch=z9hG4bK-" + b.Flow.Remote.Addr().String() + "\n" +
+			"Max-Forwards: 70\nFrom: <sip:core@example.com>;tag=c\nTo: <sip:desk@example.com>\nCall-ID: desk-msg-" + b.Flow.Remote.Addr().String() + "\nCSeq: 1 MESSAGE\nContent-Length: 0\n\n")
+		var p *edgetest.Phone
+		for _, ph := range phones {
+			if ph.Local == b.Flow.Remote {
+				p = ph
+			}
+		}
+		msg := p.MustRecvRequest("MESSAGE", wait)
+		p.Respond(msg, 200, "OK", "d")
+		if res := coreSock.MustRecvResponse(wait); res.StatusCode != 200 {
+			t.Fatalf("MESSAGE to %s got %d", b.CoreContact, res.StatusCode)
+		}
+	}
+}
+
+// An RFC 5626 client registering one Contact over two flows (reg-id 1
+// and 2) has two bindings, each kept alive on its own flow.
+func TestOutboundTwoFlowsTwoBindings(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	contact := `<sip:ob@192.168.1.20:5060;ob>;+sip.instance="<urn:uuid:00000000-0000-0000-0000-0000000000aa>";reg-id=`
+	for id := 1; id <= 2; id++ {
+		p := edgetest.Dial(t, "udp", e.UDP)
+		p.Send(p.Register(edgetest.Reg{User: "ob", Contact: contact + strconv.Itoa(id), CallID: "ob-" + strconv.Itoa(id), Extra: "Supported: outbound, path"}))
+		if res := p.MustRecvResponse(wait); res.StatusCode != 200 {
+			t.Fatalf("reg-id %d got %d", id, res.StatusCode)
+		}
+	}
+	bs := e.Bindings().Lookup("sip:ob@example.com")
+	if len(bs) != 2 || bs[0].Flow == bs[1].Flow {
+		t.Fatalf("bindings %+v, want two on two flows", bs)
 	}
 }

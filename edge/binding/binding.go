@@ -7,6 +7,7 @@ package binding
 import (
 	"context"
 	"net/netip"
+	"strconv"
 	"sort"
 	"sync"
 	"time"
@@ -37,7 +38,26 @@ type Events struct {
 	OnExpire func(Binding)
 }
 
-type key struct{ aor, contact string }
+type key struct{ aor, id string }
+
+// ID names a binding within its AOR: the contact the core holds, and for
+// an RFC 5626 outbound client its instance and reg-id too, since one
+// Contact may be registered over several flows (reg-id 1 and 2).
+func ID(coreContact, instance string, regID int) string {
+	if instance == "" {
+		return coreContact
+	}
+	return coreContact + "|" + instance + "|" + strconv.Itoa(regID)
+}
+
+// ID is the binding's name within its AOR.
+func (b Binding) ID() string {
+	cc := b.CoreContact
+	if cc == "" {
+		cc = b.Contact
+	}
+	return ID(cc, b.Instance, b.RegID)
+}
 
 // Table holds bindings by AOR and contact, with indexes by core-side
 // contact and by flow. Safe for concurrent use.
@@ -90,14 +110,14 @@ func (t *Table) Put(b Binding) {
 	t.mu.Lock()
 	if b.Instance != "" {
 		for c, old := range t.byAOR[b.AOR] {
-			if c != b.Contact && old.Instance == b.Instance && old.RegID == b.RegID {
+			if c != b.ID() && old.Instance == b.Instance && old.RegID == b.RegID {
 				replaced = append(replaced, old)
 				t.deleteLocked(old)
 			}
 		}
 	}
-	if old, ok := t.byAOR[b.AOR][b.Contact]; ok && old.Flow == b.Flow && old.CoreContact == b.CoreContact {
-		t.byAOR[b.AOR][b.Contact] = b // a plain refresh: indexes unchanged
+	if old, ok := t.byAOR[b.AOR][b.ID()]; ok && old.Flow == b.Flow && old.CoreContact == b.CoreContact {
+		t.byAOR[b.AOR][b.ID()] = b // a plain refresh: indexes unchanged
 	} else {
 		if ok {
 			t.deleteLocked(old)
@@ -114,10 +134,11 @@ func (t *Table) Put(b Binding) {
 	}
 }
 
-// Remove deletes one contact of aor and reports whether it existed.
-func (t *Table) Remove(aor, contact string) bool {
+// Remove deletes the binding of aor named id (see ID) and reports
+// whether it existed.
+func (t *Table) Remove(aor, id string) bool {
 	t.mu.Lock()
-	b, ok := t.byAOR[aor][contact]
+	b, ok := t.byAOR[aor][id]
 	if ok {
 		t.deleteLocked(b)
 	}
@@ -147,7 +168,7 @@ func (t *Table) RemoveFlow(f nat.FlowKey) []Binding {
 	t.mu.Lock()
 	var removed []Binding
 	for k := range t.byFlow[f] {
-		b := t.byAOR[k.aor][k.contact]
+		b := t.byAOR[k.aor][k.id]
 		removed = append(removed, b)
 		t.deleteLocked(b)
 	}
@@ -178,9 +199,9 @@ func (t *Table) insertLocked(b Binding) {
 		m = make(map[string]Binding)
 		t.byAOR[b.AOR] = m
 	}
-	m[b.Contact] = b
+	m[b.ID()] = b
 	t.count++
-	k := key{b.AOR, b.Contact}
+	k := key{b.AOR, b.ID()}
 	if b.CoreContact != "" {
 		t.byCore[b.CoreContact] = k
 	}
@@ -194,12 +215,12 @@ func (t *Table) insertLocked(b Binding) {
 }
 
 func (t *Table) deleteLocked(b Binding) {
-	k := key{b.AOR, b.Contact}
+	k := key{b.AOR, b.ID()}
 	m := t.byAOR[b.AOR]
-	if _, ok := m[b.Contact]; !ok {
+	if _, ok := m[b.ID()]; !ok {
 		return
 	}
-	delete(m, b.Contact)
+	delete(m, b.ID())
 	t.count--
 	if len(m) == 0 {
 		delete(t.byAOR, b.AOR)
@@ -258,7 +279,7 @@ func (t *Table) ByCore(coreContact string) (Binding, bool) {
 	if !ok {
 		return Binding{}, false
 	}
-	b, ok := t.byAOR[k.aor][k.contact]
+	b, ok := t.byAOR[k.aor][k.id]
 	return b, ok && b.Expires.After(now)
 }
 
