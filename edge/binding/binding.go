@@ -7,8 +7,8 @@ package binding
 import (
 	"context"
 	"net/netip"
-	"strconv"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
