@@ -214,8 +214,11 @@ func (s *Server) sipHandler(h Handler, fromCore bool) sipgo.RequestHandler {
 		if req.IsAck() {
 			// An ACK that reaches a handler matched no INVITE transaction:
 			// it acknowledges a 2xx and travels statelessly (sipgo may
-			// still hand it a transaction of its own).
-			s.relayAck(req, fromCore)
+			// still hand it a transaction of its own). Never answered, so
+			// anything wrong with it is dropped.
+			if s.ackAcceptable(req, fromCore) {
+				s.relayAck(req, fromCore)
+			}
 			return
 		}
 		if tx == nil {
@@ -247,6 +250,23 @@ func (s *Server) sipHandler(h Handler, fromCore bool) sipgo.RequestHandler {
 			respondError(s.log, r, err)
 		}
 	}
+}
+
+// ackAcceptable applies the sanity checks and, from phones, the limits
+// to an ACK, which gets no answer either way.
+func (s *Server) ackAcceptable(req *sip.Request, fromCore bool) bool {
+	if checkSanity(req) != nil {
+		return false
+	}
+	if fromCore {
+		return true
+	}
+	src, err := netip.ParseAddrPort(req.Source())
+	if err != nil {
+		return false
+	}
+	d, _ := s.limiter.Request(src.Addr().Unmap(), string(sip.ACK), "", "")
+	return d == ratelimit.Allow
 }
 
 // background runs f in a goroutine that Serve waits for on shutdown.
