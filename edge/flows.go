@@ -43,6 +43,7 @@ func (s *Server) packetHooks(local netip.AddrPort) nat.PacketHooks {
 // flowDead removes the bindings of a flow that died.
 func (s *Server) flowDead(k nat.FlowKey, why string) {
 	s.keepalive.Unwatch(k)
+	s.probe.Unwatch(k)
 	s.flows.Remove(k)
 	gone := s.bindings.RemoveFlow(k)
 	aors := make([]string, len(gone))
@@ -63,6 +64,7 @@ func (s *Server) bindingEvents() binding.Events {
 	unused := func(b binding.Binding) {
 		if !s.bindings.HasFlow(b.Flow) {
 			s.keepalive.Unwatch(b.Flow)
+			s.probe.Unwatch(b.Flow)
 			s.flows.Remove(b.Flow)
 		}
 		s.updateSourceBindings(b.Flow.Remote.Addr())
@@ -73,6 +75,8 @@ func (s *Server) bindingEvents() binding.Events {
 			s.updateSourceBindings(b.Flow.Remote.Addr())
 			if b.Flow.Transport == nat.UDP {
 				s.keepalive.Watch(b.Flow)
+			} else {
+				s.probe.Watch(b.Flow)
 			}
 		},
 		OnRemove: unused,

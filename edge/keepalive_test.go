@@ -185,3 +185,39 @@ func TestOutboundClientsGetFlowTimer(t *testing.T) {
 		t.Fatalf("plain client got outbound headers:\n%s", res)
 	}
 }
+
+// A TCP connection that went silent (dropped by a NAT without a FIN, or a
+// frozen phone) is probed with OPTIONS after the stream flow timer; one
+// that answers stays, one that does not is dead after the failures.
+func TestSilentTCPFlowIsProbed(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	dead := make(chan nat.FlowKey, 2)
+	e := edgetest.StartWith(t, core.URI("udp"), func(c *edge.Config) {
+		c.NAT.FlowTimerStream = time.Second
+		c.NAT.Failures = 2
+	}, edge.Events{OnFlowDead: func(k nat.FlowKey, why string, removed []binding.Binding) { dead <- k }})
+
+	alive := edgetest.Dial(t, "tcp", e.TCP)
+	alive.Send(alive.Register(edgetest.Reg{User: "alive"}))
+	alive.MustRecvResponse(wait)
+	frozen := edgetest.Dial(t, "tcp", e.TCP)
+	frozen.Send(frozen.Register(edgetest.Reg{User: "frozen"}))
+	frozen.MustRecvResponse(wait)
+
+	for range 3 { // the live phone answers every probe
+		opt := alive.MustRecvRequest("OPTIONS", wait)
+		alive.Respond(opt, 200, "OK", "a")
+	}
+	frozen.MustRecvRequest("OPTIONS", wait) // and the frozen one never does
+	select {
+	case k := <-dead:
+		if k.Remote != frozen.Local {
+			t.Fatalf("dead flow %v, want the frozen phone's %v", k, frozen.Local)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the silent TCP flow was never declared dead")
+	}
+	if len(e.Bindings().Lookup("sip:alive@example.com")) != 1 || len(e.Bindings().Lookup("sip:frozen@example.com")) != 0 {
+		t.Fatal("wrong bindings after the probes")
+	}
+}

@@ -54,7 +54,8 @@ type Server struct {
 	upstreams  *upstream.Pool
 	bindings   *binding.Table
 	flows      *nat.FlowTable
-	keepalive  *nat.Keepaliver
+	keepalive  *nat.Keepaliver // UDP flows: CRLF or OPTIONS every keepalive_interval
+	probe      *nat.Keepaliver // stream flows: OPTIONS when silent for flow_timer_stream
 	events     Events
 	limiter    *ratelimit.Limiter
 	conns      connLimits
@@ -135,6 +136,16 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	}
 	s.flows = nat.NewFlowTable(cfg.NAT.MaxFlows, s.now, nat.FlowEvents{OnDead: s.flowDead})
 	s.keepalive = nat.NewKeepaliver(cfg.NAT.KeepaliveConfig, s.flows, s, s.now, nil)
+	// A stream flow's close is seen at once, but a connection a NAT or a
+	// dead phone dropped silently is not: one silent for the stream flow
+	// timer gets an OPTIONS over it (phones' own CRLF or SIP traffic
+	// postpones it), and keepalive_failures unanswered ones kill it.
+	probeCfg := cfg.NAT.KeepaliveConfig
+	if probeCfg.Mode != nat.KeepaliveOff {
+		probeCfg.Mode = nat.KeepaliveOptions
+	}
+	probeCfg.Interval = cfg.NAT.FlowTimerStream
+	s.probe = nat.NewKeepaliver(probeCfg, s.flows, s, s.now, nil)
 	s.bindings = binding.New(s.now, s.bindingEvents())
 
 	siplog := slog.New(quietSipgo{s.log.Handler()})
@@ -354,6 +365,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer wg.Done()
 		s.keepalive.Run(sweepCtx, kaTicker.C)
 	}()
+	probeTicker := time.NewTicker(time.Second)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.probe.Run(sweepCtx, probeTicker.C)
+	}()
 	limTicker := time.NewTicker(5 * time.Second)
 	wg.Add(1)
 	go func() {
@@ -397,6 +414,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	stopSweep()
 	ticker.Stop()
 	kaTicker.Stop()
+	probeTicker.Stop()
 	limTicker.Stop()
 	for _, u := range udpSocks {
 		u.stopping.Store(true)
