@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"strings"
@@ -138,5 +139,43 @@ func TestAccessSideNeverDials(t *testing.T) {
 	case <-dialed:
 		t.Fatal("the edge connected to the address in a phone's Via")
 	case <-time.After(500 * time.Millisecond):
+	}
+}
+
+// REGISTER over secure WebSocket (WSS).
+func TestRegisterOverSecureWebSocket(t *testing.T) {
+	cert, key := edgetest.SelfSignedCert(t, t.TempDir())
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+		c.Access.WSS = []string{"127.0.0.1:0"}
+		c.Access.TLSCert, c.Access.TLSKey = cert, key
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	d := ws.Dialer{Protocols: []string{"sip"}, TLSConfig: &tls.Config{InsecureSkipVerify: true}}
+	conn, _, _, err := d.Dial(ctx, "wss://"+e.WSS.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	reg := "REGISTER sip:example.com SIP/2.0\r\n" +
+		"Via: SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bK-wss-1;rport\r\n" +
+		"Max-Forwards: 70\r\nFrom: <sip:wss@example.com>;tag=w1\r\nTo: <sip:wss@example.com>\r\n" +
+		"Call-ID: wss-1\r\nCSeq: 1 REGISTER\r\nContact: <sip:wss@df7jal23ls0d.invalid;transport=ws>\r\nExpires: 600\r\n" +
+		"Content-Length: 0\r\n\r\n"
+	if err := wsutil.WriteClientText(conn, []byte(reg)); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(wait))
+	data, err := wsutil.ReadServerText(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(data), "SIP/2.0 200 ") {
+		t.Fatalf("got %q", strings.SplitN(string(data), "\r\n", 2)[0])
+	}
+	bs := e.Bindings().Lookup("sip:wss@example.com")
+	if len(bs) != 1 || bs[0].Flow.Transport != nat.WSS {
+		t.Fatalf("bindings %+v, want one on a WSS flow", bs)
 	}
 }

@@ -39,9 +39,9 @@ var Key = bytes.Repeat([]byte{0x5e}, 32)
 // Edge is a running edge.
 type Edge struct {
 	*edge.Server
-	UDP, TCP netip.AddrPort // access side
-	TLS, WS  netip.AddrPort // access side, when configured
-	Signer   *nat.Signer
+	UDP, TCP     netip.AddrPort // access side
+	TLS, WS, WSS netip.AddrPort // access side, when configured
+	Signer       *nat.Signer
 }
 
 // Start runs an edge toward core (a SIP URI) with the default config as
@@ -115,6 +115,9 @@ func StartWith(t testing.TB, core string, mutate func(*edge.Config), ev edge.Eve
 	}
 	if len(socks.WS) > 0 {
 		e.WS = netip.MustParseAddrPort(socks.WS[0].Addr().String())
+	}
+	if len(socks.WSS) > 0 {
+		e.WSS = netip.MustParseAddrPort(socks.WSS[0].Addr().String())
 	}
 	return e
 }
