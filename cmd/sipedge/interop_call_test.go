@@ -115,7 +115,7 @@ func startPhone(t *testing.T, o phoneOpts) *phone {
 	for k, v := range o.keys {
 		args = append(args, "-key", k, v)
 	}
-	ph.p = startProcIn(t, "sipp "+o.name, dir, filepath.Join(dir, "sipp.out"), args...)
+	ph.p = startProc(t, "sipp "+o.name, procOpts{dir: dir, logPath: filepath.Join(dir, "sipp.out")}, args...)
 	return ph
 }
 

@@ -11,7 +11,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -23,58 +22,20 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
-	"text/template"
 	"time"
 )
 
-const (
-	interopDir = "../../testdata/interop"
-	realm      = "sipedge.test"
-	// procLifetime bounds every process a test starts, whatever happens.
-	procLifetime = 10 * time.Minute
-)
+const interopDir = "../../testdata/interop"
 
 // buildRace builds the sipedge under test with -race (interop);
 // bench_test.go turns it off so the race detector does not skew numbers.
 var buildRace = true
 
-// buildSipedge builds this package into the test's temp dir. No TestMain:
-// main_test.go has one (goleak). After the first build only the link step
-// runs (build cache), well under a second.
-func buildSipedge(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "sipedge")
-	args := []string{"build", "-o", bin}
-	if buildRace {
-		args = append(args, "-race")
-	}
-	args = append(args, ".")
-	if out, err := runBounded(5*time.Minute, ".", append([]string{"go"}, args...)...); err != nil {
-		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return bin
-}
-
 // needTools skips (or fails under CI) when an external program is missing.
 func needTools(t *testing.T, names ...string) {
 	t.Helper()
-	var missing []string
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			missing = append(missing, n)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("missing %s (Debian packages: kamailio sip-tester)", strings.Join(missing, ", "))
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	requireTools(t, "missing %s (Debian packages: kamailio sip-tester)", nil, names...)
 }
 
 // freePort returns a port free on 127.0.0.1 for both UDP and TCP at the
@@ -97,113 +58,6 @@ func freePort(t *testing.T) int {
 	}
 	t.Fatal("no free port on 127.0.0.1")
 	return 0
-}
-
-// proc is a process a test started; it is stopped (by its PID, its
-// process group only as a last resort) when the test ends.
-type proc struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	err     error
-	killer  *time.Timer
-	once    sync.Once
-}
-
-func startProc(t *testing.T, name, logPath string, argv ...string) *proc {
-	t.Helper()
-	return startProcIn(t, name, "", logPath, argv...)
-}
-
-// startProcIn is startProc with a working directory (empty: the test's).
-func startProcIn(t *testing.T, name, dir, logPath string, argv ...string) *proc {
-	t.Helper()
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	p.killer = time.AfterFunc(procLifetime, func() { p.kill() })
-	t.Cleanup(func() { p.stop(t) })
-	return p
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *proc) kill() {
-	if !p.exited() {
-		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL) // its own group only
-	}
-}
-
-// stop sends SIGTERM and waits; SIGKILL to its group after 5 s.
-func (p *proc) stop(t *testing.T) {
-	p.once.Do(func() {
-		p.killer.Stop()
-		if p.exited() {
-			return
-		}
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(5 * time.Second):
-			t.Logf("%s (pid %d) ignored SIGTERM for 5s; killing its process group", p.name, p.cmd.Process.Pid)
-			p.kill()
-			select {
-			case <-p.done:
-			case <-time.After(5 * time.Second):
-				t.Errorf("%s (pid %d) did not exit after SIGKILL", p.name, p.cmd.Process.Pid)
-			}
-		}
-	})
-}
-
-func (p *proc) log() string {
-	b, _ := os.ReadFile(p.logPath)
-	return string(b)
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = append([]string{fmt.Sprintf("[... %d lines before]", len(lines)-n)}, lines[len(lines)-n:]...)
-	}
-	return strings.Join(lines, "\n")
-}
-
-// runBounded runs a short command with a timeout and returns its output.
-func runBounded(timeout time.Duration, dir string, argv ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.WaitDelay = time.Second
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%s: timed out after %s", argv[0], timeout)
-	}
-	return string(out), err
 }
 
 // waitSIP polls addr (UDP) with OPTIONS every 50 ms until anything answers
@@ -257,13 +111,6 @@ type kamOpts struct {
 	children    int
 }
 
-type kamailio struct {
-	port int
-	dir  string
-	ctl  string
-	p    *proc
-}
-
 func (k *kamailio) addr() string { return fmt.Sprintf("127.0.0.1:%d", k.port) }
 
 // writeUsers writes the sipp injection file (field0 user, field1 password).
@@ -287,26 +134,6 @@ func startKamailio(t *testing.T, o kamOpts) *kamailio {
 	if o.children == 0 {
 		o.children = 4
 	}
-	dir := t.TempDir()
-	k := &kamailio{port: freePort(t), dir: dir, ctl: filepath.Join(dir, "ctl")}
-
-	db := filepath.Join(dir, "db")
-	if err := os.Mkdir(db, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	var sub strings.Builder
-	sub.WriteString("id(int,auto) username(str) domain(str) password(str) ha1(str,null) ha1b(str,null)\n")
-	for i := range o.users {
-		u := 1000 + i
-		fmt.Fprintf(&sub, "%d:%d:%s:pw%d:::\n", i+1, u, realm, u)
-	}
-	must(t, os.WriteFile(filepath.Join(db, "subscriber"), []byte(sub.String()), 0o644))
-	must(t, os.WriteFile(filepath.Join(db, "version"), []byte("table_name(str) table_version(int)\nsubscriber:7\n"), 0o644))
-
-	tmpl, err := template.ParseFiles(filepath.Join(interopDir, "kamailio.cfg.tmpl"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	logReg, logCalls := 0, 0
 	if o.logRegister {
 		logReg = 1
@@ -314,20 +141,8 @@ func startKamailio(t *testing.T, o kamOpts) *kamailio {
 	if o.logCalls {
 		logCalls = 1
 	}
-	var cfg bytes.Buffer
-	must(t, tmpl.Execute(&cfg, map[string]any{
-		"Port": k.port, "DBDir": db, "CtlSock": k.ctl, "LogRegister": logReg, "LogCalls": logCalls,
-		"Children": o.children,
-	}))
-	cfgPath := filepath.Join(dir, "kamailio.cfg")
-	must(t, os.WriteFile(cfgPath, cfg.Bytes(), 0o644))
-
-	if out, err := runBounded(30*time.Second, dir, "kamailio", "-c", "-f", cfgPath, "-Y", dir); err != nil {
-		t.Fatalf("kamailio -c: %v\n%s", err, tail(out, 30))
-	}
-	k.p = startProc(t, "kamailio", filepath.Join(dir, "kamailio.log"),
-		"kamailio", "-f", cfgPath, "-P", filepath.Join(dir, "kamailio.pid"), "-Y", dir, "-w", dir,
-		"-DD", "-E", "-m", strconv.Itoa(o.shmMB))
+	k := runKamailio(t, procOpts{}, filepath.Join(interopDir, "kamailio.cfg.tmpl"), freePort(t), o.users, o.shmMB,
+		map[string]any{"LogRegister": logReg, "LogCalls": logCalls, "Children": o.children})
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("kamailio log (tail):\n%s", tail(k.p.log(), 60))
@@ -345,55 +160,6 @@ func startKamailio(t *testing.T, o kamOpts) *kamailio {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return k
-}
-
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-// ulContact is one contact of `kamcmd ul.dump`.
-type ulContact struct {
-	AOR, Address, Path, Received, Socket string
-}
-
-func (k *kamailio) ulDump(t *testing.T) []ulContact {
-	t.Helper()
-	out, err := runBounded(10*time.Second, k.dir, "kamcmd", "-s", "unix:"+k.ctl, "ul.dump")
-	if err != nil {
-		t.Fatalf("kamcmd ul.dump: %v\n%s", err, out)
-	}
-	var cs []ulContact
-	var aor string
-	sc := bufio.NewScanner(strings.NewReader(out))
-	for sc.Scan() {
-		key, val, ok := strings.Cut(strings.TrimSpace(sc.Text()), ": ")
-		if !ok {
-			continue
-		}
-		switch key {
-		case "AoR":
-			aor = val
-		case "Address":
-			cs = append(cs, ulContact{AOR: aor, Address: val})
-		case "Path", "Received", "Socket":
-			if len(cs) == 0 {
-				continue
-			}
-			c := &cs[len(cs)-1]
-			switch key {
-			case "Path":
-				c.Path = val
-			case "Received":
-				c.Received = val
-			case "Socket":
-				c.Socket = val
-			}
-		}
-	}
-	return cs
 }
 
 // coreRegisters returns the authenticated REGISTERs as Kamailio received
@@ -418,13 +184,6 @@ func (k *kamailio) coreRegisters() []string {
 
 // ----------------------------------------------------------------- sipedge
 
-type edgeOpts struct {
-	mode     string // path | rewrite
-	upstream string // sip:127.0.0.1:PORT;transport=udp|tcp
-	level    string
-	extra    string // more TOML, appended to the config (e.g. a [ratelimit] section)
-}
-
 type sipedge struct {
 	udp, tcp, core string
 	p              *proc
@@ -432,54 +191,16 @@ type sipedge struct {
 
 func startSipedge(t *testing.T, o edgeOpts) *sipedge {
 	t.Helper()
-	bin := buildSipedge(t)
-	if o.level == "" {
-		o.level = "debug"
-	}
+	bin := buildSipedge(t, buildRace)
 	dir := t.TempDir()
 	access := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	e := &sipedge{udp: access, tcp: access, core: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	cfg := fmt.Sprintf(`[access]
-udp = [%q]
-tcp = [%q]
-tls = []
-ws  = []
-wss = []
-
-[core]
-listen = %q
-upstreams = [%q]
-mode = %q
-timeout = "8s"
-key_file = %q
-
-[registration]
-domains = []
-min_expires = "60s"
-max_expires = "1h"
-max_contacts = 10
-
-[log]
-level = %q
-format = "text"
-`, e.udp, e.tcp, e.core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.level) + o.extra
-	cfgPath := filepath.Join(dir, "sipedge.toml")
-	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o644))
-	if out, err := runBounded(30*time.Second, dir, bin, "check-config", cfgPath); err != nil {
+	cfg := sipedgeConfig(access, e.core, dir, o)
+	cfgPath, out, err := writeSipedgeConfig(t, bin, dir, cfg)
+	if err != nil {
 		t.Fatalf("sipedge check-config: %v\n%s\nconfig:\n%s", err, out, cfg)
 	}
-	e.p = startProc(t, "sipedge", filepath.Join(dir, "sipedge.log"), bin, "run", "-config", cfgPath)
-	// Registered after startProc's cleanup, so it runs first: stop, then
-	// look at what sipedge said (the race detector reports at exit).
-	t.Cleanup(func() {
-		e.p.stop(t)
-		log := e.p.log()
-		if strings.Contains(log, "WARNING: DATA RACE") {
-			t.Errorf("sipedge reported a data race:\n%s", log)
-		} else if t.Failed() {
-			t.Logf("sipedge log (tail):\n%s", tail(log, 80))
-		}
-	})
+	e.p = runSipedge(t, procOpts{logPath: filepath.Join(dir, "sipedge.log")}, bin, cfgPath)
 	waitSIP(t, e.p, e.udp)
 	return e
 }

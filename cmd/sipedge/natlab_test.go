@@ -23,9 +23,7 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -40,7 +38,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"text/template"
 	"time"
 )
 
@@ -71,103 +68,14 @@ func nlNeed(t *testing.T, tools ...string) {
 	if os.Geteuid() != 0 {
 		missing = append(missing, "root (network namespaces)")
 	}
-	for _, n := range append([]string{"ip", "nft", "sysctl", "conntrack", "tcpdump", "kamailio", "kamcmd"}, tools...) {
-		if _, err := exec.LookPath(n); err != nil {
-			missing = append(missing, n)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("NAT lab needs %s (Debian packages: iproute2 nftables procps conntrack tcpdump kamailio sip-tester baresip)",
-		strings.Join(missing, ", "))
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	requireTools(t, "NAT lab needs %s (Debian packages: iproute2 nftables procps conntrack tcpdump kamailio sip-tester baresip)",
+		missing, append([]string{"ip", "nft", "sysctl", "conntrack", "tcpdump", "kamailio", "kamcmd"}, tools...)...)
 }
 
 // ------------------------------------------------------------- processes
 
-// nlProc is a process the lab started; stopped by its PID (its process
-// group only as a last resort) when the test ends.
-type nlProc struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	err     error
-	killer  *time.Timer
-	once    sync.Once
-}
-
-func nlStart(t *testing.T, name, dir string, argv ...string) *nlProc {
-	t.Helper()
-	logPath := filepath.Join(dir, name+".log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = f, f
-	// Pdeathsig: should the test binary die without its cleanups (go test
-	// -timeout panics), the programs it started die with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &nlProc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	p.killer = time.AfterFunc(nlLifetime, p.kill)
-	t.Cleanup(func() { p.stop(t) })
-	return p
-}
-
-func (p *nlProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *nlProc) kill() {
-	if !p.exited() {
-		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL) // its own group only
-	}
-}
-
-// stop sends SIGTERM and waits; SIGKILL to its group after 5 s.
-func (p *nlProc) stop(t *testing.T) {
-	p.once.Do(func() {
-		p.killer.Stop()
-		if p.exited() {
-			return
-		}
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(5 * time.Second):
-			t.Logf("%s (pid %d) ignored SIGTERM for 5s; killing its process group", p.name, p.cmd.Process.Pid)
-			p.kill()
-			select {
-			case <-p.done:
-			case <-time.After(5 * time.Second):
-				t.Errorf("%s (pid %d) did not exit after SIGKILL", p.name, p.cmd.Process.Pid)
-			}
-		}
-	})
-}
-
 // wait waits up to d for the process to exit by itself.
-func (p *nlProc) wait(d time.Duration) bool {
+func (p *proc) wait(d time.Duration) bool {
 	select {
 	case <-p.done:
 		return true
@@ -176,7 +84,9 @@ func (p *nlProc) wait(d time.Duration) bool {
 	}
 }
 
-func (p *nlProc) exitCode() int {
+// exitCode is the exit status once exited: -1 when it did not exit
+// normally.
+func (p *proc) exitCode() int {
 	var ee *exec.ExitError
 	if errors.As(p.err, &ee) {
 		return ee.ExitCode()
@@ -185,39 +95,6 @@ func (p *nlProc) exitCode() int {
 		return -1
 	}
 	return 0
-}
-
-func (p *nlProc) log() string {
-	b, _ := os.ReadFile(p.logPath)
-	return string(b)
-}
-
-func nlMust(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-func nlTail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = append([]string{fmt.Sprintf("[... %d lines before]", len(lines)-n)}, lines[len(lines)-n:]...)
-	}
-	return strings.Join(lines, "\n")
-}
-
-// nlRun runs a short command with a timeout and returns its output.
-func nlRun(timeout time.Duration, argv ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.WaitDelay = time.Second
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%s: timed out after %s", strings.Join(argv, " "), timeout)
-	}
-	return string(out), err
 }
 
 // ------------------------------------------------------------------- lab
@@ -234,7 +111,7 @@ type natLab struct {
 	opts          natLabOpts
 	made          []string
 	mu            sync.Mutex
-	procs         []*nlProc
+	procs         []*proc
 }
 
 // newNATLab builds the three namespaces, their links, routes, the NAT and
@@ -295,7 +172,7 @@ func newNATLab(t *testing.T, o natLabOpts) *natLab {
 }
 `, masq)
 	rules := filepath.Join(l.dir, "rtr.nft")
-	nlMust(t, os.WriteFile(rules, []byte(ruleset), 0o644))
+	must(t, os.WriteFile(rules, []byte(ruleset), 0o644))
 	l.in(l.rtr, "nft", "-f", rules)
 	l.in(l.rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1",
 		fmt.Sprintf("net.netfilter.nf_conntrack_udp_timeout=%d", o.udpTimeout),
@@ -337,14 +214,14 @@ func nlSweep(t *testing.T) {
 		if err != nil {
 			continue
 		}
-		out, _ := nlRun(10*time.Second, "ip", "netns", "pids", e.Name())
+		out, _ := runBounded(10*time.Second, "", "ip", "netns", "pids", e.Name())
 		pids := strings.Fields(out)
 		for _, f := range pids {
 			if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
 				syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
-		out, err = nlRun(10*time.Second, "ip", "netns", "del", e.Name())
+		out, err = runBounded(10*time.Second, "", "ip", "netns", "del", e.Name())
 		t.Logf("removed stale lab namespace %s (from %s, processes killed: %v): %v %s",
 			e.Name(), info.ModTime().Format(time.RFC3339), pids, err, out)
 	}
@@ -353,7 +230,7 @@ func nlSweep(t *testing.T) {
 // host runs a command in the host namespace (only `ip netns`/`ip -n`).
 func (l *natLab) host(argv ...string) string {
 	l.t.Helper()
-	out, err := nlRun(20*time.Second, argv...)
+	out, err := runBounded(20*time.Second, "", argv...)
 	if err != nil {
 		l.t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
 	}
@@ -371,14 +248,19 @@ func (l *natLab) in(ns string, argv ...string) string {
 }
 
 func (l *natLab) try(ns string, argv ...string) (string, error) {
-	return nlRun(20*time.Second, append([]string{"ip", "netns", "exec", ns}, argv...)...)
+	return runBounded(20*time.Second, "", inNetns(ns, argv...)...)
 }
 
-// start runs a long-lived process inside namespace ns. `ip netns exec`
-// execs the command itself, so the PID is the program's.
-func (l *natLab) start(ns, name, dir string, argv ...string) *nlProc {
+// start runs a long-lived process inside namespace ns, logging to
+// dir/name.log.
+func (l *natLab) start(ns, name, dir string, argv ...string) *proc {
 	l.t.Helper()
-	p := nlStart(l.t, name, dir, append([]string{"ip", "netns", "exec", ns}, argv...)...)
+	return l.track(startProc(l.t, name, procOpts{dir: dir, netns: ns, lifetime: nlLifetime}, argv...))
+}
+
+// track has teardown stop p (if still running) before it deletes the
+// namespaces.
+func (l *natLab) track(p *proc) *proc {
 	l.mu.Lock()
 	l.procs = append(l.procs, p)
 	l.mu.Unlock()
@@ -397,7 +279,7 @@ func (l *natLab) teardown() {
 		p.stop(t)
 	}
 	for _, ns := range l.made {
-		out, _ := nlRun(10*time.Second, "ip", "netns", "pids", ns)
+		out, _ := runBounded(10*time.Second, "", "ip", "netns", "pids", ns)
 		for _, f := range strings.Fields(out) {
 			pid, err := strconv.Atoi(f)
 			if err != nil || pid <= 1 {
@@ -407,7 +289,7 @@ func (l *natLab) teardown() {
 			t.Errorf("process %d (%s) left in namespace %s; killing it", pid, strings.TrimSpace(string(comm)), ns)
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
-		if out, err := nlRun(10*time.Second, "ip", "netns", "del", ns); err != nil {
+		if out, err := runBounded(10*time.Second, "", "ip", "netns", "del", ns); err != nil {
 			t.Errorf("ip netns del %s: %v\n%s", ns, err, out)
 		}
 	}
@@ -497,59 +379,30 @@ func (l *natLab) phoneFlow(localPort int) (nlConn, bool) {
 
 // --------------------------------------------------------------- Kamailio
 
-type nlKamailio struct {
-	dir, ctl string
-	p        *nlProc
-}
-
-type nlContact struct {
-	AOR, Address, Path, Received string
-}
-
-func (l *natLab) startKamailio() *nlKamailio {
+func (l *natLab) startKamailio() *kamailio {
 	t := l.t
 	t.Helper()
-	dir := t.TempDir()
-	k := &nlKamailio{dir: dir, ctl: filepath.Join(dir, "ctl")}
-	db := filepath.Join(dir, "db")
-	nlMust(t, os.Mkdir(db, 0o755))
-	var sub strings.Builder
-	sub.WriteString("id(int,auto) username(str) domain(str) password(str) ha1(str,null) ha1b(str,null)\n")
-	for i := range 10 {
-		u := 1000 + i
-		fmt.Fprintf(&sub, "%d:%d:sipedge.test:pw%d:::\n", i+1, u, u)
-	}
-	nlMust(t, os.WriteFile(filepath.Join(db, "subscriber"), []byte(sub.String()), 0o644))
-	nlMust(t, os.WriteFile(filepath.Join(db, "version"), []byte("table_name(str) table_version(int)\nsubscriber:7\n"), 0o644))
-	tmpl, err := template.ParseFiles(filepath.Join(natlabDir, "kamailio.cfg.tmpl"))
-	nlMust(t, err)
-	var cfg bytes.Buffer
-	nlMust(t, tmpl.Execute(&cfg, map[string]any{"Port": nlKamPort, "DBDir": db, "CtlSock": k.ctl}))
-	cfgPath := filepath.Join(dir, "kamailio.cfg")
-	nlMust(t, os.WriteFile(cfgPath, cfg.Bytes(), 0o644))
-	if out, err := l.try(l.pub, "kamailio", "-c", "-f", cfgPath, "-Y", dir); err != nil {
-		t.Fatalf("kamailio -c: %v\n%s", err, nlTail(out, 30))
-	}
-	k.p = l.start(l.pub, "kamailio", dir, "kamailio", "-f", cfgPath, "-P", filepath.Join(dir, "kamailio.pid"),
-		"-Y", dir, "-w", dir, "-DD", "-E", "-m", "64", "-M", "8")
+	k := runKamailio(t, procOpts{netns: l.pub, lifetime: nlLifetime}, filepath.Join(natlabDir, "kamailio.cfg.tmpl"),
+		nlKamPort, 10, 64, nil, "-M", "8")
+	l.track(k.p)
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("Kamailio log (NL- lines and errors):\n%s", nlTail(k.interesting(), 60))
+			t.Logf("Kamailio log (NL- lines and errors):\n%s", tail(k.interesting(), 60))
 		}
 	})
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if out, err := nlRun(5*time.Second, "kamcmd", "-s", "unix:"+k.ctl, "core.uptime"); err == nil {
+		if out, err := runBounded(5*time.Second, "", "kamcmd", "-s", "unix:"+k.ctl, "core.uptime"); err == nil {
 			break
 		} else if k.p.exited() || time.Now().After(deadline) {
-			t.Fatalf("Kamailio not ready (kamcmd core.uptime: %v %s)\n%s", err, out, nlTail(k.p.log(), 40))
+			t.Fatalf("Kamailio not ready (kamcmd core.uptime: %v %s)\n%s", err, out, tail(k.p.log(), 40))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	return k
 }
 
-func (k *nlKamailio) interesting() string {
+func (k *kamailio) interesting() string {
 	var b strings.Builder
 	for _, line := range strings.Split(k.p.log(), "\n") {
 		if strings.Contains(line, "NL-") || strings.Contains(line, "ERROR") || strings.Contains(line, "WARNING") {
@@ -561,7 +414,7 @@ func (k *nlKamailio) interesting() string {
 }
 
 // lines returns the log lines that carry tag (e.g. "NL-REGISTER").
-func (k *nlKamailio) lines(tag string) []string {
+func (k *kamailio) lines(tag string) []string {
 	var out []string
 	for _, line := range strings.Split(k.p.log(), "\n") {
 		if i := strings.Index(line, tag+" "); i >= 0 {
@@ -571,42 +424,9 @@ func (k *nlKamailio) lines(tag string) []string {
 	return out
 }
 
-func (k *nlKamailio) ulDump(t *testing.T) []nlContact {
-	t.Helper()
-	out, err := nlRun(10*time.Second, "kamcmd", "-s", "unix:"+k.ctl, "ul.dump")
-	if err != nil {
-		t.Fatalf("kamcmd ul.dump: %v\n%s", err, out)
-	}
-	var cs []nlContact
-	var aor string
-	sc := bufio.NewScanner(strings.NewReader(out))
-	for sc.Scan() {
-		key, val, ok := strings.Cut(strings.TrimSpace(sc.Text()), ": ")
-		if !ok {
-			continue
-		}
-		switch key {
-		case "AoR":
-			aor = val
-		case "Address":
-			cs = append(cs, nlContact{AOR: aor, Address: val})
-		case "Path", "Received":
-			if len(cs) == 0 {
-				continue
-			}
-			if key == "Path" {
-				cs[len(cs)-1].Path = val
-			} else {
-				cs[len(cs)-1].Received = val
-			}
-		}
-	}
-	return cs
-}
-
 // waitRegistered polls the location table until aor has a contact whose
 // Path is not notPath; fails after 15 s or when phone exits first.
-func (k *nlKamailio) waitRegistered(t *testing.T, phone *nlProc, aor, notPath string) (nlContact, time.Time) {
+func (k *kamailio) waitRegistered(t *testing.T, phone *proc, aor, notPath string) (ulContact, time.Time) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -616,7 +436,7 @@ func (k *nlKamailio) waitRegistered(t *testing.T, phone *nlProc, aor, notPath st
 			}
 		}
 		if phone.exited() {
-			t.Fatalf("%s exited (status %d) before %s was registered\n%s", phone.name, phone.exitCode(), aor, nlTail(phone.log(), 40))
+			t.Fatalf("%s exited (status %d) before %s was registered\n%s", phone.name, phone.exitCode(), aor, tail(phone.log(), 40))
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s not registered (with a new Path) within 15s; location table: %+v", aor, k.ulDump(t))
@@ -629,7 +449,7 @@ func (k *nlKamailio) waitRegistered(t *testing.T, phone *nlProc, aor, notPath st
 // other than notPath and the phone got its n-th 200 REGISTER (seen on the
 // phone's link: the registration is only over once the 200 came back
 // through the NAT). It returns the contact and when the phone got the 200.
-func (l *natLab) waitRegistered(k *nlKamailio, capCli *nlCapture, phone *nlProc, aor, notPath string, n int) (nlContact, time.Time) {
+func (l *natLab) waitRegistered(k *kamailio, capCli *nlCapture, phone *proc, aor, notPath string, n int) (ulContact, time.Time) {
 	t := l.t
 	t.Helper()
 	ct, _ := k.waitRegistered(t, phone, aor, notPath)
@@ -649,13 +469,10 @@ type nlEdgeOpts struct {
 	flowTimer string // flow_timer (UDP)
 }
 
-func (l *natLab) startSipedge(o nlEdgeOpts) *nlProc {
+func (l *natLab) startSipedge(o nlEdgeOpts) *proc {
 	t := l.t
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "sipedge")
-	if out, err := nlRun(5*time.Minute, "go", "build", "-race", "-o", bin, "."); err != nil {
-		t.Fatalf("go build -race: %v\n%s", err, out)
-	}
+	bin := buildSipedge(t, true)
 	dir := t.TempDir()
 	if o.interval == "" {
 		o.interval = "25s"
@@ -672,43 +489,19 @@ flow_timer = %q
 flow_timer_stream = "120s"
 `, o.keepalive, o.interval, o.flowTimer)
 	cfgFor := func(nat string) string {
-		return fmt.Sprintf(`[access]
-udp = ["%s"]
-tcp = ["%s"]
-tls = []
-ws  = []
-wss = []
-
-[core]
-listen = %q
-upstreams = ["sip:127.0.0.1:%d;transport=udp"]
-mode = "path"
-timeout = "8s"
-key_file = %q
-
-[registration]
-domains = []
-min_expires = "60s"
-max_expires = "1h"
-max_contacts = 10
-
-%s
-[log]
-level = "debug"
-format = "text"
-`, nlEdge, nlEdge, nlCoreListen, nlKamPort, filepath.Join(dir, "flow.key"), nat)
+		return sipedgeConfig(nlEdge.String(), nlCoreListen, dir, edgeOpts{
+			mode: "path", upstream: fmt.Sprintf("sip:127.0.0.1:%d;transport=udp", nlKamPort), extra: "\n" + nat,
+		})
 	}
 	cfg := cfgFor(nat)
-	cfgPath := filepath.Join(dir, "sipedge.toml")
-	nlMust(t, os.WriteFile(cfgPath, []byte(cfg), 0o644))
-	if out, err := nlRun(30*time.Second, bin, "check-config", cfgPath); err != nil {
+	cfgPath, out, err := writeSipedgeConfig(t, bin, dir, cfg)
+	if err != nil {
 		if o.keepalive == "off" && strings.Contains(out, "unknown key nat") {
 			// A sipedge without the [nat] section sends no keepalives at
 			// all: the same as keepalive = "off".
 			t.Logf("sipedge does not know [nat] yet (%s); running it without the section (no keepalives)", strings.TrimSpace(out))
 			cfg = cfgFor("")
-			nlMust(t, os.WriteFile(cfgPath, []byte(cfg), 0o644))
-			if out, err := nlRun(30*time.Second, bin, "check-config", cfgPath); err != nil {
+			if _, out, err := writeSipedgeConfig(t, bin, dir, cfg); err != nil {
 				t.Fatalf("sipedge check-config: %v\n%s\nconfig:\n%s", err, out, cfg)
 			}
 		} else {
@@ -716,23 +509,12 @@ format = "text"
 		}
 	}
 	t.Logf("sipedge config [nat]:\n%s", nat)
-	p := l.start(l.pub, "sipedge", dir, bin, "run", "-config", cfgPath)
-	// Registered after l.start's cleanup, so it runs first: stop, then look
-	// at what sipedge said (the race detector reports at exit).
-	t.Cleanup(func() {
-		p.stop(t)
-		log := p.log()
-		if strings.Contains(log, "WARNING: DATA RACE") {
-			t.Errorf("sipedge reported a data race:\n%s", log)
-		} else if t.Failed() {
-			t.Logf("sipedge log (tail):\n%s", nlTail(log, 100))
-		}
-	})
+	p := l.track(runSipedge(t, procOpts{dir: dir, netns: l.pub, lifetime: nlLifetime}, bin, cfgPath))
 	// The access and core sockets are bound before "sipedge starting".
 	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(p.log(), "sipedge starting") {
 		if p.exited() || time.Now().After(deadline) {
-			t.Fatalf("sipedge did not start: %v\n%s", p.err, nlTail(p.log(), 40))
+			t.Fatalf("sipedge did not start: %v\n%s", p.err, tail(p.log(), 40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -745,13 +527,13 @@ format = "text"
 // NAT (and, with rebind, once more 3 s later) and then waits silently
 // until its out-of-call scenario ooc (in testdata/natlab) is through:
 // phone_ooc.xml takes one MESSAGE, phone_call.xml one call.
-func (l *natLab) startPhone(user, ooc string, rebind bool) (*nlProc, string) {
+func (l *natLab) startPhone(user, ooc string, rebind bool) (*proc, string) {
 	l.t.Helper()
 	dir := l.t.TempDir()
 	sf, err := filepath.Abs(filepath.Join(natlabDir, "phone.xml"))
-	nlMust(l.t, err)
+	must(l.t, err)
 	ooc, err = filepath.Abs(filepath.Join(natlabDir, ooc))
-	nlMust(l.t, err)
+	must(l.t, err)
 	rb := "0"
 	if rebind {
 		rb = "1"
@@ -769,7 +551,7 @@ func (l *natLab) startPhone(user, ooc string, rebind bool) (*nlProc, string) {
 			b, _ := os.ReadFile(msgs)
 			e, _ := os.ReadFile(filepath.Join(dir, "errors.log"))
 			l.t.Logf("phone (sipp) messages (tail):\n%s\nphone errors:\n%s\nphone output:\n%s",
-				nlTail(string(b), 80), nlTail(string(e), 20), nlTail(p.log(), 20))
+				tail(string(b), 80), tail(string(e), 20), tail(p.log(), 20))
 		}
 	})
 	return p, msgs
@@ -800,13 +582,13 @@ func (l *natLab) coreUAC(scenario, to string) nlUAC {
 	l.t.Helper()
 	dir := l.t.TempDir()
 	sf, err := filepath.Abs(filepath.Join(natlabDir, scenario))
-	nlMust(l.t, err)
+	must(l.t, err)
 	r := nlUAC{start: time.Now()}
-	out, err := nlRun(40*time.Second, "ip", "netns", "exec", l.pub, "sipp", fmt.Sprintf("127.0.0.1:%d", nlKamPort),
+	out, err := runBounded(40*time.Second, "", inNetns(l.pub, "sipp", fmt.Sprintf("127.0.0.1:%d", nlKamPort),
 		"-sf", sf, "-key", "to", to, "-i", "127.0.0.1", "-p", strconv.Itoa(nlUACPort), "-t", "u1", "-m", "1",
 		"-timeout", "20", "-timeout_error", "-recv_timeout", "15000", "-nostdin",
 		"-trace_msg", "-message_file", filepath.Join(dir, "messages.log"),
-		"-trace_err", "-error_file", filepath.Join(dir, "errors.log"))
+		"-trace_err", "-error_file", filepath.Join(dir, "errors.log"))...)
 	r.elapsed = time.Since(r.start)
 	var ee *exec.ExitError
 	switch {
@@ -829,26 +611,22 @@ func (l *natLab) coreUAC(scenario, to string) nlUAC {
 
 // ---------------------------------------------------------------- baresip
 
-func (l *natLab) startBaresip(user string) (*nlProc, string) {
+func (l *natLab) startBaresip(user string) (*proc, string) {
 	t := l.t
 	t.Helper()
 	dir := t.TempDir()
 	render := func(name, out string, data map[string]any) {
-		tmpl, err := template.ParseFiles(filepath.Join(natlabDir, name))
-		nlMust(t, err)
-		var b bytes.Buffer
-		nlMust(t, tmpl.Execute(&b, data))
-		nlMust(t, os.WriteFile(filepath.Join(dir, out), b.Bytes(), 0o644))
+		renderTemplate(t, filepath.Join(natlabDir, name), filepath.Join(dir, out), data)
 	}
 	render("baresip-config.tmpl", "config", map[string]any{"Listen": fmt.Sprintf("%s:%d", nlPhoneIP, nlSIPPort)})
 	render("baresip-accounts.tmpl", "accounts", map[string]any{
 		"User": user, "Pass": "pw" + user, "Edge": nlEdge.String(), "Regint": 3600,
 	})
-	nlMust(t, os.WriteFile(filepath.Join(dir, "contacts"), nil, 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "contacts"), nil, 0o644))
 	p := l.start(l.cli, "baresip", dir, "baresip", "-f", dir, "-s", "-v")
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("baresip output (tail):\n%s", nlTail(p.log(), 120))
+			t.Logf("baresip output (tail):\n%s", tail(p.log(), 120))
 		}
 	})
 	return p, dir
@@ -857,7 +635,7 @@ func (l *natLab) startBaresip(user string) (*nlProc, string) {
 // ------------------------------------------------------------------ pcap
 
 type nlCapture struct {
-	p    *nlProc
+	p    *proc
 	file string
 	pkts []nlPacket
 	read bool
@@ -1124,9 +902,9 @@ func nlTo(addr string) func(nlPacket) bool {
 // for three NAT timeouts and 2 s.
 type nlIdlePhone struct {
 	l              *natLab
-	k              *nlKamailio
+	k              *kamailio
 	capPub, capCli *nlCapture    // pub0 (sipedge's side of the NAT), cli0 (the phone's link)
-	phone          *nlProc       // still waiting, for its out-of-call scenario
+	phone          *proc         // still waiting, for its out-of-call scenario
 	phoneMsgs      string        // its sipp message trace
 	regAt          time.Time     // when its 200 REGISTER reached it (cli0)
 	wait           time.Duration // silent since regAt (at least)
@@ -1164,7 +942,7 @@ func startIdlePhone(t *testing.T, natTimeout int, keepalive, ooc string) *nlIdle
 	s.wait = 3*time.Duration(natTimeout)*time.Second + 2*time.Second
 	t.Logf("phone silent now; waiting %s (3 × NAT UDP timeout %ds + 2s)", s.wait, natTimeout)
 	if s.phone.wait(s.wait - time.Since(regAt)) {
-		t.Fatalf("phone sipp exited during the wait (status %d)\n%s", s.phone.exitCode(), nlTail(s.phone.log(), 30))
+		t.Fatalf("phone sipp exited during the wait (status %d)\n%s", s.phone.exitCode(), tail(s.phone.log(), 30))
 	}
 	s.m1, s.alive = l.phoneFlow(nlPhonePort)
 	if s.alive {
@@ -1249,7 +1027,7 @@ func runSilentPhone(t *testing.T, keepalive string, wantReach bool) {
 			t.Errorf("only %d CRLF keepalives reached the phone in %s (interval 2s), want at least %d", len(kaGot), s.wait, min)
 		}
 		if uac.status != 200 || uac.exit != 0 {
-			t.Errorf("core MESSAGE to the phone: status %d, sipp exit %d; want 200\n%s\n%s", uac.status, uac.exit, uac.errors, nlTail(uac.messages, 40))
+			t.Errorf("core MESSAGE to the phone: status %d, sipp exit %d; want 200\n%s\n%s", uac.status, uac.exit, uac.errors, tail(uac.messages, 40))
 		}
 		if !phoneGotMessage || !reached || s.phone.exitCode() != 0 {
 			t.Errorf("the phone did not take the MESSAGE (saw it %v, exited %v, status %d)", phoneGotMessage, reached, s.phone.exitCode())
@@ -1315,7 +1093,7 @@ func TestNATLabSymmetricRebind(t *testing.T) {
 	wait := (natTimeout + 2) * time.Second
 	t.Logf("phone silent now; waiting %s (NAT UDP timeout %ds + 2s)", wait, natTimeout)
 	if phone.wait(wait - time.Since(reg2)) {
-		t.Fatalf("phone sipp exited during the wait (status %d)\n%s", phone.exitCode(), nlTail(phone.log(), 30))
+		t.Fatalf("phone sipp exited during the wait (status %d)\n%s", phone.exitCode(), tail(phone.log(), 30))
 	}
 	m3, alive := l.phoneFlow(nlPhonePort)
 	if alive {
@@ -1362,7 +1140,7 @@ func TestNATLabSymmetricRebind(t *testing.T) {
 	}
 
 	if uac.status != 200 || uac.exit != 0 {
-		t.Errorf("core MESSAGE: status %d, sipp exit %d; want 200\n%s\n%s", uac.status, uac.exit, uac.errors, nlTail(uac.messages, 40))
+		t.Errorf("core MESSAGE: status %d, sipp exit %d; want 200\n%s\n%s", uac.status, uac.exit, uac.errors, tail(uac.messages, 40))
 	}
 	if !phoneGotMessage || !reached || phone.exitCode() != 0 {
 		t.Errorf("the phone did not take the MESSAGE (saw it %v, exited %v, status %d)", phoneGotMessage, reached, phone.exitCode())
@@ -1483,7 +1261,7 @@ func TestNATLabBaresipOutbound(t *testing.T) {
 		t.Errorf("the NAT mapping %s did not survive although baresip sends STUN keepalives (now: alive %v, %s)", m0.replyDst, alive, m1.replyDst)
 	}
 	if len(msgAtPhone) == 0 {
-		t.Errorf("the core's MESSAGE did not reach baresip (status at the core %d)\n%s", uac.status, nlTail(uac.messages, 30))
+		t.Errorf("the core's MESSAGE did not reach baresip (status at the core %d)\n%s", uac.status, tail(uac.messages, 30))
 	} else if uac.status != 200 {
 		t.Errorf("the MESSAGE reached baresip but the core got %d, want 200", uac.status)
 	}
@@ -1519,7 +1297,7 @@ func TestNATLabIdleCallee(t *testing.T) {
 	invAtPhone := nlFilter(dialog, nlIsKind("SIP INVITE"))
 	if len(invAtPhone) == 0 || len(invAtEdge) == 0 {
 		t.Fatalf("the INVITE did not reach the phone (%d at it, %d sent by sipedge toward the NAT %s); caller:\n%s\n%s\npub0:\n%s",
-			len(invAtPhone), len(invAtEdge), s.m0.replyDst, uac.errors, nlTail(uac.messages, 40),
+			len(invAtPhone), len(invAtEdge), s.m0.replyDst, uac.errors, tail(uac.messages, 40),
 			nlTimeline(nlFilter(pub, during), uac.start, 40))
 	}
 	inv := invAtPhone[0]
@@ -1546,7 +1324,7 @@ func TestNATLabIdleCallee(t *testing.T) {
 
 	if uac.exit != 0 || !answered || s.phone.exitCode() != 0 {
 		t.Errorf("the call failed: caller sipp exit %d (last final status %d), phone sipp ended %v with exit %d; want 0 and 0\n%s\n%s",
-			uac.exit, uac.status, answered, s.phone.exitCode(), uac.errors, nlTail(uac.messages, 60))
+			uac.exit, uac.status, answered, s.phone.exitCode(), uac.errors, tail(uac.messages, 60))
 	}
 	if len(fromPhone) > 0 {
 		t.Errorf("the phone sent %d packets while idle (it must stay silent, they refresh the NAT): %v", len(fromPhone), fromPhone)
