@@ -40,6 +40,11 @@ func (s *Server) limit(next Handler) Handler {
 		aor := ""
 		if r.Method == sip.REGISTER {
 			aor = aorOf(r.To())
+			// A phone refreshing its own binding is not charged the AOR's
+			// budget: otherwise anyone naming its AOR could lock it out.
+			if s.bindings.HasAORFrom(aor, r.Flow.Remote.Addr()) {
+				aor = ""
+			}
 		}
 		ua := ""
 		if h := r.GetHeader("User-Agent"); h != nil {
@@ -83,35 +88,62 @@ func hadCredentials(req *sip.Request) bool {
 }
 
 // connLimits tracks the connection slots the limiter granted, to give
-// them back when the connection closes. Keyed by transport and remote
-// address: on a wildcard listener the connection's local address is only
-// known after Accept.
+// them back when each connection closes, by flow key. Should two open
+// connections ever share one (the kernel allows it only across network
+// namespaces or after a TIME_WAIT reuse), each close gives back one slot
+// and the flow dies only with the last.
 type connLimits struct {
-	releases sync.Map // connKey -> func()
+	mu   sync.Mutex
+	open map[nat.FlowKey][]func() // release funcs of the open connections, oldest first
 }
 
-type connKey struct {
-	tp     nat.Transport
-	remote netip.AddrPort
+func (c *connLimits) add(k nat.FlowKey, release func()) {
+	c.mu.Lock()
+	if c.open == nil {
+		c.open = make(map[nat.FlowKey][]func())
+	}
+	c.open[k] = append(c.open[k], release)
+	c.mu.Unlock()
+}
+
+// done releases one connection's slot and reports whether another
+// connection with the same key is still open.
+func (c *connLimits) done(k nat.FlowKey) (othersOpen bool) {
+	c.mu.Lock()
+	rs := c.open[k]
+	var release func()
+	if len(rs) > 0 {
+		release, rs = rs[0], rs[1:]
+	}
+	if len(rs) == 0 {
+		delete(c.open, k)
+	} else {
+		c.open[k] = rs
+	}
+	c.mu.Unlock()
+	if release != nil {
+		release()
+	}
+	return len(rs) > 0
 }
 
 // streamHooks observes one access stream listener.
-func (s *Server) streamHooks(tp nat.Transport) nat.StreamHooks {
+func (s *Server) streamHooks() nat.StreamHooks {
 	return nat.StreamHooks{
-		Accept: func(remote netip.AddrPort) bool {
-			d, release := s.limiter.Accept(remote.Addr())
+		Accept: func(k nat.FlowKey) bool {
+			d, release := s.limiter.Accept(k.Remote.Addr())
 			if d != ratelimit.Allow {
 				release()
 				return false
 			}
-			s.conns.releases.Store(connKey{tp, unmap(remote)}, release)
+			s.conns.add(k, release)
 			return true
 		},
 		OnRead: s.refresh,
 		OnPong: s.flows.Pong,
 		OnClose: func(k nat.FlowKey, why string) {
-			if release, ok := s.conns.releases.LoadAndDelete(connKey{k.Transport, k.Remote}); ok {
-				release.(func())()
+			if s.conns.done(k) {
+				return // a newer connection carries this flow now
 			}
 			s.flows.Closed(k, why) // unknown flows are ignored
 		},

@@ -299,3 +299,23 @@ func TestOfficeReRegistersAfterOutage(t *testing.T) {
 		t.Fatal("the office got banned")
 	}
 }
+
+// Someone hammering a victim's AOR with REGISTERs (no credentials needed
+// to be counted) must not lock the victim's own refreshes out.
+func TestAORBudgetCannotLockOutTheOwner(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{Users: map[string]string{"victim": "pw"}})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	victim := edgetest.DialFrom(t, "udp", src(0, 3, 1), e.UDP)
+	if !registerWithAuth(victim, "victim", "pw", 1) {
+		t.Fatal("victim could not register")
+	}
+	attacker := edgetest.DialFrom(t, "udp", src(0, 3, 2), e.UDP)
+	for i := range 40 { // well past register_burst (20) for the AOR
+		attacker.Send(attacker.Register(edgetest.Reg{User: "victim", CSeq: 100 + i, CallID: "atk-" + strconv.Itoa(i)}))
+	}
+	for cseq := 10; cseq < 20; cseq += 2 {
+		if !registerWithAuth(victim, "victim", "pw", cseq) {
+			t.Fatalf("victim's refresh %d was refused", cseq)
+		}
+	}
+}

@@ -337,7 +337,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	// Stream listeners are wrapped so every connection is a flow: CRLF
 	// pings answered, close noticed at once.
-	wrap := func(l net.Listener, tp nat.Transport) net.Listener { return nat.NewListener(l, tp, s.streamHooks(tp)) }
+	wrap := func(l net.Listener, tp nat.Transport) net.Listener { return nat.NewListener(l, tp, s.streamHooks()) }
 	for _, l := range s.socks.TCP {
 		serve(func() error { return accessSrv.ServeTCP(wrap(l, nat.TCP)) })
 	}

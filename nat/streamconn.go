@@ -21,10 +21,10 @@ var ErrPingUnsupported = errors.New("nat: CRLF keepalive not supported on WebSoc
 // optional. Hooks run synchronously on the accepting or reading
 // goroutine, so they must be quick and must not block.
 type StreamHooks struct {
-	// Accept is called with the peer of each new connection; false
-	// closes it at once, before any byte is read (bans, per-IP limits).
-	// Nil accepts everything.
-	Accept func(remote netip.AddrPort) bool
+	// Accept is called with the flow of each new connection (its peer
+	// and its own local address); false closes it at once, before any
+	// byte is read (bans, per-IP limits). Nil accepts everything.
+	Accept func(k FlowKey) bool
 	// OnRead is called for every read that returned data, keepalives
 	// included: the flow carried traffic.
 	OnRead func(k FlowKey)
@@ -93,7 +93,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 		}
 		delay = 0
 		k := FlowKey{Transport: l.tp, Local: addrPortOfConn(nc.LocalAddr()), Remote: addrPortOfConn(nc.RemoteAddr())}
-		if l.hooks.Accept != nil && !l.hooks.Accept(k.Remote) {
+		if l.hooks.Accept != nil && !l.hooks.Accept(k) {
 			nc.Close()
 			continue
 		}

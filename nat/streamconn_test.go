@@ -65,9 +65,9 @@ func newStreamEvents() *streamEvents {
 
 func (ev *streamEvents) hooks() StreamHooks {
 	return StreamHooks{
-		Accept: func(r netip.AddrPort) bool {
-			ev.accepts <- r
-			return ev.accept == nil || ev.accept(r)
+		Accept: func(k FlowKey) bool {
+			ev.accepts <- k.Remote
+			return ev.accept == nil || ev.accept(k.Remote)
 		},
 		OnRead:  func(FlowKey) { ev.reads.Add(1) },
 		OnPing:  func(k FlowKey) { ev.pings <- k },

@@ -177,6 +177,20 @@ func (t *Table) RemoveFlow(f nat.FlowKey) []Binding {
 	return removed
 }
 
+// HasAORFrom reports whether aor has a live binding registered from src.
+func (t *Table) HasAORFrom(aor string, src netip.Addr) bool {
+	now := t.now()
+	src = src.Unmap()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, b := range t.byAOR[aor] {
+		if b.Flow.Remote.Addr().Unmap() == src && b.Expires.After(now) {
+			return true
+		}
+	}
+	return false
+}
+
 // HasFlow reports whether any binding uses flow f.
 func (t *Table) HasFlow(f nat.FlowKey) bool {
 	t.mu.Lock()
