@@ -183,9 +183,13 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// parsePrefix accepts "10.0.0.0/8" or a single address.
+// parsePrefix accepts "10.0.0.0/8" or a single address; IPv4-mapped
+// IPv6 forms become IPv4, as sources are compared unmapped.
 func parsePrefix(s string) (netip.Prefix, error) {
 	if p, err := netip.ParsePrefix(s); err == nil {
+		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+			return netip.PrefixFrom(a.Unmap(), p.Bits()-96).Masked(), nil
+		}
 		return p.Masked(), nil
 	}
 	a, err := netip.ParseAddr(s)

@@ -73,6 +73,9 @@ func (s *Server) bindingEvents() binding.Events {
 		OnBind: func(b binding.Binding) {
 			s.flows.Seen(b.Flow)
 			s.updateSourceBindings(b.Flow.Remote.Addr())
+			if !s.bindings.HasFlow(b.Flow) {
+				return // removed again meanwhile: nothing to keep open
+			}
 			if b.Flow.Transport == nat.UDP {
 				s.keepalive.Watch(b.Flow)
 			} else {

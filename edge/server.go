@@ -145,6 +145,9 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		probeCfg.Mode = nat.KeepaliveOptions
 	}
 	probeCfg.Interval = cfg.NAT.FlowTimerStream
+	if err := probeCfg.Validate(); err != nil {
+		return nil, fmt.Errorf("nat.flow_timer_stream: %w", err)
+	}
 	s.probe = nat.NewKeepaliver(probeCfg, s.flows, s, s.now, nil)
 	s.bindings = binding.New(s.now, s.bindingEvents())
 
@@ -318,7 +321,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			if err := f(); err != nil && !errors.Is(err, net.ErrClosed) {
-				s.log.Debug("listener stopped", "err", err)
+				s.log.Error("listener stopped", "err", err) // it will not come back
 			}
 		}()
 	}

@@ -84,8 +84,9 @@ func (c KeepaliveConfig) Validate() error {
 		d   time.Duration
 	}{{"flow_timer", c.FlowTimerUDP}, {"flow_timer_stream", c.FlowTimerStream}} {
 		switch {
-		case ft.d < time.Second || ft.d > time.Hour:
-			bad(ft.key, "%s is outside 1s..1h", ft.d)
+		case ft.d < time.Second || ft.d > 10*time.Minute:
+			// flow_timer_stream is also the stream probe's interval
+			bad(ft.key, "%s is outside 1s..10m", ft.d)
 		case ft.d%time.Second != 0:
 			bad(ft.key, "%s is not a whole number of seconds (Flow-Timer counts seconds)", ft.d)
 		}

@@ -118,7 +118,7 @@ func TestKeepaliveConfigValidate(t *testing.T) {
 		{func(c *KeepaliveConfig) { c.Interval = time.Hour }, "nat.keepalive_interval: 1h0m0s is outside"},
 		{func(c *KeepaliveConfig) { c.Failures = 0 }, "nat.keepalive_failures: 0 is outside 1..100"},
 		{func(c *KeepaliveConfig) { c.MaxPerSecond = -1 }, "nat.keepalive_rate: -1 is outside"},
-		{func(c *KeepaliveConfig) { c.FlowTimerUDP = 0 }, "nat.flow_timer: 0s is outside 1s..1h"},
+		{func(c *KeepaliveConfig) { c.FlowTimerUDP = 0 }, "nat.flow_timer: 0s is outside 1s..10m"},
 		{func(c *KeepaliveConfig) { c.FlowTimerUDP = 2500 * time.Millisecond }, "nat.flow_timer: 2.5s is not a whole number of seconds"},
 		{func(c *KeepaliveConfig) { c.FlowTimerStream = 2 * time.Hour }, "nat.flow_timer_stream: 2h0m0s is outside"},
 	} {

@@ -72,6 +72,7 @@ func TestConfigErrors(t *testing.T) {
 		{"trusted", "[core]\ntrusted = [\"10.0.0.0/33\"]\n", "core.trusted"},
 		{"keepalive mode", "[nat]\nkeepalive = \"ping\"\n", "nat.keepalive"},
 		{"flow timer", "[nat]\nflow_timer = \"1500ms\"\n", "nat.flow_timer"},
+		{"stream flow timer", "[nat]\nflow_timer_stream = \"20m\"\n", "nat.flow_timer_stream"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -101,6 +102,10 @@ func TestCLI(t *testing.T) {
 	os.WriteFile(p, []byte("[core]\nbogus = true\n"), 0o600)
 	if code := run([]string{"check-config", p}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "core.bogus") {
 		t.Errorf("check-config of a bad file: code %d, stderr %q", code, errb.String())
+	}
+	errb.Reset()
+	if code := run([]string{"run", "/etc/sipedge.toml"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "-config") {
+		t.Errorf("run with a bare file: code %d, stderr %q", code, errb.String())
 	}
 	if code := run([]string{"frobnicate"}, &out, &errb); code != 2 {
 		t.Errorf("unknown command: code %d", code)

@@ -57,8 +57,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if err := fs.Parse(args[1:]); err != nil {
 			return 2
 		}
+		if fs.NArg() > 0 { // "sipedge run FILE" without -config would serve the defaults
+			fmt.Fprintf(stderr, "unexpected argument %q (did you mean -config %s?)\n%s", fs.Arg(0), fs.Arg(0), usage)
+			return 2
+		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
+		// SIGHUP (logrotate, a closed terminal) must not kill the edge; a
+		// reload is not implemented, so it is ignored.
+		signal.Ignore(syscall.SIGHUP)
 		if err := serve(ctx, *path, stderr); err != nil {
 			fmt.Fprintln(stderr, "sipedge:", err)
 			return 1
