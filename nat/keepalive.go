@@ -106,8 +106,13 @@ type Pinger interface {
 }
 
 const (
-	// pingWorkers bounds the pings of one tick that run at once.
-	pingWorkers = 64
+	// pingWorkers bounds the pings of one tick that run at once: enough
+	// that a few hundred silent endpoints (each holding a worker for
+	// pingTimeout) do not delay everyone else's keepalive.
+	pingWorkers = 512
+	// pingTimeout bounds one OPTIONS ping (sipgo retransmits it over UDP
+	// at 0.5, 1 and 2 s), or half the interval if that is shorter.
+	pingTimeout = 4 * time.Second
 	// jitterMin and jitterMax bound the random factor applied to the
 	// interval, after RFC 5626 §4.4.1.
 	jitterMin = 0.8
@@ -304,15 +309,14 @@ func (k *Keepaliver) take(now int64, batch []FlowKey) []FlowKey {
 	return batch
 }
 
-// send pings every key in batch with up to pingWorkers at once. Each
-// tick's pings must end within half an interval, so that none is still
-// running when its flow is due again.
+// send pings every key in batch with up to pingWorkers at once, each
+// with its own deadline: an endpoint that never answers holds up one
+// worker for pingTimeout, not the tick, and every taken key is pinged.
 func (k *Keepaliver) send(ctx context.Context, batch []FlowKey) {
 	if len(batch) == 0 {
 		return
 	}
-	tctx, cancel := context.WithTimeout(ctx, k.cfg.Interval/2)
-	defer cancel()
+	timeout := min(k.cfg.Interval/2, pingTimeout)
 	var (
 		next atomic.Int64
 		wg   sync.WaitGroup
@@ -321,10 +325,12 @@ func (k *Keepaliver) send(ctx context.Context, batch []FlowKey) {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= len(batch) || tctx.Err() != nil {
+				if i >= len(batch) || ctx.Err() != nil {
 					return
 				}
-				k.ping(ctx, tctx, batch[i])
+				pctx, cancel := context.WithTimeout(ctx, timeout)
+				k.ping(ctx, pctx, batch[i])
+				cancel()
 			}
 		})
 	}

@@ -21,8 +21,9 @@ type pingCall struct {
 
 // fakePinger records pings; fail, if set, decides each one's result.
 type fakePinger struct {
-	clk  *fakeClock
-	fail func(FlowKey) error
+	clk     *fakeClock
+	fail    func(FlowKey) error
+	failCtx func(context.Context, FlowKey) error // like fail, seeing the ping's context
 
 	mu    sync.Mutex
 	calls []pingCall
@@ -34,6 +35,9 @@ func (p *fakePinger) Ping(ctx context.Context, k FlowKey, mode KeepaliveMode) er
 	p.mu.Unlock()
 	if p.fail != nil {
 		return p.fail(k)
+	}
+	if p.failCtx != nil {
+		return p.failCtx(ctx, k)
 	}
 	return nil
 }
@@ -662,4 +666,36 @@ type countPinger struct{ n atomic.Int64 }
 func (p *countPinger) Ping(context.Context, FlowKey, KeepaliveMode) error {
 	p.n.Add(1)
 	return nil
+}
+
+// Endpoints that never answer hold up one worker each for the ping
+// timeout, not the whole tick: every live flow due in the same tick is
+// still pinged, and every silent one counts a miss.
+func TestSilentEndpointsDoNotStarveTheTick(t *testing.T) {
+	h := newKA(t, func(c *KeepaliveConfig) { c.Mode = KeepaliveOptions; c.Interval = 2 * time.Second })
+	keys := h.watch(1000)
+	silent := map[FlowKey]bool{}
+	for _, k := range keys[:100] {
+		silent[k] = true
+	}
+	h.p.failCtx = func(ctx context.Context, k FlowKey) error {
+		if silent[k] {
+			<-ctx.Done() // no answer until the ping's own deadline
+			return ctx.Err()
+		}
+		return nil
+	}
+	h.tick(t, 2*time.Second)
+	pinged := map[FlowKey]bool{}
+	for _, c := range h.p.take() {
+		pinged[c.k] = true
+	}
+	if len(pinged) != 1000 {
+		t.Fatalf("%d of 1000 due flows pinged in one tick", len(pinged))
+	}
+	for _, k := range keys[:100] {
+		if f := mustGet(t, h.flows, k); f.Misses != 1 {
+			t.Fatalf("silent flow: %d misses, want 1", f.Misses)
+		}
+	}
 }
