@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strconv"
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/binding"
 	"github.com/sipedge/sipedge/nat"
-	"github.com/sipedge/sipedge/ratelimit"
 )
 
 // This file connects the NAT machinery to the edge: flows are created by
@@ -25,20 +23,6 @@ var crlfPing = []byte("\r\n\r\n")
 // core accepted creates a flow, so a flood of unknown sources cannot fill
 // the table, and traffic never revives a flow found dead.
 func (s *Server) refresh(k nat.FlowKey) { s.flows.Touch(k) }
-
-// packetHooks observes one access UDP socket.
-func (s *Server) packetHooks(local netip.AddrPort) nat.PacketHooks {
-	seen := func(src netip.AddrPort) { s.refresh(nat.FlowKey{Transport: nat.UDP, Local: local, Remote: src}) }
-	return nat.PacketHooks{
-		Accept: func(src netip.AddrPort, n int) bool {
-			if s.limiter.Packet(src.Addr(), n) != ratelimit.Allow {
-				return false // before sipgo parses, pools or logs anything
-			}
-			seen(src)
-			return true
-		},
-	}
-}
 
 // flowDead removes the bindings of a flow that died.
 func (s *Server) flowDead(k nat.FlowKey, why string) {

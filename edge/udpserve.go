@@ -9,6 +9,7 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/ratelimit"
 )
 
 // recycleAfter is how many datagrams from sources without a flow sipgo
@@ -47,24 +48,33 @@ func (u *udpSocket) Close() error {
 	return nil
 }
 
-// newUDPSocket wraps one access UDP socket bound to local.
+// newUDPSocket wraps one access UDP socket bound to local. Per datagram
+// it costs one limiter check and one flow-table lookup, both before sipgo
+// sees anything.
 func (s *Server) newUDPSocket(raw net.PacketConn, local netip.AddrPort) *udpSocket {
 	u := &udpSocket{raw: raw}
-	hooks := s.packetHooks(local)
-	hooks.Inspect = func(src netip.AddrPort, b []byte) bool {
-		if !looksLikeSIP(b) {
-			s.limiter.Malformed(src.Addr())
-			return false // garbage never reaches sipgo's parser, pool or log
-		}
-		if _, ok := s.flows.Get(nat.FlowKey{Transport: nat.UDP, Local: local, Remote: src}); !ok {
-			if u.unknown.Add(1) >= recycleAfter {
+	u.PacketConn = nat.NewPacketConn(raw, nat.PacketHooks{
+		Accept: func(src netip.AddrPort, n int) bool {
+			if s.limiter.Packet(src.Addr(), n) != ratelimit.Allow {
+				return false // before sipgo parses, pools or logs anything
+			}
+			// Traffic refreshes a known flow; datagrams from flowless
+			// sources (STUN and CRLF included, a slight overcount) bring
+			// the next read-loop restart closer.
+			if !s.flows.Touch(nat.FlowKey{Transport: nat.UDP, Local: local, Remote: src}) && u.unknown.Add(1) >= recycleAfter {
 				u.unknown.Store(0)
 				u.recycle.Store(true)
 			}
-		}
-		return true
-	}
-	u.PacketConn = nat.NewPacketConn(raw, hooks)
+			return true
+		},
+		Inspect: func(src netip.AddrPort, b []byte) bool {
+			if !looksLikeSIP(b) {
+				s.limiter.Malformed(src.Addr())
+				return false // garbage never reaches sipgo's parser, pool or log
+			}
+			return true
+		},
+	})
 	return u
 }
 
