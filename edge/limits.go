@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/emiago/sipgo/sip"
@@ -39,7 +38,7 @@ func (s *Server) limit(next Handler) Handler {
 	return func(ctx context.Context, r *Request) error {
 		aor := ""
 		if r.Method == sip.REGISTER {
-			aor = aorOf(r.To())
+			aor = aorOf(r.To().Address) // sanity guarantees a To
 			// A phone refreshing its own binding is not charged the AOR's
 			// budget: otherwise anyone naming its AOR could lock it out.
 			if s.bindings.HasAORFrom(aor, r.Flow.Remote.Addr()) {
@@ -67,18 +66,6 @@ func (s *Server) limit(next Handler) Handler {
 // busy is the 503 for a plausible client that is over a limit.
 func (s *Server) busy() *Error {
 	return reject(503, "Service Unavailable", sip.NewHeader("Retry-After", strconv.Itoa(int(s.limiter.RetryAfter().Seconds()))))
-}
-
-// aorOf normalises a To URI into an AOR the way the registrar does.
-func aorOf(to *sip.ToHeader) string {
-	if to == nil {
-		return ""
-	}
-	host := strings.ToLower(to.Address.Host)
-	if to.Address.User == "" {
-		return to.Address.Scheme + ":" + host
-	}
-	return to.Address.Scheme + ":" + to.Address.User + "@" + host
 }
 
 // hadCredentials reports whether a request carried an answer to a

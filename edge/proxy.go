@@ -206,7 +206,7 @@ func (s *Server) proxyToCore(ctx context.Context, r *Request) error {
 	}
 	return s.forward(ctx, r, fwd, h, func(res *sip.Response) {
 		if c := res.StatusCode; (c == 401 || c == 403 || c == 407) && hadCredentials(r.Request) {
-			s.limiter.AuthFailure(r.Flow.Remote.Addr(), aorOf(&sip.ToHeader{Address: r.From().Address}))
+			s.limiter.AuthFailure(r.Flow.Remote.Addr(), aorOf(r.From().Address))
 		}
 	})
 }

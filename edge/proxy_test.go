@@ -249,7 +249,7 @@ Content-Length: 0
 	// BYE from the phone, in dialog: Route is the reversed Record-Route.
 	bye := `BYE sip:carol@example.com SIP/2.0
 Via: SIP/2.0/UDP ` + c.phone.Local.String() + `;branch=z9hG4bK-out-2;rport
-Route: ` + routeSetUAC(res) + `
+Route: ` + routeSet(res) + `
 Max-Forwards: 70
 From: <sip:bob@example.com>;tag=bob1
 To: ` + res.To().Value() + `
@@ -267,9 +267,6 @@ Content-Length: 0
 		t.Fatalf("BYE got %d", res.StatusCode)
 	}
 }
-
-// routeSetUAC is the caller's route set: the Record-Route reversed.
-func routeSetUAC(res *sip.Response) string { return routeSet(res) }
 
 func nextRequestOf(t *testing.T, reg *upstreamtest.Registrar, method string) *sip.Request {
 	t.Helper()

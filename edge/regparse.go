@@ -52,6 +52,16 @@ func (r *registerRequest) supports(tag string) bool {
 	return false
 }
 
+// aorOf is the address-of-record a URI names: scheme:user@host, host
+// lowercased, without port or parameters.
+func aorOf(u sip.Uri) string {
+	host := strings.ToLower(u.Host)
+	if u.User == "" {
+		return u.Scheme + ":" + host
+	}
+	return u.Scheme + ":" + u.User + "@" + host
+}
+
 // parseRegister reads what the registrar needs from a sane REGISTER.
 func parseRegister(req *sip.Request) (*registerRequest, *Error) {
 	to := req.To()
@@ -65,14 +75,11 @@ func parseRegister(req *sip.Request) (*registerRequest, *Error) {
 		return nil, reject(400, "Bad To Header")
 	}
 	r := &registerRequest{
+		AOR:     aorOf(to.Address),
 		Domain:  strings.ToLower(to.Address.Host),
 		Expires: noExpires,
 		CallID:  req.CallID().Value(),
 		CSeq:    req.CSeq().SeqNo,
-	}
-	r.AOR = to.Address.Scheme + ":" + r.Domain
-	if to.Address.User != "" {
-		r.AOR = to.Address.Scheme + ":" + to.Address.User + "@" + r.Domain
 	}
 	if hs := req.GetHeaders("Expires"); len(hs) > 0 {
 		if len(hs) > 1 {
