@@ -111,22 +111,7 @@ func (s *Server) pingOptions(ctx context.Context, k nat.FlowKey) error {
 	if err := h.prepare(req, sip.GenerateBranch()); err != nil {
 		return err
 	}
-	tx, err := h.client.TransactionRequest(ctx, req, prebuilt)
-	if err != nil {
-		return err
-	}
-	defer tx.Terminate()
-	select {
-	case <-tx.Responses():
-		return nil // any answer proves the endpoint is there
-	case <-tx.Done():
-		if err := tx.Err(); err != nil {
-			return err
-		}
-		return errors.New("no answer")
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return h.ask(ctx, req) // any answer proves the endpoint is there
 }
 
 // outbound adds what an RFC 5626 client needs in its 2xx: Require:

@@ -194,16 +194,29 @@ func (s *Server) cancelBranch(fwd *sip.Request, h hop) {
 	h.address(c)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Core.Timeout)
 	defer cancel()
-	tx, err := h.client.TransactionRequest(ctx, c, prebuilt)
+	if err := h.ask(ctx, c); err != nil {
+		s.log.Debug("CANCEL unanswered", "dst", h.dest, "err", err)
+	}
+}
+
+// ask runs a non-INVITE transaction of the edge's own over h and returns
+// nil once any response arrives.
+func (h hop) ask(ctx context.Context, req *sip.Request) error {
+	tx, err := h.client.TransactionRequest(ctx, req, prebuilt)
 	if err != nil {
-		s.log.Debug("CANCEL not sent", "dst", h.dest, "err", err)
-		return
+		return err
 	}
 	defer tx.Terminate()
 	select {
 	case <-tx.Responses():
+		return nil
 	case <-tx.Done():
+		if err := tx.Err(); err != nil {
+			return err
+		}
+		return errors.New("no answer")
 	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -249,16 +262,7 @@ func (s *Server) hangUp(fwd *sip.Request, res *sip.Response, h hop) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Core.Timeout)
 	defer cancel()
-	tx, err := h.client.TransactionRequest(ctx, bye, prebuilt)
-	if err != nil {
-		return
-	}
-	defer tx.Terminate()
-	select {
-	case <-tx.Responses():
-	case <-tx.Done():
-	case <-ctx.Done():
-	}
+	_ = h.ask(ctx, bye) // best effort: the call was never up upstream
 }
 
 // stripTopVia returns a copy of res without the edge's own Via.
