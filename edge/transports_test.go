@@ -50,26 +50,24 @@ func TestRegisterOverTLS(t *testing.T) {
 	}
 }
 
-// REGISTER over WebSocket (RFC 7118), with the "sip" subprotocol.
-func TestRegisterOverWebSocket(t *testing.T) {
-	core := upstreamtest.Start(t, upstreamtest.Options{})
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
-		c.Access.WS = []string{"127.0.0.1:0"}
-	})
+// registerOverWS registers user over a WebSocket (RFC 7118, "sip"
+// subprotocol) to url, as a browser phone does, and returns the local
+// address of the connection once the answer is a 200.
+func registerOverWS(t *testing.T, url, user string, tlsConf *tls.Config) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	d := ws.Dialer{Protocols: []string{"sip"}}
-	conn, _, _, err := d.Dial(ctx, "ws://"+e.WS.String())
+	d := ws.Dialer{Protocols: []string{"sip"}, TLSConfig: tlsConf}
+	conn, _, _, err := d.Dial(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	local := conn.LocalAddr().String()
+	t.Cleanup(func() { conn.Close() })
 	reg := "REGISTER sip:example.com SIP/2.0\r\n" +
-		"Via: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bK-ws-1;rport\r\n" +
-		"Max-Forwards: 70\r\nFrom: <sip:ws@example.com>;tag=w1\r\nTo: <sip:ws@example.com>\r\n" +
-		"Call-ID: ws-1\r\nCSeq: 1 REGISTER\r\nContact: <sip:ws@df7jal23ls0d.invalid;transport=ws>\r\nExpires: 600\r\n" +
-		"Content-Length: 0\r\n\r\n"
+		"Via: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bK-" + user + "-1;rport\r\n" +
+		"Max-Forwards: 70\r\nFrom: <sip:" + user + "@example.com>;tag=w1\r\nTo: <sip:" + user + "@example.com>\r\n" +
+		"Call-ID: " + user + "-1\r\nCSeq: 1 REGISTER\r\nContact: <sip:" + user + "@df7jal23ls0d.invalid;transport=ws>\r\n" +
+		"Expires: 600\r\nContent-Length: 0\r\n\r\n"
 	if err := wsutil.WriteClientText(conn, []byte(reg)); err != nil {
 		t.Fatal(err)
 	}
@@ -85,12 +83,37 @@ func TestRegisterOverWebSocket(t *testing.T) {
 	if res, ok := m.(*sip.Response); !ok || res.StatusCode != 200 {
 		t.Fatalf("got %s", strings.SplitN(string(data), "\r\n", 2)[0])
 	}
+	return conn.LocalAddr().String()
+}
+
+// REGISTER over WebSocket (RFC 7118).
+func TestRegisterOverWebSocket(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+		c.Access.WS = []string{"127.0.0.1:0"}
+	})
+	local := registerOverWS(t, "ws://"+e.WS.String(), "ws", nil)
 	bs := e.Bindings().Lookup("sip:ws@example.com")
 	if len(bs) != 1 || bs[0].Flow.Transport != nat.WS || bs[0].Flow.Remote.String() != local {
 		t.Fatalf("bindings %+v, want one on the WS connection from %s", bs, local)
 	}
 	if !bs[0].NAT.BehindNAT() {
 		t.Errorf("a .invalid Via host should count as NAT evidence, got %v", bs[0].NAT)
+	}
+}
+
+// REGISTER over secure WebSocket (WSS).
+func TestRegisterOverSecureWebSocket(t *testing.T) {
+	cert, key := edgetest.SelfSignedCert(t, t.TempDir())
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+		c.Access.WSS = []string{"127.0.0.1:0"}
+		c.Access.TLSCert, c.Access.TLSKey = cert, key
+	})
+	local := registerOverWS(t, "wss://"+e.WSS.String(), "wss", &tls.Config{InsecureSkipVerify: true})
+	bs := e.Bindings().Lookup("sip:wss@example.com")
+	if len(bs) != 1 || bs[0].Flow.Transport != nat.WSS || bs[0].Flow.Remote.String() != local {
+		t.Fatalf("bindings %+v, want one on a WSS flow from %s", bs, local)
 	}
 }
 
@@ -139,43 +162,5 @@ func TestAccessSideNeverDials(t *testing.T) {
 	case <-dialed:
 		t.Fatal("the edge connected to the address in a phone's Via")
 	case <-time.After(500 * time.Millisecond):
-	}
-}
-
-// REGISTER over secure WebSocket (WSS).
-func TestRegisterOverSecureWebSocket(t *testing.T) {
-	cert, key := edgetest.SelfSignedCert(t, t.TempDir())
-	core := upstreamtest.Start(t, upstreamtest.Options{})
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
-		c.Access.WSS = []string{"127.0.0.1:0"}
-		c.Access.TLSCert, c.Access.TLSKey = cert, key
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	d := ws.Dialer{Protocols: []string{"sip"}, TLSConfig: &tls.Config{InsecureSkipVerify: true}}
-	conn, _, _, err := d.Dial(ctx, "wss://"+e.WSS.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	reg := "REGISTER sip:example.com SIP/2.0\r\n" +
-		"Via: SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bK-wss-1;rport\r\n" +
-		"Max-Forwards: 70\r\nFrom: <sip:wss@example.com>;tag=w1\r\nTo: <sip:wss@example.com>\r\n" +
-		"Call-ID: wss-1\r\nCSeq: 1 REGISTER\r\nContact: <sip:wss@df7jal23ls0d.invalid;transport=ws>\r\nExpires: 600\r\n" +
-		"Content-Length: 0\r\n\r\n"
-	if err := wsutil.WriteClientText(conn, []byte(reg)); err != nil {
-		t.Fatal(err)
-	}
-	conn.SetReadDeadline(time.Now().Add(wait))
-	data, err := wsutil.ReadServerText(conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(string(data), "SIP/2.0 200 ") {
-		t.Fatalf("got %q", strings.SplitN(string(data), "\r\n", 2)[0])
-	}
-	bs := e.Bindings().Lookup("sip:wss@example.com")
-	if len(bs) != 1 || bs[0].Flow.Transport != nat.WSS {
-		t.Fatalf("bindings %+v, want one on a WSS flow", bs)
 	}
 }
