@@ -56,12 +56,9 @@ func (l *Limiter) Packet(src netip.Addr, size int) Decision {
 	default:
 		e.pkt, e.bytes = tp, tb
 	}
-	var b Ban
-	var banned bool
-	if r != ReasonNone && l.overLimit(e, now) {
-		if b, banned = l.banLocked(sh, k, e, ReasonFlood, now); banned {
-			r = ReasonFlood
-		}
+	b, banned := l.floodLocked(sh, k, e, r, now)
+	if banned {
+		r = ReasonFlood
 	}
 	sh.mu.Unlock()
 	if banned {
@@ -118,12 +115,9 @@ func (l *Limiter) Accept(src netip.Addr) (Decision, func()) {
 		return Allow, l.releaser(k, true)
 	}
 	r := l.acceptLocked(e, l.factor(e), now)
-	var b Ban
-	var banned bool
-	if r != ReasonNone && l.overLimit(e, now) {
-		if b, banned = l.banLocked(sh, k, e, ReasonFlood, now); banned {
-			r = ReasonFlood
-		}
+	b, banned := l.floodLocked(sh, k, e, r, now)
+	if banned {
+		r = ReasonFlood
 	}
 	sh.mu.Unlock()
 	if banned {
@@ -170,4 +164,14 @@ func (l *Limiter) releaser(k key, overflow bool) func() {
 		}
 		sh.mu.Unlock()
 	}
+}
+
+// floodLocked bans k for a flood when it is over a limit (r) and has been
+// without pause for flood_window. sh.mu must be held; the ban is emitted
+// by the caller once the lock is released.
+func (l *Limiter) floodLocked(sh *shard, k key, e *entry, r Reason, now int64) (Ban, bool) {
+	if r == ReasonNone || !l.overLimit(e, now) {
+		return Ban{}, false
+	}
+	return l.banLocked(sh, k, e, ReasonFlood, now)
 }

@@ -57,8 +57,8 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string) (Decisi
 		d, r = Drop, ReasonScanner
 	} else if e := l.lookup(sh, k, insert); e != nil {
 		d, r = l.requestLocked(l.reqsOf(sh, e), &e.reply, l.factor(e), method, aor, t, now)
-		if r != ReasonNone && r != ReasonAORRate && l.overLimit(e, now) {
-			if b, banned = l.banLocked(sh, k, e, ReasonFlood, now); banned {
+		if r != ReasonAORRate { // the AOR's traffic is not this source's fault
+			if b, banned = l.floodLocked(sh, k, e, r, now); banned {
 				d, r = Drop, ReasonFlood
 			}
 		}
