@@ -19,8 +19,9 @@ run: build ## run sipedge on the shipped config (phones: 127.0.0.1:5060, core: 1
 
 test: lint unit interop natlab ## everything CI runs: lint, unit tests with -race, interop with Kamailio and sipp, the NAT lab
 
-unit: ## unit and in-process tests with -race
+unit: ## unit and in-process tests with -race, then the allocation checks that -race cannot make
 	$(GO) test -race -count=1 $(PKGS)
+	$(GO) test -count=1 -run 'Allocs$$' ./nat/ ./ratelimit/
 
 lint: ## gofmt, go vet, staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }

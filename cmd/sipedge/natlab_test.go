@@ -1206,7 +1206,8 @@ func TestNATLabBaresipOutbound(t *testing.T) {
 	regsSeen := len(k.lines("NL-REGISTER"))
 
 	uac := l.sendMessage("1000")
-	time.Sleep(300 * time.Millisecond)
+	// The MESSAGE is in the phone-side capture before baresip goes away.
+	capCli.waitFor(1, nlAnd(nlIsKind("SIP MESSAGE"), nlTo(nlPhoneIP)), 5*time.Second)
 	t.Logf("core → baresip MESSAGE: status %d (sipp exit %d) after %s", uac.status, uac.exit, uac.elapsed.Round(time.Millisecond))
 	b.stop(t) // it un-REGISTERs on its way out: after everything counted
 	pub := capPub.packets(t)
