@@ -16,7 +16,8 @@ const (
 	// FlowSuspect: at least one keepalive went unanswered since.
 	FlowSuspect
 	// FlowDead: too many keepalives went unanswered, or the connection
-	// closed. Inbound traffic on the flow revives it.
+	// closed. Traffic on the flow does not revive it (Touch ignores a
+	// dead flow); only a new registration on it does (Seen).
 	FlowDead
 )
 
@@ -35,7 +36,7 @@ func (s FlowState) String() string {
 type Flow struct {
 	Key      FlowKey
 	Created  time.Time
-	LastIn   time.Time     // last inbound traffic (Seen)
+	LastIn   time.Time     // last inbound traffic (Seen, Touch)
 	LastPing time.Time     // last keepalive sent (PingSent)
 	LastPong time.Time     // last keepalive answered (Pong)
 	RTT      time.Duration // of the last answered keepalive
@@ -72,17 +73,21 @@ type flowEntry struct {
 // FlowTable tracks flows (RFC 5626 §3.3): when each last carried traffic
 // and how it answers keepalives. It is safe for concurrent use.
 //
-// The table is bounded. Seen runs for every inbound packet, before any
-// authentication, and UDP source addresses are trivially spoofed: if
-// every new source created an entry, a flood of spoofed packets would
-// grow memory without limit. At max entries a new flow is therefore not
-// tracked (Stats counts it as refused) while known flows carry on. Sweep
-// frees the entries of flows gone quiet, so a flood cannot keep the table
-// full for longer than the sweep's idle time.
+// Only Seen creates entries, and the edge calls it only when the core
+// accepted a registration on the flow; Touch, which runs for every
+// inbound packet before any authentication, refreshes known flows and
+// never creates one, so spoofed sources cannot add entries. The table is
+// bounded all the same, because registrations are what it holds: many
+// accepted registrations from many sources, or one account registering
+// from ever new addresses, would otherwise grow memory without limit. At
+// max entries a new flow is therefore not tracked (Stats counts it as
+// refused) while known flows carry on. Sweep frees the entries of flows
+// gone quiet, so they cannot keep the table full for longer than the
+// sweep's idle time.
 //
-// One mutex guards the map: Seen on a known flow is a lookup and a store,
-// tens of nanoseconds, which measured fast enough not to need sharding
-// (see BenchmarkFlowTableSeen).
+// One mutex guards the map: Seen or Touch on a known flow is a lookup and
+// a store, tens of nanoseconds, which measured fast enough not to need
+// sharding (see BenchmarkFlowTableSeen).
 type FlowTable struct {
 	max     int
 	now     func() time.Time
@@ -93,23 +98,24 @@ type FlowTable struct {
 	m  map[FlowKey]flowEntry
 }
 
-// NewFlowTable returns a table of at most max flows (max must be
-// positive) that reads time from now (nil means time.Now).
-func NewFlowTable(max int, now func() time.Time, ev FlowEvents) *FlowTable {
+// NewFlowTable returns a table of at most max flows that reads time from
+// now (nil means time.Now). max below 1 is an error.
+func NewFlowTable(max int, now func() time.Time, ev FlowEvents) (*FlowTable, error) {
 	if max < 1 {
-		panic("nat: NewFlowTable: max must be positive")
+		return nil, fmt.Errorf("nat: flow table size %d is below 1", max)
 	}
 	if now == nil {
 		now = time.Now
 	}
-	return &FlowTable{max: max, now: now, ev: ev, m: make(map[FlowKey]flowEntry)}
+	return &FlowTable{max: max, now: now, ev: ev, m: make(map[FlowKey]flowEntry)}, nil
 }
 
 func (t *FlowTable) nanos() int64 { return t.now().UnixNano() }
 
-// Seen records inbound traffic on k: it creates the flow if the table
-// has room, or refreshes it, and makes it alive again if it was suspect
-// or dead. It does not allocate for a known flow.
+// Seen records a registration on k, which is inbound traffic too: it
+// creates the flow if the table has room, or refreshes it, and makes it
+// alive again if it was suspect or dead. It does not allocate for a
+// known flow.
 func (t *FlowTable) Seen(k FlowKey) {
 	now := t.nanos()
 	t.mu.Lock()
@@ -240,20 +246,32 @@ func (t *FlowTable) Alive(k FlowKey) bool {
 // carried inbound traffic after since, other than the answer to a ping,
 // and after now-fresh, it returns that traffic's time and ping false: the
 // traffic kept the NAT binding open. Otherwise it records a ping sent at
-// now and returns ping true. Unknown flows always get pinged.
-func (t *FlowTable) pingDue(k FlowKey, since, now, fresh int64) (lastIn int64, ping bool) {
+// now and returns ping true, with the time of the ping before for
+// unping. Unknown flows always get pinged.
+func (t *FlowTable) pingDue(k FlowKey, since, now, fresh int64) (lastIn, prevPing int64, ping bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e, ok := t.m[k]
 	if !ok {
-		return 0, true
+		return 0, 0, true
 	}
 	if e.lastIn > max(since, e.lastPong, now-fresh) {
-		return e.lastIn, false
+		return e.lastIn, 0, false
 	}
-	e.lastPing = now
+	prevPing, e.lastPing = e.lastPing, now
 	t.m[k] = e
-	return e.lastIn, true
+	return e.lastIn, prevPing, true
+}
+
+// unping takes back the ping that pingDue recorded at now and the rate
+// cap then held back, unless another ping was recorded since.
+func (t *FlowTable) unping(k FlowKey, now, prevPing int64) {
+	t.mu.Lock()
+	if e, ok := t.m[k]; ok && e.lastPing == now {
+		e.lastPing = prevPing
+		t.m[k] = e
+	}
+	t.mu.Unlock()
 }
 
 // Remove forgets k.

@@ -3,6 +3,7 @@ package nat
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -65,6 +66,16 @@ func (r *deadRecorder) take() []deadEvent {
 	return e
 }
 
+// newFlowTable is NewFlowTable for arguments that must be valid.
+func newFlowTable(tb testing.TB, max int, now func() time.Time, ev FlowEvents) *FlowTable {
+	tb.Helper()
+	ft, err := NewFlowTable(max, now, ev)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ft
+}
+
 func mustGet(t *testing.T, ft *FlowTable, k FlowKey) Flow {
 	t.Helper()
 	f, ok := ft.Get(k)
@@ -85,7 +96,7 @@ func TestFlowStateString(t *testing.T) {
 func TestFlowLifecycle(t *testing.T) {
 	clk := newFakeClock()
 	rec := &deadRecorder{}
-	ft := NewFlowTable(10, clk.Now, FlowEvents{OnDead: rec.OnDead})
+	ft := newFlowTable(t, 10, clk.Now, FlowEvents{OnDead: rec.OnDead})
 	k := udpFlow(1)
 
 	t0 := clk.Now()
@@ -138,7 +149,7 @@ func TestFlowLifecycle(t *testing.T) {
 		t.Errorf("OnDead fired again for a dead flow: %v", ev)
 	}
 
-	// Inbound traffic revives it.
+	// A new registration (Seen) revives it.
 	tIn := clk.Advance(time.Second)
 	ft.Seen(k)
 	if f = mustGet(t, ft, k); f.State != FlowAlive || f.Misses != 0 || !f.LastIn.Equal(tIn) || !f.Created.Equal(t0) {
@@ -169,7 +180,7 @@ func TestFlowLifecycle(t *testing.T) {
 }
 
 func TestFlowMissedLimitBelowOne(t *testing.T) {
-	ft := NewFlowTable(1, newFakeClock().Now, FlowEvents{})
+	ft := newFlowTable(t, 1, newFakeClock().Now, FlowEvents{})
 	ft.Seen(udpFlow(1))
 	if !ft.Missed(udpFlow(1), 0) {
 		t.Error("limit 0 did not count as 1")
@@ -178,7 +189,7 @@ func TestFlowMissedLimitBelowOne(t *testing.T) {
 
 func TestFlowUnknownIgnored(t *testing.T) {
 	rec := &deadRecorder{}
-	ft := NewFlowTable(10, newFakeClock().Now, FlowEvents{OnDead: rec.OnDead})
+	ft := newFlowTable(t, 10, newFakeClock().Now, FlowEvents{OnDead: rec.OnDead})
 	k := udpFlow(7)
 	ft.PingSent(k)
 	ft.Pong(k)
@@ -197,7 +208,7 @@ func TestFlowUnknownIgnored(t *testing.T) {
 
 func TestFlowTableBounded(t *testing.T) {
 	clk := newFakeClock()
-	ft := NewFlowTable(3, clk.Now, FlowEvents{})
+	ft := newFlowTable(t, 3, clk.Now, FlowEvents{})
 	for i := range 10 {
 		ft.Seen(udpFlow(i))
 	}
@@ -226,17 +237,17 @@ func TestFlowTableBounded(t *testing.T) {
 	}
 }
 
-func TestNewFlowTablePanicsOnZeroMax(t *testing.T) {
-	defer func() {
-		if recover() == nil {
-			t.Error("NewFlowTable(0) did not panic")
+func TestNewFlowTableRejectsZeroMax(t *testing.T) {
+	for _, max := range []int{0, -1} {
+		ft, err := NewFlowTable(max, nil, FlowEvents{})
+		if err == nil || ft != nil || !strings.Contains(err.Error(), "below 1") {
+			t.Errorf("NewFlowTable(%d) = %v, %v; want an error saying the size is below 1", max, ft, err)
 		}
-	}()
-	NewFlowTable(0, nil, FlowEvents{})
+	}
 }
 
 func TestFlowSnapshot(t *testing.T) {
-	ft := NewFlowTable(10, newFakeClock().Now, FlowEvents{})
+	ft := newFlowTable(t, 10, newFakeClock().Now, FlowEvents{})
 	want := map[FlowKey]bool{}
 	for i := range 4 {
 		ft.Seen(udpFlow(i))
@@ -260,7 +271,7 @@ func TestFlowSnapshot(t *testing.T) {
 
 func TestFlowSweep(t *testing.T) {
 	clk := newFakeClock()
-	ft := NewFlowTable(10, clk.Now, FlowEvents{})
+	ft := newFlowTable(t, 10, clk.Now, FlowEvents{})
 	quiet, pinged, busy, kept, revived := udpFlow(1), udpFlow(2), udpFlow(3), udpFlow(4), udpFlow(5)
 	for _, k := range []FlowKey{quiet, pinged, busy, kept, revived} {
 		ft.Seen(k)
@@ -300,7 +311,7 @@ func TestFlowSweep(t *testing.T) {
 
 func TestFlowOnDeadMayCallBack(t *testing.T) {
 	var ft *FlowTable
-	ft = NewFlowTable(10, newFakeClock().Now, FlowEvents{OnDead: func(k FlowKey, why string) {
+	ft = newFlowTable(t, 10, newFakeClock().Now, FlowEvents{OnDead: func(k FlowKey, why string) {
 		ft.Remove(k) // would deadlock if OnDead ran under the lock
 	}})
 	ft.Seen(udpFlow(1))
@@ -316,7 +327,7 @@ func TestFlowSeenAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts are not meaningful under -race")
 	}
-	ft := NewFlowTable(1000, nil, FlowEvents{})
+	ft := newFlowTable(t, 1000, nil, FlowEvents{})
 	keys := []FlowKey{udpFlow(1), {Transport: TCP, Local: netip.MustParseAddrPort("[2001:db8::1]:5060"), Remote: netip.MustParseAddrPort("[2001:db8::2]:40000")}}
 	for _, k := range keys {
 		ft.Seen(k)
@@ -327,7 +338,7 @@ func TestFlowSeenAllocs(t *testing.T) {
 			t.Errorf("Alive(%v): %v allocs", k, n)
 		}
 	}
-	full := NewFlowTable(1, nil, FlowEvents{})
+	full := newFlowTable(t, 1, nil, FlowEvents{})
 	full.Seen(udpFlow(1))
 	if n := testing.AllocsPerRun(100, func() { full.Seen(udpFlow(2)) }); n != 0 {
 		t.Errorf("Seen refused by a full table: %v allocs", n)
@@ -335,7 +346,7 @@ func TestFlowSeenAllocs(t *testing.T) {
 }
 
 func TestFlowConcurrent(t *testing.T) {
-	ft := NewFlowTable(50, nil, FlowEvents{OnDead: func(FlowKey, string) {}})
+	ft := newFlowTable(t, 50, nil, FlowEvents{OnDead: func(FlowKey, string) {}})
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Go(func() {
@@ -372,7 +383,7 @@ func TestFlowConcurrent(t *testing.T) {
 func BenchmarkFlowTableSeen(b *testing.B) {
 	for _, n := range []int{1000, 100_000} {
 		keys := make([]FlowKey, n)
-		ft := NewFlowTable(n, nil, FlowEvents{})
+		ft := newFlowTable(b, n, nil, FlowEvents{})
 		for i := range keys {
 			keys[i] = udpFlow(i)
 			ft.Seen(keys[i])
@@ -410,7 +421,7 @@ func BenchmarkClock(b *testing.B) {
 
 func TestTouchNeverCreatesNorRevives(t *testing.T) {
 	var dead []FlowKey
-	ft := NewFlowTable(10, time.Now, FlowEvents{OnDead: func(k FlowKey, why string) { dead = append(dead, k) }})
+	ft := newFlowTable(t, 10, time.Now, FlowEvents{OnDead: func(k FlowKey, why string) { dead = append(dead, k) }})
 	k := FlowKey{Transport: TCP, Local: netip.MustParseAddrPort("192.0.2.1:5060"), Remote: netip.MustParseAddrPort("198.51.100.1:4000")}
 	if ft.Touch(k) || ft.Len() != 0 {
 		t.Fatal("Touch created a flow")

@@ -35,9 +35,10 @@ type KeepaliveConfig struct {
 	// Failures is how many keepalives in a row may go unanswered before
 	// the flow is dead.
 	Failures int `toml:"keepalive_failures"`
-	// MaxPerSecond caps keepalives sent per second over all flows. Those
-	// over the cap wait for a later tick, so more than MaxPerSecond ×
-	// Interval flows stretch every flow's interval.
+	// MaxPerSecond caps keepalives sent per second over all flows: the
+	// caller builds the Keepaliver's RateCap from it. Those over the cap
+	// wait for a later tick, so more than MaxPerSecond × Interval flows
+	// stretch every flow's interval.
 	MaxPerSecond int `toml:"keepalive_rate"`
 	// FlowTimerUDP is the Flow-Timer (RFC 5626 §4.4.1) the edge grants
 	// outbound clients on UDP: how often they must send their own
@@ -97,18 +98,36 @@ func (c KeepaliveConfig) Validate() error {
 // Pinger sends one keepalive on a flow; the edge implements it.
 //
 // For KeepaliveCRLF it writes "\r\n\r\n" (on UDP from the listening
-// socket) and returns nil once it is sent: no answer is expected. For
-// KeepaliveOptions it runs an OPTIONS transaction over the flow and
-// returns nil on any response, an error on timeout. Either way it must
-// return promptly once ctx is done.
+// socket, see PacketConn.Ping) and returns nil once it is sent: no answer
+// is expected. The Keepaliver sends CRLF pings one after another on the
+// goroutine that called Tick, with Tick's context and no deadline of
+// their own, so such a ping must not block: a single non-blocking write.
+// For KeepaliveOptions it runs an OPTIONS transaction over the flow and
+// returns nil on any response, an error on timeout; it must return
+// promptly once ctx is done.
 type Pinger interface {
 	Ping(ctx context.Context, k FlowKey, mode KeepaliveMode) error
 }
 
+// RateCap bounds how many pings leave per second over all flows.
+// ratelimit.Rate implements it; tests may use anything. The Keepaliver
+// calls Allow once for each ping it is about to send, with its own lock
+// held, so Allow must be quick; a cap shared between Keepalivers must be
+// safe for concurrent use.
+type RateCap interface{ Allow(now time.Time) bool }
+
+// KeepaliverDeps are what a Keepaliver works with besides its config.
+type KeepaliverDeps struct {
+	Flows *FlowTable       // required: kept informed (PingSent, Pong, Missed)
+	Now   func() time.Time // nil: time.Now
+	Rand  *rand.Rand       // nil: randomly seeded
+	Cap   RateCap          // nil: no cap (build one from MaxPerSecond)
+}
+
 const (
-	// pingWorkers bounds the pings of one tick that run at once: enough
-	// that a few hundred silent endpoints (each holding a worker for
-	// pingTimeout) do not delay everyone else's keepalive.
+	// pingWorkers bounds the OPTIONS pings of one tick that run at once:
+	// enough that a few hundred silent endpoints (each holding a worker
+	// for pingTimeout) do not delay everyone else's keepalive.
 	pingWorkers = 512
 	// pingTimeout bounds one OPTIONS ping (sipgo retransmits it over UDP
 	// at 0.5, 1 and 2 s), or half the interval if that is shorter.
@@ -120,9 +139,9 @@ const (
 )
 
 // Keepaliver pings registered flows on a schedule, so their NAT bindings
-// stay open and, with OPTIONS, dead endpoints are found. Run drives it
-// from a ticker; tests call Tick with a fake clock. It is safe for
-// concurrent use.
+// stay open and, with OPTIONS, dead endpoints are found. The edge's
+// maintenance loop calls Tick about once a second; tests call it with a
+// fake clock. It is safe for concurrent use.
 //
 // Flows wait in a min-heap ordered by due time, so a tick costs
 // O(due × log n), not O(n). A flow that carried inbound traffic since
@@ -131,20 +150,18 @@ const (
 type Keepaliver struct {
 	cfg   KeepaliveConfig
 	flows *FlowTable
-	p     Pinger
 	now   func() time.Time
+	cap   RateCap // nil: uncapped
 
 	tick sync.Mutex // serialises Tick; guards batch
 	// batch is the keys due this tick, reused across ticks.
 	batch []FlowKey
 
-	mu     sync.Mutex // guards everything below
-	rnd    *rand.Rand
-	items  map[FlowKey]*kaItem
-	due    kaHeap
-	stale  int     // entries in due of unwatched items
-	tokens float64 // pings allowed now (token bucket of MaxPerSecond)
-	filled int64   // when tokens were last topped up, Unix ns
+	mu    sync.Mutex // guards everything below, and calls to cap
+	rnd   *rand.Rand
+	items map[FlowKey]*kaItem
+	due   kaHeap
+	stale int // entries in due of unwatched items
 }
 
 // kaItem is a watched flow. Unwatch only marks it gone: its heap entry
@@ -165,30 +182,31 @@ type kaEntry struct {
 	it  *kaItem
 }
 
-// NewKeepaliver returns a Keepaliver for flows tracked in flows, which
-// it keeps informed (PingSent, Pong, Missed). now nil means time.Now; rnd
-// nil means a randomly seeded source. It panics if cfg is invalid (see
-// Validate): the config loader has checked it already.
-func NewKeepaliver(cfg KeepaliveConfig, flows *FlowTable, p Pinger, now func() time.Time, rnd *rand.Rand) *Keepaliver {
-	if err := cfg.Validate(); err != nil {
-		panic("nat: NewKeepaliver: " + err.Error())
+// NewKeepaliver returns a Keepaliver for the flows it is told to Watch;
+// each Tick says what sends the pings. It fails if cfg is invalid (see Validate) or a
+// required dependency is missing.
+func NewKeepaliver(cfg KeepaliveConfig, d KeepaliverDeps) (*Keepaliver, error) {
+	errs := []error{cfg.Validate()}
+	if d.Flows == nil {
+		errs = append(errs, errors.New("nat: keepaliver: no flow table (KeepaliverDeps.Flows)"))
 	}
-	if now == nil {
-		now = time.Now
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
-	if rnd == nil {
-		rnd = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Rand == nil {
+		d.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	}
 	return &Keepaliver{
-		cfg:    cfg,
-		flows:  flows,
-		p:      p,
-		now:    now,
-		rnd:    rnd,
-		items:  make(map[FlowKey]*kaItem),
-		tokens: float64(cfg.MaxPerSecond),
-		filled: now().UnixNano(),
-	}
+		cfg:   cfg,
+		flows: d.Flows,
+		now:   d.Now,
+		cap:   d.Cap,
+		rnd:   d.Rand,
+		items: make(map[FlowKey]*kaItem),
+	}, nil
 }
 
 // jitter returns the interval times a random factor in [0.8, 1.0).
@@ -256,32 +274,41 @@ func (k *Keepaliver) Len() int {
 	return len(k.items)
 }
 
-// Tick sends every ping that is due, at most as many as MaxPerSecond
-// allows since the last tick (the rest stay due for the next one), and
-// returns once they have all finished or ctx is done. Each ping is
-// rescheduled when it is taken, whatever its outcome. A failed ping
-// counts as a miss; when the flow turns dead (OnDead fires) it is no
-// longer watched. Calls to Tick run one at a time.
-func (k *Keepaliver) Tick(ctx context.Context) {
+// Tick sends every ping that is due and the RateCap allows (the rest
+// stay due for the next tick), and returns once they have all finished
+// or ctx is done. Each ping is rescheduled when it is taken, whatever its
+// outcome. A failed ping counts as a miss; when the flow turns dead
+// (OnDead fires) it is no longer watched. Calls to Tick run one at a
+// time.
+//
+// CRLF pings go out one after another on the calling goroutine, without
+// allocating; OPTIONS pings, which wait for an answer, run on up to
+// pingWorkers goroutines, each with its own deadline.
+func (k *Keepaliver) Tick(ctx context.Context, p Pinger) {
 	if k.cfg.Mode == KeepaliveOff || ctx.Err() != nil {
 		return
 	}
 	k.tick.Lock()
 	defer k.tick.Unlock()
-	k.batch = k.take(k.now().UnixNano(), k.batch[:0])
-	k.send(ctx, k.batch)
+	k.batch = k.take(k.now(), k.batch[:0])
+	if k.cfg.Mode == KeepaliveCRLF {
+		for _, key := range k.batch {
+			if ctx.Err() != nil {
+				break
+			}
+			k.ping(ctx, ctx, p, key)
+		}
+	} else {
+		k.sendOptions(ctx, p, k.batch)
+	}
 	clear(k.batch) // drop the keys' zone handles
 }
 
 // take moves the pings due at now into batch and reschedules them.
-func (k *Keepaliver) take(now int64, batch []FlowKey) []FlowKey {
+func (k *Keepaliver) take(at time.Time, batch []FlowKey) []FlowKey {
+	now := at.UnixNano()
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	rate := float64(k.cfg.MaxPerSecond)
-	if now > k.filled {
-		k.tokens = min(rate, k.tokens+rate*float64(now-k.filled)/float64(time.Second))
-		k.filled = now
-	}
 	for len(k.due) > 0 && k.due[0].due <= now {
 		e := &k.due[0]
 		it := e.it
@@ -290,18 +317,22 @@ func (k *Keepaliver) take(now int64, batch []FlowKey) []FlowKey {
 			k.stale--
 			continue
 		}
-		if k.tokens < 1 {
-			break
-		}
 		j := k.jitter()
-		if lastIn, ping := k.flows.pingDue(it.key, it.ref, now, j); !ping {
+		lastIn, prevPing, ping := k.flows.pingDue(it.key, it.ref, now, j)
+		if !ping {
 			// Traffic since the last ping (other than the answer to
 			// it) refreshed the binding: count the interval from there.
 			it.ref, e.due = lastIn, lastIn+j
 			heap.Fix(&k.due, 0)
 			continue
 		}
-		k.tokens--
+		if k.cap != nil && !k.cap.Allow(at) {
+			// Over the cap: this ping and the rest stay due. Asking
+			// only now spends the cap on pings alone, not on flows
+			// that traffic postponed.
+			k.flows.unping(it.key, now, prevPing)
+			break
+		}
 		it.ref, e.due = now, now+j
 		heap.Fix(&k.due, 0)
 		batch = append(batch, it.key)
@@ -309,10 +340,10 @@ func (k *Keepaliver) take(now int64, batch []FlowKey) []FlowKey {
 	return batch
 }
 
-// send pings every key in batch with up to pingWorkers at once, each
-// with its own deadline: an endpoint that never answers holds up one
+// sendOptions pings every key in batch with up to pingWorkers at once,
+// each with its own deadline: an endpoint that never answers holds up one
 // worker for pingTimeout, not the tick, and every taken key is pinged.
-func (k *Keepaliver) send(ctx context.Context, batch []FlowKey) {
+func (k *Keepaliver) sendOptions(ctx context.Context, p Pinger, batch []FlowKey) {
 	if len(batch) == 0 {
 		return
 	}
@@ -329,7 +360,7 @@ func (k *Keepaliver) send(ctx context.Context, batch []FlowKey) {
 					return
 				}
 				pctx, cancel := context.WithTimeout(ctx, timeout)
-				k.ping(ctx, pctx, batch[i])
+				k.ping(ctx, pctx, p, batch[i])
 				cancel()
 			}
 		})
@@ -337,13 +368,15 @@ func (k *Keepaliver) send(ctx context.Context, batch []FlowKey) {
 	wg.Wait()
 }
 
-// ping sends one ping, already recorded as sent when it was taken. An
-// OPTIONS ping records it again as it leaves, for an accurate RTT.
-func (k *Keepaliver) ping(ctx, tctx context.Context, key FlowKey) {
+// ping sends one ping with the context pctx; ctx is the tick's, whose
+// end is shutdown, not the flow's fault. The ping was recorded as sent
+// when it was taken; an OPTIONS ping records it again as it leaves, for
+// an accurate RTT.
+func (k *Keepaliver) ping(ctx, pctx context.Context, p Pinger, key FlowKey) {
 	if k.cfg.Mode == KeepaliveOptions {
 		k.flows.PingSent(key)
 	}
-	err := k.p.Ping(tctx, key, k.cfg.Mode)
+	err := p.Ping(pctx, key, k.cfg.Mode)
 	switch {
 	case err == nil:
 		if k.cfg.Mode == KeepaliveOptions {
@@ -353,19 +386,6 @@ func (k *Keepaliver) ping(ctx, tctx context.Context, key FlowKey) {
 		// Shutting down: not the flow's fault.
 	case k.flows.Missed(key, k.cfg.Failures):
 		k.Unwatch(key)
-	}
-}
-
-// Run calls Tick on every tick until ctx is done, and returns when the
-// last Tick has.
-func (k *Keepaliver) Run(ctx context.Context, tick <-chan time.Time) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick:
-			k.Tick(ctx)
-		}
 	}
 }
 

@@ -3,7 +3,6 @@ package nat
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"strings"
@@ -52,12 +51,13 @@ func (p *fakePinger) take() []pingCall {
 }
 
 type kaHarness struct {
-	clk   *fakeClock
-	rec   *deadRecorder
-	flows *FlowTable
-	p     *fakePinger
-	ka    *Keepaliver
-	t0    time.Time
+	clk    *fakeClock
+	rec    *deadRecorder
+	flows  *FlowTable
+	p      *fakePinger
+	pinger Pinger // what the current ka pings with
+	ka     *Keepaliver
+	t0     time.Time
 }
 
 func newKA(t *testing.T, mutate func(*KeepaliveConfig)) *kaHarness {
@@ -71,10 +71,53 @@ func newKA(t *testing.T, mutate func(*KeepaliveConfig)) *kaHarness {
 	}
 	h := &kaHarness{clk: newFakeClock(), rec: &deadRecorder{}}
 	h.t0 = h.clk.Now()
-	h.flows = NewFlowTable(1_000_000, h.clk.Now, FlowEvents{OnDead: h.rec.OnDead})
+	h.flows = newFlowTable(t, 1_000_000, h.clk.Now, FlowEvents{OnDead: h.rec.OnDead})
 	h.p = &fakePinger{clk: h.clk}
-	h.ka = NewKeepaliver(cfg, h.flows, h.p, h.clk.Now, rand.New(rand.NewPCG(1, 2)))
+	h.ka = h.keepaliver(t, cfg, h.p, rand.New(rand.NewPCG(1, 2)))
 	return h
+}
+
+// keepaliver returns a Keepaliver on the harness's flows and clock that
+// pings with p, capped at cfg.MaxPerSecond as the edge caps it.
+func (h *kaHarness) keepaliver(t testing.TB, cfg KeepaliveConfig, p Pinger, rnd *rand.Rand) *Keepaliver {
+	t.Helper()
+	h.pinger = p
+	return newKeepaliver(t, cfg, KeepaliverDeps{Flows: h.flows, Now: h.clk.Now, Rand: rnd, Cap: newTestCap(cfg.MaxPerSecond)})
+}
+
+// newKeepaliver is NewKeepaliver for arguments that must be valid.
+func newKeepaliver(t testing.TB, cfg KeepaliveConfig, d KeepaliverDeps) *Keepaliver {
+	t.Helper()
+	ka, err := NewKeepaliver(cfg, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ka
+}
+
+// testCap is a GCRA like ratelimit.Rate's: n pings a second with a burst
+// of n, as a token bucket of n tokens refilled at n a second allows.
+type testCap struct {
+	every time.Duration // between pings at the steady rate
+	burst time.Duration // how far ahead of now tat may run: n × every
+	tat   time.Time     // theoretical arrival time of the next ping
+}
+
+func newTestCap(n int) *testCap {
+	every := time.Second / time.Duration(n)
+	return &testCap{every: every, burst: every * time.Duration(n)}
+}
+
+func (c *testCap) Allow(now time.Time) bool {
+	tat := c.tat
+	if tat.Before(now) {
+		tat = now
+	}
+	if tat.Add(c.every).Sub(now) > c.burst {
+		return false
+	}
+	c.tat = tat.Add(c.every)
+	return true
 }
 
 // tick moves the clock by d and runs one Tick, which must return in time.
@@ -83,7 +126,7 @@ func (h *kaHarness) tick(t *testing.T, d time.Duration) {
 	h.clk.Advance(d)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	h.ka.Tick(ctx)
+	h.ka.Tick(ctx, h.pinger)
 	if ctx.Err() != nil {
 		t.Fatal("Tick did not return in time")
 	}
@@ -141,15 +184,38 @@ func TestKeepaliveConfigValidate(t *testing.T) {
 	}
 }
 
-func TestNewKeepaliverPanicsOnInvalidConfig(t *testing.T) {
-	defer func() {
-		if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "nat.keepalive_interval") {
-			t.Errorf("recovered %v, want a panic naming nat.keepalive_interval", r)
-		}
-	}()
+func TestNewKeepaliverRejectsInvalidConfig(t *testing.T) {
 	cfg := DefaultKeepaliveConfig()
 	cfg.Interval = 0
-	NewKeepaliver(cfg, NewFlowTable(1, nil, FlowEvents{}), &countPinger{}, nil, nil)
+	ka, err := NewKeepaliver(cfg, KeepaliverDeps{Flows: newFlowTable(t, 1, nil, FlowEvents{})})
+	if ka != nil || err == nil || !strings.Contains(err.Error(), "nat.keepalive_interval") {
+		t.Errorf("NewKeepaliver = %v, %v; want an error naming nat.keepalive_interval", ka, err)
+	}
+}
+
+func TestNewKeepaliverRequiresDeps(t *testing.T) {
+	flows := newFlowTable(t, 1, nil, FlowEvents{})
+	for _, tc := range []struct {
+		d    KeepaliverDeps
+		want []string
+	}{
+		{KeepaliverDeps{}, []string{"KeepaliverDeps.Flows"}},
+	} {
+		ka, err := NewKeepaliver(DefaultKeepaliveConfig(), tc.d)
+		if ka != nil || err == nil {
+			t.Errorf("NewKeepaliver(%+v) = %v, %v; want an error", tc.d, ka, err)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("NewKeepaliver(%+v): %q does not name %s", tc.d, err, w)
+			}
+		}
+	}
+	// Now, Rand and Cap are optional.
+	if _, err := NewKeepaliver(DefaultKeepaliveConfig(), KeepaliverDeps{Flows: flows}); err != nil {
+		t.Errorf("with only the required deps: %v", err)
+	}
 }
 
 func TestKeepaliveFirstPingAfterInterval(t *testing.T) {
@@ -296,7 +362,7 @@ func (p *rttPinger) Ping(context.Context, FlowKey, KeepaliveMode) error {
 func TestKeepaliveOptionsRTT(t *testing.T) {
 	h := newKA(t, func(c *KeepaliveConfig) { c.Mode = KeepaliveOptions })
 	p := &rttPinger{clk: h.clk, rtt: 35 * time.Millisecond}
-	h.ka = NewKeepaliver(h.ka.cfg, h.flows, p, h.clk.Now, rand.New(rand.NewPCG(1, 2)))
+	h.ka = h.keepaliver(t, h.ka.cfg, p, rand.New(rand.NewPCG(1, 2)))
 	k := h.watch(1)[0]
 	h.flows.Missed(k, 3)
 	for range 25 {
@@ -499,11 +565,12 @@ func (p *blockingPinger) Ping(ctx context.Context, _ FlowKey, _ KeepaliveMode) e
 }
 
 func TestKeepaliveWorkersBounded(t *testing.T) {
-	h := newKA(t, nil)
+	// Only OPTIONS pings, which wait for an answer, run on workers.
+	h := newKA(t, func(c *KeepaliveConfig) { c.Mode = KeepaliveOptions })
 	p := newBlockingPinger(pingWorkers)
-	h.ka = NewKeepaliver(h.ka.cfg, h.flows, p, h.clk.Now, nil)
+	h.ka = h.keepaliver(t, h.ka.cfg, p, nil)
 	h.watch(3 * pingWorkers)
-	h.tick(t, 25*time.Second) // fails if fewer than 64 pings ever run at once
+	h.tick(t, 25*time.Second) // fails if fewer than pingWorkers pings ever run at once
 	if got := p.peak.Load(); got != pingWorkers {
 		t.Errorf("%d pings ran at once, want %d", got, pingWorkers)
 	}
@@ -515,14 +582,14 @@ func TestKeepaliveWorkersBounded(t *testing.T) {
 func TestKeepaliveTickCancelled(t *testing.T) {
 	h := newKA(t, func(c *KeepaliveConfig) { c.Mode = KeepaliveOptions })
 	p := newBlockingPinger(1 << 30) // never released
-	h.ka = NewKeepaliver(h.ka.cfg, h.flows, p, h.clk.Now, nil)
+	h.ka = h.keepaliver(t, h.ka.cfg, p, nil)
 	keys := h.watch(200)
 	h.clk.Advance(25 * time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		h.ka.Tick(ctx)
+		h.ka.Tick(ctx, h.pinger)
 	}()
 	// Cancel once the first worker is blocked in Ping.
 	select {
@@ -546,7 +613,9 @@ func TestKeepaliveTickCancelled(t *testing.T) {
 	}
 }
 
-func TestKeepaliveRun(t *testing.T) {
+// The edge's maintenance loop calls Tick on every tick of a ticker until
+// its context ends.
+func TestKeepaliveTickLoop(t *testing.T) {
 	h := newKA(t, nil)
 	h.watch(5)
 	h.clk.Advance(25 * time.Second)
@@ -555,13 +624,20 @@ func TestKeepaliveRun(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		h.ka.Run(ctx, tick)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick:
+				h.ka.Tick(ctx, h.pinger)
+			}
+		}
 	}()
 	send := func() {
 		select {
 		case tick <- time.Now():
 		case <-time.After(waitTimeout):
-			t.Fatal("Run did not take a tick")
+			t.Fatal("the loop did not take a tick")
 		}
 	}
 	send()
@@ -573,7 +649,7 @@ func TestKeepaliveRun(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(waitTimeout):
-		t.Fatal("Run did not return after its context ended")
+		t.Fatal("the loop did not return after its context ended")
 	}
 }
 
@@ -603,7 +679,7 @@ func TestKeepaliveConcurrentUse(t *testing.T) {
 	wg.Go(func() {
 		for range 100 {
 			h.clk.Advance(time.Second)
-			h.ka.Tick(ctx)
+			h.ka.Tick(ctx, h.pinger)
 		}
 	})
 	wg.Wait()
@@ -613,7 +689,7 @@ func TestKeepaliveConcurrentUse(t *testing.T) {
 }
 
 // BenchmarkKeepalive watches 100,000 flows and runs 25 s of 1 s ticks
-// per iteration with a no-op Pinger. It reports the heap bytes each
+// per iteration with a no-op Pinger and no rate cap. It reports the heap bytes each
 // watched flow costs in the FlowTable and the Keepaliver together, and
 // the CPU time (on Linux; all threads, GC included) and wall time per
 // ping sent.
@@ -621,7 +697,6 @@ func BenchmarkKeepalive(b *testing.B) {
 	const n = 100_000
 	clk := newFakeClock()
 	cfg := DefaultKeepaliveConfig()
-	cfg.MaxPerSecond = 1_000_000 // measure the pings, not the cap
 	p := &countPinger{}
 	keys := make([]FlowKey, n)
 	for i := range keys {
@@ -631,8 +706,8 @@ func BenchmarkKeepalive(b *testing.B) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	flows := NewFlowTable(n, clk.Now, FlowEvents{})
-	ka := NewKeepaliver(cfg, flows, p, clk.Now, rand.New(rand.NewPCG(1, 2)))
+	flows := newFlowTable(b, n, clk.Now, FlowEvents{})
+	ka := newKeepaliver(b, cfg, KeepaliverDeps{Flows: flows, Now: clk.Now, Rand: rand.New(rand.NewPCG(1, 2))})
 	for _, k := range keys {
 		flows.Seen(k)
 		ka.Watch(k)
@@ -647,7 +722,7 @@ func BenchmarkKeepalive(b *testing.B) {
 	for b.Loop() {
 		for range 25 {
 			clk.Advance(time.Second)
-			ka.Tick(ctx)
+			ka.Tick(ctx, p)
 		}
 	}
 	pings := float64(p.n.Load())
@@ -696,6 +771,122 @@ func TestSilentEndpointsDoNotStarveTheTick(t *testing.T) {
 	for _, k := range keys[:100] {
 		if f := mustGet(t, h.flows, k); f.Misses != 1 {
 			t.Fatalf("silent flow: %d misses, want 1", f.Misses)
+		}
+	}
+}
+
+// A CRLF tick sends its pings inline: no goroutine, no per-ping context,
+// nothing allocated once the batch has grown to its largest.
+func TestKeepaliveCRLFTickAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under -race")
+	}
+	h := newKA(t, nil)
+	p := &countPinger{}
+	h.ka = h.keepaliver(t, h.ka.cfg, p, rand.New(rand.NewPCG(1, 2)))
+	h.watch(1000)
+	h.tick(t, 25*time.Second) // every flow due at once: the largest batch
+	if n := p.n.Load(); n != 1000 {
+		t.Fatalf("%d pings in the first tick, want 1000", n)
+	}
+	ctx := context.Background()
+	allocs := testing.AllocsPerRun(100, func() {
+		h.clk.Advance(time.Second)
+		h.ka.Tick(ctx, h.pinger)
+	})
+	// 101 s of ticks ping every flow at least 4 more times.
+	if n := p.n.Load(); n < 5000 {
+		t.Fatalf("%d pings in all, want at least 5000", n)
+	}
+	if allocs != 0 {
+		t.Errorf("a CRLF tick allocates %v times", allocs)
+	}
+}
+
+// gateCap allows pings while open and counts how often it is asked.
+type gateCap struct {
+	open  bool
+	asked int
+}
+
+func (c *gateCap) Allow(time.Time) bool {
+	c.asked++
+	return c.open
+}
+
+// A ping the cap holds back stays due and is not recorded as sent; the
+// cap is asked only for pings about to leave, not for flows that traffic
+// postponed.
+func TestKeepaliveCapHoldsPingsDue(t *testing.T) {
+	h := newKA(t, nil)
+	gate := &gateCap{}
+	h.ka = newKeepaliver(t, h.ka.cfg, KeepaliverDeps{Flows: h.flows, Now: h.clk.Now, Rand: rand.New(rand.NewPCG(1, 2)), Cap: gate})
+	keys := h.watch(5)
+	h.clk.Advance(10 * time.Second)
+	h.flows.Touch(keys[0]) // traffic at 10 s postpones these two to 30..35 s
+	h.flows.Touch(keys[1])
+	h.tick(t, 15*time.Second) // 25 s: the other three are due
+	if c := h.p.take(); len(c) != 0 {
+		t.Fatalf("%d pings past a closed cap", len(c))
+	}
+	if gate.asked != 1 {
+		t.Errorf("cap asked %d times, want 1", gate.asked)
+	}
+	for _, k := range keys {
+		if f := mustGet(t, h.flows, k); !f.LastPing.IsZero() {
+			t.Errorf("%v: a ping the cap held back was recorded as sent", k)
+		}
+	}
+	gate.open = true
+	h.tick(t, time.Second)
+	got := h.p.take()
+	if len(got) != 3 || gate.asked != 4 {
+		t.Fatalf("%d pings once the cap opened, cap asked %d times; want 3 and 4", len(got), gate.asked)
+	}
+	for _, c := range got {
+		if c.k == keys[0] || c.k == keys[1] {
+			t.Errorf("pinged %v despite its traffic", c.k)
+		}
+		if f := mustGet(t, h.flows, c.k); !f.LastPing.Equal(c.at) {
+			t.Errorf("%v: LastPing %v, want %v", c.k, f.LastPing, c.at)
+		}
+	}
+}
+
+// Without a Cap nothing bounds the pings: MaxPerSecond is what the caller
+// builds a Cap from, not a limit of the Keepaliver's own.
+func TestKeepaliveNoCap(t *testing.T) {
+	h := newKA(t, func(c *KeepaliveConfig) { c.MaxPerSecond = 10 })
+	h.ka = newKeepaliver(t, h.ka.cfg, KeepaliverDeps{Flows: h.flows, Now: h.clk.Now})
+	h.watch(35)
+	h.tick(t, 25*time.Second)
+	if n := len(h.p.take()); n != 35 {
+		t.Errorf("%d pings without a cap, want 35", n)
+	}
+}
+
+// CRLF pings go out one after another with the tick's context: once it
+// ends no more leave, and the one it cut short is no miss.
+func TestKeepaliveCRLFStopsWithTick(t *testing.T) {
+	h := newKA(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h.p.failCtx = func(pctx context.Context, _ FlowKey) error {
+		if pctx != ctx {
+			t.Error("a CRLF ping got a context other than the tick's")
+		}
+		cancel() // shutdown while the first ping is on its way
+		return errors.New("use of closed network connection")
+	}
+	keys := h.watch(10)
+	h.clk.Advance(25 * time.Second)
+	h.ka.Tick(ctx, h.pinger)
+	if n := len(h.p.take()); n != 1 {
+		t.Errorf("%d pings, want 1: none after the tick's context ended", n)
+	}
+	for _, k := range keys {
+		if f := mustGet(t, h.flows, k); f.Misses != 0 {
+			t.Fatalf("a ping cut short by shutdown counted as a miss: %+v", f)
 		}
 	}
 }

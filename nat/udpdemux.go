@@ -218,6 +218,19 @@ func (c *PacketConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	return c.inner.WriteTo(p, addr)
 }
 
+// Ping sends a CRLF keepalive ("\r\n\r\n", RFC 5626 §4.4.1) from this
+// socket to to, which nothing answers. It does not allocate when the
+// inner socket is a *net.UDPConn.
+func (c *PacketConn) Ping(to netip.AddrPort) error {
+	var err error
+	if c.udp != nil {
+		_, err = c.udp.WriteToUDPAddrPort(crlfPing, to)
+	} else {
+		_, err = c.inner.WriteTo(crlfPing, udpAddrOf(to))
+	}
+	return err
+}
+
 // Close closes the inner socket, which unblocks ReadFrom.
 func (c *PacketConn) Close() error { return c.inner.Close() }
 

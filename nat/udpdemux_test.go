@@ -617,3 +617,59 @@ func TestInspectDrops(t *testing.T) {
 		t.Errorf("Inspect saw %q", seen)
 	}
 }
+
+// Ping sends a CRLF keepalive from the wrapped socket, which a peer's
+// PacketConn swallows as one.
+func TestPacketConnPing(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		wrap func(net.PacketConn) net.PacketConn
+	}{
+		{"UDPConn", nil},
+		{"generic", func(c net.PacketConn) net.PacketConn { return plainConn{c} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			from := newHarness(t, "udp", "127.0.0.1:0", PacketHooks{}, tc.wrap)
+			to := newHarness(t, "udp", "127.0.0.1:0", PacketHooks{}, nil)
+			if err := from.conn.Ping(to.conn.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+				t.Fatal(err)
+			}
+			expectHook(t, to.crlf, from.conn.LocalAddr().(*net.UDPAddr).AddrPort())
+
+			// What arrives is exactly "\r\n\r\n".
+			c := from.dial(t)
+			if err := from.conn.Ping(localAddrPort(c)); err != nil {
+				t.Fatal(err)
+			}
+			if got := recv(t, c); string(got) != "\r\n\r\n" {
+				t.Errorf("received %q, want a CRLF ping", got)
+			}
+			to.noMoreReads(t)
+		})
+	}
+}
+
+func TestPacketConnPingAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under -race")
+	}
+	inner, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewPacketConn(inner, PacketHooks{})
+	defer c.Close()
+	peer, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	to := peer.LocalAddr().(*net.UDPAddr).AddrPort()
+	if n := testing.AllocsPerRun(100, func() {
+		if err := c.Ping(to); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("Ping allocates %v times", n)
+	}
+}
