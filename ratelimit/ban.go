@@ -116,10 +116,8 @@ func (l *Limiter) Ban(p netip.Prefix, r Reason, d time.Duration) {
 		return
 	}
 	p = normPrefix(p)
-	for _, a := range l.allow {
-		if a.Bits() <= p.Bits() && a.Contains(p.Addr()) {
-			return
-		}
+	if l.allowedPrefix(p) {
+		return
 	}
 	now := l.nowNS()
 	var b Ban
@@ -130,7 +128,7 @@ func (l *Limiter) Ban(p netip.Prefix, r Reason, d time.Duration) {
 		sh.mu.Unlock()
 	} else {
 		l.wideMu.Lock()
-		i := slices.IndexFunc(l.wideList, func(w wideBan) bool { return w.p == p })
+		i := l.wideIndex(p)
 		if i < 0 {
 			i = len(l.wideList)
 			l.wideList = append(l.wideList, wideBan{p: p})
@@ -141,6 +139,12 @@ func (l *Limiter) Ban(p netip.Prefix, r Reason, d time.Duration) {
 		l.wideMu.Unlock()
 	}
 	l.emitBan(b)
+}
+
+// wideIndex is the index of p's ban in wideList, or -1. wideMu must be
+// held.
+func (l *Limiter) wideIndex(p netip.Prefix) int {
+	return slices.IndexFunc(l.wideList, func(w wideBan) bool { return w.p == p })
 }
 
 // publishWide makes a copy of wideList the readers' snapshot. wideMu must
@@ -176,7 +180,7 @@ func (l *Limiter) Unban(p netip.Prefix) bool {
 		p = k.prefix()
 	} else {
 		l.wideMu.Lock()
-		if i := slices.IndexFunc(l.wideList, func(w wideBan) bool { return w.p == p }); i >= 0 {
+		if i := l.wideIndex(p); i >= 0 {
 			rec, found = l.wideList[i].rec, true
 			l.wideList = slices.Delete(l.wideList, i, i+1)
 			l.publishWide()

@@ -8,16 +8,27 @@ import (
 	"time"
 )
 
-// The limits checked before parsing (datagrams, bytes, connections), the
-// reply budget and the scores are GCRA (virtual scheduling): one int64 per
-// limit, the "theoretical arrival time" (tat) in nanoseconds since the
-// Limiter's epoch. A bucket whose tat is not after now is full, which is
-// also its zero value, so an idle entry can be deleted without losing
-// anything. Compared with x/time/rate (80 bytes and a mutex per limiter),
-// this keeps those six of every tracked source's limits in one 80-byte
-// entry under its shard's lock, which matters on the per-datagram path
-// and for the max_sources entries a spoofed flood fills. The post-parse
-// limits are rate.Limiters (post.go).
+// Every budget is GCRA (virtual scheduling): one int64 per limit, the
+// "theoretical arrival time" (tat) in nanoseconds since an epoch (the
+// Limiter's, or the Unix epoch for a Rate). A bucket whose tat is not after
+// now is full, which is also its zero value, so an idle bucket can be
+// dropped without losing anything. That holds for the limits checked
+// before parsing (datagrams, bytes, connections) and the reply budget,
+// which with the two scores are the six tats of a source's 80-byte entry;
+// for the post-parse limits (post.go); and for Rate. Compared with
+// x/time/rate (80 bytes and a mutex per Limiter), a limit is 8 bytes under
+// the lock of what holds it, which matters on the per-datagram path and
+// for the max_sources entries a spoofed flood fills. Bindings scale a
+// budget by a factor f given per call: each unit costs step/f while the
+// tolerance stays burst*step, so the rate and burst grow by f, a full
+// bucket refills in the same time, and a change of f keeps the fill level
+// as a fraction of the burst (the debt, tat-now, is unchanged) with
+// nothing to rebuild. rate_test.go checks the decisions against
+// x/time/rate.
+
+// maxDebt bounds a bucket's tolerance and the cost of one charge, so that
+// tats cannot overflow whatever the configured rate and burst.
+const maxDebt = float64(maxBan)
 
 // bucket holds the constants of one budget.
 type bucket struct {
@@ -25,16 +36,23 @@ type bucket struct {
 	tol  int64   // debt allowed, ns: burst units at factor 1
 }
 
+// newBucket is a budget of burst units refilled at rate per second. A
+// full bucket always admits one unit (burst >= 1, f >= 1): step and tol
+// are clamped together at maxDebt.
 func newBucket(rate float64, burst int) bucket {
-	step := float64(time.Second) / rate
-	return bucket{step: step, tol: int64(step * float64(burst))}
+	step := min(float64(time.Second)/rate, maxDebt)
+	return bucket{step: step, tol: int64(min(step*float64(burst), maxDebt))}
 }
 
 // next charges n units at factor f (f >= 1 multiplies both rate and burst:
 // each unit costs step/f while the tolerance stays burst*step). It returns
 // the new tat and whether it is within the burst; the caller commits it.
 func (b bucket) next(tat, now int64, n, f float64) (int64, bool) {
-	tat = max(tat, now) + int64(b.step*n/f)
+	c := b.step * n / f
+	if c > maxDebt { // more than any tolerance
+		return tat, false
+	}
+	tat = max(tat, now) + int64(c)
 	return tat, tat-now <= b.tol
 }
 

@@ -219,7 +219,7 @@ func (c Config) Validate() error {
 	}
 
 	for _, s := range c.Allow {
-		if _, err := parsePrefix(s); err != nil {
+		if _, err := ParsePrefix(s); err != nil {
 			bad("allow", "%q is not an address or CIDR", s)
 		}
 	}
@@ -289,12 +289,16 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// parsePrefix accepts "10.0.0.0/8" or a bare address (a single host).
-func parsePrefix(s string) (netip.Prefix, error) {
+// ParsePrefix parses a CIDR ("10.0.0.0/8", host bits masked off) or a bare
+// address (a single host, any zone dropped), as in the allow list. An
+// IPv4-mapped IPv6 address, or a mapped prefix of /96 or longer, becomes
+// IPv4, as sources are compared unmapped ("::ffff:10.0.0.0/104" is
+// 10.0.0.0/8).
+func ParsePrefix(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "/") {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return p, err
+			return netip.Prefix{}, err
 		}
 		return normPrefix(p), nil
 	}
@@ -302,8 +306,7 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	a = a.Unmap().WithZone("")
-	return netip.PrefixFrom(a, a.BitLen()), nil
+	return normPrefix(netip.PrefixFrom(a, a.BitLen())), nil
 }
 
 // normPrefix masks p and turns an IPv4-mapped prefix into IPv4, so that it

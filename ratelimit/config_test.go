@@ -109,6 +109,39 @@ func TestAllowForms(t *testing.T) {
 	}
 }
 
+// TestParsePrefix: CIDRs are masked, bare addresses are single hosts, and
+// IPv4-mapped forms become IPv4 (a mapped prefix only from /96).
+func TestParsePrefix(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"10.0.0.0/8", "10.0.0.0/8"},
+		{"10.1.2.3/8", "10.0.0.0/8"},
+		{"192.0.2.7", "192.0.2.7/32"},
+		{"192.0.2.7/32", "192.0.2.7/32"},
+		{"0.0.0.0/0", "0.0.0.0/0"},
+		{"2001:db8:1::/48", "2001:db8:1::/48"},
+		{"2001:db8:1:2::3/48", "2001:db8:1::/48"},
+		{"2001:db8::1", "2001:db8::1/128"},
+		{"fe80::1%eth0", "fe80::1/128"},
+		{"::ffff:192.0.2.7", "192.0.2.7/32"},
+		{"::ffff:192.0.2.7/128", "192.0.2.7/32"},
+		{"::ffff:198.51.100.0/120", "198.51.100.0/24"},
+		{"::ffff:198.51.100.9/120", "198.51.100.0/24"},
+		{"::ffff:0.0.0.0/96", "0.0.0.0/0"},
+		{"::ffff:0.0.0.0/95", "::fffe:0:0/95"},
+		{"::/0", "::/0"},
+	} {
+		p, err := ParsePrefix(tc.in)
+		if err != nil || p.String() != tc.want {
+			t.Errorf("ParsePrefix(%q) = %v, %v; want %s", tc.in, p, err, tc.want)
+		}
+	}
+	for _, in := range []string{"", "office", "10.0.0.0/33", "10.0.0.1/", "/8", "::ffff:1.2.3.4/129", "fe80::1%eth0/64", "10.0.0.0/8/8", " 10.0.0.1"} {
+		if p, err := ParsePrefix(in); err == nil || p.IsValid() {
+			t.Errorf("ParsePrefix(%q) = %v, %v; want an error", in, p, err)
+		}
+	}
+}
+
 // readmeTOML is the ```toml block of README.md.
 func readmeTOML(t *testing.T) string {
 	t.Helper()

@@ -84,3 +84,24 @@ func FuzzDecisions(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParsePrefix: whatever parses is masked, unmapped and zone-free, and
+// parses back to itself from its String.
+func FuzzParsePrefix(f *testing.F) {
+	for _, s := range []string{"10.0.0.0/8", "192.0.2.7", "::ffff:198.51.100.0/120", "fe80::1%eth0", "2001:db8::/32", "::ffff:0:0/95"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParsePrefix(s)
+		if err != nil {
+			return
+		}
+		a := p.Addr()
+		if p != p.Masked() || a.Zone() != "" || a.Is4In6() && p.Bits() >= 96 {
+			t.Fatalf("ParsePrefix(%q) = %v: not normalised", s, p)
+		}
+		if q, err := ParsePrefix(p.String()); err != nil || q != p {
+			t.Fatalf("ParsePrefix(%q) = %v, but %v parses to %v, %v", s, p, p, q, err)
+		}
+	})
+}

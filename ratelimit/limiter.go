@@ -17,8 +17,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
 const (
@@ -86,11 +84,10 @@ type Limiter struct {
 	// Before parsing, and the reply budget: GCRA buckets in each entry.
 	pkt, bytes, conn, reply  bucket
 	auth, aorAuth, malformed score
-	// After parsing: the budgets of the rate.Limiters of reqLimits
-	// (post[0] the request rate, post[1+i] method slot i) and of each
-	// AOR's REGISTER rate.
-	post     [postSlots]Budget
-	register Budget
+	// After parsing: the buckets of reqLimits (post[0] the request rate,
+	// post[1+i] method slot i) and of each AOR's REGISTER rate.
+	post     [postSlots]bucket
+	register bucket
 
 	seed    uint64
 	aorSeed maphash.Seed
@@ -123,7 +120,7 @@ type Limiter struct {
 
 // entry is one tracked source. All fields are guarded by its shard's
 // mutex. It is pointer-free, so the slab of entries is not scanned by the
-// garbage collector; the post-parse limiters, which only sources sending
+// garbage collector; the post-parse buckets, which only sources sending
 // parsed requests need, are elsewhere (req).
 type entry struct {
 	pkt, bytes, conn, reply int64 // bucket tats
@@ -140,9 +137,9 @@ type shard struct {
 	ents []entry
 	free []int32
 	bans map[key]banRec
-	// reqs holds the post-parse limiters of the entries whose req is set;
-	// nil slots are listed in reqFree.
-	reqs    []*reqLimits
+	// reqs holds the post-parse buckets of the entries whose req is set
+	// (pointer-free, like ents); free slots, zeroed, are listed in reqFree.
+	reqs    []reqLimits
 	reqFree []int32
 
 	counts [numDecisions][NumReasons]atomic.Uint64
@@ -159,10 +156,8 @@ type aorEntry struct {
 	// key is the map key, cloned from the caller's string when inserted:
 	// assigning to a map with a string key replaces the stored key, so
 	// updates go through this copy and never keep a message buffer alive.
-	key string
-	// register is the AOR's REGISTER budget, made on its first REGISTER
-	// (nil: full; an entry made by AuthFailure has none).
-	register *rate.Limiter
+	key      string
+	register int64 // bucket tat: 0 (full) until its first REGISTER
 	auth     int64 // score tat
 }
 
@@ -191,7 +186,7 @@ func New(cfg Config, now func() time.Time, ev Events, opts ...Option) (*Limiter,
 		rnd:     o.rnd,
 	}
 	for _, s := range cfg.Allow {
-		p, _ := parsePrefix(s) // validated
+		p, _ := ParsePrefix(s) // validated
 		l.allow = append(l.allow, p)
 	}
 	names := make([]string, 0, len(cfg.Methods))
@@ -199,14 +194,13 @@ func New(cfg Config, now func() time.Time, ev Events, opts ...Option) (*Limiter,
 		names = append(names, m)
 	}
 	slices.Sort(names)
-	l.post[0] = Budget{cfg.RequestRate, cfg.RequestBurst}
-	l.post[1] = Budget{cfg.MethodRate, cfg.MethodBurst}
+	l.post[0] = newBucket(cfg.RequestRate, cfg.RequestBurst)
+	l.post[1] = newBucket(cfg.MethodRate, cfg.MethodBurst)
 	for i, m := range names {
 		l.methods[i] = m
-		l.post[2+i] = cfg.Methods[m]
+		l.post[2+i] = newBucket(cfg.Methods[m].Rate, cfg.Methods[m].Burst)
 	}
-	l.register = Budget{cfg.RegisterRate, cfg.RegisterBurst}
-	l.overReq.f = cfg.OverflowShare
+	l.register = newBucket(cfg.RegisterRate, cfg.RegisterBurst)
 	l.pkt = newBucket(cfg.PacketRate, cfg.PacketBurst)
 	l.bytes = newBucket(cfg.ByteRate, cfg.ByteBurst)
 	l.conn = newBucket(cfg.ConnRate, cfg.ConnBurst)
@@ -224,13 +218,6 @@ func New(cfg Config, now func() time.Time, ev Events, opts ...Option) (*Limiter,
 
 func (l *Limiter) nowNS() int64 { return int64(l.now().Sub(l.epoch)) }
 
-// clock reads the clock once, as a time (for rate.Limiter) and in ns since
-// the epoch (for the GCRA buckets and bans).
-func (l *Limiter) clock() (time.Time, int64) {
-	t := l.now()
-	return t, int64(t.Sub(l.epoch))
-}
-
 func (l *Limiter) toTime(ns int64) time.Time { return l.epoch.Add(time.Duration(ns)) }
 
 func (l *Limiter) shardOf(k key) *shard {
@@ -243,9 +230,18 @@ func (l *Limiter) aorShardOf(aor string) *aorShard {
 	return &l.aors[maphash.String(l.aorSeed, aor)>>shardShift]
 }
 
-func (l *Limiter) allowed(a netip.Addr) bool {
+// allowed reports whether a is allowlisted. It inlines to a length check
+// on the per-datagram path, where the list is usually empty.
+func (l *Limiter) allowed(a netip.Addr) bool { return len(l.allow) > 0 && l.allowedWithin(a, 128) }
+
+// allowedPrefix reports whether all of p is allowlisted.
+func (l *Limiter) allowedPrefix(p netip.Prefix) bool { return l.allowedWithin(p.Addr(), p.Bits()) }
+
+// allowedWithin reports whether an allowlisted prefix of at most bits
+// holds a.
+func (l *Limiter) allowedWithin(a netip.Addr, bits int) bool {
 	for _, p := range l.allow {
-		if p.Contains(a) {
+		if p.Bits() <= bits && p.Contains(a) {
 			return true
 		}
 	}

@@ -57,8 +57,8 @@ func TestBindingsRescale(t *testing.T) {
 	}
 }
 
-// TestScaledBurst: the burst at factor f is the whole tokens of burst*f,
-// as many as a full GCRA bucket lets through.
+// TestScaledBurst: the burst at factor f is the whole units of burst*f:
+// a full bucket lets that many through at once, and no more.
 func TestScaledBurst(t *testing.T) {
 	for _, tc := range []struct {
 		burst int
@@ -66,15 +66,30 @@ func TestScaledBurst(t *testing.T) {
 		want  int
 	}{
 		{100, 1, 100}, {100, 151, 15100}, {1, 1.5, 1}, {3, 1.5, 4}, {10, 1.3, 13},
-		{1e9, 1e12, maxBurst},
 	} {
-		if got := scaledBurst(tc.burst, tc.f); got != tc.want {
-			t.Errorf("scaledBurst(%d, %g) = %d, want %d", tc.burst, tc.f, got, tc.want)
+		for _, rate := range []float64{20, 3, 0.7} {
+			b := newBucket(rate, tc.burst)
+			var tat int64
+			got := 0
+			for b.take(&tat, 0, 1, tc.f) {
+				got++
+			}
+			if got != tc.want {
+				t.Errorf("burst %d at factor %g, rate %g: %d passed, want %d", tc.burst, tc.f, rate, got, tc.want)
+			}
+		}
+	}
+	// A huge burst times a huge factor neither overflows nor goes negative.
+	b := newBucket(1, 1e9)
+	var tat int64
+	for i := range 1_000_000 {
+		if !b.take(&tat, 0, 1, 1e12) {
+			t.Fatalf("burst 1e9 at factor 1e12: denied after %d", i)
 		}
 	}
 }
 
-// liveReqs counts the sources holding post-parse limiters.
+// liveReqs counts the sources holding post-parse buckets.
 func liveReqs(l *Limiter) int {
 	n := 0
 	for i := range l.shards {
@@ -86,9 +101,9 @@ func liveReqs(l *Limiter) int {
 	return n
 }
 
-// TestPostParseLazy: rate.Limiters exist only for sources that sent a
-// parsed request and AORs that were REGISTERed, and Sweep drops them once
-// full, even for a source it keeps.
+// TestPostParseLazy: post-parse buckets exist only for sources that sent
+// a parsed request and AORs that were REGISTERed, and Sweep drops them
+// once full, even for a source it keeps.
 func TestPostParseLazy(t *testing.T) {
 	l, c := newLimiter(t, nil, Events{})
 	for i := range 1000 {
@@ -96,12 +111,12 @@ func TestPostParseLazy(t *testing.T) {
 		l.AuthFailure(nthAddr(i), fmt.Sprintf("sip:%d@x", i))
 	}
 	if n := liveReqs(l); n != 0 {
-		t.Fatalf("%d sources hold post-parse limiters after datagrams only", n)
+		t.Fatalf("%d sources hold post-parse buckets after datagrams only", n)
 	}
 	for i := range l.aors {
 		for k, ae := range l.aors[i].m {
-			if ae.register != nil {
-				t.Fatalf("AOR %s has a REGISTER limiter after an auth failure only", k)
+			if ae.register != 0 {
+				t.Fatalf("AOR %s has a charged REGISTER bucket after an auth failure only", k)
 			}
 		}
 	}
@@ -112,7 +127,7 @@ func TestPostParseLazy(t *testing.T) {
 	}
 	l.Request(bound, "REGISTER", "sip:office@x", "")
 	if n := liveReqs(l); n != 301 {
-		t.Fatalf("%d sources hold post-parse limiters, want 301", n)
+		t.Fatalf("%d sources hold post-parse buckets, want 301", n)
 	}
 	l.Sweep() // nothing full yet
 	if n := liveReqs(l); n != 301 {
@@ -121,7 +136,7 @@ func TestPostParseLazy(t *testing.T) {
 	c.Advance(time.Hour)
 	l.Sweep()
 	if s := l.Stats(); s.Sources != 1 || s.AORs != 0 || liveReqs(l) != 0 {
-		t.Fatalf("after Sweep: %+v, %d with post-parse limiters", s, liveReqs(l))
+		t.Fatalf("after Sweep: %+v, %d with post-parse buckets", s, liveReqs(l))
 	}
 	// The bound source, kept, starts afresh.
 	if n := passes(t, l, bound); n != 100*6 {
@@ -131,7 +146,7 @@ func TestPostParseLazy(t *testing.T) {
 
 // TestMemoryRequests: max_sources sources each sending REGISTER (its own
 // AOR), OPTIONS and INVITE stay within bounds; as many again are untracked
-// and allocate nothing; Sweep gives the limiters back.
+// and allocate nothing; Sweep gives the buckets back.
 func TestMemoryRequests(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
@@ -150,16 +165,16 @@ func TestMemoryRequests(t *testing.T) {
 		}
 	}
 	during := readHeap()
-	// The untracked sources share the overflow budget, limiters and all.
+	// The untracked sources share the overflow budget, buckets and all.
 	if s := l.Stats(); s.OverflowHits < uint64(n-max) {
 		t.Fatalf("overflow hits %d", s.OverflowHits)
 	}
 	s := l.Stats()
 	if s.Sources > max || s.AORs > DefaultConfig().MaxAORs || liveReqs(l) > max {
-		t.Fatalf("over the caps: %+v, %d with post-parse limiters", s, liveReqs(l))
+		t.Fatalf("over the caps: %+v, %d with post-parse buckets", s, liveReqs(l))
 	}
 	growth := heapMiB(&during) - heapMiB(&before)
-	t.Logf("%d sources sending REGISTER+OPTIONS+INVITE: %d tracked, %d AORs, %d with post-parse limiters; heap +%.1f MiB (%.0f B per tracked source and its AOR)",
+	t.Logf("%d sources sending REGISTER+OPTIONS+INVITE: %d tracked, %d AORs, %d with post-parse buckets; heap +%.1f MiB (%.0f B per tracked source and its AOR)",
 		n, s.Sources, s.AORs, liveReqs(l), growth, growth*(1<<20)/float64(s.Sources))
 	if growth > 128 {
 		t.Fatalf("heap grew by %.1f MiB", growth)

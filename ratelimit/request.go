@@ -31,7 +31,7 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string) (Decisi
 		l.count(sh, Allow, ReasonNone, src)
 		return Allow, ReasonNone
 	}
-	t, now := l.clock()
+	now := l.nowNS()
 	if l.wideBanned(a, now) {
 		l.count(sh, Drop, ReasonBanned, src)
 		return Drop, ReasonBanned
@@ -56,7 +56,7 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string) (Decisi
 		sh.mu.Unlock()
 		d, r = Drop, ReasonScanner
 	} else if e := l.lookup(sh, k, insert); e != nil {
-		d, r = l.requestLocked(l.reqsOf(sh, e), &e.reply, l.factor(e), method, aor, t, now)
+		d, r = l.requestLocked(sh.reqsOf(e), &e.reply, l.factor(e), method, aor, now)
 		if r != ReasonAORRate { // the AOR's traffic is not this source's fault
 			if b, banned = l.floodLocked(sh, k, e, r, now); banned {
 				d, r = Drop, ReasonFlood
@@ -66,7 +66,7 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string) (Decisi
 	} else {
 		sh.mu.Unlock()
 		l.overMu.Lock()
-		d, r = l.requestLocked(&l.overReq, &l.overEnt.reply, l.cfg.OverflowShare, method, aor, t, now)
+		d, r = l.requestLocked(&l.overReq, &l.overEnt.reply, l.cfg.OverflowShare, method, aor, now)
 		l.overMu.Unlock()
 		if r == ReasonSourceRate || r == ReasonMethodRate {
 			r = ReasonOverflow
@@ -80,32 +80,30 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string) (Decisi
 }
 
 // requestLocked applies the request limits of a source (its post-parse
-// limiters rq and reply bucket, at factor f) at t (now in ns). The
-// source's budgets are charged only if every limit passes. The caller
-// holds the lock guarding rq and reply; this takes the AOR shard's lock
-// inside it.
-func (l *Limiter) requestLocked(rq *reqLimits, reply *int64, f float64, method, aor string, t time.Time, now int64) (Decision, Reason) {
-	// The source's request budget is checked first and charged last, once
-	// the one other limit of the request (its method's, or for a REGISTER
-	// its AOR's) has passed and been charged: so each is charged only if
-	// both pass. Nobody else touches rq meanwhile, so the token seen at
-	// first is still there at the end.
+// buckets rq and reply bucket, at factor f) at now. The source's budgets
+// are charged only if every limit passes. The caller holds the lock
+// guarding rq and reply; this takes the AOR shard's lock inside it.
+func (l *Limiter) requestLocked(rq *reqLimits, reply *int64, f float64, method, aor string, now int64) (Decision, Reason) {
+	// The source's request budget is checked first and committed last,
+	// once the one other limit of the request (its method's, or for a
+	// REGISTER its AOR's) has passed and been charged: so each is charged
+	// only if both pass.
 	r := ReasonNone
-	src := rq.limiter(l, 0)
+	src, ok := l.post[0].next(rq[0], now, 1, f)
 	switch {
-	case src.TokensAt(t) < 1:
+	case !ok:
 		r = ReasonSourceRate
 	case method != "REGISTER":
-		if !rq.limiter(l, 1+l.methodSlot(method)).AllowN(t, 1) {
+		if i := 1 + l.methodSlot(method); !l.post[i].take(&rq[i], now, 1, f) {
 			r = ReasonMethodRate
 		}
 	case aor != "":
-		if !l.aorTake(aor, t) {
+		if !l.aorTake(aor, now) {
 			r = ReasonAORRate
 		}
 	}
 	if r == ReasonNone {
-		src.AllowN(t, 1)
+		rq[0] = src
 		return Allow, ReasonNone
 	}
 	if l.reply.take(reply, now, 1, f) {
@@ -126,9 +124,9 @@ func (l *Limiter) methodSlot(m string) int {
 	return 0
 }
 
-// aorTake charges one REGISTER to aor at t. Untracked AORs (max_aors
+// aorTake charges one REGISTER to aor at now. Untracked AORs (max_aors
 // reached) pass: the per-source limits still hold them.
-func (l *Limiter) aorTake(aor string, t time.Time) bool {
+func (l *Limiter) aorTake(aor string, now int64) bool {
 	as := l.aorShardOf(aor)
 	as.mu.Lock()
 	defer as.mu.Unlock()
@@ -136,12 +134,12 @@ func (l *Limiter) aorTake(aor string, t time.Time) bool {
 	if !ok {
 		return true
 	}
-	if ae.register == nil {
-		// The AOR's first REGISTER (since Sweep last found it full).
-		ae.register = newRateLimiter(l.register, 1)
-		as.m[ae.key] = ae
+	// A new entry is always stored: a full bucket admits one REGISTER.
+	if !l.register.take(&ae.register, now, 1, 1) {
+		return false
 	}
-	return ae.register.AllowN(t, 1)
+	as.m[ae.key] = ae
+	return true
 }
 
 // aorLookup returns aor's entry (a new one if needed and below max_aors).
@@ -275,14 +273,9 @@ func (l *Limiter) SetBindings(src netip.Addr, n int) {
 		case old > 0 && n == 0:
 			l.bound.Add(-1)
 		}
+		// The buckets scale by themselves: the factor is applied per
+		// call, and keeps each one's fill level as a fraction of its burst.
 		e.bindings = int32(n)
-		if e.req != 0 {
-			// The GCRA buckets scale by themselves (the factor is applied
-			// per call); the rate.Limiters are rebuilt at the new factor.
-			if rq, f := sh.reqs[e.req-1], l.factor(e); rq.f != f {
-				rq.rescale(l, f, l.now())
-			}
-		}
 	}
 	sh.mu.Unlock()
 }

@@ -1,10 +1,8 @@
 package ratelimit
 
-import "time"
-
 // idle reports whether e's own state holds nothing that a fresh entry
 // would not: every bucket full, every score zero, no connections, bindings
-// or flood streak. Its post-parse limiters (e.req) are checked apart.
+// or flood streak. Its post-parse buckets (e.req) are checked apart.
 func (e *entry) idle(now int64) bool {
 	if e.bindings > 0 || e.conns > 0 || e.lastOver != 0 && now-e.lastOver <= floodBreak {
 		return false
@@ -12,10 +10,10 @@ func (e *entry) idle(now int64) bool {
 	return max(e.pkt, e.bytes, e.conn, e.reply, e.auth, e.malformed) <= now
 }
 
-// sweepEntry drops e's post-parse limiters if they are all full, and
+// sweepEntry drops e's post-parse buckets if they are all full, and
 // reports whether e is then idle as a whole. sh.mu must be held.
-func (sh *shard) sweepEntry(e *entry, t time.Time, now int64) bool {
-	if e.req != 0 && sh.reqs[e.req-1].idle(t) {
+func (sh *shard) sweepEntry(e *entry, now int64) bool {
+	if e.req != 0 && sh.reqs[e.req-1].idle(now) {
 		sh.dropReqs(e)
 	}
 	return e.req == 0 && e.idle(now)
@@ -26,14 +24,14 @@ func (sh *shard) sweepEntry(e *entry, t time.Time, now int64) bool {
 // on a ticker (every few seconds); its cost is linear in what is tracked,
 // one shard lock at a time.
 func (l *Limiter) Sweep() {
-	t, now := l.clock()
+	now := l.nowNS()
 	forget := int64(l.cfg.BanForget)
 	var expired []Ban
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
 		for k, j := range sh.idx {
-			if sh.sweepEntry(&sh.ents[j], t, now) {
+			if sh.sweepEntry(&sh.ents[j], now) {
 				delete(sh.idx, k)
 				sh.free = append(sh.free, j)
 				l.tracked.Add(-1)
@@ -57,7 +55,7 @@ func (l *Limiter) Sweep() {
 		as := &l.aors[i]
 		as.mu.Lock()
 		for k, ae := range as.m {
-			if full(ae.register, t) && ae.auth <= now {
+			if max(ae.register, ae.auth) <= now {
 				delete(as.m, k)
 				l.aorCount.Add(-1)
 			}
@@ -74,7 +72,7 @@ func (l *Limiter) Sweep() {
 
 // compact gives back the memory of a shard that has shrunk to a quarter of
 // its peak (after a flood of distinct sources, say). Go maps never shrink,
-// so the index is rebuilt too. The slots of post-parse limiters are
+// so the index is rebuilt too. The slots of post-parse buckets are
 // compacted the same way, on their own. sh.mu must be held.
 func (sh *shard) compact() {
 	if len(sh.free) >= 256 && len(sh.free) >= 3*len(sh.idx) {
@@ -87,7 +85,7 @@ func (sh *shard) compact() {
 		sh.ents, sh.idx, sh.free = ents, idx, nil
 	}
 	if live := len(sh.reqs) - len(sh.reqFree); len(sh.reqFree) >= 256 && len(sh.reqFree) >= 3*live {
-		reqs := make([]*reqLimits, 0, 2*live)
+		reqs := make([]reqLimits, 0, 2*live)
 		for _, j := range sh.idx {
 			if e := &sh.ents[j]; e.req != 0 {
 				reqs = append(reqs, sh.reqs[e.req-1])
