@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sipedge/sipedge/edge"
 	"github.com/sipedge/sipedge/edge/edgetest"
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream"
 	"github.com/sipedge/sipedge/upstream/upstreamtest"
 )
 
@@ -20,10 +20,10 @@ var update = flag.Bool("update", false, "rewrite golden files under testdata/gol
 // exact 200 the phone receives, with addresses, tokens, branches and tags
 // replaced by names.
 func TestGoldenRegister(t *testing.T) {
-	for _, mode := range []edge.Mode{edge.ModePath, edge.ModeRewrite} {
+	for _, mode := range []upstream.Mode{upstream.ModePath, upstream.ModeRewrite} {
 		t.Run(string(mode), func(t *testing.T) {
 			core := upstreamtest.Start(t, upstreamtest.Options{})
-			e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) { c.Core.Mode = mode })
+			e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) { c.Core.Mode = mode })
 			phone := edgetest.Dial(t, "udp", e.UDP)
 			phone.Send(phone.Register(edgetest.Reg{User: "alice", CallID: "golden-1",
 				Extra: "User-Agent: GoldenPhone/1.0\nSupported: outbound"}))

@@ -1,18 +1,31 @@
 package edge_test
 
 import (
-	"github.com/emiago/sipgo/sip"
-	"github.com/sipedge/sipedge/edge"
-	"github.com/sipedge/sipedge/edge/binding"
-	"github.com/sipedge/sipedge/nat"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/pion/stun/v2"
+	"github.com/sipedge/sipedge/edge/clock"
 	"github.com/sipedge/sipedge/edge/edgetest"
+	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/upstream/upstreamtest"
 )
+
+// flowDeaths sends the flow of every FlowDead event that took want
+// bindings (any number if want < 0).
+func flowDeaths(want int) (chan nat.FlowKey, func(registry.Event)) {
+	dead := make(chan nat.FlowKey, 4)
+	return dead, func(e registry.Event) {
+		if e.Kind == registry.FlowDead && (want < 0 || len(e.Removed) == want) {
+			dead <- e.Flow
+		}
+	}
+}
+
+func fakeClock() *clock.Fake { return clock.NewFake(time.Unix(1_700_000_000, 0)) }
 
 // A STUN Binding request on the SIP port is answered with the phone's
 // public address (RFC 5626 §8), and SIP keeps working on the same socket.
@@ -60,16 +73,19 @@ func TestSTUNOnSIPPort(t *testing.T) {
 
 func TestCRLFKeepalivesReachRegisteredUDPFlows(t *testing.T) {
 	core := upstreamtest.Start(t, upstreamtest.Options{})
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+	clk := fakeClock()
+	e := edgetest.StartWith(t, core.URI("udp"), func(c *edgetest.Config) {
 		c.NAT.Mode = nat.KeepaliveCRLF
-		c.NAT.Interval = time.Second
-	})
+		c.NAT.Interval = 25 * time.Second
+	}, edgetest.Hooks{Clock: clk})
 	phone := edgetest.Dial(t, "udp", e.UDP)
 	phone.Send(phone.Register(edgetest.Reg{User: "ka"}))
 	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
 		t.Fatalf("got %d", res.StatusCode)
 	}
-	// The phone stays silent; the edge's ping arrives from the SIP port.
+	// The phone stays silent for an interval of the edge's clock; the
+	// edge's ping arrives from the SIP port.
+	clk.Advance(25 * time.Second)
 	raw, from := phone.RecvRaw(wait)
 	if string(raw) != "\r\n\r\n" || from != e.UDP {
 		t.Fatalf("got %q from %v, want a CRLF keepalive from %v", raw, from, e.UDP)
@@ -78,25 +94,25 @@ func TestCRLFKeepalivesReachRegisteredUDPFlows(t *testing.T) {
 
 func TestUnansweredOptionsKillTheFlow(t *testing.T) {
 	core := upstreamtest.Start(t, upstreamtest.Options{})
-	dead := make(chan nat.FlowKey, 1)
-	e := edgetest.StartWith(t, core.URI("udp"), func(c *edge.Config) {
+	dead, onEvent := flowDeaths(1)
+	clk := fakeClock()
+	e := edgetest.StartWith(t, core.URI("udp"), func(c *edgetest.Config) {
 		c.NAT.Mode = nat.KeepaliveOptions
-		c.NAT.Interval = time.Second
+		c.NAT.Interval = 2 * time.Second // each ping waits a second for its answer
 		c.NAT.Failures = 2
-	}, edge.Events{OnFlowDead: func(k nat.FlowKey, why string, removed []binding.Binding) {
-		if len(removed) == 1 {
-			dead <- k
-		}
-	}})
+	}, edgetest.Hooks{OnEvent: onEvent, Clock: clk})
 	phone := edgetest.Dial(t, "udp", e.UDP)
 	phone.Send(phone.Register(edgetest.Reg{User: "gone"}))
 	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
 		t.Fatalf("got %d", res.StatusCode)
 	}
-	opt := phone.MustRecvRequest("OPTIONS", wait) // the phone never answers
+	// Two intervals of the edge's clock, two pings; the phone never answers.
+	clk.Advance(2 * time.Second)
+	opt := phone.MustRecvRequest("OPTIONS", wait)
 	if opt.Recipient.Host != "127.0.0.1" || opt.Recipient.Port != int(phone.Local.Port()) {
 		t.Errorf("OPTIONS to %s", opt.Recipient.String())
 	}
+	clk.Advance(2 * time.Second)
 	select {
 	case k := <-dead:
 		if k.Remote != phone.Local {
@@ -130,8 +146,10 @@ func TestUnansweredOptionsKillTheFlow(t *testing.T) {
 func TestTCPCloseKillsTheFlowAtOnce(t *testing.T) {
 	core := upstreamtest.Start(t, upstreamtest.Options{})
 	dead := make(chan string, 1)
-	e := edgetest.StartWith(t, core.URI("udp"), nil, edge.Events{OnFlowDead: func(k nat.FlowKey, why string, removed []binding.Binding) {
-		dead <- why
+	e := edgetest.StartWith(t, core.URI("udp"), nil, edgetest.Hooks{OnEvent: func(e registry.Event) {
+		if e.Kind == registry.FlowDead {
+			dead <- e.Why
+		}
 	}})
 	phone := edgetest.Dial(t, "tcp", e.TCP)
 	phone.Send(phone.Register(edgetest.Reg{User: "tcp"}))
@@ -191,11 +209,12 @@ func TestOutboundClientsGetFlowTimer(t *testing.T) {
 // that answers stays, one that does not is dead after the failures.
 func TestSilentTCPFlowIsProbed(t *testing.T) {
 	core := upstreamtest.Start(t, upstreamtest.Options{})
-	dead := make(chan nat.FlowKey, 2)
-	e := edgetest.StartWith(t, core.URI("udp"), func(c *edge.Config) {
-		c.NAT.FlowTimerStream = time.Second
+	dead, onEvent := flowDeaths(-1)
+	clk := fakeClock()
+	e := edgetest.StartWith(t, core.URI("udp"), func(c *edgetest.Config) {
+		c.NAT.FlowTimerStream = 2 * time.Second
 		c.NAT.Failures = 2
-	}, edge.Events{OnFlowDead: func(k nat.FlowKey, why string, removed []binding.Binding) { dead <- k }})
+	}, edgetest.Hooks{OnEvent: onEvent, Clock: clk})
 
 	alive := edgetest.Dial(t, "tcp", e.TCP)
 	alive.Send(alive.Register(edgetest.Reg{User: "alive"}))
@@ -205,6 +224,7 @@ func TestSilentTCPFlowIsProbed(t *testing.T) {
 	frozen.MustRecvResponse(wait)
 
 	for range 3 { // the live phone answers every probe
+		clk.Advance(2 * time.Second)
 		opt := alive.MustRecvRequest("OPTIONS", wait)
 		alive.Respond(opt, 200, "OK", "a")
 	}

@@ -16,8 +16,8 @@ import (
 	"github.com/icholy/digest"
 	"golang.org/x/net/ipv4"
 
-	"github.com/sipedge/sipedge/edge"
 	"github.com/sipedge/sipedge/edge/edgetest"
+	"github.com/sipedge/sipedge/ratelimit"
 	"github.com/sipedge/sipedge/upstream/upstreamtest"
 )
 
@@ -82,7 +82,7 @@ func TestFloodDoesNotHurtLegitimatePhones(t *testing.T) {
 	// The core authenticates, as any real one does: the flooder's
 	// REGISTERs only ever earn a 401.
 	core := upstreamtest.Start(t, upstreamtest.Options{Users: users})
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) {
 		c.RateLimit.FloodWindow = 2 * time.Second
 	})
 	heapBefore := heapInUse()
@@ -138,7 +138,7 @@ func TestFloodDoesNotHurtLegitimatePhones(t *testing.T) {
 	}
 	success := float64(ok.Load()) / (2 * phones) * 100
 	heapAfter := heapInUse()
-	cfg := edge.DefaultConfig().RateLimit
+	cfg := ratelimit.DefaultConfig()
 	maxAtCore := cfg.RequestBurst + int(cfg.RequestRate*dur.Seconds())
 	t.Logf("flood: %d REGISTERs sent in %v; core saw %d of them (limit %d); legit success %.2f%% (%d/%d); heap %+.1f MiB",
 		sent.Load(), dur, fromFlood, maxAtCore, success, ok.Load(), 2*phones, float64(int64(heapAfter)-int64(heapBefore))/(1<<20))
@@ -165,7 +165,7 @@ func TestSpoofedSourcesStayBounded(t *testing.T) {
 	}
 	core := upstreamtest.Start(t, upstreamtest.Options{})
 	const maxSources = 10_000
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) {
 		c.RateLimit.MaxSources = maxSources
 	})
 	heapBefore := heapInUse()
@@ -208,7 +208,7 @@ func TestSpoofedSourcesStayBounded(t *testing.T) {
 // phone on another address with the right password is unaffected.
 func TestPasswordGuesserIsBanned(t *testing.T) {
 	core := upstreamtest.Start(t, upstreamtest.Options{Users: map[string]string{"alice": "right", "bob": "bobpw"}})
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) {
 		c.RateLimit.AuthFailures = 5
 	})
 	guesser := edgetest.DialFrom(t, "udp", src(0, 0, 3), e.UDP)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
 )
 
 // Sockets are the edge's own sockets, bound before serving so a bound
@@ -21,12 +20,12 @@ type Sockets struct {
 	CoreTCP net.Listener
 }
 
-// Listen binds every address the config names.
-func Listen(cfg Config) (*Sockets, error) {
+// Listen binds every address of [access] and the core-side socket.
+func Listen(access AccessConfig, coreListen string) (*Sockets, error) {
 	s := &Sockets{}
 	var tlsConf *tls.Config
-	if len(cfg.Access.TLS)+len(cfg.Access.WSS) > 0 {
-		cert, err := tls.LoadX509KeyPair(cfg.Access.TLSCert, cfg.Access.TLSKey)
+	if len(access.TLS)+len(access.WSS) > 0 {
+		cert, err := tls.LoadX509KeyPair(access.TLSCert, access.TLSKey)
 		if err != nil {
 			return nil, fmt.Errorf("access.tls_cert: %w", err)
 		}
@@ -36,7 +35,7 @@ func Listen(cfg Config) (*Sockets, error) {
 		s.Close()
 		return nil, fmt.Errorf("%s: %w", key, err)
 	}
-	for _, a := range cfg.Access.UDP {
+	for _, a := range access.UDP {
 		c, err := net.ListenPacket("udp", a)
 		if err != nil {
 			return fail("access.udp", err)
@@ -50,10 +49,10 @@ func Listen(cfg Config) (*Sockets, error) {
 		dst   *[]net.Listener
 		tls   bool
 	}{
-		{"access.tcp", cfg.Access.TCP, &s.TCP, false},
-		{"access.tls", cfg.Access.TLS, &s.TLS, true},
-		{"access.ws", cfg.Access.WS, &s.WS, false},
-		{"access.wss", cfg.Access.WSS, &s.WSS, true},
+		{"access.tcp", access.TCP, &s.TCP, false},
+		{"access.tls", access.TLS, &s.TLS, true},
+		{"access.ws", access.WS, &s.WS, false},
+		{"access.wss", access.WSS, &s.WSS, true},
 	}
 	for _, st := range streams {
 		for _, a := range st.addrs {
@@ -68,11 +67,11 @@ func Listen(cfg Config) (*Sockets, error) {
 		}
 	}
 	var err error
-	if s.CoreUDP, err = net.ListenPacket("udp", cfg.Core.Listen); err != nil {
+	if s.CoreUDP, err = net.ListenPacket("udp", coreListen); err != nil {
 		return fail("core.listen", err)
 	}
 	bigBuffers(s.CoreUDP)
-	if s.CoreTCP, err = net.Listen("tcp", cfg.Core.Listen); err != nil {
+	if s.CoreTCP, err = net.Listen("tcp", coreListen); err != nil {
 		return fail("core.listen", err)
 	}
 	return s, nil
@@ -135,23 +134,4 @@ func (s *Sockets) Close() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// readyConn tells when sipgo has taken a UDP socket into service: sipgo
-// puts the socket into its connection pool and only then starts reading,
-// so the first ReadFrom means requests can now leave from it (sending
-// earlier makes sipgo bind a second socket to the same port and fail).
-type readyConn struct {
-	net.PacketConn
-	once  sync.Once
-	ready chan struct{}
-}
-
-func newReadyConn(c net.PacketConn) *readyConn {
-	return &readyConn{PacketConn: c, ready: make(chan struct{})}
-}
-
-func (c *readyConn) ReadFrom(b []byte) (int, net.Addr, error) {
-	c.once.Do(func() { close(c.ready) })
-	return c.PacketConn.ReadFrom(b)
 }

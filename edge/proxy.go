@@ -3,118 +3,136 @@ package edge
 import (
 	"context"
 	"hash/fnv"
-	"net/netip"
+	"log/slog"
 	"strconv"
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
-	"github.com/sipedge/sipedge/upstream"
+	"github.com/sipedge/sipedge/ratelimit"
 )
 
-// coreHop sends to a core target from the core-side socket.
-func (s *Server) coreHop(t upstream.Target) hop {
-	h := hop{client: s.coreClient, transport: t.Transport, dest: t.Addr, sentBy: s.coreAddr, toCore: true}
-	if t.Transport == nat.UDP {
-		h.local = s.coreAddr
-	}
-	return h
+// allowed is the Allow header value of the edge's own answers.
+const allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
+
+// proxy forwards everything but REGISTER: phones' requests to the core
+// (whatever their Route says: the edge is no open relay), the core's to
+// the flow their signed token names.
+type proxy struct {
+	log      *slog.Logger
+	self     *self
+	relay    *relay
+	core     func() leg
+	flowLeg  func(nat.FlowKey) leg
+	usable   func(nat.FlowKey) bool // a live flow, with its connection for streams
+	registry *registry.Registry
+	limiter  *ratelimit.Limiter
 }
 
-// flowHop sends to an endpoint over the flow it registered on: from the
-// listening UDP socket to its public address, or on its own connection.
-func (s *Server) flowHop(f nat.FlowKey) hop {
-	h := hop{client: s.accessClient, transport: f.Transport, dest: f.Remote, sentBy: s.accessAddr(f)}
-	if f.Transport == nat.UDP {
-		h.local = f.Local
+// toCore forwards a phone's request to the core.
+func (p *proxy) toCore(ctx context.Context, r *Request) error {
+	if p.loopDetected(r.Request) {
+		return reject(482, "Loop Detected")
 	}
-	return h
+	fwd := r.Clone()
+	p.self.popOwnRoutes(fwd)
+	inDialog := fwd.To() != nil && fwd.To().Params.Has("tag")
+	if !inDialog {
+		// A phone has no business pre-loading a route past the edge
+		// (Kamailio configs do the same with remove_hf("Route")).
+		dropHeaders(fwd, "Route")
+	}
+	if r.Method == sip.OPTIONS && fwd.Route() == nil && (fwd.Recipient.User == "" || p.self.isOurs(fwd.Recipient)) {
+		reply(p.log, r, 200, "OK", sip.NewHeader("Allow", allowed))
+		return nil
+	}
+	l := p.core()
+	if dialogCreating(fwd) {
+		p.self.recordRoute(fwd, r.Flow, l.Transport, true)
+	}
+	return p.relay.forward(ctx, r, fwd, l, func(res *sip.Response) {
+		authFailed(p.limiter, r, res.StatusCode, aorOf(r.From().Address))
+	})
 }
 
-// accessAddr is the address phones use to reach the edge on flow f.
-func (s *Server) accessAddr(f nat.FlowKey) netip.AddrPort {
-	if s.advertise.IsValid() {
-		return netip.AddrPortFrom(s.advertise, f.Local.Port())
+// toPhone forwards a request from the core to the endpoint whose flow
+// token it carries.
+func (p *proxy) toPhone(ctx context.Context, r *Request) error {
+	if p.loopDetected(r.Request) {
+		return reject(482, "Loop Detected")
 	}
-	return f.Local
-}
-
-// flowUsable reports whether f can carry a request now: it must be a
-// live flow, and a stream flow needs its connection (sipgo would
-// otherwise dial the NAT's address).
-func (s *Server) flowUsable(f nat.FlowKey) bool {
-	if !s.flows.Alive(f) {
-		return false // dead, or never registered
-	}
-	if !f.Transport.Reliable() {
-		return true
-	}
-	c, err := s.accessUA.TransportLayer().GetConnection(f.Transport.String(), f.Remote.String())
-	return err == nil && c != nil
-}
-
-// isOurs reports whether u names this edge (either side).
-func (s *Server) isOurs(u sip.Uri) bool {
-	ip, err := netip.ParseAddr(strings.Trim(u.Host, "[]"))
+	fwd := r.Clone()
+	flow, found, err := p.endpointFlow(fwd)
 	if err != nil {
-		return false
+		return err
 	}
-	port := uint16(u.Port)
-	if port == 0 {
-		port = 5060
-		if u.Scheme == "sips" {
-			port = 5061
+	if !found {
+		if r.Method == sip.OPTIONS {
+			reply(p.log, r, 200, "OK", sip.NewHeader("Allow", allowed))
+			return nil
 		}
+		return reject(404, "Not Found")
 	}
-	ap := netip.AddrPortFrom(ip.Unmap(), port)
-	if ap == s.coreAddr || s.ownAddrs[ap] {
-		return true
+	if dialogCreating(fwd) {
+		p.self.recordRoute(fwd, flow, p.core().Transport, false)
 	}
-	return s.advertise.IsValid() && ip.Unmap() == s.advertise && s.ownPorts[port]
+	return p.relay.forward(ctx, r, fwd, p.flowLeg(flow), nil)
 }
 
-// popOwnRoutes removes the Route entries at the top of req that name this
-// edge (loose routing, RFC 3261 §16.4) and returns the flow token they
-// carried, if any. Two different tokens mean someone stacked a second
-// flow into the route (a forged Path): ok is false.
-func (s *Server) popOwnRoutes(req *sip.Request) (token string, ok bool) {
-	for {
-		rt := req.Route()
-		if rt == nil || !s.isOurs(rt.Address) {
-			return token, true
+// ack relays an ACK that matches no transaction (the ACK for a 2xx, RFC
+// 3261 §16.7 item 4 / §17.1.1.3) statelessly along its route.
+func (p *proxy) ack(req *sip.Request, fromCore bool) {
+	fwd := req.Clone()
+	var l leg
+	if fromCore {
+		flow, found, err := p.endpointFlow(fwd)
+		if !found || err != nil {
+			return
 		}
-		if u := rt.Address.User; u != "" {
-			if token != "" && token != u {
-				return "", false
-			}
-			token = u
-		}
-		req.RemoveHeader("Route")
+		l = p.flowLeg(flow)
+	} else {
+		p.self.popOwnRoutes(fwd)
+		l = p.core()
 	}
+	p.relay.ack(fwd, l.Hop)
 }
 
-// recordRoute adds the edge's two Record-Route entries (RFC 5658): the
-// one facing the next hop on top, the one facing the previous hop below.
-// The access-side entry carries the endpoint's flow token so in-dialog
-// requests from the core come back onto the same flow.
-func (s *Server) recordRoute(fwd *sip.Request, flow nat.FlowKey, core hop, towardCore bool) {
-	acc := s.accessAddr(flow)
-	access := sip.Uri{Scheme: "sip", User: s.signer.Encode(flow), Host: acc.Addr().String(), Port: int(acc.Port()), UriParams: sip.NewParams()}
-	if flow.Transport != nat.UDP {
-		access.UriParams.Add("transport", strings.ToLower(flow.Transport.String()))
+// endpointFlow finds the flow a request from the core is for, from the
+// token in a Route (path mode, or the edge's Record-Route) or in the
+// Request-URI (rewrite mode, where the endpoint's own Contact is put
+// back). It pops the edge's Routes from fwd. found is false when the
+// request names no endpoint at all.
+func (p *proxy) endpointFlow(fwd *sip.Request) (flow nat.FlowKey, found bool, _ error) {
+	token, ok := p.self.popOwnRoutes(fwd)
+	if !ok {
+		p.log.Warn("request with two flow tokens in its route", "method", fwd.Method, "call", callID(fwd))
+		return flow, true, reject(403, "Forbidden")
 	}
-	access.UriParams.Add("lr", "")
-	coreSide := sip.Uri{Scheme: "sip", Host: s.coreAddr.Addr().String(), Port: int(s.coreAddr.Port()), UriParams: sip.NewParams()}
-	if core.transport != nat.UDP {
-		coreSide.UriParams.Add("transport", strings.ToLower(core.transport.String()))
+	rewritten := false
+	if token == "" && fwd.Recipient.User != "" && p.self.isOurs(fwd.Recipient) {
+		token, rewritten = fwd.Recipient.User, true
 	}
-	coreSide.UriParams.Add("lr", "")
-	first, second := access, coreSide // the second one ends up on top
-	if !towardCore {
-		first, second = coreSide, access
+	if token == "" {
+		return flow, false, nil
 	}
-	fwd.PrependHeader(&sip.RecordRouteHeader{Address: first})
-	fwd.PrependHeader(&sip.RecordRouteHeader{Address: second})
+	flow, err := p.self.signer.Decode(token)
+	if err != nil {
+		p.log.Warn("request with a bad flow token", "method", fwd.Method, "call", callID(fwd))
+		return flow, true, reject(403, "Forbidden")
+	}
+	if rewritten {
+		b, ok := p.registry.ByCore(fwd.Recipient.String())
+		var u sip.Uri
+		if !ok || b.Flow != flow || sip.ParseUri(b.Contact, &u) != nil {
+			return flow, true, reject(404, "Not Found")
+		}
+		fwd.Recipient = u
+	}
+	if !p.usable(flow) {
+		return flow, true, errFlowFailed
+	}
+	return flow, true, nil
 }
 
 // dialogCreating reports whether req may create a dialog and so needs the
@@ -132,11 +150,11 @@ func dialogCreating(req *sip.Request) bool {
 // carries the loop hash of req as it arrives now. The same request coming
 // back after the core changed its Request-URI (a call between two phones
 // behind this edge) is a spiral, and goes on.
-func (s *Server) loopDetected(req *sip.Request) bool {
+func (p *proxy) loopDetected(req *sip.Request) bool {
 	prefix := loopBranchPrefix(req)
 	for _, h := range req.GetHeaders("Via") {
 		v, ok := h.(*sip.ViaHeader)
-		if !ok || !s.isOurs(sip.Uri{Scheme: "sip", Host: v.Host, Port: v.Port}) {
+		if !ok || !p.self.isOurs(sip.Uri{Scheme: "sip", Host: v.Host, Port: v.Port}) {
 			continue
 		}
 		if b, _ := v.Params.Get("branch"); strings.HasPrefix(b, prefix) {
@@ -150,8 +168,8 @@ func (s *Server) loopDetected(req *sip.Request) bool {
 // req: the magic cookie, a hash of what identifies req on this hop
 // (RFC 3261 §16.6 item 8: tags, Call-ID, Request-URI as received, CSeq
 // number, Proxy-Require, Proxy-Authorization; and the Route set as
-// received), and a random part that
-// keeps each transaction's branch unique.
+// received), and a random part that keeps each transaction's branch
+// unique.
 func loopBranch(req *sip.Request) string {
 	return loopBranchPrefix(req) + sip.GenerateTagN(10)
 }
@@ -180,121 +198,3 @@ func loopBranchPrefix(req *sip.Request) string {
 	}
 	return "z9hG4bK" + strconv.FormatUint(h.Sum64(), 36) + "."
 }
-
-// proxyToCore forwards a phone's request (other than REGISTER) to the
-// core. Whatever its Route or Request-URI say, access-side requests only
-// ever go to the configured core: the edge is no open relay.
-func (s *Server) proxyToCore(ctx context.Context, r *Request) error {
-	if s.loopDetected(r.Request) {
-		return reject(482, "Loop Detected")
-	}
-	fwd := r.Clone()
-	s.popOwnRoutes(fwd)
-	inDialog := fwd.To() != nil && fwd.To().Params.Has("tag")
-	if !inDialog {
-		// A phone has no business pre-loading a route past the edge
-		// (Kamailio configs do the same with remove_hf("Route")).
-		dropHeaders(fwd, "Route")
-	}
-	if r.Method == sip.OPTIONS && fwd.Route() == nil && (fwd.Recipient.User == "" || s.isOurs(fwd.Recipient)) {
-		reply(s.log, r, 200, "OK", sip.NewHeader("Allow", allowed))
-		return nil
-	}
-	h := s.coreHop(s.upstreams.Pick())
-	if dialogCreating(fwd) {
-		s.recordRoute(fwd, r.Flow, h, true)
-	}
-	return s.forward(ctx, r, fwd, h, func(res *sip.Response) {
-		if c := res.StatusCode; (c == 401 || c == 403 || c == 407) && hadCredentials(r.Request) {
-			s.limiter.AuthFailure(r.Flow.Remote.Addr(), aorOf(r.From().Address))
-		}
-	})
-}
-
-// proxyToEndpoint forwards a request from the core to the endpoint whose
-// flow token it carries.
-func (s *Server) proxyToEndpoint(ctx context.Context, r *Request) error {
-	if s.loopDetected(r.Request) {
-		return reject(482, "Loop Detected")
-	}
-	fwd := r.Clone()
-	flow, found, err := s.endpointFlow(fwd)
-	if err != nil {
-		return err
-	}
-	if !found {
-		if r.Method == sip.OPTIONS {
-			reply(s.log, r, 200, "OK", sip.NewHeader("Allow", allowed))
-			return nil
-		}
-		return reject(404, "Not Found")
-	}
-	h := s.flowHop(flow)
-	if dialogCreating(fwd) {
-		s.recordRoute(fwd, flow, s.coreHop(s.upstreams.Pick()), false)
-	}
-	return s.forward(ctx, r, fwd, h, nil)
-}
-
-// endpointFlow finds the flow a request from the core is for, from the
-// token in a Route (path mode, or the edge's Record-Route) or in the
-// Request-URI (rewrite mode, where the endpoint's own Contact is put
-// back). It pops the edge's Routes from fwd. found is false when the
-// request names no endpoint at all.
-func (s *Server) endpointFlow(fwd *sip.Request) (flow nat.FlowKey, found bool, _ *Error) {
-	token, ok := s.popOwnRoutes(fwd)
-	if !ok {
-		s.log.Warn("request with two flow tokens in its route", "method", fwd.Method, "call", callID(fwd))
-		return flow, true, reject(403, "Forbidden")
-	}
-	rewritten := false
-	if token == "" && fwd.Recipient.User != "" && s.isOurs(fwd.Recipient) {
-		token, rewritten = fwd.Recipient.User, true
-	}
-	if token == "" {
-		return flow, false, nil
-	}
-	flow, err := s.signer.Decode(token)
-	if err != nil {
-		s.log.Warn("request with a bad flow token", "method", fwd.Method, "call", callID(fwd))
-		return flow, true, reject(403, "Forbidden")
-	}
-	if rewritten {
-		b, ok := s.bindings.ByCore(fwd.Recipient.String())
-		var u sip.Uri
-		if !ok || b.Flow != flow || sip.ParseUri(b.Contact, &u) != nil {
-			return flow, true, reject(404, "Not Found")
-		}
-		fwd.Recipient = u
-	}
-	if !s.flowUsable(flow) {
-		return flow, true, reject(430, "Flow Failed")
-	}
-	return flow, true, nil
-}
-
-// relayAck forwards an ACK that matches no transaction (the ACK for a
-// 2xx, RFC 3261 §16.7 item 4 / §17.1.1.3) statelessly along its route.
-func (s *Server) relayAck(req *sip.Request, fromCore bool) {
-	fwd := req.Clone()
-	var h hop
-	if fromCore {
-		flow, found, err := s.endpointFlow(fwd)
-		if !found || err != nil {
-			return
-		}
-		h = s.flowHop(flow)
-	} else {
-		s.popOwnRoutes(fwd)
-		h = s.coreHop(s.upstreams.Pick())
-	}
-	if h.prepare(fwd, sip.GenerateBranch()) != nil {
-		return
-	}
-	if err := h.client.WriteRequest(fwd, prebuilt); err != nil {
-		s.log.Debug("ACK not relayed", "dst", h.dest, "err", err)
-	}
-}
-
-// allowed is the Allow header value of the edge's own answers.
-const allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"

@@ -7,9 +7,9 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
-	"github.com/sipedge/sipedge/edge"
 	"github.com/sipedge/sipedge/edge/edgetest"
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream"
 	"github.com/sipedge/sipedge/upstream/upstreamtest"
 )
 
@@ -23,7 +23,7 @@ type callSetup struct {
 	path  string // the Path the registrar stored
 }
 
-func setupCall(t *testing.T, network string, mutate func(*edge.Config)) *callSetup {
+func setupCall(t *testing.T, network string, mutate func(*edgetest.Config)) *callSetup {
 	t.Helper()
 	reg := upstreamtest.Start(t, upstreamtest.Options{})
 	e := edgetest.Start(t, reg.URI("udp"), mutate)
@@ -301,7 +301,7 @@ Content-Length: 0
 }
 
 func TestRewriteModeRestoresContact(t *testing.T) {
-	c := setupCall(t, "udp", func(cfg *edge.Config) { cfg.Core.Mode = edge.ModeRewrite })
+	c := setupCall(t, "udp", func(cfg *edgetest.Config) { cfg.Core.Mode = upstream.ModeRewrite })
 	b := c.e.Bindings().All()[0]
 	c.core.Send(c.request("MESSAGE", b.CoreContact, "", "rw-1", 1, ""))
 	msg := c.phone.MustRecvRequest("MESSAGE", wait)
@@ -388,7 +388,7 @@ func TestLargeInviteCrossesUDP(t *testing.T) {
 // in its Via and its access-side Record-Route; the core's addresses stay
 // out of sight except in the Record-Route entries dialog routing needs.
 func TestAdvertisedAddressFacesPhones(t *testing.T) {
-	c := setupCall(t, "udp", func(cfg *edge.Config) { cfg.Access.Advertise = "203.0.113.5" })
+	c := setupCall(t, "udp", func(cfg *edgetest.Config) { cfg.Access.Advertise = "203.0.113.5" })
 	c.core.Send(c.request("INVITE", c.contact(), c.path, "adv-1", 1, ""))
 	inv := c.phone.MustRecvRequest("INVITE", wait)
 	if v := inv.Via(); v.Host != "203.0.113.5" || v.Port != int(c.e.UDP.Port()) {

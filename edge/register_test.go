@@ -10,9 +10,9 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
-	"github.com/sipedge/sipedge/edge"
 	"github.com/sipedge/sipedge/edge/edgetest"
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream"
 	"github.com/sipedge/sipedge/upstream/upstreamtest"
 )
 
@@ -158,7 +158,7 @@ func TestRegisterDigestPassesThrough(t *testing.T) {
 
 func TestRegisterRewriteMode(t *testing.T) {
 	core := upstreamtest.Start(t, upstreamtest.Options{})
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) { c.Core.Mode = edge.ModeRewrite })
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) { c.Core.Mode = upstream.ModeRewrite })
 	phone := edgetest.Dial(t, "udp", e.UDP)
 	own := "<sip:bob@" + phone.Local.String() + ";transport=udp>"
 	phone.Send(phone.Register(edgetest.Reg{User: "bob", Contact: own}))
@@ -225,7 +225,7 @@ func TestUnregister(t *testing.T) {
 
 func TestRegisterRejects(t *testing.T) {
 	core := upstreamtest.Start(t, upstreamtest.Options{})
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) {
 		c.Registration.Domains = []string{"example.com"}
 		c.Registration.MaxContacts = 2
 	})
@@ -311,7 +311,7 @@ func TestSymmetricResponseWithoutRport(t *testing.T) {
 
 func TestCoreSilentGives408(t *testing.T) {
 	core := upstreamtest.Start(t, upstreamtest.Options{Silent: true})
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) { c.Core.Timeout = time.Second })
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) { c.Core.Timeout = time.Second })
 	phone := edgetest.Dial(t, "udp", e.UDP)
 	phone.Send(phone.Register(edgetest.Reg{User: "fay"}))
 	if res := phone.MustRecvResponse(wait); res.StatusCode != 408 {
@@ -381,7 +381,7 @@ func TestPhonePathAndRouteAreDropped(t *testing.T) {
 // bindings, and each gets its own calls.
 func TestRewriteSameContactTwoPhones(t *testing.T) {
 	core := upstreamtest.Start(t, upstreamtest.Options{})
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) { c.Core.Mode = edge.ModeRewrite })
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) { c.Core.Mode = upstream.ModeRewrite })
 	var phones []*edgetest.Phone
 	for i := range 2 {
 		p := edgetest.DialFrom(t, "udp", src(0, 2, byte(i+1)), e.UDP)

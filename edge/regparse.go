@@ -63,7 +63,7 @@ func aorOf(u sip.Uri) string {
 }
 
 // parseRegister reads what the registrar needs from a sane REGISTER.
-func parseRegister(req *sip.Request) (*registerRequest, *Error) {
+func parseRegister(req *sip.Request, userAgent string) (*registerRequest, *Error) {
 	to := req.To()
 	if to == nil || req.CallID() == nil || req.CSeq() == nil {
 		return nil, reject(400, "Missing Required Header")
@@ -75,11 +75,12 @@ func parseRegister(req *sip.Request) (*registerRequest, *Error) {
 		return nil, reject(400, "Bad To Header")
 	}
 	r := &registerRequest{
-		AOR:     aorOf(to.Address),
-		Domain:  strings.ToLower(to.Address.Host),
-		Expires: noExpires,
-		CallID:  req.CallID().Value(),
-		CSeq:    req.CSeq().SeqNo,
+		AOR:       aorOf(to.Address),
+		Domain:    strings.ToLower(to.Address.Host),
+		Expires:   noExpires,
+		CallID:    req.CallID().Value(),
+		CSeq:      req.CSeq().SeqNo,
+		UserAgent: userAgent,
 	}
 	if hs := req.GetHeaders("Expires"); len(hs) > 0 {
 		if len(hs) > 1 {
@@ -97,9 +98,6 @@ func parseRegister(req *sip.Request) (*registerRequest, *Error) {
 				r.Supported = append(r.Supported, tok)
 			}
 		}
-	}
-	if h := req.GetHeader("User-Agent"); h != nil {
-		r.UserAgent = h.Value()
 	}
 	for _, h := range req.GetHeaders("Contact") {
 		ch, ok := h.(*sip.ContactHeader)

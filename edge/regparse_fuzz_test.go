@@ -34,7 +34,7 @@ func FuzzRegister(f *testing.F) {
 		if checkSanity(req) != nil || req.Method != sip.REGISTER {
 			return
 		}
-		reg, rerr := parseRegister(req)
+		reg, rerr := parseRegister(req, "")
 		if rerr != nil {
 			if rerr.Code < 400 || rerr.Code > 499 {
 				t.Fatalf("parse error with code %d", rerr.Code)

@@ -1,11 +1,13 @@
 package edge
 
 import (
+	"context"
 	"net/netip"
 	"strconv"
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/ratelimit"
 )
 
 // checkSanity rejects requests a proxy must not forward (RFC 3261 §16.3),
@@ -52,4 +54,22 @@ func stampVia(v *sip.ViaHeader, src netip.AddrPort) {
 	}
 	v.Params.Add("received", src.Addr().String())
 	v.Params.Add("rport", strconv.Itoa(int(src.Port())))
+}
+
+// sanity rejects what a proxy must not forward, and counts malformed
+// requests against their source.
+type sanity struct {
+	limiter *ratelimit.Limiter // nil on the core side: cores are not scored
+}
+
+func (s sanity) wrap(next Handler) Handler {
+	return func(ctx context.Context, r *Request) error {
+		if err := checkSanity(r.Request); err != nil {
+			if err.Code == 400 && s.limiter != nil {
+				s.limiter.Malformed(r.Flow.Remote.Addr())
+			}
+			return err
+		}
+		return next(ctx, r)
+	}
 }

@@ -1,12 +1,14 @@
 // Package edge is sipedge's SIP side: it serves the access and core
-// sockets, runs each request through a chain of small stages, registers
-// endpoints with the core and keeps the binding table.
+// sockets and runs each request through a chain of small stages (sanity,
+// parse, limit, then the registrar or the proxy), forwarding through one
+// relay unit. Registration state lives in edge/registry, the core side in
+// upstream, flow mechanics in nat, limits in ratelimit: the server is
+// handed all of them.
 package edge
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -17,211 +19,223 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
-	"github.com/sipedge/sipedge/edge/binding"
+	"github.com/sipedge/sipedge/edge/clock"
+	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
 	"github.com/sipedge/sipedge/upstream"
+	"github.com/sipedge/sipedge/upstream/hop"
 )
 
-// flowIdle is how long a flow without bindings may stay in the table.
-const flowIdle = 10 * time.Minute
+// Maintenance runs every maintainEvery: bindings expire, keepalives go
+// out; the limiter is swept every limiterSweep and flows no binding
+// holds every flowSweep (a backstop), idle for flowIdle.
+const (
+	maintainEvery = time.Second
+	limiterSweep  = 5 * time.Second
+	flowSweep     = time.Minute
+	flowIdle      = 10 * time.Minute
+)
 
-// Deps are what the server is built from besides its config.
-type Deps struct {
-	Log       *slog.Logger     // required
-	Signer    *nat.Signer      // required: signs flow tokens
-	Upstreams *upstream.Pool   // required: the core registrars
-	Now       func() time.Time // defaults to time.Now
-	Grace     time.Duration    // drain time on shutdown; default 3s
-	Events    Events           // optional hooks
+// Config is what the server reads: its own sections, and the keys of
+// other sections it acts on.
+type Config struct {
+	Access       AccessConfig
+	Registration RegistrationConfig
+	Core         upstream.Config // mode and timeout
+	NAT          nat.Config      // Flow-Timer values granted to outbound clients
 }
 
-// Events are optional callbacks for metrics, audit logs and tests.
-type Events struct {
-	// OnFlowDead reports a flow found dead and the bindings it took along.
-	OnFlowDead func(k nat.FlowKey, why string, removed []binding.Binding)
-	// RateLimit observes the limiter's decisions and bans.
-	RateLimit ratelimit.Events
+// Deps are the parts the server is built from, made by the caller.
+type Deps struct {
+	Log       *slog.Logger       // required
+	Clock     clock.Clock        // nil: the system clock
+	Signer    *nat.Signer        // required: signs flow tokens
+	Pool      *upstream.Pool     // required: the cores
+	Limiter   *ratelimit.Limiter // required
+	Flows     *nat.FlowTable     // required
+	Keepalive *nat.Keepaliver    // required: keeps UDP flows open
+	Probe     *nat.Keepaliver    // required: probes silent stream flows
+	Registry  *registry.Registry // required
+	Conns     *Conns             // required: open stream connections (the registry asks it too)
+	Grace     time.Duration      // drain time on shutdown; default 3s
 }
 
 // Server is a running edge.
 type Server struct {
-	cfg        Config
-	log        *slog.Logger
-	now        func() time.Time
-	grace      time.Duration
-	signer     *nat.Signer
-	upstreams  *upstream.Pool
-	bindings   *binding.Table
-	flows      *nat.FlowTable
-	keepalive  *nat.Keepaliver // UDP flows: CRLF or OPTIONS every keepalive_interval
-	probe      *nat.Keepaliver // stream flows: OPTIONS when silent for flow_timer_stream
-	events     Events
-	limiter    *ratelimit.Limiter
-	conns      connLimits
-	udpByLocal map[netip.AddrPort]net.PacketConn // raw access UDP sockets, for pings
-	domains    map[string]bool
-	socks      *Sockets
-	coreAddr   netip.AddrPort
-	advertise  netip.Addr              // public address of the access side, if set
-	ownAddrs   map[netip.AddrPort]bool // every access socket address
-	ownPorts   map[uint16]bool         // their ports, for advertise matching
-	trusted    []netip.Prefix          // who may send requests to the core side
+	cfg   Config
+	d     Deps
+	log   *slog.Logger
+	socks *Sockets
+	rs    responder
 
-	accessUA     *sipgo.UserAgent
-	coreUA       *sipgo.UserAgent
-	coreClient   *sipgo.Client
-	accessClient *sipgo.Client
-	access       Handler
+	accessUA, coreUA   *sipgo.UserAgent
+	accessSrv, coreSrv *sipgo.Server
+	udp                []*udpSocket // access sockets first, the core-side one last
+	pinger             *pinger
 
-	ready chan struct{} // closed once every socket is in service
+	proxy *proxy
+	limit limit
+	relay *relay
 
-	bg       sync.WaitGroup // CANCELs and hang-ups sent after their request ended
-	mu       sync.RWMutex   // guards draining against inflight.Add
+	ready    chan struct{}
+	serving  sync.WaitGroup // listeners and the maintenance loop
+	stop     context.CancelFunc
+	mu       sync.RWMutex // guards draining against inflight.Add
 	draining bool
 	inflight sync.WaitGroup
 }
 
 // New builds a server on sockets the caller bound.
 func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
-	if err := cfg.Validate(); err != nil {
+	if d.Log == nil || d.Signer == nil || d.Pool == nil || d.Limiter == nil || d.Flows == nil ||
+		d.Keepalive == nil || d.Probe == nil || d.Registry == nil || d.Conns == nil {
+		return nil, errors.New("edge: Log, Signer, Pool, Limiter, Flows, Keepalive, Probe, Registry and Conns are required")
+	}
+	if err := errors.Join(cfg.Access.Validate(), cfg.Registration.Validate(), cfg.Core.Validate(), cfg.NAT.Validate()); err != nil {
 		return nil, err
 	}
-	if d.Log == nil || d.Signer == nil || d.Upstreams == nil {
-		return nil, errors.New("edge: Log, Signer and Upstreams are required")
+	if d.Clock == nil {
+		d.Clock = clock.Real{}
 	}
-	s := &Server{
-		cfg: cfg, log: d.Log, now: d.Now, grace: d.Grace,
-		signer: d.Signer, upstreams: d.Upstreams, socks: socks,
-		domains: make(map[string]bool), ready: make(chan struct{}), events: d.Events,
-		udpByLocal: make(map[netip.AddrPort]net.PacketConn),
+	if d.Grace == 0 {
+		d.Grace = 3 * time.Second
 	}
-	if s.now == nil {
-		s.now = time.Now
-	}
-	if s.grace == 0 {
-		s.grace = 3 * time.Second
-	}
-	for _, dom := range cfg.Registration.Domains {
-		s.domains[strings.ToLower(dom)] = true
-	}
-	ca, err := netip.ParseAddrPort(socks.CoreUDP.LocalAddr().String())
-	if err != nil {
-		return nil, fmt.Errorf("core socket: %w", err)
-	}
-	s.coreAddr = unmap(ca)
-	s.ownAddrs, s.ownPorts = make(map[netip.AddrPort]bool), make(map[uint16]bool)
-	for _, a := range socks.addrs() {
-		s.ownAddrs[a], s.ownPorts[a.Port()] = true, true
-	}
-	for _, t := range d.Upstreams.Targets() {
-		s.trusted = append(s.trusted, netip.PrefixFrom(t.Addr.Addr(), t.Addr.Addr().BitLen()))
-	}
-	for _, c := range cfg.Core.Trusted {
-		p, _ := parsePrefix(c) // validated
-		s.trusted = append(s.trusted, p)
-	}
+	var advertise netip.Addr
 	if cfg.Access.Advertise != "" {
-		if s.advertise, err = netip.ParseAddr(cfg.Access.Advertise); err != nil {
-			return nil, fmt.Errorf("access.advertise: %w", err)
-		}
+		advertise, _ = netip.ParseAddr(cfg.Access.Advertise) // validated
 	}
-	for _, c := range socks.UDP {
-		if a, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
-			s.udpByLocal[unmap(a)] = c
-		}
-	}
-	if s.limiter, err = ratelimit.New(cfg.RateLimit, s.now, d.Events.RateLimit); err != nil {
-		return nil, err
-	}
-	s.flows = nat.NewFlowTable(cfg.NAT.MaxFlows, s.now, nat.FlowEvents{OnDead: s.flowDead})
-	s.keepalive = nat.NewKeepaliver(cfg.NAT.KeepaliveConfig, s.flows, s, s.now, nil)
-	// A stream flow's close is seen at once, but a connection a NAT or a
-	// dead phone dropped silently is not: one silent for the stream flow
-	// timer gets an OPTIONS over it (phones' own CRLF or SIP traffic
-	// postpones it), and keepalive_failures unanswered ones kill it.
-	probeCfg := cfg.NAT.KeepaliveConfig
-	if probeCfg.Mode != nat.KeepaliveOff {
-		probeCfg.Mode = nat.KeepaliveOptions
-	}
-	probeCfg.Interval = cfg.NAT.FlowTimerStream
-	if err := probeCfg.Validate(); err != nil {
-		return nil, fmt.Errorf("nat.flow_timer_stream: %w", err)
-	}
-	s.probe = nat.NewKeepaliver(probeCfg, s.flows, s, s.now, nil)
-	s.bindings = binding.New(s.now, s.bindingEvents())
+	s := &Server{cfg: cfg, d: d, log: d.Log, socks: socks, ready: make(chan struct{}),
+		rs: responder{log: d.Log, retryAfter: d.Limiter.RetryAfter}}
+	coreAddr := addrPortOf(socks.CoreUDP.LocalAddr())
+	self := newSelf(d.Signer, coreAddr, advertise, socks.addrs())
 
-	siplog := slog.New(quietSipgo{s.log.Handler()})
-	uaOpts := func(name string) []sipgo.UserAgentOption {
-		return []sipgo.UserAgentOption{
-			sipgo.WithUserAgent(name),
-			sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(siplog)),
-			sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(siplog)),
+	var err error
+	if s.accessUA, s.coreUA, err = userAgents(d.Log); err != nil {
+		return nil, err
+	}
+	siplog := slog.New(quietSipgo{d.Log.Handler()})
+	coreClient, err := sipgo.NewClient(s.coreUA, sipgo.WithClientLogger(siplog), sipgo.WithClientHostname(coreAddr.Addr().String()))
+	if err != nil {
+		return nil, err
+	}
+	accessClient, err := sipgo.NewClient(s.accessUA, sipgo.WithClientLogger(siplog))
+	if err != nil {
+		return nil, err
+	}
+	fwd, err := upstream.NewForwarder(cfg.Core, d.Pool, upstream.ForwarderDeps{Client: coreClient, Local: coreAddr, Admit: d.Limiter.Inflight})
+	if err != nil {
+		return nil, err
+	}
+	if s.accessSrv, err = sipgo.NewServer(s.accessUA); err != nil {
+		return nil, err
+	}
+	if s.coreSrv, err = sipgo.NewServer(s.coreUA); err != nil {
+		return nil, err
+	}
+
+	coreLeg := func() leg {
+		h := fwd.Hop()
+		return leg{Hop: h, toward: "core", admit: fwd.Admit,
+			unreachable: func(err error) error { return fwd.Unreachable(h.Dest, err) }}
+	}
+	flowLeg := func(f nat.FlowKey) leg {
+		h := hop.Hop{Client: accessClient, Transport: f.Transport.String(), Dest: f.Remote, SentBy: self.accessAddr(f)}
+		if f.Transport == nat.UDP {
+			h.Local = f.Local // from the listening socket to the NAT's address
 		}
+		return leg{Hop: h, toward: "phone", unreachable: func(error) error { return errFlowFailed }}
 	}
-	accessOpts := append(uaOpts("sipedge"), sipgo.WithUserAgentTransportLayerOptions(
-		sip.WithTransportLayerTransports(neverDial())))
-	if s.accessUA, err = sipgo.NewUA(accessOpts...); err != nil {
-		return nil, err
+	s.relay = &relay{log: d.Log, timeout: cfg.Core.Timeout, self: self}
+	s.limit = limit{log: d.Log, limiter: d.Limiter, registry: d.Registry}
+	s.proxy = &proxy{log: d.Log, self: self, relay: s.relay, core: coreLeg, flowLeg: flowLeg,
+		usable: s.flowUsable, registry: d.Registry, limiter: d.Limiter}
+	reg := &registrar{cfg: cfg.Registration, domains: make(map[string]bool), mode: cfg.Core.Mode, now: d.Clock.Now,
+		self: self, relay: s.relay, core: coreLeg, registry: d.Registry, limiter: d.Limiter}
+	reg.flowTime.udp, reg.flowTime.stream = cfg.NAT.FlowTimerUDP, cfg.NAT.FlowTimerStream
+	for _, dom := range cfg.Registration.Domains {
+		reg.domains[strings.ToLower(dom)] = true
 	}
-	if s.coreUA, err = sipgo.NewUA(uaOpts("sipedge")...); err != nil {
-		return nil, err
+
+	s.pinger = &pinger{udp: make(map[netip.AddrPort]*nat.PacketConn), flowLeg: flowLeg}
+	for _, c := range socks.UDP {
+		u := newUDPSocket(c)
+		s.pinger.udp[u.local] = u.guardAccess(d.Limiter, d.Flows)
+		s.udp = append(s.udp, u)
 	}
-	if s.coreClient, err = sipgo.NewClient(s.coreUA, sipgo.WithClientLogger(siplog),
-		sipgo.WithClientHostname(s.coreAddr.Addr().String())); err != nil {
-		return nil, err
+	s.udp = append(s.udp, newUDPSocket(socks.CoreUDP))
+
+	accessRoute := func(ctx context.Context, r *Request) error {
+		switch r.Method {
+		case sip.REGISTER:
+			return reg.handle(ctx, r)
+		case sip.CANCEL:
+			return reject(481, "Call/Transaction Does Not Exist") // a matching one never gets here
+		}
+		return s.proxy.toCore(ctx, r)
 	}
-	if s.accessClient, err = sipgo.NewClient(s.accessUA, sipgo.WithClientLogger(siplog)); err != nil {
-		return nil, err
+	coreRoute := func(ctx context.Context, r *Request) error {
+		switch r.Method {
+		case sip.REGISTER:
+			return reject(403, "Forbidden")
+		case sip.CANCEL:
+			return reject(481, "Call/Transaction Does Not Exist")
+		}
+		return s.proxy.toPhone(ctx, r)
 	}
-	s.access = chain(s.route, s.sanity, s.limit)
+	s.accessSrv.OnNoRoute(s.handler(chain(accessRoute, sanity{d.Limiter}.wrap, parse, s.limit.wrap), false))
+	s.coreSrv.OnNoRoute(s.handler(chain(coreRoute, sanity{}.wrap), true))
 	return s, nil
 }
 
-// Ready is closed once the server can take and send requests.
-func (s *Server) Ready() <-chan struct{} { return s.ready }
-
-// Limiter is the rate limiter and ban list (for the admin API).
-func (s *Server) Limiter() *ratelimit.Limiter { return s.limiter }
-
-// Bindings is the table of registrations the core accepted.
-func (s *Server) Bindings() *binding.Table { return s.bindings }
-
-// CoreAddr is the edge's core-side address (where Path points).
-func (s *Server) CoreAddr() netip.AddrPort { return s.coreAddr }
-
-// route picks the handler for an access-side request.
-func (s *Server) route(ctx context.Context, r *Request) error {
-	switch r.Method {
-	case sip.REGISTER:
-		return s.handleRegister(ctx, r)
-	case sip.CANCEL:
-		return reject(481, "Call/Transaction Does Not Exist") // a matching one never gets here
+// userAgents makes the two sipgo user agents, one per side. The access
+// one never dials: phones' flows are theirs to open.
+func userAgents(log *slog.Logger) (access, core *sipgo.UserAgent, err error) {
+	siplog := slog.New(quietSipgo{log.Handler()})
+	opts := []sipgo.UserAgentOption{
+		sipgo.WithUserAgent("sipedge"),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(siplog)),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(siplog)),
 	}
-	return s.proxyToCore(ctx, r)
+	accessOpts := append(opts[:len(opts):len(opts)], sipgo.WithUserAgentTransportLayerOptions(
+		sip.WithTransportLayerTransports(neverDial())))
+	if access, err = sipgo.NewUA(accessOpts...); err != nil {
+		return nil, nil, err
+	}
+	if core, err = sipgo.NewUA(opts...); err != nil {
+		return nil, nil, err
+	}
+	return access, core, nil
 }
 
-// routeCore picks the handler for a request from the core side.
-func (s *Server) routeCore(ctx context.Context, r *Request) error {
-	switch r.Method {
-	case sip.REGISTER:
-		return reject(403, "Forbidden")
-	case sip.CANCEL:
-		return reject(481, "Call/Transaction Does Not Exist")
+// flowUsable reports whether f can carry a request now: it must be a
+// live flow, and a stream flow needs its connection (sipgo would
+// otherwise dial the NAT's address).
+func (s *Server) flowUsable(f nat.FlowKey) bool {
+	if !s.d.Flows.Alive(f) {
+		return false // dead, or never registered
 	}
-	return s.proxyToEndpoint(ctx, r)
+	if !f.Transport.Reliable() {
+		return true
+	}
+	c, err := s.accessUA.TransportLayer().GetConnection(f.Transport.String(), f.Remote.String())
+	return err == nil && c != nil
 }
 
-// sipHandler adapts a Handler to sipgo: flow key, drain check, panic
-// recovery, and the one place errors become responses.
-func (s *Server) sipHandler(h Handler, fromCore bool) sipgo.RequestHandler {
+// handler adapts a Handler to sipgo: the core side's trust check, ACKs,
+// the drain gate, panic recovery, and the one place errors become
+// responses.
+func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
-		if fromCore && !s.fromTrusted(req) {
+		flow, err := flowOf(req, tx)
+		if err != nil {
+			s.log.Debug("request without usable flow", "err", err)
+			return
+		}
+		if fromCore && !s.d.Pool.Trusts(flow.Remote.Addr()) {
 			// Only the core may ask the edge to reach a phone.
 			if tx != nil && !req.IsAck() {
-				r := &Request{Request: req, Tx: tx}
-				r.Flow, _ = flowOf(req, tx)
-				respondError(s.log, r, reject(403, "Forbidden"))
+				s.rs.respond(&Request{Request: req, Tx: tx, Flow: flow}, reject(403, "Forbidden"))
 			}
 			return
 		}
@@ -230,177 +244,139 @@ func (s *Server) sipHandler(h Handler, fromCore bool) sipgo.RequestHandler {
 			// it acknowledges a 2xx and travels statelessly (sipgo may
 			// still hand it a transaction of its own). Never answered, so
 			// anything wrong with it is dropped.
-			if s.ackAcceptable(req, fromCore) {
-				s.relayAck(req, fromCore)
+			if checkSanity(req) == nil && (fromCore || s.limit.ackAllowed(flow.Remote)) {
+				s.proxy.ack(req, fromCore)
 			}
 			return
 		}
 		if tx == nil {
 			return
 		}
+		r := &Request{Request: req, Tx: tx, Flow: flow}
 		s.mu.RLock()
 		draining := s.draining
 		if !draining {
 			s.inflight.Add(1)
 		}
 		s.mu.RUnlock()
-		flow, err := flowOf(req, tx)
-		r := &Request{Request: req, Tx: tx, Flow: flow}
-		if err != nil {
-			s.log.Debug("request without usable flow", "err", err)
-		}
 		if draining {
-			respondError(s.log, r, coreDown(s.cfg.Core.RetryAfter))
+			s.rs.respond(r, &upstream.Unreachable{RetryAfter: s.cfg.Core.RetryAfter, Err: errors.New("draining")})
 			return
 		}
 		defer s.inflight.Done()
 		defer func() {
 			if p := recover(); p != nil {
 				s.log.Error("panic in handler", "method", req.Method, "panic", p, "stack", string(debug.Stack()))
-				respondError(s.log, r, reject(500, "Server Internal Error"))
+				s.rs.respond(r, reject(500, "Server Internal Error"))
 			}
 		}()
-		if err := h(context.Background(), r); err != nil && !errors.Is(err, errDrop) {
-			respondError(s.log, r, err)
+		if err := h(context.Background(), r); err != nil {
+			s.rs.respond(r, err)
 		}
 	}
 }
 
-// ackAcceptable applies the sanity checks and, from phones, the limits
-// to an ACK, which gets no answer either way.
-func (s *Server) ackAcceptable(req *sip.Request, fromCore bool) bool {
-	if checkSanity(req) != nil {
-		return false
-	}
-	if fromCore {
-		return true
-	}
-	src, err := netip.ParseAddrPort(req.Source())
-	if err != nil {
-		return false
-	}
-	d, _ := s.limiter.Request(src.Addr().Unmap(), string(sip.ACK), "", "")
-	return d == ratelimit.Allow
-}
+// Ready is closed once the server can take and send requests.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
 
-// background runs f in a goroutine that Serve waits for on shutdown.
-func (s *Server) background(f func()) { s.bg.Go(f) }
-
-// fromTrusted reports whether a request on the core side came from a core.
-func (s *Server) fromTrusted(req *sip.Request) bool {
-	src, err := netip.ParseAddrPort(req.Source())
-	if err != nil {
-		return false
-	}
-	a := src.Addr().Unmap()
-	for _, p := range s.trusted {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// Serve serves until ctx ends, then drains: stop accepting, answer new
-// requests 503, let transactions finish within the grace period, close.
-func (s *Server) Serve(ctx context.Context) error {
-	accessSrv, err := sipgo.NewServer(s.accessUA)
-	if err != nil {
-		return err
-	}
-	coreSrv, err := sipgo.NewServer(s.coreUA)
-	if err != nil {
-		return err
-	}
-	accessSrv.OnNoRoute(s.sipHandler(s.access, false))
-	coreSrv.OnNoRoute(s.sipHandler(chain(s.routeCore, s.sanity), true))
-
-	var wg sync.WaitGroup
+// Start serves every socket and starts the maintenance loop; it returns
+// once sipgo has taken every UDP socket into service (or ctx ends).
+func (s *Server) Start(ctx context.Context) error {
 	serve := func(f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		s.serving.Go(func() {
 			if err := f(); err != nil && !errors.Is(err, net.ErrClosed) {
 				s.log.Error("listener stopped", "err", err) // it will not come back
 			}
-		}()
+		})
 	}
-	var udpReady []chan struct{}
-	var udpSocks []*udpSocket
-	serveUDPOn := func(srv *sipgo.Server, u *udpSocket) {
-		rc := newReadyConn(u)
-		udpReady = append(udpReady, rc.ready)
-		udpSocks = append(udpSocks, u)
-		serve(func() error { return serveUDP(srv, u, rc) })
-	}
-	for local, c := range s.udpByLocal {
-		// STUN and CRLF keepalives, limits and garbage are handled below
-		// sipgo, before it parses anything.
-		serveUDPOn(accessSrv, s.newUDPSocket(c, local))
+	for i, u := range s.udp {
+		srv := s.accessSrv
+		if i == len(s.udp)-1 {
+			srv = s.coreSrv
+		}
+		serve(func() error { return serveUDP(srv, u) })
 	}
 	// Stream listeners are wrapped so every connection is a flow: CRLF
 	// pings answered, close noticed at once.
-	wrap := func(l net.Listener, tp nat.Transport) net.Listener { return nat.NewListener(l, tp, s.streamHooks()) }
-	for _, l := range s.socks.TCP {
-		serve(func() error { return accessSrv.ServeTCP(wrap(l, nat.TCP)) })
+	hooks := streamHooks(s.d.Limiter, s.d.Flows, s.d.Conns)
+	streams := []struct {
+		ls    []net.Listener
+		tp    nat.Transport
+		serve func(net.Listener) error
+	}{
+		{s.socks.TCP, nat.TCP, s.accessSrv.ServeTCP}, {s.socks.TLS, nat.TLS, s.accessSrv.ServeTLS},
+		{s.socks.WS, nat.WS, s.accessSrv.ServeWS}, {s.socks.WSS, nat.WSS, s.accessSrv.ServeWSS},
 	}
-	for _, l := range s.socks.TLS {
-		serve(func() error { return accessSrv.ServeTLS(wrap(l, nat.TLS)) })
-	}
-	for _, l := range s.socks.WS {
-		serve(func() error { return accessSrv.ServeWS(wrap(l, nat.WS)) })
-	}
-	for _, l := range s.socks.WSS {
-		serve(func() error { return accessSrv.ServeWSS(wrap(l, nat.WSS)) })
-	}
-	serveUDPOn(coreSrv, &udpSocket{PacketConn: s.socks.CoreUDP, raw: s.socks.CoreUDP})
-	serve(func() error { return coreSrv.ServeTCP(s.socks.CoreTCP) })
-
-	sweepCtx, stopSweep := context.WithCancel(context.Background())
-	ticker := time.NewTicker(time.Second)
-	kaTicker := time.NewTicker(time.Second)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		s.bindings.RunSweeper(sweepCtx, ticker.C)
-	}()
-	go func() {
-		defer wg.Done()
-		s.keepalive.Run(sweepCtx, kaTicker.C)
-	}()
-	probeTicker := time.NewTicker(time.Second)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.probe.Run(sweepCtx, probeTicker.C)
-	}()
-	limTicker := time.NewTicker(5 * time.Second)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for n := 1; ; n++ {
-			select {
-			case <-sweepCtx.Done():
-				return
-			case <-limTicker.C:
-				s.limiter.Sweep()
-				if n%12 == 0 { // every minute: flows no binding holds (a backstop)
-					s.flows.Sweep(flowIdle, s.bindings.HasFlow)
-				}
-			}
+	for _, st := range streams {
+		for _, l := range st.ls {
+			serve(func() error { return st.serve(nat.NewListener(l, st.tp, hooks)) })
 		}
-	}()
-	for _, r := range udpReady {
+	}
+	serve(func() error { return s.coreSrv.ServeTCP(nat.NewListener(s.socks.CoreTCP, nat.TCP, nat.StreamHooks{})) })
+
+	mctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	s.serving.Go(func() { s.maintain(mctx) })
+	for _, u := range s.udp {
 		select {
-		case <-r:
+		case <-u.ready:
 		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 	close(s.ready)
-	s.log.Info("sipedge serving", "core", s.coreAddr, "mode", s.cfg.Core.Mode, "upstream", s.upstreams.Pick())
+	return nil
+}
 
+// maintain is the one loop that keeps state in time: expiry, keepalives,
+// probes and sweeps, all on the injected clock.
+func (s *Server) maintain(ctx context.Context) {
+	t := s.d.Clock.NewTicker(maintainEvery)
+	defer t.Stop()
+	lastLimiter, lastFlows := s.d.Clock.Now(), s.d.Clock.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C():
+			s.d.Registry.Expire()
+			s.d.Keepalive.Tick(ctx, s.pinger)
+			s.d.Probe.Tick(ctx, s.pinger)
+			if now.Sub(lastLimiter) >= limiterSweep {
+				s.d.Limiter.Sweep()
+				lastLimiter = now
+			}
+			if now.Sub(lastFlows) >= flowSweep {
+				s.d.Registry.SweepFlows(flowIdle)
+				lastFlows = now
+			}
+		}
+	}
+}
+
+// Serve starts, serves until ctx ends, then shuts down within the grace
+// period.
+func (s *Server) Serve(ctx context.Context) error {
+	if err := s.Start(ctx); err != nil {
+		_ = s.Shutdown(context.Background())
+		if ctx.Err() != nil {
+			return nil // stopped before it was ready: not a failure
+		}
+		return err
+	}
+	s.log.Info("sipedge serving", "phones", s.socks.addrs(), "core_side", addrPortOf(s.socks.CoreUDP.LocalAddr()),
+		"core", s.d.Pool.Targets(), "mode", s.cfg.Core.Mode)
 	<-ctx.Done()
-	s.log.Info("draining", "grace", s.grace)
+	sctx, cancel := context.WithTimeout(context.Background(), s.d.Grace)
+	defer cancel()
+	return s.Shutdown(sctx)
+}
+
+// Shutdown drains: stop accepting, answer new requests 503, let
+// transactions finish until ctx ends, then close everything and wait for
+// every goroutine the server started.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.log.Info("draining")
 	s.mu.Lock()
 	s.draining = true
 	s.mu.Unlock()
@@ -411,25 +387,23 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { s.inflight.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(s.grace):
+	case <-ctx.Done():
 		s.log.Warn("grace period over with transactions in flight")
 	}
-	stopSweep()
-	ticker.Stop()
-	kaTicker.Stop()
-	probeTicker.Stop()
-	limTicker.Stop()
-	for _, u := range udpSocks {
+	if s.stop != nil {
+		s.stop()
+	}
+	for _, u := range s.udp {
 		u.stopping.Store(true)
 	}
 	_ = s.accessUA.Close()
 	_ = s.coreUA.Close()
 	_ = s.socks.Close()
-	wg.Wait()
-	bgDone := make(chan struct{})
-	go func() { <-done; s.bg.Wait(); close(bgDone) }()
+	s.serving.Wait()
+	followUps := make(chan struct{})
+	go func() { <-done; s.relay.followUp.Wait(); close(followUps) }()
 	select {
-	case <-bgDone: // handlers and their follow-ups return once the UAs are closed
+	case <-followUps: // handlers and their follow-ups return once the UAs are closed
 	case <-time.After(time.Second):
 		s.log.Warn("handlers still running after close")
 	}

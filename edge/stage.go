@@ -6,23 +6,34 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream"
 )
 
-// Request is one inbound request as it moves through the stage chain.
+// Request is one inbound request as it moves through the stage chain:
+// parsed once by the parse stage, read by every stage after it.
 type Request struct {
 	*sip.Request // the server transaction's request: read it, never forward it
 	Tx           sip.ServerTransaction
 	Flow         nat.FlowKey // transport, local socket and source it came on
+
+	UserAgent string // User-Agent, "" if absent
+	// AOR is a REGISTER's To as an address-of-record ("" otherwise).
+	AOR string
+	// Register is the parsed REGISTER, or RegisterErr why it did not
+	// parse (answered by the registrar, after the limits).
+	Register    *registerRequest
+	RegisterErr *Error
 }
 
-// Handler handles a request. A returned *Error becomes the SIP response;
-// any other error becomes 500. Returning nil means a response was sent.
+// Handler handles a request. A returned error becomes the SIP response
+// (see respond); nil means a response was sent.
 type Handler func(ctx context.Context, r *Request) error
 
-// Stage wraps a handler with one concern (sanity, limits, NAT, ...).
+// Stage wraps a handler with one concern (sanity, limits, ...).
 type Stage func(next Handler) Handler
 
 // chain builds stages around h; the first stage runs first.
@@ -33,8 +44,7 @@ func chain(h Handler, stages ...Stage) Handler {
 	return h
 }
 
-// Error is a SIP failure to answer with. Stages return it; one place,
-// respondError, turns it into a response.
+// Error is a SIP failure to answer with.
 type Error struct {
 	Code    int
 	Reason  string
@@ -47,14 +57,52 @@ func reject(code int, reason string, hdrs ...sip.Header) *Error {
 	return &Error{Code: code, Reason: reason, Headers: hdrs}
 }
 
-// respondError is the one place where an error becomes a SIP response.
-func respondError(log *slog.Logger, r *Request, err error) {
+var (
+	// errDrop ends a request with no answer at all (floods, scanners, bans).
+	errDrop = errors.New("dropped without answer")
+	// errOverLimit is a plausible client over a limit: 503, come back later.
+	errOverLimit = errors.New("over a limit")
+	// errFlowFailed is a flow that cannot carry the request (RFC 5626 §5.3).
+	errFlowFailed = errors.New("flow failed")
+)
+
+// responder is the one place where an outcome becomes a SIP response.
+type responder struct {
+	log *slog.Logger
+	// retryAfter is what a client over a limit is told (the limiter's,
+	// jittered).
+	retryAfter func() time.Duration
+}
+
+// statusOf maps an error to the answer, or nil for none at all.
+func (rs responder) statusOf(r *Request, err error) *Error {
 	var se *Error
-	if !errors.As(err, &se) {
-		log.Error("request failed", "method", r.Method, "src", r.Flow.Remote, "err", err)
-		se = reject(500, "Server Internal Error")
+	var down *upstream.Unreachable
+	switch {
+	case errors.As(err, &se):
+		return se
+	case errors.Is(err, errDrop):
+		return nil
+	case errors.Is(err, errOverLimit), errors.Is(err, upstream.ErrBusy):
+		return reject(503, "Service Unavailable", retryAfter(rs.retryAfter()))
+	case errors.As(err, &down):
+		return reject(503, "Service Unavailable", retryAfter(down.RetryAfter))
+	case errors.Is(err, errFlowFailed):
+		return reject(430, "Flow Failed")
 	}
-	reply(log, r, se.Code, se.Reason, se.Headers...)
+	rs.log.Error("request failed", "method", r.Method, "src", r.Flow.Remote, "err", err)
+	return reject(500, "Server Internal Error")
+}
+
+// respond answers r according to err.
+func (rs responder) respond(r *Request, err error) {
+	if se := rs.statusOf(r, err); se != nil {
+		reply(rs.log, r, se.Code, se.Reason, se.Headers...)
+	}
+}
+
+func retryAfter(d time.Duration) sip.Header {
+	return sip.NewHeader("Retry-After", strconv.Itoa(int(d/time.Second)))
 }
 
 // reply answers r from the edge itself, symmetric to its source (RFC 3581).
@@ -78,26 +126,37 @@ func send(log *slog.Logger, r *Request, res *sip.Response) {
 	}
 }
 
-// flowOf derives the flow key of a request from its server transaction.
+// keyed is a connection that knows its flow: nat's stream wrapper, under
+// sipgo's TCP and WS connections.
+type keyed interface{ Key() nat.FlowKey }
+
+// flowOf reads the flow a request came on from the socket wrappers the
+// edge gave sipgo: the stream connection's own key, or the UDP socket's
+// address and the datagram's source.
 func flowOf(req *sip.Request, tx sip.ServerTransaction) (nat.FlowKey, error) {
-	tp, err := nat.ParseTransport(req.Transport())
-	if err != nil {
-		return nat.FlowKey{}, err
+	var conn sip.Connection
+	if stx, ok := tx.(*sip.ServerTx); ok {
+		conn = stx.Connection()
 	}
-	src, err := netip.ParseAddrPort(req.Source())
-	if err != nil {
-		return nat.FlowKey{}, err
-	}
-	k := nat.FlowKey{Transport: tp, Remote: unmap(src)}
-	if stx, ok := tx.(*sip.ServerTx); ok && stx.Connection() != nil {
-		if la, err := netip.ParseAddrPort(stx.Connection().LocalAddr().String()); err == nil {
-			k.Local = unmap(la)
+	switch c := conn.(type) {
+	case *sip.TCPConnection:
+		if k, ok := c.Conn.(keyed); ok {
+			return k.Key(), nil
+		}
+	case *sip.WSConnection:
+		if k, ok := c.Conn.(keyed); ok {
+			return k.Key(), nil
+		}
+	case *sip.UDPConnection:
+		if u, ok := c.PacketConn.(*udpSocket); ok {
+			src, err := netip.ParseAddrPort(req.Source())
+			if err != nil {
+				return nat.FlowKey{}, err
+			}
+			return nat.FlowKey{Transport: nat.UDP, Local: u.local, Remote: unmap(src)}, nil
 		}
 	}
-	if !k.Local.IsValid() {
-		return k, errors.New("local address of the flow is unknown")
-	}
-	return k, nil
+	return nat.FlowKey{}, errors.New("request on a socket the edge did not wrap")
 }
 
 func unmap(ap netip.AddrPort) netip.AddrPort {

@@ -13,7 +13,6 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
-	"github.com/sipedge/sipedge/edge"
 	"github.com/sipedge/sipedge/edge/edgetest"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/upstream/upstreamtest"
@@ -24,7 +23,7 @@ import (
 func TestRegisterOverTLS(t *testing.T) {
 	cert, key := edgetest.SelfSignedCert(t, t.TempDir())
 	core := upstreamtest.Start(t, upstreamtest.Options{})
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) {
 		c.Access.TLS = []string{"127.0.0.1:0"}
 		c.Access.TLSCert, c.Access.TLSKey = cert, key
 	})
@@ -89,7 +88,7 @@ func registerOverWS(t *testing.T, url, user string, tlsConf *tls.Config) string 
 // REGISTER over WebSocket (RFC 7118).
 func TestRegisterOverWebSocket(t *testing.T) {
 	core := upstreamtest.Start(t, upstreamtest.Options{})
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) {
 		c.Access.WS = []string{"127.0.0.1:0"}
 	})
 	local := registerOverWS(t, "ws://"+e.WS.String(), "ws", nil)
@@ -106,7 +105,7 @@ func TestRegisterOverWebSocket(t *testing.T) {
 func TestRegisterOverSecureWebSocket(t *testing.T) {
 	cert, key := edgetest.SelfSignedCert(t, t.TempDir())
 	core := upstreamtest.Start(t, upstreamtest.Options{})
-	e := edgetest.Start(t, core.URI("udp"), func(c *edge.Config) {
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) {
 		c.Access.WSS = []string{"127.0.0.1:0"}
 		c.Access.TLSCert, c.Access.TLSKey = cert, key
 	})

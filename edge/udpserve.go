@@ -5,7 +5,9 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/emiago/sipgo"
 	"github.com/sipedge/sipedge/nat"
@@ -22,18 +24,32 @@ const recycleAfter = 50_000
 
 var errRecycle = errors.New("recycling sipgo's UDP read loop")
 
-// udpSocket is an access UDP socket as sipgo sees it: keepalives and
-// limits handled below it, and a read loop that can be restarted.
+// udpSocket is a UDP socket as sipgo sees it: on the access side
+// keepalives and limits handled below it (a nat.PacketConn), and a read
+// loop that can be restarted. Its first read means sipgo has taken it
+// into service: sipgo puts the socket into its connection pool and only
+// then starts reading, so requests can now leave from it (sending
+// earlier makes sipgo bind a second socket to the same port and fail).
 type udpSocket struct {
-	net.PacketConn // the nat.PacketConn over the raw socket
-	raw            net.PacketConn
+	net.PacketConn                // the nat.PacketConn over raw, or raw itself
+	raw            net.PacketConn // the socket the edge bound
+	local          netip.AddrPort
 	unknown        atomic.Int64 // datagrams from flowless sources since the last restart
-	recycle        atomic.Bool
+	recycle        atomic.Bool  // the next read ends sipgo's read loop
+	recycled       atomic.Bool  // the last read loop ended for a recycle
 	stopping       atomic.Bool
+	readyOnce      sync.Once
+	ready          chan struct{}
+}
+
+func newUDPSocket(raw net.PacketConn) *udpSocket {
+	return &udpSocket{PacketConn: raw, raw: raw, local: addrPortOf(raw.LocalAddr()), ready: make(chan struct{})}
 }
 
 func (u *udpSocket) ReadFrom(b []byte) (int, net.Addr, error) {
+	u.readyOnce.Do(func() { close(u.ready) })
 	if u.recycle.CompareAndSwap(true, false) {
+		u.recycled.Store(true)
 		return 0, nil, errRecycle
 	}
 	return u.PacketConn.ReadFrom(b)
@@ -48,20 +64,19 @@ func (u *udpSocket) Close() error {
 	return nil
 }
 
-// newUDPSocket wraps one access UDP socket bound to local. Per datagram
-// it costs one limiter check and one flow-table lookup, both before sipgo
-// sees anything.
-func (s *Server) newUDPSocket(raw net.PacketConn, local netip.AddrPort) *udpSocket {
-	u := &udpSocket{raw: raw}
-	u.PacketConn = nat.NewPacketConn(raw, nat.PacketHooks{
+// guardAccess puts the access side's checks below sipgo: per datagram
+// one limiter check and one flow-table lookup, before sipgo sees
+// anything; STUN and CRLF keepalives answered; garbage dropped.
+func (u *udpSocket) guardAccess(limiter *ratelimit.Limiter, flows *nat.FlowTable) *nat.PacketConn {
+	pc := nat.NewPacketConn(u.raw, nat.PacketHooks{
 		Accept: func(src netip.AddrPort, n int) bool {
-			if s.limiter.Packet(src.Addr(), n) != ratelimit.Allow {
+			if limiter.Packet(src.Addr(), n) != ratelimit.Allow {
 				return false // before sipgo parses, pools or logs anything
 			}
 			// Traffic refreshes a known flow; datagrams from flowless
 			// sources (STUN and CRLF included, a slight overcount) bring
 			// the next read-loop restart closer.
-			if !s.flows.Touch(nat.FlowKey{Transport: nat.UDP, Local: local, Remote: src}) && u.unknown.Add(1) >= recycleAfter {
+			if !flows.Touch(nat.FlowKey{Transport: nat.UDP, Local: u.local, Remote: src}) && u.unknown.Add(1) >= recycleAfter {
 				u.unknown.Store(0)
 				u.recycle.Store(true)
 			}
@@ -69,24 +84,46 @@ func (s *Server) newUDPSocket(raw net.PacketConn, local netip.AddrPort) *udpSock
 		},
 		Inspect: func(src netip.AddrPort, b []byte) bool {
 			if !looksLikeSIP(b) {
-				s.limiter.Malformed(src.Addr())
+				limiter.Malformed(src.Addr())
 				return false // garbage never reaches sipgo's parser, pool or log
 			}
 			return true
 		},
 	})
-	return u
+	u.PacketConn = pc
+	return pc
 }
 
 // serveUDP runs sipgo's read loop on u until the server stops,
 // restarting it when u asks to be recycled.
-func serveUDP(srv *sipgo.Server, u *udpSocket, ready *readyConn) error {
+// A read loop that fails again and again (a socket error, not a
+// recycle) backs off, so it cannot spin.
+func serveUDP(srv *sipgo.Server, u *udpSocket) error {
+	var delay time.Duration
 	for {
-		err := srv.ServeUDP(ready)
+		err := srv.ServeUDP(u) // sipgo logs why its loop ended and returns nil
 		if u.stopping.Load() {
 			return err
 		}
+		if u.recycled.Swap(false) {
+			delay = 0
+			continue
+		}
+		delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+		time.Sleep(delay)
 	}
+}
+
+// addrPortOf is a socket address as a netip.AddrPort, unmapped.
+func addrPortOf(a net.Addr) netip.AddrPort {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return unmap(a.AddrPort())
+	case *net.TCPAddr:
+		return unmap(a.AddrPort())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return unmap(ap)
 }
 
 // looksLikeSIP is a cheap check that a datagram can be a SIP message: a

@@ -1,5 +1,6 @@
-// Package upstream knows the core registrars sipedge forwards to: their
-// addresses and transports, and which one to use next.
+// Package upstream is the core side of the edge: which cores there are,
+// which sources count as a core, and sending a request to one. It knows
+// nothing of phones' flows.
 package upstream
 
 import (
@@ -9,20 +10,19 @@ import (
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
-	"github.com/sipedge/sipedge/nat"
 )
 
 // Target is one core registrar or proxy.
 type Target struct {
 	URI       sip.Uri        // as configured, e.g. sip:10.0.0.5:5060;transport=tcp
-	Transport nat.Transport  // UDP, TCP or TLS toward the core
+	Transport string         // "UDP", "TCP" or "TLS" toward the core (sipgo's names)
 	Addr      netip.AddrPort // resolved address
 }
 
 func (t Target) String() string { return t.URI.String() }
 
 // ParseTarget parses a SIP URI naming a core by IP address. Host names
-// would need RFC 3263 resolution, which a later change adds.
+// need RFC 3263 resolution, which a later change adds.
 func ParseTarget(s string) (Target, error) {
 	var u sip.Uri
 	if err := sip.ParseUri(strings.TrimSpace(s), &u); err != nil {
@@ -35,45 +35,54 @@ func ParseTarget(s string) (Target, error) {
 	if err != nil {
 		return Target{}, fmt.Errorf("upstream %q: host must be an IP address", s)
 	}
-	tp := nat.UDP
+	tp := "UDP"
 	if u.Scheme == "sips" {
-		tp = nat.TLS
+		tp = "TLS"
 	}
 	if v, ok := u.UriParams.Get("transport"); ok {
-		if tp, err = nat.ParseTransport(v); err != nil {
-			return Target{}, fmt.Errorf("upstream %q: %w", s, err)
-		}
+		tp = strings.ToUpper(v)
 	}
-	if tp != nat.UDP && tp != nat.TCP && tp != nat.TLS {
+	if tp != "UDP" && tp != "TCP" && tp != "TLS" {
 		return Target{}, fmt.Errorf("upstream %q: transport must be udp, tcp or tls", s)
 	}
 	port := u.Port
 	if port == 0 {
 		port = 5060
-		if tp == nat.TLS {
+		if tp == "TLS" {
 			port = 5061
 		}
 	}
 	return Target{URI: u, Transport: tp, Addr: netip.AddrPortFrom(ip.Unmap(), uint16(port))}, nil
 }
 
-// Pool is the ordered set of configured cores.
+// Pool is the ordered set of configured cores and the sources trusted
+// to speak for them.
 type Pool struct {
 	targets []Target
+	trusted []netip.Prefix // the targets' addresses and core.trusted
 }
 
-// NewPool parses every URI; the first is the primary.
-func NewPool(uris []string) (*Pool, error) {
-	if len(uris) == 0 {
-		return nil, errors.New("no upstream configured")
+// NewPool builds the pool [core] describes; the first upstream is the
+// primary.
+func NewPool(cfg Config) (*Pool, error) {
+	if len(cfg.Upstreams) == 0 {
+		return nil, errors.New("core.upstreams: no upstream configured")
 	}
 	p := &Pool{}
-	for _, s := range uris {
+	for _, s := range cfg.Upstreams {
 		t, err := ParseTarget(s)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("core.upstreams: %w", err)
 		}
 		p.targets = append(p.targets, t)
+		p.trusted = append(p.trusted, netip.PrefixFrom(t.Addr.Addr(), t.Addr.Addr().BitLen()))
+	}
+	for _, s := range cfg.Trusted {
+		pf, err := parsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("core.trusted: %q: %w", s, err)
+		}
+		p.trusted = append(p.trusted, pf)
 	}
 	return p, nil
 }
@@ -84,3 +93,15 @@ func (p *Pool) Pick() Target { return p.targets[0] }
 
 // Targets returns a copy of the configured targets.
 func (p *Pool) Targets() []Target { return append([]Target(nil), p.targets...) }
+
+// Trusts reports whether src may send requests to the core side: it is
+// a core, or inside core.trusted.
+func (p *Pool) Trusts(src netip.Addr) bool {
+	src = src.Unmap()
+	for _, pf := range p.trusted {
+		if pf.Contains(src) {
+			return true
+		}
+	}
+	return false
+}

@@ -8,13 +8,20 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/ratelimit"
+	"github.com/sipedge/sipedge/upstream"
 )
 
 // fileConfig is the TOML file: each section belongs to the package that
-// uses it, plus the process-wide [log].
+// uses it and validates it, plus the process-wide [log].
 type fileConfig struct {
-	edge.Config
-	Log logConfig `toml:"log"`
+	Access       edge.AccessConfig       `toml:"access"`
+	Core         upstream.Config         `toml:"core"`
+	Registration edge.RegistrationConfig `toml:"registration"`
+	NAT          nat.Config              `toml:"nat"`
+	RateLimit    ratelimit.Config        `toml:"ratelimit"`
+	Log          logConfig               `toml:"log"`
 }
 
 type logConfig struct {
@@ -23,7 +30,24 @@ type logConfig struct {
 }
 
 func defaultConfig() fileConfig {
-	return fileConfig{Config: edge.DefaultConfig(), Log: logConfig{Level: "info", Format: "text"}}
+	return fileConfig{
+		Access:       edge.DefaultAccessConfig(),
+		Core:         upstream.DefaultConfig(),
+		Registration: edge.DefaultRegistrationConfig(),
+		NAT:          nat.DefaultConfig(),
+		RateLimit:    ratelimit.DefaultConfig(),
+		Log:          logConfig{Level: "info", Format: "text"},
+	}
+}
+
+func (c fileConfig) validate() error {
+	return errors.Join(c.Access.Validate(), c.Core.Validate(), c.Registration.Validate(),
+		c.NAT.Validate(), c.RateLimit.Validate(), c.Log.validate())
+}
+
+// edge is what the edge server reads of the file.
+func (c fileConfig) edge() edge.Config {
+	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT}
 }
 
 func (l logConfig) validate() error {
@@ -65,7 +89,7 @@ func loadConfig(path string) (fileConfig, error) {
 			return cfg, fmt.Errorf("%s: unknown key %s", path, strings.Join(keys, ", "))
 		}
 	}
-	if err := errors.Join(cfg.Config.Validate(), cfg.Log.validate()); err != nil {
+	if err := cfg.validate(); err != nil {
 		if path == "" {
 			path = "built-in defaults"
 		}

@@ -32,17 +32,17 @@ func TestAnnotatedConfigIsTheDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := cfg.Config.Core, def.Config.Core; got.Listen != want.Listen || got.Timeout != want.Timeout ||
+	if got, want := cfg.Core, def.Core; got.Listen != want.Listen || got.Timeout != want.Timeout ||
 		got.RetryAfter != want.RetryAfter || got.Mode != want.Mode || got.KeyFile != want.KeyFile {
 		t.Errorf("configs/sipedge.toml [core] = %+v, defaults = %+v", got, want)
 	}
-	if got, want := cfg.Config.RateLimit, def.Config.RateLimit; !reflect.DeepEqual(got, want) {
+	if got, want := cfg.RateLimit, def.RateLimit; !reflect.DeepEqual(got, want) {
 		t.Errorf("configs/sipedge.toml [ratelimit] = %+v, defaults = %+v", got, want)
 	}
-	if got, want := cfg.Config.NAT, def.Config.NAT; got != want {
+	if got, want := cfg.NAT, def.NAT; got != want {
 		t.Errorf("configs/sipedge.toml [nat] = %+v, defaults = %+v", got, want)
 	}
-	if got, want := cfg.Config.Registration, def.Config.Registration; got.MinExpires != want.MinExpires ||
+	if got, want := cfg.Registration, def.Registration; got.MinExpires != want.MinExpires ||
 		got.MaxExpires != want.MaxExpires || got.MaxContacts != want.MaxContacts {
 		t.Errorf("configs/sipedge.toml [registration] = %+v, defaults = %+v", got, want)
 	}

@@ -13,8 +13,8 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/edge/clock"
 	"github.com/sipedge/sipedge/nat"
-	"github.com/sipedge/sipedge/upstream"
 )
 
 // version is stamped by the Makefile (-ldflags -X main.version=...).
@@ -95,21 +95,16 @@ func serve(ctx context.Context, path string, logOut io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("core.key_file: %w", err)
 	}
-	pool, err := upstream.NewPool(cfg.Core.Upstreams)
-	if err != nil {
-		return fmt.Errorf("core.upstreams: %w", err)
-	}
-	socks, err := edge.Listen(cfg.Config)
+	socks, err := edge.Listen(cfg.Access, cfg.Core.Listen)
 	if err != nil {
 		return err
 	}
-	srv, err := edge.New(cfg.Config, socks, edge.Deps{Log: log, Signer: signer, Upstreams: pool})
+	srv, err := build(cfg, socks, log, signer, clock.Real{})
 	if err != nil {
 		socks.Close()
 		return err
 	}
-	log.Info("sipedge starting", "version", version, "udp", cfg.Access.UDP, "tcp", cfg.Access.TCP,
-		"tls", cfg.Access.TLS, "ws", cfg.Access.WS, "wss", cfg.Access.WSS)
+	log.Info("sipedge starting", "version", version)
 	return srv.Serve(ctx)
 }
 

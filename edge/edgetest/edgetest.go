@@ -29,12 +29,31 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/edge/clock"
+	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/ratelimit"
 	"github.com/sipedge/sipedge/upstream"
 )
 
 // Key is the fixed flow-token key tests use.
 var Key = bytes.Repeat([]byte{0x5e}, 32)
+
+// Config is every section a test edge reads.
+type Config struct {
+	Access       edge.AccessConfig
+	Core         upstream.Config
+	Registration edge.RegistrationConfig
+	NAT          nat.Config
+	RateLimit    ratelimit.Config
+}
+
+// Hooks let a test watch the edge and move its time.
+type Hooks struct {
+	OnEvent   func(registry.Event) // the registry's events
+	RateLimit ratelimit.Events
+	Clock     clock.Clock // nil: the system clock
+}
 
 // Edge is a running edge.
 type Edge struct {
@@ -42,35 +61,53 @@ type Edge struct {
 	UDP, TCP     netip.AddrPort // access side
 	TLS, WS, WSS netip.AddrPort // access side, when configured
 	Signer       *nat.Signer
+	registry     *registry.Registry
+	limiter      *ratelimit.Limiter
+	core         netip.AddrPort
 }
+
+// Bindings is the registry of registrations the core accepted.
+func (e *Edge) Bindings() *registry.Registry { return e.registry }
+
+// Limiter is the rate limiter and ban list.
+func (e *Edge) Limiter() *ratelimit.Limiter { return e.limiter }
+
+// CoreAddr is the edge's core-side address (where Path points).
+func (e *Edge) CoreAddr() netip.AddrPort { return e.core }
 
 // Start runs an edge toward core (a SIP URI) with the default config as
 // changed by mutate. It stops when the test ends.
-func Start(t testing.TB, core string, mutate func(*edge.Config)) *Edge {
+func Start(t testing.TB, core string, mutate func(*Config)) *Edge {
 	t.Helper()
-	return StartWith(t, core, mutate, edge.Events{})
+	return StartWith(t, core, mutate, Hooks{})
 }
 
-// StartWith is Start with event hooks.
-func StartWith(t testing.TB, core string, mutate func(*edge.Config), ev edge.Events) *Edge {
+// StartWith is Start with hooks. It puts the parts together the way
+// cmd/sipedge does, with the test's clock and observers.
+func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	t.Helper()
-	cfg := edge.DefaultConfig()
-	cfg.Access = edge.AccessConfig{UDP: []string{"127.0.0.1:0"}, TCP: []string{"127.0.0.1:0"}}
+	cfg := Config{
+		Access:       edge.AccessConfig{UDP: []string{"127.0.0.1:0"}, TCP: []string{"127.0.0.1:0"}},
+		Core:         upstream.DefaultConfig(),
+		Registration: edge.DefaultRegistrationConfig(),
+		NAT:          nat.DefaultConfig(),
+		RateLimit:    ratelimit.DefaultConfig(),
+	}
 	cfg.Core.Listen = "127.0.0.1:0"
 	cfg.Core.Upstreams = []string{core}
 	cfg.Core.Timeout = 2 * time.Second
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	socks, err := edge.Listen(cfg)
+	clk := h.Clock
+	if clk == nil {
+		clk = clock.Real{}
+	}
+	socks, err := edge.Listen(cfg.Access, cfg.Core.Listen)
 	if err != nil {
 		t.Fatal(err)
 	}
 	signer, err := nat.NewSigner(Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := upstream.NewPool(cfg.Core.Upstreams)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,11 +117,37 @@ func StartWith(t testing.TB, core string, mutate func(*edge.Config), ev edge.Eve
 	level := slog.LevelInfo
 	_ = level.UnmarshalText([]byte(os.Getenv("SIPEDGE_TEST_LOG")))
 	log := slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: level}))
-	srv, err := edge.New(cfg, socks, edge.Deps{Log: log, Signer: signer, Upstreams: pool, Grace: time.Second, Events: ev})
-	if err != nil {
-		socks.Close()
-		t.Fatal(err)
+
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			socks.Close()
+			t.Fatal(err)
+		}
 	}
+	pool, err := upstream.NewPool(cfg.Core)
+	must(err)
+	limiter, err := ratelimit.New(cfg.RateLimit, clk.Now, h.RateLimit)
+	must(err)
+	var reg *registry.Registry
+	flows, err := nat.NewFlowTable(cfg.NAT.MaxFlows, clk.Now, nat.FlowEvents{OnDead: func(k nat.FlowKey, why string) { reg.FlowDead(k, why) }})
+	must(err)
+	keepaliver := func(kc nat.KeepaliveConfig) *nat.Keepaliver {
+		pingCap, err := ratelimit.NewRate(float64(kc.MaxPerSecond), kc.MaxPerSecond)
+		must(err)
+		ka, err := nat.NewKeepaliver(kc, nat.KeepaliverDeps{Flows: flows, Now: clk.Now, Cap: pingCap})
+		must(err)
+		return ka
+	}
+	keepalive, probe := keepaliver(cfg.NAT.KeepaliveConfig), keepaliver(cfg.NAT.StreamProbe())
+	conns := edge.NewConns()
+	reg, err = registry.New(registry.Deps{Now: clk.Now, Flows: flows, UDP: keepalive, Stream: probe,
+		Sources: limiter, StreamOpen: conns.Open, OnEvent: h.OnEvent})
+	must(err)
+	srv, err := edge.New(edge.Config{Access: cfg.Access, Registration: cfg.Registration, Core: cfg.Core, NAT: cfg.NAT}, socks,
+		edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool, Limiter: limiter, Flows: flows,
+			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, Grace: time.Second})
+	must(err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
@@ -103,7 +166,8 @@ func StartWith(t testing.TB, core string, mutate func(*edge.Config), ev edge.Eve
 	case <-time.After(10 * time.Second):
 		t.Fatal("edge not ready within 10s")
 	}
-	e := &Edge{Server: srv, Signer: signer}
+	e := &Edge{Server: srv, Signer: signer, registry: reg, limiter: limiter,
+		core: netip.MustParseAddrPort(socks.CoreUDP.LocalAddr().String())}
 	if len(socks.UDP) > 0 {
 		e.UDP = netip.MustParseAddrPort(socks.UDP[0].LocalAddr().String())
 	}

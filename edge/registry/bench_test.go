@@ -1,4 +1,4 @@
-package binding
+package registry
 
 import (
 	"fmt"
@@ -10,20 +10,21 @@ import (
 	"github.com/sipedge/sipedge/nat"
 )
 
-// BenchmarkMemory100k reports the heap one binding costs in a table of
-// 100,000 (a realistic AOR, contact, Call-ID and User-Agent each).
+// BenchmarkMemory100k reports the heap one binding costs in a registry of
+// 100,000 (a realistic AOR, contact, Call-ID and User-Agent each),
+// flow-table entry included.
 func BenchmarkMemory100k(b *testing.B) {
 	const n = 100_000
 	for range b.N {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		tab := New(time.Now, Events{})
+		g := newRig(b)
 		exp := time.Now().Add(time.Hour)
 		for i := range n {
 			ip := netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)})
 			f := nat.FlowKey{Transport: nat.UDP, Local: netip.MustParseAddrPort("192.0.2.1:5060"), Remote: netip.AddrPortFrom(ip, uint16(1024+i%60000))}
-			tab.Put(Binding{
+			g.put(Binding{
 				AOR:       fmt.Sprintf("sip:%d@voip.example.com", 100000+i),
 				Contact:   fmt.Sprintf("sip:%d@192.168.%d.%d:5060;transport=udp", 100000+i, byte(i>>8), byte(i)),
 				Flow:      f,
@@ -33,19 +34,24 @@ func BenchmarkMemory100k(b *testing.B) {
 				UserAgent: "Yealink SIP-T46U 108.86.0.20",
 			})
 		}
+		g.r.d.OnEvent = nil
+		g.events = nil
+		g.udp.on = nil
+		g.src.n = nil
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/binding")
-		runtime.KeepAlive(tab)
+		runtime.KeepAlive(g.r)
 	}
 }
 
-func BenchmarkPutRefresh(b *testing.B) {
-	tab := New(time.Now, Events{})
+func BenchmarkApplyRefresh(b *testing.B) {
+	g := newRig(b)
+	g.r.d.OnEvent = nil
 	f := nat.FlowKey{Transport: nat.UDP, Local: netip.MustParseAddrPort("192.0.2.1:5060"), Remote: netip.MustParseAddrPort("198.51.100.1:40000")}
 	bd := Binding{AOR: "sip:alice@example.com", Contact: "sip:alice@192.168.1.2", Flow: f, Expires: time.Now().Add(time.Hour)}
 	b.ReportAllocs()
 	for range b.N {
-		tab.Put(bd)
+		g.put(bd)
 	}
 }

@@ -2,14 +2,14 @@ package edge
 
 import (
 	"context"
-	"hash/fnv"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
-	"github.com/sipedge/sipedge/edge/binding"
+	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/ratelimit"
 	"github.com/sipedge/sipedge/upstream"
 )
 
@@ -17,42 +17,55 @@ import (
 // (RFC 3261 §10.2.1.1 leaves it to the registrar; 3600 is the usual value).
 const defaultExpires = 3600
 
+// registrar handles REGISTER: it checks it, tells the core how to reach
+// the endpoint back through this flow, forwards it, and hands what the
+// core accepted to the registry.
+type registrar struct {
+	cfg      RegistrationConfig
+	domains  map[string]bool // empty: any
+	mode     upstream.Mode
+	flowTime struct{ udp, stream time.Duration } // Flow-Timer for outbound clients
+	now      func() time.Time
+	self     *self
+	relay    *relay
+	core     func() leg
+	registry *registry.Registry
+	limiter  *ratelimit.Limiter
+}
+
 // sentContact pairs a contact the endpoint sent with the URI the core saw.
 type sentContact struct {
 	reg  regContact
 	core sip.Uri
 }
 
-// handleRegister checks a REGISTER, tells the core how to reach the
-// endpoint back through this flow, forwards it and records what the core
-// accepts.
-func (s *Server) handleRegister(ctx context.Context, r *Request) error {
-	reg, rerr := parseRegister(r.Request)
-	if rerr != nil {
-		return rerr
+func (g *registrar) handle(ctx context.Context, r *Request) error {
+	if r.RegisterErr != nil {
+		return r.RegisterErr
 	}
-	if !s.domainAllowed(reg.Domain) {
+	reg := r.Register
+	if len(g.domains) > 0 && !g.domains[reg.Domain] {
 		return reject(403, "Domain Not Served")
 	}
-	if len(reg.Contacts) > s.cfg.Registration.MaxContacts {
+	if len(reg.Contacts) > g.cfg.MaxContacts {
 		return reject(403, "Too Many Contacts")
 	}
-	minE := int(s.cfg.Registration.MinExpires / time.Second)
-	maxE := int(s.cfg.Registration.MaxExpires / time.Second)
+	minE := int(g.cfg.MinExpires / time.Second)
+	maxE := int(g.cfg.MaxExpires / time.Second)
 	for _, c := range reg.Contacts {
 		if e := reg.effectiveExpires(c, defaultExpires); e != 0 && e < minE {
 			return reject(423, "Interval Too Brief", sip.NewHeader("Min-Expires", strconv.Itoa(minE)))
 		}
 	}
 
-	evidence := s.natEvidence(r, reg)
+	evidence := natEvidence(r, reg)
 	fwd := r.Clone()
 	// The edge is the first hop: a Path from a phone could only point the
 	// core at someone else's flow, and the next hop is the edge's choice.
 	dropHeaders(fwd, "Path")
 	dropHeaders(fwd, "Route")
-	target := s.upstreams.Pick()
-	token := s.signer.Encode(r.Flow)
+	to := g.core()
+	token := g.self.token(r.Flow)
 	fwdContacts := contactsOf(fwd)
 	sent := make([]sentContact, len(reg.Contacts))
 	for i, c := range reg.Contacts {
@@ -60,14 +73,14 @@ func (s *Server) handleRegister(ctx context.Context, r *Request) error {
 		if reg.effectiveExpires(c, defaultExpires) > maxE {
 			fc.Params.Add("expires", strconv.Itoa(maxE))
 		}
-		if s.cfg.Core.Mode == ModeRewrite {
-			fc.Address = s.coreURI(token, target, c.Header.Address.String())
+		if g.mode == upstream.ModeRewrite {
+			fc.Address = g.self.coreContact(token, to.Transport, c.Header.Address.String())
 		}
 		sent[i] = sentContact{reg: c, core: fc.Address}
 	}
-	if s.cfg.Core.Mode == ModePath {
+	if g.mode == upstream.ModePath {
 		// Ours is the topmost Path: right after the Vias.
-		fwd.AppendHeaderAfter(sip.NewHeader("Path", "<"+s.pathURI(token, target)+">"), "Via")
+		fwd.AppendHeaderAfter(sip.NewHeader("Path", "<"+g.self.path(token, to.Transport)+">"), "Via")
 		if !reg.supports("path") {
 			// Repeated Supported headers equal one comma list (RFC 3261 §7.3.1).
 			after := "Contact"
@@ -78,23 +91,19 @@ func (s *Server) handleRegister(ctx context.Context, r *Request) error {
 		}
 	}
 
-	return s.forward(ctx, r, fwd, s.coreHop(target), func(res *sip.Response) {
-		switch code := res.StatusCode; {
-		case code == 401 || code == 403 || code == 407:
-			if hadCredentials(r.Request) {
-				s.limiter.AuthFailure(r.Flow.Remote.Addr(), reg.AOR)
-			}
-		case res.IsSuccess():
-			s.recordBindings(r, reg, sent, res, evidence)
-			s.restoreReply(reg, token, sent, res)
-			s.outbound(reg, r.Flow, res)
+	return g.relay.forward(ctx, r, fwd, to, func(res *sip.Response) {
+		authFailed(g.limiter, r, res.StatusCode, reg.AOR)
+		if res.IsSuccess() {
+			g.registry.Apply(g.update(r, reg, sent, res, evidence))
+			g.restoreReply(reg, token, sent, res)
+			g.outbound(reg, r.Flow, res)
 		}
 	})
 }
 
 // natEvidence classifies the path the REGISTER took (behind a NAT, a SIP
 // ALG) from its top Via and Contacts against the real source.
-func (s *Server) natEvidence(r *Request, reg *registerRequest) nat.Evidence {
+func natEvidence(r *Request, reg *registerRequest) nat.Evidence {
 	via := r.Via()
 	contacts := make([]nat.HostPort, len(reg.Contacts))
 	for i, c := range reg.Contacts {
@@ -103,41 +112,12 @@ func (s *Server) natEvidence(r *Request, reg *registerRequest) nat.Evidence {
 	return nat.Detect(r.Flow.Remote, r.Flow.Transport, nat.HostPort{Host: via.Host, Port: via.Port}, contacts)
 }
 
-func (s *Server) domainAllowed(d string) bool {
-	return len(s.domains) == 0 || s.domains[d]
-}
-
-// coreURI is the edge's address on the core side with the flow token as
-// user part: the Path entry, and in rewrite mode the Contact the core
-// sees. In rewrite mode ct (a hash of the phone's own Contact) keeps
-// several contacts on one flow apart, the same in every REGISTER.
-func (s *Server) coreURI(token string, t upstream.Target, phoneContact string) sip.Uri {
-	u := sip.Uri{Scheme: "sip", User: token, Host: s.coreAddr.Addr().String(), Port: int(s.coreAddr.Port()), UriParams: sip.NewParams()}
-	if t.Transport.String() != "UDP" {
-		u.UriParams.Add("transport", strings.ToLower(t.Transport.String()))
-	}
-	if phoneContact != "" {
-		h := fnv.New32a()
-		h.Write([]byte(phoneContact))
-		u.UriParams.Add("ct", strconv.FormatUint(uint64(h.Sum32()), 36))
-	}
-	return u
-}
-
-// pathURI is the edge's Path entry (RFC 3327, with ob from RFC 5626).
-func (s *Server) pathURI(token string, t upstream.Target) string {
-	u := s.coreURI(token, t, "")
-	u.UriParams.Add("lr", "")
-	u.UriParams.Add("ob", "")
-	return u.String()
-}
-
-// recordBindings stores what the core's 2xx granted for the contacts this
-// REGISTER carried. Contacts the core did not list are gone.
-func (s *Server) recordBindings(r *Request, reg *registerRequest, sent []sentContact, res *sip.Response, ev nat.Evidence) {
+// update is what the core's 2xx granted for the contacts this REGISTER
+// carried. Contacts the core did not list are gone.
+func (g *registrar) update(r *Request, reg *registerRequest, sent []sentContact, res *sip.Response, ev nat.Evidence) registry.Update {
+	u := registry.Update{AOR: reg.AOR, Flow: r.Flow, Star: reg.Star}
 	if reg.Star {
-		s.bindings.RemoveAOR(reg.AOR)
-		return
+		return u
 	}
 	granted := contactsOf(res)
 	resExpires := noExpires
@@ -146,31 +126,28 @@ func (s *Server) recordBindings(r *Request, reg *registerRequest, sent []sentCon
 			resExpires = v
 		}
 	}
-	now := s.now()
+	now := g.now()
 	for _, sc := range sent {
-		contact := sc.reg.Header.Address.String()
 		e := 0
-		for _, g := range granted {
-			if sameURI(g.Address, sc.core) {
+		for _, gr := range granted {
+			if sameURI(gr.Address, sc.core) {
 				e = resExpires
-				if v, ok := g.Params.Get("expires"); ok {
+				if v, ok := gr.Params.Get("expires"); ok {
 					e, _ = parseSeconds(v)
 				}
 				if e == noExpires { // the core said nothing: what was asked, as the edge lowered it
-					e = min(reg.effectiveExpires(sc.reg, defaultExpires), int(s.cfg.Registration.MaxExpires/time.Second))
+					e = min(reg.effectiveExpires(sc.reg, defaultExpires), int(g.cfg.MaxExpires/time.Second))
 				}
 				break
 			}
 		}
 		if e <= 0 {
-			s.bindings.Remove(reg.AOR, binding.ID(sc.core.String(), sc.reg.Instance, sc.reg.RegID))
+			u.Remove = append(u.Remove, registry.ID(sc.core.String(), sc.reg.Instance, sc.reg.RegID))
 			continue
 		}
-		s.bindings.Put(binding.Binding{
-			AOR:         reg.AOR,
-			Contact:     contact,
+		u.Put = append(u.Put, registry.Binding{
+			Contact:     sc.reg.Header.Address.String(),
 			CoreContact: sc.core.String(),
-			Flow:        r.Flow,
 			Expires:     now.Add(time.Duration(e) * time.Second),
 			CallID:      reg.CallID,
 			CSeq:        reg.CSeq,
@@ -180,34 +157,65 @@ func (s *Server) recordBindings(r *Request, reg *registerRequest, sent []sentCon
 			NAT:         ev,
 		})
 	}
+	return u
 }
 
 // restoreReply makes the 2xx look as if the endpoint had talked to the
 // core directly: its own Contacts back (rewrite mode) and the edge's
 // core-side Path removed (topology hiding).
-func (s *Server) restoreReply(reg *registerRequest, token string, sent []sentContact, res *sip.Response) {
+func (g *registrar) restoreReply(reg *registerRequest, token string, sent []sentContact, res *sip.Response) {
 	for _, h := range res.GetHeaders("Path") {
 		if strings.Contains(h.Value(), token) {
 			res.RemoveHeader(h.Name())
 		}
 	}
-	if s.cfg.Core.Mode != ModeRewrite {
+	if g.mode != upstream.ModeRewrite {
 		return
 	}
 next:
-	for _, g := range contactsOf(res) {
+	for _, gr := range contactsOf(res) {
 		for _, sc := range sent {
-			if sameURI(g.Address, sc.core) {
-				g.Address = *sc.reg.Header.Address.Clone()
+			if sameURI(gr.Address, sc.core) {
+				gr.Address = *sc.reg.Header.Address.Clone()
 				continue next
 			}
 		}
-		if b, ok := s.bindings.ByCoreContact(reg.AOR, g.Address.String()); ok {
+		if b, ok := g.registry.ByCoreContact(reg.AOR, gr.Address.String()); ok {
 			var u sip.Uri
 			if sip.ParseUri(b.Contact, &u) == nil {
-				g.Address = u
+				gr.Address = u
 			}
 		}
+	}
+}
+
+// outbound adds what an RFC 5626 client needs in its 2xx: Require:
+// outbound tells it the edge takes part, and Flow-Timer how often to send
+// its own keepalives (§4.4.1, §5.4).
+func (g *registrar) outbound(reg *registerRequest, flow nat.FlowKey, res *sip.Response) {
+	if !reg.supports("outbound") {
+		return
+	}
+	ob := false
+	for _, c := range reg.Contacts {
+		ob = ob || (c.Instance != "" && c.RegID > 0)
+	}
+	if !ob {
+		return
+	}
+	ft := g.flowTime.udp
+	if flow.Transport.Reliable() {
+		ft = g.flowTime.stream
+	}
+	required := false
+	for _, h := range res.GetHeaders("Require") {
+		required = required || strings.Contains(strings.ToLower(h.Value()), "outbound")
+	}
+	if !required {
+		res.AppendHeader(sip.NewHeader("Require", "outbound"))
+	}
+	if res.GetHeader("Flow-Timer") == nil {
+		res.AppendHeader(sip.NewHeader("Flow-Timer", strconv.Itoa(int(ft.Seconds()))))
 	}
 }
 

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/edge/clock"
+	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/ratelimit"
+	"github.com/sipedge/sipedge/upstream"
+)
+
+// build makes every part from the config and hands each to the next:
+// this is the one place that knows how sipedge is put together.
+func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Signer, clk clock.Clock) (*edge.Server, error) {
+	pool, err := upstream.NewPool(cfg.Core)
+	if err != nil {
+		return nil, err
+	}
+	limiter, err := ratelimit.New(cfg.RateLimit, clk.Now, ratelimit.Events{})
+	if err != nil {
+		return nil, err
+	}
+	// Flow deaths go to the registry, which is made from the flow table.
+	var reg *registry.Registry
+	flows, err := nat.NewFlowTable(cfg.NAT.MaxFlows, clk.Now, nat.FlowEvents{
+		OnDead: func(k nat.FlowKey, why string) { reg.FlowDead(k, why) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nat.max_flows: %w", err)
+	}
+	keepalive, err := keepaliver(cfg.NAT.KeepaliveConfig, flows, clk)
+	if err != nil {
+		return nil, err
+	}
+	probe, err := keepaliver(cfg.NAT.StreamProbe(), flows, clk)
+	if err != nil {
+		return nil, fmt.Errorf("nat.flow_timer_stream: %w", err)
+	}
+	conns := edge.NewConns()
+	reg, err = registry.New(registry.Deps{Now: clk.Now, Flows: flows, UDP: keepalive, Stream: probe,
+		Sources: limiter, StreamOpen: conns.Open, OnEvent: logEvent(log)})
+	if err != nil {
+		return nil, err
+	}
+	return edge.New(cfg.edge(), socks, edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool,
+		Limiter: limiter, Flows: flows, Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, Grace: 3 * time.Second})
+}
+
+// keepaliver pings flows per cfg, at most keepalive_rate a second (a
+// second's worth at once), on the limiter's model.
+func keepaliver(cfg nat.KeepaliveConfig, flows *nat.FlowTable, clk clock.Clock) (*nat.Keepaliver, error) {
+	pingCap, err := ratelimit.NewRate(float64(cfg.MaxPerSecond), cfg.MaxPerSecond)
+	if err != nil {
+		return nil, fmt.Errorf("nat.keepalive_rate: %w", err)
+	}
+	return nat.NewKeepaliver(cfg, nat.KeepaliverDeps{Flows: flows, Now: clk.Now, Cap: pingCap})
+}
+
+// logEvent writes what the operator wants to know of the registry's
+// events: a flow's death and an expiry at info, the rest at debug.
+func logEvent(log *slog.Logger) func(registry.Event) {
+	return func(e registry.Event) {
+		switch e.Kind {
+		case registry.FlowDead:
+			aors := make([]string, len(e.Removed))
+			for i, b := range e.Removed {
+				aors[i] = b.AOR
+			}
+			log.Info("flow dead, bindings removed", "flow", e.Flow, "why", e.Why, "bindings", len(e.Removed), "aor", aors)
+		case registry.Expired:
+			log.Info("binding expired", "aor", e.Binding.AOR, "flow", e.Binding.Flow)
+		default:
+			log.Debug("binding "+e.Kind.String(), "aor", e.Binding.AOR, "flow", e.Binding.Flow)
+		}
+	}
+}

@@ -1,0 +1,194 @@
+package registry
+
+import (
+	"net/netip"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/ratelimit"
+)
+
+// Binding is one contact of one AOR as the core accepted it.
+type Binding struct {
+	AOR         string      // sip:user@domain
+	Contact     string      // the endpoint's own Contact URI
+	CoreContact string      // the Contact URI the core stored (differs in rewrite mode)
+	Flow        nat.FlowKey // where the REGISTER came from
+	Expires     time.Time   // as granted by the core
+	CallID      string
+	CSeq        uint32
+	UserAgent   string
+	Instance    string // +sip.instance, if any
+	RegID       int    // reg-id, 0 if none
+	NAT         nat.Evidence
+	Updated     time.Time
+}
+
+// ID names a binding within its AOR: the contact the core holds, and for
+// an RFC 5626 outbound client its instance and reg-id too, since one
+// Contact may be registered over several flows (reg-id 1 and 2).
+func ID(coreContact, instance string, regID int) string {
+	if instance == "" {
+		return coreContact
+	}
+	return coreContact + "|" + instance + "|" + strconv.Itoa(regID)
+}
+
+// ID is the binding's name within its AOR.
+func (b Binding) ID() string {
+	cc := b.CoreContact
+	if cc == "" {
+		cc = b.Contact
+	}
+	return ID(cc, b.Instance, b.RegID)
+}
+
+type key struct{ aor, id string }
+
+// table holds bindings by AOR and ID, with indexes by core-side contact,
+// by flow and by source. It has no lock: the Registry's guards it.
+type table struct {
+	byAOR  map[string]map[string]Binding // AOR -> ID -> binding
+	byCore map[string]key                // CoreContact -> binding (rewrite mode)
+	byFlow map[nat.FlowKey]map[key]struct{}
+	bySrc  map[netip.Prefix]int // bindings per source (ratelimit.SourcePrefix)
+	count  int
+}
+
+func newTable() table {
+	return table{byAOR: make(map[string]map[string]Binding), byCore: make(map[string]key),
+		byFlow: make(map[nat.FlowKey]map[key]struct{}), bySrc: make(map[netip.Prefix]int)}
+}
+
+// put inserts or refreshes b. A binding with an instance and reg-id
+// replaces the one of the same AOR, instance and reg-id even if its
+// Contact changed (RFC 5626 §6): a phone behind a symmetric NAT
+// re-registering from a new port moves its binding instead of leaving a
+// dead twin. It returns the binding b replaced, if any.
+func (t *table) put(b Binding) (old Binding, replaced bool) {
+	id := b.ID()
+	if b.Instance != "" {
+		for c, o := range t.byAOR[b.AOR] {
+			if c != id && o.Instance == b.Instance && o.RegID == b.RegID {
+				old, replaced = o, true
+				t.delete(o)
+			}
+		}
+	}
+	if o, ok := t.byAOR[b.AOR][id]; ok {
+		if o.Flow == b.Flow && o.CoreContact == b.CoreContact {
+			t.byAOR[b.AOR][id] = b // a plain refresh: indexes unchanged
+			return o, true
+		}
+		old, replaced = o, true
+		t.delete(o)
+	}
+	t.insert(b)
+	return old, replaced
+}
+
+func (t *table) insert(b Binding) {
+	m := t.byAOR[b.AOR]
+	if m == nil {
+		m = make(map[string]Binding)
+		t.byAOR[b.AOR] = m
+	}
+	m[b.ID()] = b
+	t.count++
+	k := key{b.AOR, b.ID()}
+	if b.CoreContact != "" {
+		t.byCore[b.CoreContact] = k
+	}
+	fm := t.byFlow[b.Flow]
+	if fm == nil {
+		fm = make(map[key]struct{})
+		t.byFlow[b.Flow] = fm
+	}
+	fm[k] = struct{}{}
+	t.bySrc[ratelimit.SourcePrefix(b.Flow.Remote.Addr())]++
+}
+
+// delete removes b and reports whether it was there.
+func (t *table) delete(b Binding) bool {
+	k := key{b.AOR, b.ID()}
+	m := t.byAOR[b.AOR]
+	if _, ok := m[k.id]; !ok {
+		return false
+	}
+	delete(m, k.id)
+	t.count--
+	if len(m) == 0 {
+		delete(t.byAOR, b.AOR)
+	}
+	if b.CoreContact != "" && t.byCore[b.CoreContact] == k {
+		delete(t.byCore, b.CoreContact)
+	}
+	if fm := t.byFlow[b.Flow]; fm != nil {
+		delete(fm, k)
+		if len(fm) == 0 {
+			delete(t.byFlow, b.Flow)
+		}
+	}
+	src := ratelimit.SourcePrefix(b.Flow.Remote.Addr())
+	if t.bySrc[src]--; t.bySrc[src] <= 0 {
+		delete(t.bySrc, src)
+	}
+	return true
+}
+
+func (t *table) get(aor, id string) (Binding, bool) {
+	b, ok := t.byAOR[aor][id]
+	return b, ok
+}
+
+// ofAOR returns every binding of aor.
+func (t *table) ofAOR(aor string) []Binding {
+	out := make([]Binding, 0, len(t.byAOR[aor]))
+	for _, b := range t.byAOR[aor] {
+		out = append(out, b)
+	}
+	return out
+}
+
+// ofFlow returns every binding registered on f.
+func (t *table) ofFlow(f nat.FlowKey) []Binding {
+	out := make([]Binding, 0, len(t.byFlow[f]))
+	for k := range t.byFlow[f] {
+		out = append(out, t.byAOR[k.aor][k.id])
+	}
+	return out
+}
+
+// expired returns every binding expired at now.
+func (t *table) expired(now time.Time) []Binding {
+	var out []Binding
+	for _, m := range t.byAOR {
+		for _, b := range m {
+			if !b.Expires.After(now) {
+				out = append(out, b)
+			}
+		}
+	}
+	return out
+}
+
+func (t *table) all() []Binding {
+	out := make([]Binding, 0, t.count)
+	for _, m := range t.byAOR {
+		for _, b := range m {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func sortByContact(bs []Binding) {
+	sort.Slice(bs, func(i, j int) bool {
+		if bs[i].AOR != bs[j].AOR {
+			return bs[i].AOR < bs[j].AOR
+		}
+		return bs[i].Contact < bs[j].Contact
+	})
+}

@@ -1,0 +1,243 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/upstream/hop"
+)
+
+// inviteTimeout bounds an INVITE transaction (RFC 3261 Timer C is > 3 min).
+const inviteTimeout = 3 * time.Minute
+
+// leg is one way onward: a hop, and what it means when it fails.
+type leg struct {
+	hop.Hop
+	toward string // "core" or "phone", for the log
+	// admit takes a slot before sending (the cores' in-flight cap); nil
+	// admits everything.
+	admit func() (release func(), err error)
+	// unreachable is the answer when the hop cannot be reached at all.
+	unreachable func(err error) error
+}
+
+// relay is the proxy mechanics both directions share: one forwarded
+// transaction with its responses relayed back, CANCEL passed on, 2xx
+// retransmissions relayed, ACKs for 2xx passed statelessly, and the
+// edge's own short transactions that clean up after them.
+type relay struct {
+	log      *slog.Logger
+	timeout  time.Duration // a non-INVITE transaction's budget
+	self     *self
+	followUp sync.WaitGroup // CANCELs and hang-ups sent after their request ended
+}
+
+// forward sends fwd (a clone of r's request, already adapted) over l and
+// relays every response back on r's flow. onFinal may adapt the final
+// response first. For INVITE, a CANCEL from upstream is passed on at once
+// and 2xx retransmissions keep being relayed after forward returns.
+func (rl *relay) forward(ctx context.Context, r *Request, fwd *sip.Request, l leg, onFinal func(*sip.Response)) error {
+	stampVia(fwd.Via(), r.Flow.Remote)
+	if err := decMaxForwards(fwd); err != nil {
+		return err
+	}
+	l.Prepare(fwd, loopBranch(r.Request))
+	if l.admit != nil {
+		release, err := l.admit()
+		defer release()
+		if err != nil {
+			return err
+		}
+	}
+	timeout := rl.timeout
+	if fwd.IsInvite() {
+		timeout = inviteTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var canceled, notSent atomic.Bool
+	sent := make(chan struct{}) // closed once the INVITE has gone out (or failed to)
+	if fwd.IsInvite() {
+		// sipgo answers a CANCEL (200) and the INVITE (487) upstream by
+		// itself; the edge's job is to cancel its branch downstream, as
+		// soon as that branch exists. Hooked before sending, so a CANCEL
+		// right behind the INVITE is not missed.
+		live := r.Tx.OnCancel(func(*sip.Request) {
+			if canceled.CompareAndSwap(false, true) {
+				rl.followUp.Go(func() {
+					<-sent
+					if !notSent.Load() {
+						rl.cancelBranch(fwd, l.Hop)
+					}
+				})
+			}
+		})
+		if !live {
+			return nil // canceled already; sipgo has answered
+		}
+	}
+	tx, err := l.Start(ctx, fwd)
+	if err != nil {
+		notSent.Store(true)
+		close(sent)
+		rl.log.Warn("next hop unreachable", "dst", l.Dest, "toward", l.toward, "method", r.Method, "err", err)
+		return l.unreachable(err)
+	}
+	close(sent)
+	if fwd.IsInvite() {
+		// RFC 6026: 2xx retransmissions are relayed, not absorbed.
+		tx.OnRetransmission(func(res *sip.Response) { send(rl.log, r, stripTopVia(res)) })
+	}
+	keepTx := false
+	defer func() {
+		if !keepTx {
+			tx.Terminate()
+		}
+	}()
+	for {
+		select {
+		case res := <-tx.Responses():
+			if res.StatusCode == 100 {
+				continue // hop by hop
+			}
+			out := stripTopVia(res)
+			if res.StatusCode >= 200 && onFinal != nil {
+				onFinal(out)
+			}
+			send(rl.log, r, out)
+			if res.StatusCode < 200 {
+				continue
+			}
+			if fwd.IsInvite() && res.StatusCode < 300 {
+				if canceled.Load() {
+					// Upstream already got 487; the call the callee just
+					// answered must not stay up (RFC 3261 §16.7 item 5 note).
+					rl.followUp.Go(func() { rl.hangUp(fwd, res, l.Hop) })
+				}
+				keepTx = true // its retransmission hook stays live until Timer M
+			}
+			return nil
+		case <-tx.Done():
+			if errors.Is(tx.Err(), sip.ErrTransactionTimeout) {
+				return reject(408, "Request Timeout")
+			}
+			if canceled.Load() {
+				return nil // sipgo already answered 487
+			}
+			rl.log.Warn("next hop failed", "dst", l.Dest, "toward", l.toward, "method", r.Method, "err", tx.Err())
+			return l.unreachable(tx.Err())
+		case <-ctx.Done():
+			rl.log.Warn("no final answer", "dst", l.Dest, "toward", l.toward, "method", r.Method, "timeout", timeout)
+			if fwd.IsInvite() && canceled.CompareAndSwap(false, true) {
+				rl.followUp.Go(func() { rl.cancelBranch(fwd, l.Hop) }) // Timer C: end the branch too
+			}
+			return reject(408, "Request Timeout")
+		}
+	}
+}
+
+// decMaxForwards counts this hop (RFC 3261 §16.6 item 3).
+func decMaxForwards(fwd *sip.Request) *Error {
+	if mf := fwd.MaxForwards(); mf != nil {
+		if mf.Val() == 0 {
+			return reject(483, "Too Many Hops")
+		}
+		mf.Dec()
+		return nil
+	}
+	mf := sip.MaxForwardsHeader(70)
+	fwd.AppendHeader(&mf)
+	return nil
+}
+
+// ack relays an ACK for a 2xx statelessly over h (RFC 3261 §16.7 item 4).
+func (rl *relay) ack(fwd *sip.Request, h hop.Hop) {
+	if decMaxForwards(fwd) != nil {
+		return
+	}
+	h.Prepare(fwd, sip.GenerateBranch())
+	if err := h.Write(fwd); err != nil {
+		rl.log.Debug("ACK not relayed", "dst", h.Dest, "err", err)
+	}
+}
+
+// cancelBranch sends CANCEL for the forwarded INVITE fwd (RFC 3261 §9.1:
+// same Request-URI, Call-ID, From, To, CSeq number, top Via and Route).
+func (rl *relay) cancelBranch(fwd *sip.Request, h hop.Hop) {
+	c := sip.NewRequest(sip.CANCEL, *fwd.Recipient.Clone())
+	c.AppendHeader(fwd.Via().Clone())
+	for _, rt := range fwd.GetHeaders("Route") {
+		c.AppendHeader(sip.HeaderClone(rt))
+	}
+	mf := sip.MaxForwardsHeader(70)
+	c.AppendHeader(&mf)
+	c.AppendHeader(sip.HeaderClone(fwd.From()))
+	c.AppendHeader(sip.HeaderClone(fwd.To()))
+	c.AppendHeader(sip.HeaderClone(fwd.CallID()))
+	c.AppendHeader(&sip.CSeqHeader{SeqNo: fwd.CSeq().SeqNo, MethodName: sip.CANCEL})
+	c.SetBody(nil)
+	h.Address(c)
+	ctx, cancel := context.WithTimeout(context.Background(), rl.timeout)
+	defer cancel()
+	if err := h.Ask(ctx, c); err != nil {
+		rl.log.Debug("CANCEL unanswered", "dst", h.Dest, "err", err)
+	}
+}
+
+// hangUp acknowledges a 2xx that arrived after the INVITE was canceled
+// and ends that dialog at once with BYE.
+func (rl *relay) hangUp(fwd *sip.Request, res *sip.Response, h hop.Hop) {
+	rl.log.Info("callee answered a canceled call: hanging up", "call", callID(fwd))
+	contact := res.Contact()
+	if contact == nil {
+		return
+	}
+	// The route set toward the callee is the Record-Route above the edge's
+	// own entries, reversed (RFC 3261 §12.1.2).
+	var routes []sip.Uri
+	for _, rr := range res.GetHeaders("Record-Route") {
+		u := rr.(*sip.RecordRouteHeader).Address
+		if rl.self.isOurs(u) {
+			break
+		}
+		routes = append([]sip.Uri{u}, routes...)
+	}
+	build := func(m sip.RequestMethod, seq uint32) *sip.Request {
+		r := sip.NewRequest(m, *contact.Address.Clone())
+		for _, u := range routes {
+			r.AppendHeader(&sip.RouteHeader{Address: u})
+		}
+		r.AppendHeader(sip.HeaderClone(fwd.From()))
+		r.AppendHeader(sip.HeaderClone(res.To()))
+		r.AppendHeader(sip.HeaderClone(fwd.CallID()))
+		r.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: m})
+		r.SetBody(nil)
+		mf := sip.MaxForwardsHeader(70)
+		r.AppendHeader(&mf)
+		h.Prepare(r, sip.GenerateBranch())
+		return r
+	}
+	_ = h.Write(build(sip.ACK, fwd.CSeq().SeqNo))
+	ctx, cancel := context.WithTimeout(context.Background(), rl.timeout)
+	defer cancel()
+	_ = h.Ask(ctx, build(sip.BYE, fwd.CSeq().SeqNo+1)) // best effort: the call was never up upstream
+}
+
+// stripTopVia returns a copy of res without the edge's own Via.
+func stripTopVia(res *sip.Response) *sip.Response {
+	out := res.Clone()
+	out.RemoveHeader("Via")
+	return out
+}
+
+func callID(m sip.Message) string {
+	if h := m.CallID(); h != nil {
+		return h.Value()
+	}
+	return ""
+}

@@ -1,0 +1,129 @@
+package edge
+
+import (
+	"hash/fnv"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/nat"
+)
+
+// self is what the edge knows of its own addresses, and the one place
+// that mints URIs with a flow token: Path entries, rewritten Contacts and
+// Record-Route entries.
+type self struct {
+	signer    *nat.Signer
+	core      netip.AddrPort          // the core-side socket
+	advertise netip.Addr              // public address of the access side, if set
+	own       map[netip.AddrPort]bool // every access socket address
+	ports     map[uint16]bool         // their ports, for advertise matching
+}
+
+func newSelf(signer *nat.Signer, core netip.AddrPort, advertise netip.Addr, access []netip.AddrPort) *self {
+	s := &self{signer: signer, core: core, advertise: advertise,
+		own: make(map[netip.AddrPort]bool), ports: make(map[uint16]bool)}
+	for _, a := range access {
+		s.own[a], s.ports[a.Port()] = true, true
+	}
+	return s
+}
+
+// accessAddr is the address phones use to reach the edge on flow f.
+func (s *self) accessAddr(f nat.FlowKey) netip.AddrPort {
+	if s.advertise.IsValid() {
+		return netip.AddrPortFrom(s.advertise, f.Local.Port())
+	}
+	return f.Local
+}
+
+// isOurs reports whether u names this edge (either side).
+func (s *self) isOurs(u sip.Uri) bool {
+	ip, err := netip.ParseAddr(strings.Trim(u.Host, "[]"))
+	if err != nil {
+		return false
+	}
+	port := uint16(u.Port)
+	if port == 0 {
+		port = 5060
+		if u.Scheme == "sips" {
+			port = 5061
+		}
+	}
+	ap := netip.AddrPortFrom(ip.Unmap(), port)
+	if ap == s.core || s.own[ap] {
+		return true
+	}
+	return s.advertise.IsValid() && ip.Unmap() == s.advertise && s.ports[port]
+}
+
+// uri is sip:[token@]host:port with ;transport= for anything but UDP.
+func uri(token string, at netip.AddrPort, transport string) sip.Uri {
+	u := sip.Uri{Scheme: "sip", User: token, Host: at.Addr().String(), Port: int(at.Port()), UriParams: sip.NewParams()}
+	if transport != "UDP" {
+		u.UriParams.Add("transport", strings.ToLower(transport))
+	}
+	return u
+}
+
+// token is flow f's signed token, the user part of every URI below.
+func (s *self) token(f nat.FlowKey) string { return s.signer.Encode(f) }
+
+// coreContact is the Contact the core stores in rewrite mode: the edge's
+// core side with a flow token, and a hash of the phone's own Contact
+// (ct) that keeps several contacts on one flow apart, the same in every
+// REGISTER.
+func (s *self) coreContact(token, coreTransport, phoneContact string) sip.Uri {
+	u := uri(token, s.core, coreTransport)
+	h := fnv.New32a()
+	h.Write([]byte(phoneContact))
+	u.UriParams.Add("ct", strconv.FormatUint(uint64(h.Sum32()), 36))
+	return u
+}
+
+// path is the edge's Path entry for a flow token (RFC 3327, with ob
+// from RFC 5626).
+func (s *self) path(token, coreTransport string) string {
+	u := uri(token, s.core, coreTransport)
+	u.UriParams.Add("lr", "")
+	u.UriParams.Add("ob", "")
+	return u.String()
+}
+
+// recordRoute adds the edge's two Record-Route entries (RFC 5658): the
+// one facing the next hop on top, the one facing the previous hop below.
+// The access-side entry carries the endpoint's flow token so in-dialog
+// requests from the core come back onto the same flow.
+func (s *self) recordRoute(fwd *sip.Request, flow nat.FlowKey, coreTransport string, towardCore bool) {
+	access := uri(s.token(flow), s.accessAddr(flow), flow.Transport.String())
+	access.UriParams.Add("lr", "")
+	coreSide := uri("", s.core, coreTransport)
+	coreSide.UriParams.Add("lr", "")
+	first, second := access, coreSide // the second one ends up on top
+	if !towardCore {
+		first, second = coreSide, access
+	}
+	fwd.PrependHeader(&sip.RecordRouteHeader{Address: first})
+	fwd.PrependHeader(&sip.RecordRouteHeader{Address: second})
+}
+
+// popOwnRoutes removes the Route entries at the top of req that name this
+// edge (loose routing, RFC 3261 §16.4) and returns the flow token they
+// carried, if any. Two different tokens mean someone stacked a second
+// flow into the route (a forged Path): ok is false.
+func (s *self) popOwnRoutes(req *sip.Request) (token string, ok bool) {
+	for {
+		rt := req.Route()
+		if rt == nil || !s.isOurs(rt.Address) {
+			return token, true
+		}
+		if u := rt.Address.User; u != "" {
+			if token != "" && token != u {
+				return "", false
+			}
+			token = u
+		}
+		req.RemoveHeader("Route")
+	}
+}

@@ -1,0 +1,88 @@
+package upstream
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/sipedge/sipedge/upstream/hop"
+)
+
+// ErrBusy means the cores already carry all the edge lets them: the
+// in-flight cap is reached.
+var ErrBusy = errors.New("upstream: in-flight cap reached")
+
+// Unreachable is the error when no core could take a request. Phones are
+// told to come back after RetryAfter.
+type Unreachable struct {
+	Dest       netip.AddrPort // the core tried, if any
+	RetryAfter time.Duration
+	Err        error
+}
+
+func (u *Unreachable) Error() string {
+	return fmt.Sprintf("core %s unreachable: %v", u.Dest, u.Err)
+}
+
+func (u *Unreachable) Unwrap() error { return u.Err }
+
+// Forwarder sends requests to the cores from the edge's core-side socket,
+// under the in-flight cap.
+type Forwarder struct {
+	pool       *Pool
+	client     *sipgo.Client
+	local      netip.AddrPort
+	admit      func() (release func(), ok bool)
+	retryAfter time.Duration
+}
+
+// ForwarderDeps are what a Forwarder sends with.
+type ForwarderDeps struct {
+	Client *sipgo.Client  // required: the core-side user agent's client
+	Local  netip.AddrPort // required: the core-side socket
+	// Admit takes an in-flight slot, or says the cores are busy; nil
+	// admits everything.
+	Admit func() (release func(), ok bool)
+}
+
+// NewForwarder sends to pool's targets as cfg says.
+func NewForwarder(cfg Config, pool *Pool, d ForwarderDeps) (*Forwarder, error) {
+	if pool == nil || d.Client == nil || !d.Local.IsValid() {
+		return nil, errors.New("upstream: NewForwarder needs a pool, a client and the local address")
+	}
+	if d.Admit == nil {
+		d.Admit = func() (func(), bool) { return func() {}, true }
+	}
+	return &Forwarder{pool: pool, client: d.Client, local: d.Local, admit: d.Admit, retryAfter: cfg.RetryAfter}, nil
+}
+
+// Hop is the way to the core that takes the next request.
+func (f *Forwarder) Hop() hop.Hop {
+	t := f.pool.Pick()
+	h := hop.Hop{Client: f.client, Transport: t.Transport, Dest: t.Addr, SentBy: f.local}
+	if t.Transport == "UDP" {
+		h.Local = f.local
+	}
+	return h
+}
+
+// Admit takes an in-flight slot for one request to a core: ErrBusy when
+// none is free. release gives it back.
+func (f *Forwarder) Admit() (release func(), err error) {
+	release, ok := f.admit()
+	if !ok {
+		return release, ErrBusy
+	}
+	return release, nil
+}
+
+// Unreachable is the error for a request that could not reach the core
+// at dest (zero when none was tried, as while draining).
+func (f *Forwarder) Unreachable(dest netip.AddrPort, err error) error {
+	return &Unreachable{Dest: dest, RetryAfter: f.retryAfter, Err: err}
+}
+
+// Pool is the forwarder's pool.
+func (f *Forwarder) Pool() *Pool { return f.pool }

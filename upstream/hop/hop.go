@@ -1,0 +1,80 @@
+// Package hop is how the edge sends a request one hop on, toward a core
+// or a phone: its own Via, the socket to leave from, and sipgo's client
+// told the request is complete. Both directions share it, so it knows
+// nothing of flows or cores.
+package hop
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+)
+
+// Hop is where a forwarded request goes and which edge socket sends it.
+type Hop struct {
+	Client    *sipgo.Client
+	Transport string         // "UDP", "TCP", "TLS", "WS" or "WSS"
+	Dest      netip.AddrPort // next hop
+	Local     netip.AddrPort // socket to leave from: set for UDP, zero for streams
+	SentBy    netip.AddrPort // host:port of the edge's Via
+}
+
+// prebuilt tells sipgo's client the request is complete: with no option it
+// would fill in headers the way a UAC does.
+func prebuilt(*sipgo.Client, *sip.Request) error { return nil }
+
+// Prepare adds the edge's Via with branch on top of req and points req
+// at h.
+func (h Hop) Prepare(req *sip.Request, branch string) {
+	via := &sip.ViaHeader{
+		ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: h.Transport,
+		Host: h.SentBy.Addr().String(), Port: int(h.SentBy.Port()), Params: sip.NewParams(),
+	}
+	via.Params.Add("branch", branch)
+	via.Params.Add("rport", "")
+	req.PrependHeader(via)
+	h.Address(req)
+}
+
+// Address points req at h without touching its headers.
+func (h Hop) Address(req *sip.Request) {
+	req.SetTransport(h.Transport)
+	req.SetDestination(h.Dest.String())
+	req.Laddr = sip.Addr{}
+	if h.Local.IsValid() {
+		// Leave from the listening socket, never from an ephemeral one.
+		req.Laddr = sip.Addr{IP: h.Local.Addr().AsSlice(), Port: int(h.Local.Port())}
+	}
+}
+
+// Start runs a client transaction for a prepared request.
+func (h Hop) Start(ctx context.Context, req *sip.Request) (sip.ClientTransaction, error) {
+	return h.Client.TransactionRequest(ctx, req, prebuilt)
+}
+
+// Write sends a prepared request statelessly (an ACK).
+func (h Hop) Write(req *sip.Request) error { return h.Client.WriteRequest(req, prebuilt) }
+
+// Ask runs a non-INVITE transaction of the edge's own (CANCEL, BYE, an
+// OPTIONS ping) and returns nil once any response arrives.
+func (h Hop) Ask(ctx context.Context, req *sip.Request) error {
+	tx, err := h.Start(ctx, req)
+	if err != nil {
+		return err
+	}
+	defer tx.Terminate()
+	select {
+	case <-tx.Responses():
+		return nil
+	case <-tx.Done():
+		if err := tx.Err(); err != nil {
+			return err
+		}
+		return errors.New("no answer")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
