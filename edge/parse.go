@@ -4,6 +4,8 @@ import (
 	"context"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream"
 )
 
 // parse fills in the request view once (User-Agent, a REGISTER's AOR and
@@ -16,6 +18,37 @@ func parse(next Handler) Handler {
 		if r.Method == sip.REGISTER {
 			r.AOR = aorOf(r.To().Address) // sanity guarantees a To
 			r.Register, r.RegisterErr = parseRegister(r.Request, r.UserAgent)
+		}
+		return next(ctx, r)
+	}
+}
+
+// observe records what the path tells about NAT: for a REGISTER, its
+// top Via and Contacts against the real source (behind a NAT, a SIP
+// ALG). The Via itself is stamped with received and rport on every copy
+// that leaves (the server transaction's own request is sipgo's).
+func observe(next Handler) Handler {
+	return func(ctx context.Context, r *Request) error {
+		if reg := r.Register; reg != nil {
+			via := r.Via()
+			contacts := make([]nat.HostPort, len(reg.Contacts))
+			for i, c := range reg.Contacts {
+				contacts[i] = nat.HostPort{Host: c.Header.Address.Host, Port: c.Header.Address.Port}
+			}
+			r.NAT = nat.Detect(r.Flow.Remote, r.Flow.Transport, nat.HostPort{Host: via.Host, Port: via.Port}, contacts)
+		}
+		return next(ctx, r)
+	}
+}
+
+// trust lets only the cores (and core.trusted) ask the edge to reach a
+// phone.
+type trust struct{ pool *upstream.Pool }
+
+func (t trust) wrap(next Handler) Handler {
+	return func(ctx context.Context, r *Request) error {
+		if !t.pool.Trusts(r.Flow.Remote.Addr()) {
+			return reject(403, "Forbidden")
 		}
 		return next(ctx, r)
 	}

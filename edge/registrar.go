@@ -58,7 +58,6 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 		}
 	}
 
-	evidence := natEvidence(r, reg)
 	fwd := r.Clone()
 	// The edge is the first hop: a Path from a phone could only point the
 	// core at someone else's flow, and the next hop is the edge's choice.
@@ -94,22 +93,11 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 	return g.relay.forward(ctx, r, fwd, to, func(res *sip.Response) {
 		authFailed(g.limiter, r, res.StatusCode, reg.AOR)
 		if res.IsSuccess() {
-			g.registry.Apply(g.update(r, reg, sent, res, evidence))
+			g.registry.Apply(g.update(r, reg, sent, res, r.NAT))
 			g.restoreReply(reg, token, sent, res)
 			g.outbound(reg, r.Flow, res)
 		}
 	})
-}
-
-// natEvidence classifies the path the REGISTER took (behind a NAT, a SIP
-// ALG) from its top Via and Contacts against the real source.
-func natEvidence(r *Request, reg *registerRequest) nat.Evidence {
-	via := r.Via()
-	contacts := make([]nat.HostPort, len(reg.Contacts))
-	for i, c := range reg.Contacts {
-		contacts[i] = nat.HostPort{Host: c.Header.Address.Host, Port: c.Header.Address.Port}
-	}
-	return nat.Detect(r.Flow.Remote, r.Flow.Transport, nat.HostPort{Host: via.Host, Port: via.Port}, contacts)
 }
 
 // update is what the core's 2xx granted for the contacts this REGISTER

@@ -183,8 +183,8 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		}
 		return s.proxy.toPhone(ctx, r)
 	}
-	s.accessSrv.OnNoRoute(s.handler(chain(accessRoute, sanity{d.Limiter}.wrap, parse, s.limit.wrap), false))
-	s.coreSrv.OnNoRoute(s.handler(chain(coreRoute, sanity{}.wrap), true))
+	s.accessSrv.OnNoRoute(s.handler(chain(accessRoute, sanity{d.Limiter}.wrap, parse, s.limit.wrap, observe), false))
+	s.coreSrv.OnNoRoute(s.handler(chain(coreRoute, trust{d.Pool}.wrap, sanity{}.wrap), true))
 	return s, nil
 }
 
@@ -232,19 +232,14 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 			s.log.Debug("request without usable flow", "err", err)
 			return
 		}
-		if fromCore && !s.d.Pool.Trusts(flow.Remote.Addr()) {
-			// Only the core may ask the edge to reach a phone.
-			if tx != nil && !req.IsAck() {
-				s.rs.respond(&Request{Request: req, Tx: tx, Flow: flow}, reject(403, "Forbidden"))
-			}
-			return
-		}
 		if req.IsAck() {
 			// An ACK that reaches a handler matched no INVITE transaction:
 			// it acknowledges a 2xx and travels statelessly (sipgo may
 			// still hand it a transaction of its own). Never answered, so
-			// anything wrong with it is dropped.
-			if checkSanity(req) == nil && (fromCore || s.limit.ackAllowed(flow.Remote)) {
+			// anything wrong with it, or from an untrusted core side
+			// source, is dropped.
+			trusted := !fromCore || s.d.Pool.Trusts(flow.Remote.Addr())
+			if trusted && checkSanity(req) == nil && (fromCore || s.limit.ackAllowed(flow.Remote)) {
 				s.proxy.ack(req, fromCore)
 			}
 			return
@@ -260,7 +255,11 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 		}
 		s.mu.RUnlock()
 		if draining {
-			s.rs.respond(r, &upstream.Unreachable{RetryAfter: s.cfg.Core.RetryAfter, Err: errors.New("draining")})
+			var err error = &upstream.Unreachable{RetryAfter: s.cfg.Core.RetryAfter, Err: errors.New("draining")}
+			if fromCore && !s.d.Pool.Trusts(flow.Remote.Addr()) {
+				err = reject(403, "Forbidden") // strangers learn nothing, draining or not
+			}
+			s.rs.respond(r, err)
 			return
 		}
 		defer s.inflight.Done()

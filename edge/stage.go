@@ -27,6 +27,8 @@ type Request struct {
 	// parse (answered by the registrar, after the limits).
 	Register    *registerRequest
 	RegisterErr *Error
+	// NAT is what a REGISTER's path says about NAT (observe stage).
+	NAT nat.Evidence
 }
 
 // Handler handles a request. A returned error becomes the SIP response
