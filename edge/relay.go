@@ -93,12 +93,28 @@ func (rl *relay) forward(ctx context.Context, r *Request, fwd *sip.Request, l le
 		// RFC 6026: 2xx retransmissions are relayed, not absorbed.
 		tx.OnRetransmission(func(res *sip.Response) { send(rl.log, r, stripTopVia(res)) })
 	}
-	keepTx := false
-	defer func() {
-		if !keepTx {
-			tx.Terminate()
+	keepTx, err := rl.relayResponses(ctx, r, fwd, l, tx, &canceled, onFinal)
+	if !keepTx {
+		tx.Terminate()
+	}
+	if errors.Is(err, errTimerC) {
+		rl.log.Warn("no final answer", "dst", l.Dest, "toward", l.toward, "method", r.Method, "timeout", timeout)
+		if fwd.IsInvite() && canceled.CompareAndSwap(false, true) {
+			rl.followUp.Go(func() { rl.cancelBranch(fwd, l.Hop) }) // Timer C: end the branch too
 		}
-	}()
+		return reject(408, "Request Timeout")
+	}
+	return err
+}
+
+// errTimerC is the forward's own deadline passing without a final answer.
+var errTimerC = errors.New("no final answer in time")
+
+// relayResponses relays tx's responses back on r's flow until the final
+// one. keepTx says the transaction must stay (an INVITE's 2xx: its
+// retransmission hook stays live until Timer M).
+func (rl *relay) relayResponses(ctx context.Context, r *Request, fwd *sip.Request, l leg, tx sip.ClientTransaction,
+	canceled *atomic.Bool, onFinal func(*sip.Response)) (keepTx bool, _ error) {
 	for {
 		select {
 		case res := <-tx.Responses():
@@ -119,24 +135,20 @@ func (rl *relay) forward(ctx context.Context, r *Request, fwd *sip.Request, l le
 					// answered must not stay up (RFC 3261 §16.7 item 5 note).
 					rl.followUp.Go(func() { rl.hangUp(fwd, res, l.Hop) })
 				}
-				keepTx = true // its retransmission hook stays live until Timer M
+				return true, nil
 			}
-			return nil
+			return false, nil
 		case <-tx.Done():
 			if errors.Is(tx.Err(), sip.ErrTransactionTimeout) {
-				return reject(408, "Request Timeout")
+				return false, reject(408, "Request Timeout")
 			}
 			if canceled.Load() {
-				return nil // sipgo already answered 487
+				return false, nil // sipgo already answered 487
 			}
 			rl.log.Warn("next hop failed", "dst", l.Dest, "toward", l.toward, "method", r.Method, "err", tx.Err())
-			return l.unreachable(tx.Err())
+			return false, l.unreachable(tx.Err())
 		case <-ctx.Done():
-			rl.log.Warn("no final answer", "dst", l.Dest, "toward", l.toward, "method", r.Method, "timeout", timeout)
-			if fwd.IsInvite() && canceled.CompareAndSwap(false, true) {
-				rl.followUp.Go(func() { rl.cancelBranch(fwd, l.Hop) }) // Timer C: end the branch too
-			}
-			return reject(408, "Request Timeout")
+			return false, errTimerC
 		}
 	}
 }

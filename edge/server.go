@@ -146,6 +146,23 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		}
 		return leg{Hop: h, toward: "phone", unreachable: func(error) error { return errFlowFailed }}
 	}
+	s.pinger = &pinger{udp: make(map[netip.AddrPort]*nat.PacketConn), flowLeg: flowLeg}
+	for _, c := range socks.UDP {
+		u := newUDPSocket(c)
+		s.pinger.udp[u.local] = u.guardAccess(d.Limiter, d.Flows)
+		s.udp = append(s.udp, u)
+	}
+	s.udp = append(s.udp, newUDPSocket(socks.CoreUDP))
+
+	s.chains(self, coreLeg, flowLeg)
+	return s, nil
+}
+
+// chains builds the stage chain of each side: the registrar and the
+// proxy behind sanity, parse, limit and observe for phones; trust and
+// sanity for the core.
+func (s *Server) chains(self *self, coreLeg func() leg, flowLeg func(nat.FlowKey) leg) {
+	cfg, d := s.cfg, s.d
 	s.relay = &relay{log: d.Log, timeout: cfg.Core.Timeout, self: self}
 	s.limit = limit{log: d.Log, limiter: d.Limiter, registry: d.Registry}
 	s.proxy = &proxy{log: d.Log, self: self, relay: s.relay, core: coreLeg, flowLeg: flowLeg,
@@ -156,15 +173,6 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	for _, dom := range cfg.Registration.Domains {
 		reg.domains[strings.ToLower(dom)] = true
 	}
-
-	s.pinger = &pinger{udp: make(map[netip.AddrPort]*nat.PacketConn), flowLeg: flowLeg}
-	for _, c := range socks.UDP {
-		u := newUDPSocket(c)
-		s.pinger.udp[u.local] = u.guardAccess(d.Limiter, d.Flows)
-		s.udp = append(s.udp, u)
-	}
-	s.udp = append(s.udp, newUDPSocket(socks.CoreUDP))
-
 	accessRoute := func(ctx context.Context, r *Request) error {
 		switch r.Method {
 		case sip.REGISTER:
@@ -185,7 +193,6 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	}
 	s.accessSrv.OnNoRoute(s.handler(chain(accessRoute, sanity{d.Limiter}.wrap, parse, s.limit.wrap, observe), false))
 	s.coreSrv.OnNoRoute(s.handler(chain(coreRoute, trust{d.Pool}.wrap, sanity{}.wrap), true))
-	return s, nil
 }
 
 // userAgents makes the two sipgo user agents, one per side. The access

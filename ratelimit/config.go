@@ -198,95 +198,116 @@ const maxUDPPayload = 65535
 
 // Validate reports every invalid key, each named "ratelimit.<key>".
 func (c Config) Validate() error {
-	var errs []error
-	bad := func(key, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("ratelimit.%s: %s", key, fmt.Sprintf(format, a...)))
-	}
-	pos := func(key string, v float64) {
-		if !(v > 0) || math.IsInf(v, 0) {
-			bad(key, "must be > 0")
-		}
-	}
-	atLeast := func(key string, v, min int) {
-		if v < min {
-			bad(key, "must be >= %d", min)
-		}
-	}
-	dur := func(key string, d, min time.Duration) {
-		if d < min {
-			bad(key, "must be >= %s", min)
-		}
-	}
+	v := &validator{}
+	c.validateSources(v)
+	c.validateBudgets(v)
+	c.validateBans(v)
+	return errors.Join(v.errs...)
+}
 
+// validator collects what is wrong with a config, each error naming its
+// key.
+type validator struct{ errs []error }
+
+func (v *validator) bad(key, format string, a ...any) {
+	v.errs = append(v.errs, fmt.Errorf("ratelimit.%s: %s", key, fmt.Sprintf(format, a...)))
+}
+
+func (v *validator) pos(key string, f float64) {
+	if !(f > 0) || math.IsInf(f, 0) {
+		v.bad(key, "must be > 0")
+	}
+}
+
+func (v *validator) atLeast(key string, n, min int) {
+	if n < min {
+		v.bad(key, "must be >= %d", min)
+	}
+}
+
+func (v *validator) dur(key string, d, min time.Duration) {
+	if d < min {
+		v.bad(key, "must be >= %s", min)
+	}
+}
+
+// validateSources checks what bounds the tracked sources.
+func (c Config) validateSources(v *validator) {
 	for _, s := range c.Allow {
 		if _, err := ParsePrefix(s); err != nil {
-			bad("allow", "%q is not an address or CIDR", s)
+			v.bad("allow", "%q is not an address or CIDR", s)
 		}
 	}
-	atLeast("max_sources", c.MaxSources, 1)
-	atLeast("max_aors", c.MaxAORs, 1)
-	atLeast("max_bans", c.MaxBans, 1)
+	v.atLeast("max_sources", c.MaxSources, 1)
+	v.atLeast("max_aors", c.MaxAORs, 1)
+	v.atLeast("max_bans", c.MaxBans, 1)
 	if !(c.BindingWeight >= 0) || math.IsInf(c.BindingWeight, 0) {
-		bad("binding_weight", "must be >= 0")
+		v.bad("binding_weight", "must be >= 0")
 	}
-	atLeast("max_bindings", c.MaxBindings, 0)
+	v.atLeast("max_bindings", c.MaxBindings, 0)
 	if !(c.OverflowShare >= 1) || math.IsInf(c.OverflowShare, 0) {
-		bad("overflow_share", "must be >= 1")
+		v.bad("overflow_share", "must be >= 1")
 	}
+}
 
-	pos("packet_rate", c.PacketRate)
-	atLeast("packet_burst", c.PacketBurst, 1)
-	pos("byte_rate", c.ByteRate)
-	atLeast("byte_burst", c.ByteBurst, maxUDPPayload) // one datagram of any size must fit
-	pos("conn_rate", c.ConnRate)
-	atLeast("conn_burst", c.ConnBurst, 1)
-	atLeast("max_conns", c.MaxConns, 1)
-	pos("request_rate", c.RequestRate)
-	atLeast("request_burst", c.RequestBurst, 1)
-	pos("method_rate", c.MethodRate)
-	atLeast("method_burst", c.MethodBurst, 1)
+// validateBudgets checks the per-source rates and bursts.
+func (c Config) validateBudgets(v *validator) {
+	v.pos("packet_rate", c.PacketRate)
+	v.atLeast("packet_burst", c.PacketBurst, 1)
+	v.pos("byte_rate", c.ByteRate)
+	v.atLeast("byte_burst", c.ByteBurst, maxUDPPayload) // one datagram of any size must fit
+	v.pos("conn_rate", c.ConnRate)
+	v.atLeast("conn_burst", c.ConnBurst, 1)
+	v.atLeast("max_conns", c.MaxConns, 1)
+	v.pos("request_rate", c.RequestRate)
+	v.atLeast("request_burst", c.RequestBurst, 1)
+	v.pos("method_rate", c.MethodRate)
+	v.atLeast("method_burst", c.MethodBurst, 1)
 	if len(c.Methods) > maxNamedMethods {
-		bad("methods", "names %d methods, at most %d", len(c.Methods), maxNamedMethods)
+		v.bad("methods", "names %d methods, at most %d", len(c.Methods), maxNamedMethods)
 	}
 	for m, b := range c.Methods {
 		switch {
 		case !isToken(m):
-			bad("methods", "%q is not a SIP method name", m)
+			v.bad("methods", "%q is not a SIP method name", m)
 		case m == "REGISTER":
-			bad("methods.REGISTER", "REGISTER is limited by request_rate and register_rate")
+			v.bad("methods.REGISTER", "REGISTER is limited by request_rate and register_rate")
 		default:
-			pos("methods."+m+".rate", b.Rate)
-			atLeast("methods."+m+".burst", b.Burst, 1)
+			v.pos("methods."+m+".rate", b.Rate)
+			v.atLeast("methods."+m+".burst", b.Burst, 1)
 		}
 	}
-	pos("register_rate", c.RegisterRate)
-	atLeast("register_burst", c.RegisterBurst, 1)
-	pos("reply_rate", c.ReplyRate)
-	atLeast("reply_burst", c.ReplyBurst, 0)
-	dur("retry_after", c.RetryAfter, time.Second)
+}
+
+// validateBans checks the AOR, reply, ban and scoring settings.
+func (c Config) validateBans(v *validator) {
+	v.pos("register_rate", c.RegisterRate)
+	v.atLeast("register_burst", c.RegisterBurst, 1)
+	v.pos("reply_rate", c.ReplyRate)
+	v.atLeast("reply_burst", c.ReplyBurst, 0)
+	v.dur("retry_after", c.RetryAfter, time.Second)
 	if !(c.RetryJitter >= 0 && c.RetryJitter < 1) {
-		bad("retry_jitter", "must be in [0, 1)")
+		v.bad("retry_jitter", "must be in [0, 1)")
 	}
-	atLeast("max_inflight", c.MaxInflight, 1)
-	dur("flood_window", c.FloodWindow, time.Second)
-	dur("ban_time", c.BanTime, time.Second)
+	v.atLeast("max_inflight", c.MaxInflight, 1)
+	v.dur("flood_window", c.FloodWindow, time.Second)
+	v.dur("ban_time", c.BanTime, time.Second)
 	if c.BanMax < c.BanTime {
-		bad("ban_max", "must be >= ban_time (%s)", c.BanTime)
+		v.bad("ban_max", "must be >= ban_time (%s)", c.BanTime)
 	}
-	dur("ban_forget", c.BanForget, 0)
-	atLeast("auth_failures", c.AuthFailures, 1)
-	atLeast("aor_auth_failures", c.AORAuthFailures, 1)
-	dur("auth_window", c.AuthWindow, time.Second)
-	atLeast("malformed_limit", c.MalformedLimit, 1)
-	dur("malformed_window", c.MalformedWindow, time.Second)
+	v.dur("ban_forget", c.BanForget, 0)
+	v.atLeast("auth_failures", c.AuthFailures, 1)
+	v.atLeast("aor_auth_failures", c.AORAuthFailures, 1)
+	v.dur("auth_window", c.AuthWindow, time.Second)
+	v.atLeast("malformed_limit", c.MalformedLimit, 1)
+	v.dur("malformed_window", c.MalformedWindow, time.Second)
 	for _, s := range c.ScannerUserAgents {
 		if strings.TrimSpace(s) == "" {
-			bad("scanner_user_agents", "empty pattern")
+			v.bad("scanner_user_agents", "empty pattern")
 		} else if len(s) > maxPatternLen {
-			bad("scanner_user_agents", "%q is longer than %d bytes", s, maxPatternLen)
+			v.bad("scanner_user_agents", "%q is longer than %d bytes", s, maxPatternLen)
 		}
 	}
-	return errors.Join(errs...)
 }
 
 // ParsePrefix parses a CIDR ("10.0.0.0/8", host bits masked off) or a bare

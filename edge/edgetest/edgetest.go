@@ -168,6 +168,12 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	}
 	e := &Edge{Server: srv, Signer: signer, registry: reg, limiter: limiter,
 		core: netip.MustParseAddrPort(socks.CoreUDP.LocalAddr().String())}
+	e.addrs(socks)
+	return e
+}
+
+// addrs notes where each access listener is.
+func (e *Edge) addrs(socks *edge.Sockets) {
 	if len(socks.UDP) > 0 {
 		e.UDP = netip.MustParseAddrPort(socks.UDP[0].LocalAddr().String())
 	}
@@ -183,7 +189,6 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	if len(socks.WSS) > 0 {
 		e.WSS = netip.MustParseAddrPort(socks.WSS[0].Addr().String())
 	}
-	return e
 }
 
 // testWriter sends log lines to the test log until the test ends.
