@@ -241,3 +241,41 @@ func TestSilentTCPFlowIsProbed(t *testing.T) {
 		t.Fatal("wrong bindings after the probes")
 	}
 }
+
+// A binding the phone does not refresh expires on the edge's clock: it
+// leaves the registry, its flow is no longer kept open, and requests
+// from the core for it get 430.
+func TestBindingExpiresOnTheEdgesClock(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	clk := fakeClock()
+	expired := make(chan registry.Binding, 1)
+	e := edgetest.StartWith(t, core.URI("udp"), func(c *edgetest.Config) {
+		c.NAT.Mode = nat.KeepaliveCRLF
+		c.NAT.Interval = 25 * time.Second
+	}, edgetest.Hooks{Clock: clk, OnEvent: func(ev registry.Event) {
+		if ev.Kind == registry.Expired {
+			expired <- ev.Binding
+		}
+	}})
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "brief", Expires: "60"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("got %d", res.StatusCode)
+	}
+	clk.Advance(59 * time.Second)
+	if n := len(e.Bindings().Lookup("sip:brief@example.com")); n != 1 {
+		t.Fatalf("%d bindings before expiry, want 1", n)
+	}
+	clk.Advance(2 * time.Second)
+	select {
+	case b := <-expired:
+		if b.AOR != "sip:brief@example.com" || b.Flow.Remote != phone.Local {
+			t.Fatalf("expired %+v", b)
+		}
+	case <-time.After(wait):
+		t.Fatal("binding did not expire")
+	}
+	if e.Bindings().Len() != 0 || e.Bindings().HasFlow(nat.FlowKey{Transport: nat.UDP, Local: e.UDP, Remote: phone.Local}) {
+		t.Fatal("expired binding or its flow still held")
+	}
+}
