@@ -82,8 +82,7 @@ func Start(t testing.TB, core string, mutate func(*Config)) *Edge {
 	return StartWith(t, core, mutate, Hooks{})
 }
 
-// StartWith is Start with hooks. It puts the parts together the way
-// cmd/sipedge does, with the test's clock and observers.
+// StartWith is Start with hooks.
 func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	t.Helper()
 	cfg := Config{
@@ -118,6 +117,35 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	_ = level.UnmarshalText([]byte(os.Getenv("SIPEDGE_TEST_LOG")))
 	log := slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: level}))
 
+	srv, reg, limiter := build(t, cfg, h, clk, socks, signer, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("edge did not stop within 10s")
+		}
+	})
+	select {
+	case <-srv.Ready():
+	case err := <-done:
+		t.Fatalf("edge stopped before it was ready: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("edge not ready within 10s")
+	}
+	e := &Edge{Server: srv, Signer: signer, registry: reg, limiter: limiter,
+		core: netip.MustParseAddrPort(socks.CoreUDP.LocalAddr().String())}
+	e.addrs(socks)
+	return e
+}
+
+// build puts the parts together the way cmd/sipedge does, with the
+// test's clock and observers.
+func build(t testing.TB, cfg Config, h Hooks, clk clock.Clock, socks *edge.Sockets, signer *nat.Signer, log *slog.Logger) (*edge.Server, *registry.Registry, *ratelimit.Limiter) {
+	t.Helper()
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -148,28 +176,7 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 		edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool, Limiter: limiter, Flows: flows,
 			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, Grace: time.Second})
 	must(err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("edge did not stop within 10s")
-		}
-	})
-	select {
-	case <-srv.Ready():
-	case err := <-done:
-		t.Fatalf("edge stopped before it was ready: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("edge not ready within 10s")
-	}
-	e := &Edge{Server: srv, Signer: signer, registry: reg, limiter: limiter,
-		core: netip.MustParseAddrPort(socks.CoreUDP.LocalAddr().String())}
-	e.addrs(socks)
-	return e
+	return srv, reg, limiter
 }
 
 // addrs notes where each access listener is.

@@ -129,33 +129,8 @@ func start(opts Options) (*Registrar, error) {
 		return nil, err
 	}
 
-	log := opts.Logger
-	ua, err := sipgo.NewUA(
-		sipgo.WithUserAgent("upstreamtest"),
-		sipgo.WithUserAgentHostname(addr.Addr().String()),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(log)),
-		sipgo.WithUserAgentTransactionLayerOptions(
-			sip.WithTransactionLayerLogger(log),
-			sip.WithTransactionLayerUnhandledResponseHandler(func(res *sip.Response) {
-				log.Debug("unmatched response", "status", res.StatusCode)
-			}),
-		),
-	)
+	ua, srv, client, err := newUA(addr, opts.Logger)
 	if err != nil {
-		pc.Close()
-		ln.Close()
-		return nil, err
-	}
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(log))
-	if err != nil {
-		ua.Close()
-		pc.Close()
-		ln.Close()
-		return nil, err
-	}
-	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(log))
-	if err != nil {
-		ua.Close()
 		pc.Close()
 		ln.Close()
 		return nil, err
@@ -194,6 +169,35 @@ func start(opts Options) (*Registrar, error) {
 	}()
 	<-udp.ready
 	return r, nil
+}
+
+// newUA makes the registrar's user agent with its server and client.
+func newUA(addr netip.AddrPort, log *slog.Logger) (*sipgo.UserAgent, *sipgo.Server, *sipgo.Client, error) {
+	ua, err := sipgo.NewUA(
+		sipgo.WithUserAgent("upstreamtest"),
+		sipgo.WithUserAgentHostname(addr.Addr().String()),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(log)),
+		sipgo.WithUserAgentTransactionLayerOptions(
+			sip.WithTransactionLayerLogger(log),
+			sip.WithTransactionLayerUnhandledResponseHandler(func(res *sip.Response) {
+				log.Debug("unmatched response", "status", res.StatusCode)
+			}),
+		),
+	)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(log))
+	if err != nil {
+		ua.Close()
+		return nil, nil, nil, err
+	}
+	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(log))
+	if err != nil {
+		ua.Close()
+		return nil, nil, nil, err
+	}
+	return ua, srv, client, nil
 }
 
 // readyPacketConn closes ready when sipgo first reads from the socket.
