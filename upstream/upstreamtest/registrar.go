@@ -368,8 +368,12 @@ func (r *Registrar) handle(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	defer r.handlers.Done()
 
+	// Silence is read before the request is recorded: a test that sees
+	// the request and then switches answering back on must not get this
+	// one answered.
+	silent := r.silent.Load()
 	r.log.add(req.Clone())
-	if r.silent.Load() {
+	if silent {
 		tx.Terminate()
 		return
 	}
