@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/sipedge/sipedge/ratelimit"
 )
 
 // AccessConfig is the [access] section: where phones connect.
@@ -17,6 +19,9 @@ type AccessConfig struct {
 	TLSCert   string   `toml:"tls_cert"`
 	TLSKey    string   `toml:"tls_key"`
 	Advertise string   `toml:"advertise"`
+	// Trusted may send out-of-dialog requests without a binding.
+	Trusted    []string `toml:"trusted"`
+	MaxDialogs int      `toml:"max_dialogs"`
 }
 
 // RegistrationConfig is the [registration] section: what a REGISTER may
@@ -30,7 +35,7 @@ type RegistrationConfig struct {
 
 // DefaultAccessConfig has phones on 127.0.0.1:5060, UDP and TCP.
 func DefaultAccessConfig() AccessConfig {
-	return AccessConfig{UDP: []string{"127.0.0.1:5060"}, TCP: []string{"127.0.0.1:5060"}}
+	return AccessConfig{UDP: []string{"127.0.0.1:5060"}, TCP: []string{"127.0.0.1:5060"}, MaxDialogs: 100_000}
 }
 
 // DefaultRegistrationConfig serves any domain, 60 s to 1 h, 10 contacts.
@@ -72,6 +77,14 @@ func (c AccessConfig) Validate() error {
 	}
 	if (len(c.TLS) > 0 || len(c.WSS) > 0) && (c.TLSCert == "" || c.TLSKey == "") {
 		bad("tls_cert", "tls and wss listeners need tls_cert and tls_key")
+	}
+	for _, p := range c.Trusted {
+		if _, err := ratelimit.ParsePrefix(p); err != nil {
+			bad("trusted", "%q is not a CIDR or address", p)
+		}
+	}
+	if c.MaxDialogs < 1 {
+		bad("max_dialogs", "%d is below 1", c.MaxDialogs)
 	}
 	return errors.Join(errs...)
 }

@@ -4,10 +4,13 @@ import (
 	"context"
 	"hash/fnv"
 	"log/slog"
+	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/dialog"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
@@ -28,32 +31,135 @@ type proxy struct {
 	usable   func(nat.FlowKey) bool // a live flow, with its connection for streams
 	registry *registry.Registry
 	limiter  *ratelimit.Limiter
+	dialogs  *dialog.Table
+	peers    []netip.Prefix // [access] trusted: may send out of dialog without a binding
 }
 
-// toCore forwards a phone's request to the core.
+// toCore forwards a phone's request to the core, under the border
+// policy: out of dialog only from a flow holding a binding (or a trusted
+// peer); in dialog only along a dialog this edge saw established, from
+// the flow that took part in it, with the route set it established.
 func (p *proxy) toCore(ctx context.Context, r *Request) error {
 	if p.loopDetected(r.Request) {
 		return reject(482, "Loop Detected")
 	}
 	fwd := r.Clone()
-	p.self.popOwnRoutes(fwd)
 	inDialog := fwd.To() != nil && fwd.To().Params.Has("tag")
-	if !inDialog {
+	if inDialog {
+		if !p.dialogAllows(r, fwd) {
+			p.log.Debug("in-dialog request outside a known dialog", "src", r.Flow.Remote, "method", r.Method)
+			return reject(403, "Forbidden")
+		}
+	} else {
 		// A phone has no business pre-loading a route past the edge
 		// (Kamailio configs do the same with remove_hf("Route")).
 		dropHeaders(fwd, "Route")
-	}
-	if r.Method == sip.OPTIONS && fwd.Route() == nil && (fwd.Recipient.User == "" || p.self.isOurs(fwd.Recipient)) {
-		reply(p.log, r, 200, "OK", sip.NewHeader("Allow", allowed))
-		return nil
+		if r.Method == sip.OPTIONS && (fwd.Recipient.User == "" || p.self.isOurs(fwd.Recipient)) {
+			reply(p.log, r, 200, "OK", sip.NewHeader("Allow", allowed))
+			return nil
+		}
+		if !p.registry.HasFlow(r.Flow) && !p.peer(r.Flow.Remote.Addr()) {
+			return reject(403, "Forbidden") // registered-only access
+		}
 	}
 	l := p.core()
 	if dialogCreating(fwd) {
 		p.self.recordRoute(fwd, r.Flow, l.Transport, true)
 	}
 	return p.relay.forward(ctx, r, fwd, l, func(res *sip.Response) {
-		authFailed(p.limiter, r, res.StatusCode, aorOf(r.From().Address))
+		if res.StatusCode >= 200 {
+			authFailed(p.limiter, r, res.StatusCode, aorOf(r.From().Address))
+		}
+		p.track(r, fwd, res, r.Flow, true)
 	})
+}
+
+func (p *proxy) peer(a netip.Addr) bool {
+	for _, pf := range p.peers {
+		if pf.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// dialogAllows checks an in-dialog request from a phone and pops the
+// edge's own Route entries from fwd: its top Route must be the edge's
+// access-side Record-Route with the token of the flow it arrived on, and
+// the dialog must be one the edge saw, with the same route set beyond.
+func (p *proxy) dialogAllows(r *Request, fwd *sip.Request) bool {
+	top := fwd.Route()
+	if top == nil || !p.self.isOurs(top.Address) || top.Address.User == "" {
+		return false
+	}
+	token, ok := p.self.popOwnRoutes(fwd)
+	if !ok {
+		return false
+	}
+	flow, err := p.self.signer.Decode(token)
+	if err != nil || flow != r.Flow {
+		return false
+	}
+	id, ok := dialogID(fwd)
+	if !ok || !p.dialogs.Allow(id, r.Flow, routeSet(fwd.GetHeaders("Route"))) {
+		return false
+	}
+	if fwd.Method == sip.BYE {
+		p.dialogs.End(id) // in-dialog requests racing the BYE are refused: the call is over
+	}
+	return true
+}
+
+// track remembers a dialog a response establishes: a dialog-creating
+// request answered 2xx, or 1xx with a To-tag (an early dialog), for the
+// phone on flow. The phone's route set beyond the edge is the core's
+// Record-Route entries: reversed for the caller (the phone sent the
+// request), as they are for the callee.
+func (p *proxy) track(r *Request, fwd *sip.Request, res *sip.Response, flow nat.FlowKey, callerIsPhone bool) {
+	if !dialogCreating(fwd) || res.StatusCode < 101 || res.StatusCode >= 300 {
+		return
+	}
+	id, ok := dialogID(res)
+	if !ok {
+		return
+	}
+	var route []string
+	for _, h := range res.GetHeaders("Record-Route") {
+		if rr, ok := h.(*sip.RecordRouteHeader); ok && !p.self.isOurs(rr.Address) {
+			route = append(route, rr.Address.String())
+		}
+	}
+	if callerIsPhone {
+		slices.Reverse(route)
+	}
+	if !p.dialogs.Establish(id, dialog.Dialog{Flow: flow, Route: route, Confirmed: res.StatusCode >= 200}) {
+		p.log.Warn("dialog table full: in-dialog requests of this dialog will be refused", "call", callID(res))
+	}
+}
+
+// dialogID is the dialog a message belongs to, if it has both tags.
+func dialogID(m sip.Message) (dialog.ID, bool) {
+	from, to := m.From(), m.To()
+	if from == nil || to == nil {
+		return dialog.ID{}, false
+	}
+	ft, _ := from.Params.Get("tag")
+	tt, _ := to.Params.Get("tag")
+	if ft == "" || tt == "" {
+		return dialog.ID{}, false
+	}
+	return dialog.NewID(callID(m), ft, tt), true
+}
+
+// routeSet is the URIs of Route headers, in order.
+func routeSet(hs []sip.Header) []string {
+	var out []string
+	for _, h := range hs {
+		if rt, ok := h.(*sip.RouteHeader); ok {
+			out = append(out, rt.Address.String())
+		}
+	}
+	return out
 }
 
 // toPhone forwards a request from the core to the endpoint whose flow
@@ -77,12 +183,14 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 	if dialogCreating(fwd) {
 		p.self.recordRoute(fwd, flow, p.core().Transport, false)
 	}
-	return p.relay.forward(ctx, r, fwd, p.flowLeg(flow), nil)
+	return p.relay.forward(ctx, r, fwd, p.flowLeg(flow), func(res *sip.Response) {
+		p.track(r, fwd, res, flow, false)
+	})
 }
 
 // ack relays an ACK that matches no transaction (the ACK for a 2xx, RFC
 // 3261 §16.7 item 4 / §17.1.1.3) statelessly along its route.
-func (p *proxy) ack(req *sip.Request, fromCore bool) {
+func (p *proxy) ack(req *sip.Request, from nat.FlowKey, fromCore bool) {
 	fwd := req.Clone()
 	var l leg
 	if fromCore {
@@ -92,7 +200,11 @@ func (p *proxy) ack(req *sip.Request, fromCore bool) {
 		}
 		l = p.flowLeg(flow)
 	} else {
-		p.self.popOwnRoutes(fwd)
+		// An ACK for a 2xx is in-dialog: the same policy, and no answer.
+		r := &Request{Request: req, Flow: from}
+		if !p.dialogAllows(r, fwd) {
+			return
+		}
 		l = p.core()
 	}
 	p.relay.ack(fwd, l.Hop)

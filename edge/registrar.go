@@ -91,6 +91,9 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 	}
 
 	return g.relay.forward(ctx, r, fwd, to, func(res *sip.Response) {
+		if res.StatusCode < 200 {
+			return
+		}
 		authFailed(g.limiter, r, res.StatusCode, reg.AOR)
 		if res.IsSuccess() {
 			g.registry.Apply(g.update(r, reg, sent, res, r.NAT))

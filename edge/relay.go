@@ -38,10 +38,10 @@ type relay struct {
 }
 
 // forward sends fwd (a clone of r's request, already adapted) over l and
-// relays every response back on r's flow. onFinal may adapt the final
-// response first. For INVITE, a CANCEL from upstream is passed on at once
+// relays every response back on r's flow. onResponse may look at and
+// adapt each response (provisional and final) first. For INVITE, a CANCEL from upstream is passed on at once
 // and 2xx retransmissions keep being relayed after forward returns.
-func (rl *relay) forward(ctx context.Context, r *Request, fwd *sip.Request, l leg, onFinal func(*sip.Response)) error {
+func (rl *relay) forward(ctx context.Context, r *Request, fwd *sip.Request, l leg, onResponse func(*sip.Response)) error {
 	stampVia(fwd.Via(), r.Flow.Remote)
 	if err := decMaxForwards(fwd); err != nil {
 		return err
@@ -93,7 +93,7 @@ func (rl *relay) forward(ctx context.Context, r *Request, fwd *sip.Request, l le
 		// RFC 6026: 2xx retransmissions are relayed, not absorbed.
 		tx.OnRetransmission(func(res *sip.Response) { send(rl.log, r, stripTopVia(res)) })
 	}
-	keepTx, err := rl.relayResponses(ctx, r, fwd, l, tx, &canceled, onFinal)
+	keepTx, err := rl.relayResponses(ctx, r, fwd, l, tx, &canceled, onResponse)
 	if !keepTx {
 		tx.Terminate()
 	}
@@ -114,7 +114,7 @@ var errTimerC = errors.New("no final answer in time")
 // one. keepTx says the transaction must stay (an INVITE's 2xx: its
 // retransmission hook stays live until Timer M).
 func (rl *relay) relayResponses(ctx context.Context, r *Request, fwd *sip.Request, l leg, tx sip.ClientTransaction,
-	canceled *atomic.Bool, onFinal func(*sip.Response)) (keepTx bool, _ error) {
+	canceled *atomic.Bool, onResponse func(*sip.Response)) (keepTx bool, _ error) {
 	for {
 		select {
 		case res := <-tx.Responses():
@@ -122,8 +122,8 @@ func (rl *relay) relayResponses(ctx context.Context, r *Request, fwd *sip.Reques
 				continue // hop by hop
 			}
 			out := stripTopVia(res)
-			if res.StatusCode >= 200 && onFinal != nil {
-				onFinal(out)
+			if onResponse != nil {
+				onResponse(out)
 			}
 			send(rl.log, r, out)
 			if res.StatusCode < 200 {

@@ -20,6 +20,7 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/clock"
+	"github.com/sipedge/sipedge/edge/dialog"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
@@ -35,6 +36,9 @@ const (
 	limiterSweep  = 5 * time.Second
 	flowSweep     = time.Minute
 	flowIdle      = 10 * time.Minute
+	// dialogIdle is how long a dialog is remembered without an in-dialog
+	// request: longer than any call without a session timer should last.
+	dialogIdle = 24 * time.Hour
 )
 
 // Config is what the server reads: its own sections, and the keys of
@@ -74,9 +78,10 @@ type Server struct {
 	udp                []*udpSocket // access sockets first, the core-side one last
 	pinger             *pinger
 
-	proxy *proxy
-	limit limit
-	relay *relay
+	proxy   *proxy
+	limit   limit
+	relay   *relay
+	dialogs *dialog.Table
 
 	ready    chan struct{}
 	serving  sync.WaitGroup // listeners and the maintenance loop
@@ -106,7 +111,8 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		advertise, _ = netip.ParseAddr(cfg.Access.Advertise) // validated
 	}
 	s := &Server{cfg: cfg, d: d, log: d.Log, socks: socks, ready: make(chan struct{}),
-		rs: responder{log: d.Log, retryAfter: d.Limiter.RetryAfter}}
+		rs:      responder{log: d.Log, retryAfter: d.Limiter.RetryAfter},
+		dialogs: dialog.New(cfg.Access.MaxDialogs, dialogIdle, d.Clock.Now)}
 	coreAddr := addrPortOf(socks.CoreUDP.LocalAddr())
 	self := newSelf(d.Signer, coreAddr, advertise, socks.addrs())
 
@@ -166,7 +172,11 @@ func (s *Server) chains(self *self, coreLeg func() leg, flowLeg func(nat.FlowKey
 	s.relay = &relay{log: d.Log, timeout: cfg.Core.Timeout, self: self}
 	s.limit = limit{log: d.Log, limiter: d.Limiter, registry: d.Registry}
 	s.proxy = &proxy{log: d.Log, self: self, relay: s.relay, core: coreLeg, flowLeg: flowLeg,
-		usable: s.flowUsable, registry: d.Registry, limiter: d.Limiter}
+		usable: s.flowUsable, registry: d.Registry, limiter: d.Limiter, dialogs: s.dialogs}
+	for _, p := range cfg.Access.Trusted {
+		pf, _ := ratelimit.ParsePrefix(p) // validated
+		s.proxy.peers = append(s.proxy.peers, pf)
+	}
 	reg := &registrar{cfg: cfg.Registration, domains: make(map[string]bool), mode: cfg.Core.Mode, now: d.Clock.Now,
 		self: self, relay: s.relay, core: coreLeg, registry: d.Registry, limiter: d.Limiter}
 	reg.flowTime.udp, reg.flowTime.stream = cfg.NAT.FlowTimerUDP, cfg.NAT.FlowTimerStream
@@ -247,7 +257,7 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 			// source, is dropped.
 			trusted := !fromCore || s.d.Pool.Trusts(flow.Remote.Addr())
 			if trusted && checkSanity(req) == nil && (fromCore || s.limit.ackAllowed(flow.Remote)) {
-				s.proxy.ack(req, fromCore)
+				s.proxy.ack(req, flow, fromCore)
 			}
 			return
 		}
@@ -350,6 +360,7 @@ func (s *Server) maintain(ctx context.Context) {
 			s.d.Probe.Tick(ctx, s.pinger)
 			if now.Sub(lastLimiter) >= limiterSweep {
 				s.d.Limiter.Sweep()
+				s.dialogs.Sweep()
 				lastLimiter = now
 			}
 			if now.Sub(lastFlows) >= flowSweep {

@@ -1,0 +1,182 @@
+package edge_test
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/edgetest"
+)
+
+// These tests are the attacks of the border review, run from hosts with
+// and without an account; each must now fail.
+
+// inDialog builds an in-dialog request from a phone with the given route.
+func inDialog(p *edgetest.Phone, method, callID, fromTag, toTag, route string, cseq int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s sip:alice@198.51.100.77:5060 SIP/2.0\n", method)
+	fmt.Fprintf(&b, "Via: SIP/2.0/%s %s;branch=z9hG4bK-%s-%d-%s;rport\n", p.Transport(), p.Local, callID, cseq, strings.ToLower(method))
+	if route != "" {
+		fmt.Fprintf(&b, "Route: %s\n", route)
+	}
+	b.WriteString("Max-Forwards: 70\n")
+	fmt.Fprintf(&b, "From: <sip:bob@example.com>;tag=%s\nTo: <sip:alice@example.com>;tag=%s\n", fromTag, toTag)
+	fmt.Fprintf(&b, "Call-ID: %s\nCSeq: %d %s\nContent-Length: 0\n\n", callID, cseq, method)
+	return b.String()
+}
+
+// outOfDialog builds a MESSAGE from a phone, with an optional Route.
+func outOfDialog(p *edgetest.Phone, callID, route string) string {
+	var b strings.Builder
+	b.WriteString("MESSAGE sip:alice@example.com SIP/2.0\n")
+	fmt.Fprintf(&b, "Via: SIP/2.0/%s %s;branch=z9hG4bK-%s;rport\n", p.Transport(), p.Local, callID)
+	if route != "" {
+		fmt.Fprintf(&b, "Route: %s\n", route)
+	}
+	fmt.Fprintf(&b, "Max-Forwards: 70\nFrom: <sip:bob@example.com>;tag=m1\nTo: <sip:alice@example.com>\n")
+	fmt.Fprintf(&b, "Call-ID: %s\nCSeq: 1 MESSAGE\nContent-Length: 0\n\n", callID)
+	return b.String()
+}
+
+// coreGot reports whether the core received a request with callID.
+func coreGot(c *callSetup, callID string) bool {
+	for _, r := range c.reg.Requests() {
+		if r.CallID() != nil && r.CallID().Value() == callID {
+			return true
+		}
+	}
+	return false
+}
+
+// established sets up a call from the core to bob that bob answered, with
+// the core record-routing itself, and returns bob's route set (callee: the
+// Record-Route in order) and the dialog's tags.
+func established(t *testing.T, c *callSetup, callID string) (route string) {
+	t.Helper()
+	coreRR := fmt.Sprintf("<sip:%s;lr>", c.reg.Addr())
+	inv := c.request("INVITE", c.contact(), c.path, callID, 1, "")
+	inv = strings.Replace(inv, "Max-Forwards: 70\n", "Max-Forwards: 70\nRecord-Route: "+coreRR+"\n", 1)
+	c.core.Send(inv)
+	got := c.phone.MustRecvRequest("INVITE", wait)
+	c.phone.Respond(got, 200, "OK", "callee")
+	if res := c.core.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("core got %d", res.StatusCode)
+	}
+	var rs []string
+	for _, h := range got.GetHeaders("Record-Route") {
+		rs = append(rs, h.Value())
+	}
+	return strings.Join(rs, ", ")
+}
+
+// An unregistered host cannot use the edge to relay through the core:
+// in-dialog requests with a Route of its choosing, out-of-dialog requests
+// and ACKs are all refused before the core sees them.
+func TestNoRelayForHostsWithoutAccount(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	mallory := edgetest.DialFrom(t, "udp", netip.MustParseAddr("127.0.0.2"), c.e.UDP)
+	for i, route := range []string{"<sip:203.0.113.9:5060;lr>", fmt.Sprintf("<sip:%s;lr>, <sip:203.0.113.9;lr>", c.e.UDP), ""} {
+		cid := fmt.Sprintf("relay-%d", i)
+		mallory.Send(inDialog(mallory, "BYE", cid, "a", "b", route, 1))
+		if res := mallory.MustRecvResponse(wait); res.StatusCode != 403 {
+			t.Fatalf("in-dialog BYE with route %q got %d, want 403", route, res.StatusCode)
+		}
+		if coreGot(c, cid) {
+			t.Fatalf("route %q: the core got the request", route)
+		}
+	}
+	mallory.Send(outOfDialog(mallory, "relay-ood", "<sip:203.0.113.9;lr>"))
+	if res := mallory.MustRecvResponse(wait); res.StatusCode != 403 {
+		t.Fatalf("out-of-dialog MESSAGE from an unregistered host got %d, want 403", res.StatusCode)
+	}
+	// An ACK is never answered; it must not reach the core either. A
+	// request sent after it on the same socket is answered first only if
+	// the ACK was dropped before it (UDP keeps order on loopback).
+	mallory.Send(inDialog(mallory, "ACK", "relay-ack", "a", "b", "<sip:203.0.113.9;lr>", 1))
+	mallory.Send(outOfDialog(mallory, "relay-after-ack", ""))
+	mallory.MustRecvResponse(wait)
+	if coreGot(c, "relay-ack") || coreGot(c, "relay-ood") {
+		t.Fatal("the core got an ACK or MESSAGE from a host without an account")
+	}
+	// The registered phone's own out-of-dialog request goes through.
+	c.phone.Send(outOfDialog(c.phone, "bob-msg", ""))
+	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 200 || !coreGot(c, "bob-msg") {
+		t.Fatalf("registered phone's MESSAGE got %d", res.StatusCode)
+	}
+}
+
+// A trusted peer (a trunk) may send out of dialog without registering.
+func TestTrustedPeerNeedsNoBinding(t *testing.T) {
+	c := setupCall(t, "udp", func(cfg *edgetest.Config) { cfg.Access.Trusted = []string{"127.0.0.3/32"} })
+	trunk := edgetest.DialFrom(t, "udp", netip.MustParseAddr("127.0.0.3"), c.e.UDP)
+	trunk.Send(outOfDialog(trunk, "trunk-msg", ""))
+	if res := trunk.MustRecvResponse(wait); res.StatusCode != 200 || !coreGot(c, "trunk-msg") {
+		t.Fatalf("trusted peer's MESSAGE got %d", res.StatusCode)
+	}
+}
+
+// A flow token seen in a call's Record-Route, replayed by another host,
+// reaches nobody: the token names a flow the request did not come on.
+func TestReplayedTokenIsRefused(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	route := established(t, c, "call-replay")
+	mallory := edgetest.DialFrom(t, "udp", netip.MustParseAddr("127.0.0.2"), c.e.UDP)
+	mallory.Send(inDialog(mallory, "MESSAGE", "call-replay", "callee", "caller", route, 2))
+	if res := mallory.MustRecvResponse(wait); res.StatusCode != 403 {
+		t.Fatalf("replayed token got %d, want 403", res.StatusCode)
+	}
+	if n := countMethod(c, "MESSAGE"); n != 0 {
+		t.Fatalf("the core got %d MESSAGEs", n)
+	}
+	// The real callee, with the route set its dialog established, is let
+	// through; the BYE ends the dialog, so nothing more passes after it.
+	c.phone.Send(inDialog(c.phone, "BYE", "call-replay", "callee", "caller", route, 2))
+	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("callee's BYE got %d", res.StatusCode)
+	}
+	c.phone.Send(inDialog(c.phone, "INFO", "call-replay", "callee", "caller", route, 3))
+	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 403 {
+		t.Fatalf("INFO after BYE got %d, want 403", res.StatusCode)
+	}
+}
+
+// A registered phone cannot reach another address by writing a route set
+// of its own, nor use a dialog it is not part of.
+func TestPhoneCannotWriteItsOwnRouteSet(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	route := established(t, c, "call-own-route")
+	for name, r := range map[string]string{
+		"extra hop":       route + ", <sip:203.0.113.9:5060;lr>",
+		"core hop gone":   route[:strings.LastIndex(route, ",")],
+		"no edge route":   fmt.Sprintf("<sip:%s;lr>", c.reg.Addr()),
+		"another address": "<sip:203.0.113.9;lr>",
+	} {
+		c.phone.Send(inDialog(c.phone, "INFO", "call-own-route", "callee", "caller", r, 2))
+		if res := c.phone.MustRecvResponse(wait); res.StatusCode != 403 {
+			t.Fatalf("%s: got %d, want 403", name, res.StatusCode)
+		}
+	}
+	c.phone.Send(inDialog(c.phone, "INFO", "no-such-call", "callee", "caller", route, 2))
+	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 403 {
+		t.Fatalf("unknown dialog: got %d, want 403", res.StatusCode)
+	}
+	if n := countMethod(c, "INFO"); n != 0 {
+		t.Fatalf("the core got %d INFOs", n)
+	}
+	c.phone.Send(inDialog(c.phone, "INFO", "call-own-route", "callee", "caller", route, 3))
+	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 200 || countMethod(c, "INFO") != 1 {
+		t.Fatalf("INFO on the dialog's own route set got %d", res.StatusCode)
+	}
+}
+
+func countMethod(c *callSetup, m sip.RequestMethod) int {
+	n := 0
+	for _, r := range c.reg.Requests() {
+		if r.Method == m {
+			n++
+		}
+	}
+	return n
+}
