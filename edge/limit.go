@@ -3,10 +3,10 @@ package edge
 import (
 	"context"
 	"log/slog"
-	"net/netip"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
 )
 
@@ -16,17 +16,24 @@ type limit struct {
 	log      *slog.Logger
 	limiter  *ratelimit.Limiter
 	registry *registry.Registry
+	proven   func(*Request) bool
 }
 
 func (l limit) wrap(next Handler) Handler {
 	return func(ctx context.Context, r *Request) error {
-		aor := r.AOR
-		// A phone refreshing its own binding is not charged the AOR's
-		// budget: otherwise anyone naming its AOR could lock it out.
-		if aor != "" && l.registry.HasAORFrom(aor, r.Flow.Remote.Addr()) {
-			aor = ""
+		// Only an answer to a challenge from a source that got the
+		// challenge spends the AOR's budget: anyone may name an AOR, so
+		// requests without credentials (or with credentials a spoofed
+		// source could not have been challenged for) are charged to their
+		// source alone, and a phone refreshing its own binding to nobody,
+		// else anyone could lock the owner out.
+		aor := ""
+		if r.AOR != "" && hadCredentials(r.Request) && l.proven(r) && !l.registry.HasAORFrom(r.AOR, r.Flow.Remote.Addr()) {
+			aor = r.AOR
 		}
-		switch d, reason := l.limiter.Request(r.Flow.Remote.Addr(), string(r.Method), aor, r.UserAgent); d {
+		// Only a source that proved it receives what is sent to it can
+		// earn a ban; a spoofed one is just dropped.
+		switch d, reason := l.limiter.Request(r.Flow.Remote.Addr(), string(r.Method), aor, r.UserAgent, l.proven(r)); d {
 		case ratelimit.Allow:
 			return next(ctx, r)
 		case ratelimit.Reject:
@@ -42,8 +49,9 @@ func (l limit) wrap(next Handler) Handler {
 
 // ackAllowed applies the limits to an ACK from a phone, which gets no
 // answer either way.
-func (l limit) ackAllowed(src netip.AddrPort) bool {
-	d, _ := l.limiter.Request(src.Addr(), string(sip.ACK), "", "")
+func (l limit) ackAllowed(flow nat.FlowKey) bool {
+	proven := flow.Transport != nat.UDP || l.registry.HasFlow(flow)
+	d, _ := l.limiter.Request(flow.Remote.Addr(), string(sip.ACK), "", "", proven)
 	return d == ratelimit.Allow
 }
 
@@ -53,9 +61,24 @@ func hadCredentials(req *sip.Request) bool {
 	return req.GetHeader("Authorization") != nil || req.GetHeader("Proxy-Authorization") != nil
 }
 
-// authFailed scores a failed authentication against the source.
-func authFailed(limiter *ratelimit.Limiter, r *Request, code int, aor string) {
-	if (code == 401 || code == 403 || code == 407) && hadCredentials(r.Request) {
-		limiter.AuthFailure(r.Flow.Remote.Addr(), aor)
+// auth watches the answers to requests that may carry credentials: the
+// challenges a UDP source is sent (to prove it later), and the failures
+// of a proven source (to ban password guessers, never a spoofed victim).
+type auth struct {
+	limiter *ratelimit.Limiter
+	proofs  *proofs
+	proven  func(*Request) bool
+}
+
+func (a auth) answered(r *Request, res *sip.Response, aor string) {
+	code := res.StatusCode
+	if code != 401 && code != 403 && code != 407 {
+		return
+	}
+	if code != 403 && r.Flow.Transport == nat.UDP {
+		a.proofs.challenged(r.Flow.Remote.Addr(), res)
+	}
+	if hadCredentials(r.Request) && a.proven(r) {
+		a.limiter.AuthFailure(r.Flow.Remote.Addr(), aor)
 	}
 }

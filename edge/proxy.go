@@ -8,12 +8,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/dialog"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
-	"github.com/sipedge/sipedge/ratelimit"
 )
 
 // allowed is the Allow header value of the edge's own answers.
@@ -30,9 +30,13 @@ type proxy struct {
 	flowLeg  func(nat.FlowKey) leg
 	usable   func(nat.FlowKey) bool // a live flow, with its connection for streams
 	registry *registry.Registry
-	limiter  *ratelimit.Limiter
+	auth     auth
 	dialogs  *dialog.Table
-	peers    []netip.Prefix // [access] trusted: may send out of dialog without a binding
+	flows    *nat.FlowTable
+	// mintSlack is how long before its flow's creation a token may have
+	// been minted: the core timeout, plus a second of token resolution.
+	mintSlack time.Duration
+	peers     []netip.Prefix // [access] trusted: may send out of dialog without a binding
 }
 
 // toCore forwards a phone's request to the core, under the border
@@ -68,10 +72,20 @@ func (p *proxy) toCore(ctx context.Context, r *Request) error {
 	}
 	return p.relay.forward(ctx, r, fwd, l, func(res *sip.Response) {
 		if res.StatusCode >= 200 {
-			authFailed(p.limiter, r, res.StatusCode, aorOf(r.From().Address))
+			p.auth.answered(r, res, aorOf(r.From().Address))
 		}
 		p.track(r, fwd, res, r.Flow, true)
 	})
+}
+
+// current reports whether tok was minted for the flow its key names now,
+// not for an earlier flow with the same addresses (a NAT mapping reused
+// by another device after the first one's flow died). A token may be
+// minted up to a core timeout before its flow exists: the REGISTER that
+// creates the flow carries it.
+func (p *proxy) current(tok nat.Token) bool {
+	f, ok := p.flows.Get(tok.Flow)
+	return ok && !tok.Minted.Before(f.Created.Add(-p.mintSlack))
 }
 
 func (p *proxy) peer(a netip.Addr) bool {
@@ -96,8 +110,8 @@ func (p *proxy) dialogAllows(r *Request, fwd *sip.Request) bool {
 	if !ok {
 		return false
 	}
-	flow, err := p.self.signer.Decode(token)
-	if err != nil || flow != r.Flow {
+	tok, err := p.self.signer.Decode(token)
+	if err != nil || tok.Flow != r.Flow || !p.current(tok) {
 		return false
 	}
 	id, ok := dialogID(fwd)
@@ -228,11 +242,12 @@ func (p *proxy) endpointFlow(fwd *sip.Request) (flow nat.FlowKey, found bool, _ 
 	if token == "" {
 		return flow, false, nil
 	}
-	flow, err := p.self.signer.Decode(token)
+	tok, err := p.self.signer.Decode(token)
 	if err != nil {
 		p.log.Warn("request with a bad flow token", "method", fwd.Method, "call", callID(fwd))
 		return flow, true, reject(403, "Forbidden")
 	}
+	flow = tok.Flow
 	if rewritten {
 		b, ok := p.registry.ByCore(fwd.Recipient.String())
 		var u sip.Uri
@@ -241,7 +256,7 @@ func (p *proxy) endpointFlow(fwd *sip.Request) (flow nat.FlowKey, found bool, _ 
 		}
 		fwd.Recipient = u
 	}
-	if !p.usable(flow) {
+	if !p.usable(flow) || !p.current(tok) {
 		return flow, true, errFlowFailed
 	}
 	return flow, true, nil

@@ -142,8 +142,8 @@ func TestTamperedTokenIsForbidden(t *testing.T) {
 		t.Fatalf("tampered token got %d, want 403", res.StatusCode)
 	}
 	// A token signed with another key is just as foreign.
-	other, _ := nat.NewSigner([]byte(strings.Repeat("k", 32)))
-	foreign := "<sip:" + other.Encode(c.e.Bindings().All()[0].Flow) + "@" + c.e.CoreAddr().String() + ";lr>"
+	other, _ := nat.NewSigner(nat.Keys{Current: []byte(strings.Repeat("k", 32))}, 0, time.Now)
+	foreign := "<sip:" + other.Encode(c.e.Bindings().All()[0].Flow, time.Now()) + "@" + c.e.CoreAddr().String() + ";lr>"
 	c.core.Send(c.request("MESSAGE", c.contact(), foreign, "foreign", 1, ""))
 	if res := c.core.MustRecvResponse(wait); res.StatusCode != 403 {
 		t.Fatalf("foreign token got %d, want 403", res.StatusCode)

@@ -3,6 +3,8 @@ package edge_test
 import (
 	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -45,7 +47,7 @@ func pathToken(t *testing.T, e *edgetest.Edge, req *sip.Request) nat.FlowKey {
 	if err != nil {
 		t.Fatalf("Path token %q: %v", tok, err)
 	}
-	return k
+	return k.Flow
 }
 
 func TestRegisterPathMode(t *testing.T) {
@@ -172,7 +174,7 @@ func TestRegisterRewriteMode(t *testing.T) {
 		t.Fatalf("core saw Contact %s, want the edge's core side %s", c.Address.String(), e.CoreAddr())
 	}
 	k, err := e.Signer.Decode(c.Address.User)
-	if err != nil || k.Remote != phone.Local {
+	if err != nil || k.Flow.Remote != phone.Local {
 		t.Fatalf("rewritten Contact user %q: flow %v, err %v", c.Address.User, k, err)
 	}
 	res := phone.MustRecvResponse(wait)
@@ -261,6 +263,9 @@ func TestRegisterRejects(t *testing.T) {
 			res := phone.MustRecvResponse(wait)
 			if res.StatusCode != tc.code {
 				t.Fatalf("got %d %s, want %d", res.StatusCode, res.Reason, tc.code)
+			}
+			if res.SipVersion != "SIP/2.0" {
+				t.Errorf("answered with %q, want a SIP/2.0 status line", res.SipVersion)
 			}
 			if tc.header != "" && !strings.Contains(res.String(), tc.header) {
 				t.Errorf("answer lacks %q:\n%s", tc.header, res)
@@ -429,5 +434,29 @@ func TestOutboundTwoFlowsTwoBindings(t *testing.T) {
 	bs := e.Bindings().Lookup("sip:ob@example.com")
 	if len(bs) != 2 || bs[0].Flow == bs[1].Flow {
 		t.Fatalf("bindings %+v, want two on two flows", bs)
+	}
+}
+
+// RFC 4475's invalid messages are answered 400 with a SIP/2.0 status line
+// and never reach the core.
+func TestTortureInvalidMessages(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	for _, name := range []string{"baddate", "escruri", "multi01", "regbadct"} {
+		t.Run(name, func(t *testing.T) {
+			raw, err := os.ReadFile(filepath.Join("..", "testdata", "torture", name+".sip"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			phone := edgetest.Dial(t, "udp", e.UDP)
+			phone.Send(strings.ReplaceAll(string(raw), "\n", "\r\n"))
+			res := phone.MustRecvResponse(wait)
+			if res.StatusCode != 400 || res.SipVersion != "SIP/2.0" {
+				t.Fatalf("got %s %d %s, want SIP/2.0 400", res.SipVersion, res.StatusCode, res.Reason)
+			}
+		})
+	}
+	if n := len(core.Requests()); n != 0 {
+		t.Fatalf("the core got %d invalid requests", n)
 	}
 }

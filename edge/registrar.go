@@ -9,7 +9,6 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
-	"github.com/sipedge/sipedge/ratelimit"
 	"github.com/sipedge/sipedge/upstream"
 )
 
@@ -30,7 +29,7 @@ type registrar struct {
 	relay    *relay
 	core     func() leg
 	registry *registry.Registry
-	limiter  *ratelimit.Limiter
+	auth     auth
 }
 
 // sentContact pairs a contact the endpoint sent with the URI the core saw.
@@ -73,7 +72,7 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 			fc.Params.Add("expires", strconv.Itoa(maxE))
 		}
 		if g.mode == upstream.ModeRewrite {
-			fc.Address = g.self.coreContact(token, to.Transport, c.Header.Address.String())
+			fc.Address = g.coreContact(r, reg, c, token, to.Transport)
 		}
 		sent[i] = sentContact{reg: c, core: fc.Address}
 	}
@@ -94,13 +93,28 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 		if res.StatusCode < 200 {
 			return
 		}
-		authFailed(g.limiter, r, res.StatusCode, reg.AOR)
+		g.auth.answered(r, res, reg.AOR)
 		if res.IsSuccess() {
 			g.registry.Apply(g.update(r, reg, sent, res, r.NAT))
 			g.restoreReply(reg, token, sent, res)
 			g.outbound(reg, r.Flow, res)
 		}
 	})
+}
+
+// coreContact is the Contact the core stores for c in rewrite mode: the
+// one it already holds for this contact on this flow, so a refresh never
+// leaves the core a second contact for the same phone, else a new one.
+func (g *registrar) coreContact(r *Request, reg *registerRequest, c regContact, token, transport string) sip.Uri {
+	phone := c.Header.Address.String()
+	for _, b := range g.registry.Lookup(reg.AOR) {
+		var u sip.Uri
+		if b.Flow == r.Flow && b.Contact == phone && b.Instance == c.Instance && b.RegID == c.RegID &&
+			sip.ParseUri(b.CoreContact, &u) == nil {
+			return u
+		}
+	}
+	return g.self.coreContact(token, transport, phone)
 }
 
 // update is what the core's 2xx granted for the contacts this REGISTER

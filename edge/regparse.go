@@ -108,6 +108,12 @@ func parseRegister(req *sip.Request, userAgent string) (*registerRequest, *Error
 			r.Star = true
 			continue
 		}
+		if ch.Address.Headers != nil && ch.Address.Headers.Length() > 0 {
+			// Headers in a registered Contact would be copied into every
+			// request the core sends to it: a Route injected into the
+			// core's own traffic (RFC 4475 regbadct).
+			return nil, reject(400, "Bad Contact")
+		}
 		c := regContact{Header: ch, Expires: noExpires}
 		if v, ok := ch.Params.Get("expires"); ok {
 			if c.Expires, ok = parseSeconds(v); !ok {

@@ -26,8 +26,16 @@ func checkSanity(req *sip.Request) *Error {
 	if req.CSeq().MethodName != req.Method {
 		return reject(400, "CSeq Method Mismatch")
 	}
-	if len(req.GetHeaders("Content-Length")) > 1 {
-		return reject(400, "Multiple Content-Length")
+	for _, name := range singleValued {
+		if len(req.GetHeaders(name)) > 1 {
+			return reject(400, "Multiple "+name) // which one would the core believe? (RFC 4475 multi01)
+		}
+	}
+	if d := req.GetHeader("Date"); d != nil && !strings.HasSuffix(strings.TrimSpace(d.Value()), " GMT") {
+		return reject(400, "Bad Date") // RFC 3261 §20.17: GMT only (RFC 4475 baddate)
+	}
+	if req.Recipient.Headers != nil && req.Recipient.Headers.Length() > 0 {
+		return reject(400, "Bad Request-URI") // headers have no place there (RFC 4475 escruri)
 	}
 	for _, h := range req.Headers() {
 		if strings.ContainsAny(h.Value(), "\r\n\x00") || strings.ContainsAny(h.Name(), "\r\n\x00") {
@@ -42,6 +50,9 @@ func checkSanity(req *sip.Request) *Error {
 	}
 	return nil
 }
+
+// singleValued are the headers a request may carry once (RFC 3261 §7.3).
+var singleValued = []string{"To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Content-Type"}
 
 // stampVia records the real source on a Via (RFC 3581 §4): received and
 // rport, always, even when the client asked for neither, so every response
@@ -60,13 +71,14 @@ func stampVia(v *sip.ViaHeader, src netip.AddrPort) {
 // requests against their source.
 type sanity struct {
 	limiter *ratelimit.Limiter // nil on the core side: cores are not scored
+	proven  func(*Request) bool
 }
 
 func (s sanity) wrap(next Handler) Handler {
 	return func(ctx context.Context, r *Request) error {
 		if err := checkSanity(r.Request); err != nil {
 			if err.Code == 400 && s.limiter != nil {
-				s.limiter.Malformed(r.Flow.Remote.Addr())
+				s.limiter.Malformed(r.Flow.Remote.Addr(), s.proven(r))
 			}
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/nat"
@@ -15,14 +16,16 @@ import (
 // Record-Route entries.
 type self struct {
 	signer    *nat.Signer
+	flows     *nat.FlowTable
+	now       func() time.Time
 	core      netip.AddrPort          // the core-side socket
 	advertise netip.Addr              // public address of the access side, if set
 	own       map[netip.AddrPort]bool // every access socket address
 	ports     map[uint16]bool         // their ports, for advertise matching
 }
 
-func newSelf(signer *nat.Signer, core netip.AddrPort, advertise netip.Addr, access []netip.AddrPort) *self {
-	s := &self{signer: signer, core: core, advertise: advertise,
+func newSelf(signer *nat.Signer, flows *nat.FlowTable, now func() time.Time, core netip.AddrPort, advertise netip.Addr, access []netip.AddrPort) *self {
+	s := &self{signer: signer, flows: flows, now: now, core: core, advertise: advertise,
 		own: make(map[netip.AddrPort]bool), ports: make(map[uint16]bool)}
 	for _, a := range access {
 		s.own[a], s.ports[a.Port()] = true, true
@@ -67,8 +70,17 @@ func uri(token string, at netip.AddrPort, transport string) sip.Uri {
 	return u
 }
 
-// token is flow f's signed token, the user part of every URI below.
-func (s *self) token(f nat.FlowKey) string { return s.signer.Encode(f) }
+// token is flow f's sealed token, the user part of every URI below. It
+// is minted at the flow's creation, or now for a flow the core has not
+// accepted yet: the same for the flow's whole life, and never valid for
+// a later flow that reuses its addresses (see proxy.current).
+func (s *self) token(f nat.FlowKey) string {
+	minted := s.now()
+	if fl, ok := s.flows.Get(f); ok {
+		minted = fl.Created
+	}
+	return s.signer.Encode(f, minted)
+}
 
 // coreContact is the Contact the core stores in rewrite mode: the edge's
 // core side with a flow token, and a hash of the phone's own Contact

@@ -39,6 +39,9 @@ const (
 	// dialogIdle is how long a dialog is remembered without an in-dialog
 	// request: longer than any call without a session timer should last.
 	dialogIdle = 24 * time.Hour
+	// maxProofs is how many challenge nonces sent to UDP sources are
+	// remembered (about 24 B each).
+	maxProofs = 1 << 16
 )
 
 // Config is what the server reads: its own sections, and the keys of
@@ -82,6 +85,7 @@ type Server struct {
 	limit   limit
 	relay   *relay
 	dialogs *dialog.Table
+	proofs  *proofs
 
 	ready    chan struct{}
 	serving  sync.WaitGroup // listeners and the maintenance loop
@@ -112,9 +116,10 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, d: d, log: d.Log, socks: socks, ready: make(chan struct{}),
 		rs:      responder{log: d.Log, retryAfter: d.Limiter.RetryAfter},
-		dialogs: dialog.New(cfg.Access.MaxDialogs, dialogIdle, d.Clock.Now)}
+		dialogs: dialog.New(cfg.Access.MaxDialogs, dialogIdle, d.Clock.Now),
+		proofs:  newProofs(maxProofs)}
 	coreAddr := addrPortOf(socks.CoreUDP.LocalAddr())
-	self := newSelf(d.Signer, coreAddr, advertise, socks.addrs())
+	self := newSelf(d.Signer, d.Flows, d.Clock.Now, coreAddr, advertise, socks.addrs())
 
 	var err error
 	if s.accessUA, s.coreUA, err = userAgents(d.Log); err != nil {
@@ -170,15 +175,17 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 func (s *Server) chains(self *self, coreLeg func() leg, flowLeg func(nat.FlowKey) leg) {
 	cfg, d := s.cfg, s.d
 	s.relay = &relay{log: d.Log, timeout: cfg.Core.Timeout, self: self}
-	s.limit = limit{log: d.Log, limiter: d.Limiter, registry: d.Registry}
+	s.limit = limit{log: d.Log, limiter: d.Limiter, registry: d.Registry, proven: s.proven}
+	au := auth{limiter: d.Limiter, proofs: s.proofs, proven: s.proven}
 	s.proxy = &proxy{log: d.Log, self: self, relay: s.relay, core: coreLeg, flowLeg: flowLeg,
-		usable: s.flowUsable, registry: d.Registry, limiter: d.Limiter, dialogs: s.dialogs}
+		usable: s.flowUsable, registry: d.Registry, auth: au, dialogs: s.dialogs,
+		flows: d.Flows, mintSlack: cfg.Core.Timeout + time.Second}
 	for _, p := range cfg.Access.Trusted {
 		pf, _ := ratelimit.ParsePrefix(p) // validated
 		s.proxy.peers = append(s.proxy.peers, pf)
 	}
 	reg := &registrar{cfg: cfg.Registration, domains: make(map[string]bool), mode: cfg.Core.Mode, now: d.Clock.Now,
-		self: self, relay: s.relay, core: coreLeg, registry: d.Registry, limiter: d.Limiter}
+		self: self, relay: s.relay, core: coreLeg, registry: d.Registry, auth: au}
 	reg.flowTime.udp, reg.flowTime.stream = cfg.NAT.FlowTimerUDP, cfg.NAT.FlowTimerStream
 	for _, dom := range cfg.Registration.Domains {
 		reg.domains[strings.ToLower(dom)] = true
@@ -201,8 +208,8 @@ func (s *Server) chains(self *self, coreLeg func() leg, flowLeg func(nat.FlowKey
 		}
 		return s.proxy.toPhone(ctx, r)
 	}
-	s.accessSrv.OnNoRoute(s.handler(chain(accessRoute, sanity{d.Limiter}.wrap, parse, s.limit.wrap, observe), false))
-	s.coreSrv.OnNoRoute(s.handler(chain(coreRoute, trust{d.Pool}.wrap, sanity{}.wrap), true))
+	s.accessSrv.OnNoRoute(s.handler(chain(accessRoute, sanity{d.Limiter, s.proven}.wrap, parse, s.limit.wrap, observe), false))
+	s.coreSrv.OnNoRoute(s.handler(chain(coreRoute, trust{d.Pool}.wrap, sanity{nil, nil}.wrap), true))
 }
 
 // userAgents makes the two sipgo user agents, one per side. The access
@@ -256,7 +263,7 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 			// anything wrong with it, or from an untrusted core side
 			// source, is dropped.
 			trusted := !fromCore || s.d.Pool.Trusts(flow.Remote.Addr())
-			if trusted && checkSanity(req) == nil && (fromCore || s.limit.ackAllowed(flow.Remote)) {
+			if trusted && checkSanity(req) == nil && (fromCore || s.limit.ackAllowed(flow)) {
 				s.proxy.ack(req, flow, fromCore)
 			}
 			return
@@ -332,7 +339,10 @@ func (s *Server) Start(ctx context.Context) error {
 
 	mctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
-	s.serving.Go(func() { s.maintain(mctx) })
+	// The ticker exists before Start returns, so a test's fake clock
+	// cannot move before the loop listens.
+	t := s.d.Clock.NewTicker(maintainEvery)
+	s.serving.Go(func() { s.maintain(mctx, t) })
 	for _, u := range s.udp {
 		select {
 		case <-u.ready:
@@ -346,8 +356,7 @@ func (s *Server) Start(ctx context.Context) error {
 
 // maintain is the one loop that keeps state in time: expiry, keepalives,
 // probes and sweeps, all on the injected clock.
-func (s *Server) maintain(ctx context.Context) {
-	t := s.d.Clock.NewTicker(maintainEvery)
+func (s *Server) maintain(ctx context.Context, t clock.Ticker) {
 	defer t.Stop()
 	lastLimiter, lastFlows := s.d.Clock.Now(), s.d.Clock.Now()
 	for {

@@ -113,6 +113,7 @@ func reply(log *slog.Logger, r *Request, code int, reason string, hdrs ...sip.He
 		return // ACK is never answered
 	}
 	res := sip.NewResponseFromRequest(r.Request, code, reason, nil)
+	res.SipVersion = "SIP/2.0" // sipgo copies the request's, even an unsupported one
 	stampVia(res.Via(), r.Flow.Remote)
 	for _, h := range hdrs {
 		res.AppendHeader(h)

@@ -70,13 +70,16 @@ func (u *udpSocket) Close() error {
 func (u *udpSocket) guardAccess(limiter *ratelimit.Limiter, flows *nat.FlowTable) *nat.PacketConn {
 	pc := nat.NewPacketConn(u.raw, nat.PacketHooks{
 		Accept: func(src netip.AddrPort, n int) bool {
-			if limiter.Packet(src.Addr(), n) != ratelimit.Allow {
+			// A registered flow proved its source receives what is sent to
+			// it; anyone else may be spoofed, and is never banned.
+			k := nat.FlowKey{Transport: nat.UDP, Local: u.local, Remote: src}
+			if limiter.Packet(src.Addr(), n, flows.Alive(k)) != ratelimit.Allow {
 				return false // before sipgo parses, pools or logs anything
 			}
 			// Traffic refreshes a known flow; datagrams from flowless
 			// sources (STUN and CRLF included, a slight overcount) bring
 			// the next read-loop restart closer.
-			if !flows.Touch(nat.FlowKey{Transport: nat.UDP, Local: u.local, Remote: src}) && u.unknown.Add(1) >= recycleAfter {
+			if !flows.Touch(k) && u.unknown.Add(1) >= recycleAfter {
 				u.unknown.Store(0)
 				u.recycle.Store(true)
 			}
@@ -84,7 +87,7 @@ func (u *udpSocket) guardAccess(limiter *ratelimit.Limiter, flows *nat.FlowTable
 		},
 		Inspect: func(src netip.AddrPort, b []byte) bool {
 			if !looksLikeSIP(b) {
-				limiter.Malformed(src.Addr())
+				limiter.Malformed(src.Addr(), flows.Alive(nat.FlowKey{Transport: nat.UDP, Local: u.local, Remote: src}))
 				return false // garbage never reaches sipgo's parser, pool or log
 			}
 			return true

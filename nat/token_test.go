@@ -2,23 +2,24 @@ package nat
 
 import (
 	"bytes"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
-var testKey = bytes.Repeat([]byte("0123456789abcdef"), 2)
+var (
+	testKey     = bytes.Repeat([]byte("0123456789abcdef"), 2)
+	testPrevKey = bytes.Repeat([]byte("fedcba9876543210"), 2)
+	testMinted  = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+)
 
 func newTestSigner(t testing.TB, key []byte) *Signer {
 	t.Helper()
-	s, err := NewSigner(key)
+	s, err := NewSigner(Keys{Current: key}, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,15 +45,31 @@ func testKeys() []FlowKey {
 	return keys
 }
 
-func TestNewSignerKeySize(t *testing.T) {
-	if _, err := NewSigner(make([]byte, MinKeySize-1)); err == nil {
-		t.Error("NewSigner accepted a 31-byte key")
+func TestNewSignerValidates(t *testing.T) {
+	short := make([]byte, MinKeySize-1)
+	for _, tc := range []struct {
+		name  string
+		keys  Keys
+		grace time.Duration
+	}{
+		{"short current", Keys{Current: short}, 0},
+		{"nil current", Keys{}, 0},
+		{"short previous", Keys{Current: testKey, Previous: short, Rotated: testMinted}, time.Hour},
+		{"empty previous", Keys{Current: testKey, Previous: []byte{}, Rotated: testMinted}, time.Hour},
+		{"previous without rotated", Keys{Current: testKey, Previous: testPrevKey}, time.Hour},
+		{"negative grace", Keys{Current: testKey}, -time.Second},
+	} {
+		if s, err := NewSigner(tc.keys, tc.grace, nil); err == nil {
+			t.Errorf("%s: NewSigner accepted it: %v", tc.name, s)
+		} else if strings.Contains(err.Error(), "0123") || strings.Contains(err.Error(), "fedc") {
+			t.Errorf("%s: error %q quotes a key", tc.name, err)
+		}
 	}
-	if _, err := NewSigner(nil); err == nil {
-		t.Error("NewSigner accepted a nil key")
-	}
-	if _, err := NewSigner(make([]byte, 64)); err != nil {
+	if _, err := NewSigner(Keys{Current: make([]byte, 64)}, 0, nil); err != nil {
 		t.Errorf("NewSigner(64 bytes) = %v", err)
+	}
+	if _, err := NewSigner(Keys{Current: testKey, Previous: testPrevKey, Rotated: testMinted}, 0, nil); err != nil {
+		t.Errorf("NewSigner(current and previous) = %v", err)
 	}
 }
 
@@ -60,7 +77,7 @@ func TestSignerCopiesKey(t *testing.T) {
 	key := bytes.Clone(testKey)
 	s := newTestSigner(t, key)
 	k := testKeys()[0]
-	tok := s.Encode(k)
+	tok := s.Encode(k, testMinted)
 	key[0] ^= 1
 	if _, err := s.Decode(tok); err != nil {
 		t.Errorf("token stopped decoding after the caller's key slice changed: %v", err)
@@ -69,18 +86,34 @@ func TestSignerCopiesKey(t *testing.T) {
 
 func TestTokenRoundTrip(t *testing.T) {
 	s := newTestSigner(t, testKey)
-	for _, k := range testKeys() {
-		tok := s.Encode(k)
+	for i, k := range testKeys() {
+		minted := testMinted.Add(time.Duration(i) * time.Second)
+		tok := s.Encode(k, minted)
 		got, err := s.Decode(tok)
 		if err != nil {
 			t.Errorf("Decode(Encode(%v)) error: %v", k, err)
 			continue
 		}
-		if got != k {
-			t.Errorf("Decode(Encode(%v)) = %v", k, got)
+		if want := (Token{Flow: k, Minted: minted}); got != want {
+			t.Errorf("Decode(Encode(%v)) = %v, want %v", k, got, want)
 		}
 		if strings.Trim(tok, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
 			t.Errorf("token %q has characters outside base64url", tok)
+		}
+	}
+}
+
+func TestTokenMintedTime(t *testing.T) {
+	s := newTestSigner(t, testKey)
+	k := testKeys()[0]
+	local := time.Date(2030, 7, 1, 9, 30, 15, 999_999_999, time.FixedZone("X", 3600))
+	for _, minted := range []time.Time{time.Unix(1, 0), local, time.Unix(1<<32-1, 0)} {
+		got, err := s.Decode(s.Encode(k, minted))
+		if err != nil {
+			t.Fatalf("%v: %v", minted, err)
+		}
+		if want := minted.Truncate(time.Second); !got.Minted.Equal(want) || got.Minted.Location() != time.UTC {
+			t.Errorf("minted %v decodes as %v, want %v in UTC", minted, got.Minted, want)
 		}
 	}
 }
@@ -93,11 +126,12 @@ func TestTokenSizes(t *testing.T) {
 		local, remote netip.AddrPort
 		want          int
 	}{
-		{v4, v4, 38}, // 28 bytes
-		{v4, v6, 54}, // 40 bytes
-		{v6, v6, maxTokenLen},
+		{v4, v4, 56}, // 42 bytes
+		{v4, v6, 72}, // 54 bytes
+		{v6, v4, 72},
+		{v6, v6, 88}, // 66 bytes
 	} {
-		tok := s.Encode(FlowKey{Transport: UDP, Local: tc.local, Remote: tc.remote})
+		tok := s.Encode(FlowKey{Transport: UDP, Local: tc.local, Remote: tc.remote}, testMinted)
 		if len(tok) != tc.want {
 			t.Errorf("len(Encode(%v, %v)) = %d, want %d", tc.local, tc.remote, len(tok), tc.want)
 		}
@@ -105,35 +139,96 @@ func TestTokenSizes(t *testing.T) {
 	if want := tokenEncoding.EncodedLen(maxRawSize); maxTokenLen != want {
 		t.Errorf("maxTokenLen = %d, want %d", maxTokenLen, want)
 	}
+	if want := tokenEncoding.EncodedLen(minRawSize); minTokenLen != want {
+		t.Errorf("minTokenLen = %d, want %d", minTokenLen, want)
+	}
+}
+
+func TestTokenDeterministic(t *testing.T) {
+	s := newTestSigner(t, testKey)
+	again := newTestSigner(t, testKey) // another process with the same key
+	k := testKeys()[0]
+	tok := s.Encode(k, testMinted)
+	if got := s.Encode(k, testMinted.Add(999*time.Millisecond)); got != tok {
+		t.Errorf("same second, later instant: %q, want %q", got, tok)
+	}
+	if got := again.Encode(k, testMinted); got != tok {
+		t.Errorf("another Signer with the same key: %q, want %q", got, tok)
+	}
+	seen := map[string]bool{tok: true}
+	for _, other := range []string{
+		s.Encode(k, testMinted.Add(time.Second)),
+		s.Encode(k, testMinted.Add(-time.Second)),
+		s.Encode(testKeys()[1], testMinted),
+		s.Encode(FlowKey{Transport: TCP, Local: k.Local, Remote: k.Remote}, testMinted),
+	} {
+		if seen[other] {
+			t.Errorf("token %q repeats for a different flow or second", other)
+		}
+		seen[other] = true
+	}
+	// Nonces differ too, not only ciphertexts.
+	nonces := map[string]bool{}
+	for tok := range seen {
+		raw, _ := tokenEncoding.DecodeString(tok)
+		nonces[string(raw[1:1+nonceSize])] = true
+	}
+	if len(nonces) != len(seen) {
+		t.Errorf("%d nonces for %d distinct tokens", len(nonces), len(seen))
+	}
+}
+
+func TestTokenHidesAddresses(t *testing.T) {
+	s := newTestSigner(t, testKey)
+	for _, k := range testKeys() {
+		raw, err := tokenEncoding.DecodeString(s.Encode(k, testMinted))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ap := range []netip.AddrPort{k.Remote, k.Local} {
+			a := ap.Addr().AsSlice() // 4 or 16 bytes
+			if bytes.Contains(raw, a) {
+				t.Errorf("token for %v carries %v in clear: % x", k, ap.Addr(), raw)
+			}
+		}
+	}
 }
 
 func TestTokenZoneDropped(t *testing.T) {
 	s := newTestSigner(t, testKey)
 	zoned := netip.AddrPortFrom(netip.MustParseAddr("fe80::1%eth0"), 5060)
 	k := FlowKey{Transport: UDP, Local: netip.MustParseAddrPort("[fe80::2]:5060"), Remote: zoned}
-	got, err := s.Decode(s.Encode(k))
+	got, err := s.Decode(s.Encode(k, testMinted))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := k
 	want.Remote = netip.AddrPortFrom(zoned.Addr().WithZone(""), zoned.Port())
-	if got != want {
-		t.Errorf("got %v, want %v", got, want)
+	if got.Flow != want {
+		t.Errorf("got %v, want %v", got.Flow, want)
 	}
 }
 
 func TestTokenInvalidKeyDoesNotDecode(t *testing.T) {
 	s := newTestSigner(t, testKey)
 	valid := testKeys()[0]
-	for _, k := range []FlowKey{
-		{},
-		{Transport: 0, Local: valid.Local, Remote: valid.Remote},
-		{Transport: WSS + 1, Local: valid.Local, Remote: valid.Remote},
-		{Transport: UDP, Remote: valid.Remote},
-		{Transport: UDP, Local: valid.Local},
+	for _, tc := range []struct {
+		k      FlowKey
+		minted time.Time
+	}{
+		{FlowKey{}, testMinted},
+		{FlowKey{Transport: 0, Local: valid.Local, Remote: valid.Remote}, testMinted},
+		{FlowKey{Transport: WSS + 1, Local: valid.Local, Remote: valid.Remote}, testMinted},
+		{FlowKey{Transport: UDP + 16, Local: valid.Local, Remote: valid.Remote}, testMinted},
+		{FlowKey{Transport: UDP, Remote: valid.Remote}, testMinted},
+		{FlowKey{Transport: UDP, Local: valid.Local}, testMinted},
+		{valid, time.Time{}},
+		{valid, time.Unix(0, 0)},
+		{valid, time.Unix(-1, 0)},
+		{valid, time.Unix(1<<32, 0)},
 	} {
-		if got, err := s.Decode(s.Encode(k)); !errors.Is(err, ErrBadToken) {
-			t.Errorf("Decode(Encode(%#v)) = %v, %v; want ErrBadToken", k, got, err)
+		if got, err := s.Decode(s.Encode(tc.k, tc.minted)); !errors.Is(err, ErrBadToken) {
+			t.Errorf("Decode(Encode(%#v, %v)) = %v, %v; want ErrBadToken", tc.k, tc.minted, got, err)
 		}
 	}
 }
@@ -141,7 +236,7 @@ func TestTokenInvalidKeyDoesNotDecode(t *testing.T) {
 func TestTokenTamper(t *testing.T) {
 	s := newTestSigner(t, testKey)
 	for _, k := range []FlowKey{testKeys()[0], testKeys()[len(testKeys())-13]} {
-		tok := s.Encode(k)
+		tok := s.Encode(k, testMinted)
 		raw, err := tokenEncoding.DecodeString(tok)
 		if err != nil {
 			t.Fatal(err)
@@ -173,25 +268,61 @@ func TestTokenForeignKey(t *testing.T) {
 	s := newTestSigner(t, testKey)
 	other := newTestSigner(t, bytes.Repeat([]byte{0x5a}, 32))
 	for _, k := range testKeys() {
-		if got, err := other.Decode(s.Encode(k)); !errors.Is(err, ErrBadToken) {
+		if got, err := other.Decode(s.Encode(k, testMinted)); !errors.Is(err, ErrBadToken) {
 			t.Fatalf("foreign Decode(%v) = %v, %v; want ErrBadToken", k, got, err)
 		}
 	}
 }
 
-// signRaw builds a token around arbitrary content, correctly signed, to
-// reach the checks behind the MAC.
-func signRaw(s *Signer, body []byte) string {
-	st := s.pool.Get().(*tokenScratch)
-	defer s.pool.Put(st)
-	return tokenEncoding.EncodeToString(append(bytes.Clone(body), st.macOf(body)...))
+// Version 1 tokens (HMAC-signed, cleartext) of the previous release, made
+// with testKey.
+var v1Tokens = []string{
+	"AQEEwAACARPEBMsAcQmcQL1J6qAEk1MfdpQe8w",                                 // UDP 192.0.2.1:5060 <- 203.0.113.9:40000
+	"AQMGIAENuAAAAAAAAAAAAAAAARPFBiABDbgAAAAAAAAAAAAAAAKcQEhTjMW2bR4qKkTa7Q", // TLS, IPv6
+}
+
+func TestTokenOldVersionRefused(t *testing.T) {
+	s := newTestSigner(t, testKey)
+	for _, tok := range v1Tokens {
+		if got, err := s.Decode(tok); !errors.Is(err, ErrBadToken) {
+			t.Errorf("v1 token %q: Decode = %v, %v; want ErrBadToken", tok, got, err)
+		}
+	}
+	good := s.Encode(testKeys()[0], testMinted)
+	pt, _ := s.cur.open(nil, mustRaw(t, good))
+	if _, err := s.Decode(sealRaw(s, 1, pt)); err != errTokenVersion {
+		t.Errorf("version 1 sealed like version 2: %v, want %v", err, errTokenVersion)
+	}
+}
+
+func mustRaw(t *testing.T, tok string) []byte {
+	t.Helper()
+	raw, err := tokenEncoding.DecodeString(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// sealRaw builds a token around an arbitrary plaintext and version,
+// correctly sealed with the current key, to reach the checks behind the
+// AEAD.
+func sealRaw(s *Signer, version byte, plain []byte) string {
+	nonce := make([]byte, nonceSize)
+	nonce[0] = 0x42
+	b := append([]byte{version}, nonce...)
+	return tokenEncoding.EncodeToString(s.cur.aead.Seal(b, nonce, plain, b[:1]))
 }
 
 func TestTokenRejects(t *testing.T) {
 	s := newTestSigner(t, testKey)
-	good := s.Encode(testKeys()[0])
+	good := s.Encode(testKeys()[0], testMinted)
 	goodRaw, _ := tokenEncoding.DecodeString(good)
-	v4 := []byte{famIPv4, 192, 0, 2, 1, 0x13, 0xc4}
+	good6Raw, _ := tokenEncoding.DecodeString(s.Encode(testKeys()[len(testKeys())-13], testMinted))
+	v4 := []byte{192, 0, 2, 1, 0x13, 0xc4}
+	v6 := append(make([]byte, 16), 0x13, 0xc4)
+	minted := []byte{0x67, 0xc2, 0xf6, 0x40}
+	hdr := func(tr, lf, rf byte) []byte { return append([]byte{tr | lf<<4 | rf<<6}, minted...) }
 	body := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 	tests := []struct {
 		name, tok string
@@ -202,40 +333,99 @@ func TestTokenRejects(t *testing.T) {
 		{"padded", good[:len(good)-2] + "==", errTokenBase64},
 		{"embedded newline", good[:10] + "\n" + good[10:len(good)-1], errTokenBase64},
 		{"embedded CRLF", good[:10] + "\r\n" + good[10:len(good)-2], errTokenBase64},
-		{"non-canonical trailing bits", good[:len(good)-1] + "B", errTokenBase64},
+		{"non-canonical trailing bits", tokenEncoding.EncodeToString(append(bytes.Clone(goodRaw), 0))[:57] + "B", errTokenBase64},
 		{"too long", strings.Repeat("A", maxTokenLen+1), errTokenLength},
 		{"huge", strings.Repeat("A", 1<<20), errTokenLength},
-		{"truncated", tokenEncoding.EncodeToString(goodRaw[:len(goodRaw)-3]), errTokenLength},
-		{"truncated text", good[:len(good)-1], nil},
-		{"short", tokenEncoding.EncodeToString(make([]byte, minRawSize-1)), errTokenLength},
+		{"too short", good[:minTokenLen-1], errTokenLength},
+		{"truncated", tokenEncoding.EncodeToString(goodRaw[:len(goodRaw)-1]), errTokenLength},
+		{"truncated v6", tokenEncoding.EncodeToString(good6Raw[:len(good6Raw)-3]), errTokenMAC},
+		{"extended", tokenEncoding.EncodeToString(append(bytes.Clone(goodRaw), 0)), errTokenMAC},
 		{"zeros", tokenEncoding.EncodeToString(make([]byte, minRawSize)), errTokenVersion},
-		{"version 2", signRaw(s, body([]byte{2, byte(UDP)}, v4, v4)), errTokenVersion},
-		{"transport 0", signRaw(s, body([]byte{1, 0}, v4, v4)), errTokenTransport},
-		{"transport 6", signRaw(s, body([]byte{1, 6}, v4, v4)), errTokenTransport},
-		{"family 5", signRaw(s, body([]byte{1, 1, 5}, v4[1:], v4)), errTokenFamily},
-		{"v6 family, v4 address", signRaw(s, body([]byte{1, 1, famIPv6}, v4[1:], v4)), nil},
-		{"v6 remote cut short", signRaw(s, body([]byte{1, 1, famIPv6}, make([]byte, 18), []byte{famIPv6, 1, 2, 3, 4})), errTokenLength},
-		{"trailing byte", signRaw(s, body([]byte{1, 1}, v4, v4, []byte{0})), errTokenLength},
-		{"bad mac", good[:len(good)-3] + "AAA", errTokenMAC},
+		{"version 3", sealRaw(s, 3, body(hdr(1, 1, 1), v4, v4)), errTokenVersion},
+		{"bad tag", good[:len(good)-4] + "AAAA", errTokenMAC},
+		{"sealed valid", sealRaw(s, tokenVersion, body(hdr(1, 1, 1), v4, v4)), nil},
+		{"transport 0", sealRaw(s, tokenVersion, body(hdr(0, 1, 1), v4, v4)), errTokenTransport},
+		{"transport 6", sealRaw(s, tokenVersion, body(hdr(6, 1, 1), v4, v4)), errTokenTransport},
+		{"local family 0", sealRaw(s, tokenVersion, body(hdr(1, 0, 1), v4, v4)), errTokenFamily},
+		{"remote family 3", sealRaw(s, tokenVersion, body(hdr(1, 1, 3), v4, v4)), errTokenFamily},
+		{"minted 0", sealRaw(s, tokenVersion, body(hdr(1, 1, 1)[:1], []byte{0, 0, 0, 0}, v4, v4)), errTokenMinted},
+		{"v6 family, v4 address", sealRaw(s, tokenVersion, body(hdr(1, 2, 1), v4, v4, v4)), nil},
+		{"v6 remote cut short", sealRaw(s, tokenVersion, body(hdr(1, 2, 2), v6, v6[:17])), errTokenLength},
+		{"plaintext too short", sealRaw(s, tokenVersion, body(hdr(1, 1, 1), v4, v4[:5])), errTokenLength},
+		{"trailing byte", sealRaw(s, tokenVersion, body(hdr(1, 1, 1), v4, v4, []byte{0})), errTokenLength},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			k, err := s.Decode(tc.tok)
+			got, err := s.Decode(tc.tok)
+			if tc.name == "sealed valid" {
+				if err != nil || got.Flow.Local != netip.MustParseAddrPort("192.0.2.1:5060") {
+					t.Fatalf("the helper's own valid token: %v, %v", got, err)
+				}
+				return
+			}
 			if !errors.Is(err, ErrBadToken) {
-				t.Fatalf("Decode = %v, %v; want ErrBadToken", k, err)
+				t.Fatalf("Decode = %v, %v; want ErrBadToken", got, err)
 			}
 			if tc.want != nil && err != tc.want {
 				t.Errorf("Decode error = %q, want %q", err, tc.want)
 			}
-			if k != (FlowKey{}) {
-				t.Errorf("Decode returned %v with an error", k)
+			if got != (Token{}) {
+				t.Errorf("Decode returned %v with an error", got)
 			}
 		})
 	}
 }
 
+func TestTokenKeyRotation(t *testing.T) {
+	old := newTestSigner(t, testPrevKey)
+	k := testKeys()[0]
+	oldTok := old.Encode(k, testMinted)
+	rotated := testMinted.Add(time.Hour)
+	const grace = 2 * time.Hour
+	now := rotated
+	s, err := NewSigner(Keys{Current: testKey, Previous: testPrevKey, Rotated: rotated}, grace, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	newTok := s.Encode(k, rotated)
+	if _, err := old.Decode(newTok); !errors.Is(err, ErrBadToken) {
+		t.Errorf("new tokens are minted with the previous key (%v)", err)
+	}
+	foreign := newTestSigner(t, bytes.Repeat([]byte{0x5a}, 32)).Encode(k, testMinted)
+	for _, tc := range []struct {
+		now     time.Time
+		oldOK   bool
+		comment string
+	}{
+		{rotated, true, "at rotation"},
+		{rotated.Add(grace - time.Nanosecond), true, "just within grace"},
+		{rotated.Add(grace), false, "grace over"},
+		{rotated.Add(30 * 24 * time.Hour), false, "long after"},
+		{rotated.Add(-time.Minute), true, "clock behind the rotation"},
+	} {
+		now = tc.now
+		got, err := s.Decode(oldTok)
+		if tc.oldOK && (err != nil || got != Token{Flow: k, Minted: testMinted}) {
+			t.Errorf("%s: previous key's token = %v, %v; want accepted", tc.comment, got, err)
+		}
+		if !tc.oldOK && !errors.Is(err, ErrBadToken) {
+			t.Errorf("%s: previous key's token = %v, %v; want ErrBadToken", tc.comment, got, err)
+		}
+		if got, err := s.Decode(newTok); err != nil || got.Flow != k {
+			t.Errorf("%s: current key's token = %v, %v", tc.comment, got, err)
+		}
+		if _, err := s.Decode(foreign); !errors.Is(err, ErrBadToken) {
+			t.Errorf("%s: foreign token accepted (%v)", tc.comment, err)
+		}
+	}
+}
+
 func TestTokenConcurrent(t *testing.T) {
-	s := newTestSigner(t, testKey)
+	s, err := NewSigner(Keys{Current: testKey, Previous: testPrevKey, Rotated: testMinted}, time.Hour, func() time.Time { return testMinted })
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := newTestSigner(t, testPrevKey)
 	keys := testKeys()
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -243,7 +433,12 @@ func TestTokenConcurrent(t *testing.T) {
 		wg.Go(func() {
 			for i := range 200 {
 				k := keys[(g*31+i)%len(keys)]
-				if got, err := s.Decode(s.Encode(k)); err != nil || got != k {
+				minted := testMinted.Add(time.Duration(i) * time.Second)
+				enc := s.Encode
+				if i%2 == 1 {
+					enc = old.Encode
+				}
+				if got, err := s.Decode(enc(k, minted)); err != nil || got != (Token{k, minted}) {
 					errs <- fmt.Errorf("round trip of %v: %v, %v", k, got, err)
 					return
 				}
@@ -261,33 +456,71 @@ func TestTokenAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts are not meaningful under -race")
 	}
-	s := newTestSigner(t, testKey)
+	s, err := NewSigner(Keys{Current: testKey, Previous: testPrevKey, Rotated: testMinted}, time.Hour, func() time.Time { return testMinted })
+	if err != nil {
+		t.Fatal(err)
+	}
 	k := testKeys()[len(testKeys())-1]
-	tok := s.Encode(k)
-	if n := testing.AllocsPerRun(100, func() { _ = s.Encode(k) }); n > 1 {
+	tok := s.Encode(k, testMinted)
+	oldTok := newTestSigner(t, testPrevKey).Encode(k, testMinted)
+	if n := testing.AllocsPerRun(100, func() { _ = s.Encode(k, testMinted) }); n > 1 {
 		t.Errorf("Encode: %v allocs, want <= 1", n)
 	}
-	if n := testing.AllocsPerRun(100, func() { _, _ = s.Decode(tok) }); n > 0 {
-		t.Errorf("Decode: %v allocs, want 0", n)
+	for name, tok := range map[string]string{"current": tok, "previous": oldTok, "junk": "junk!", "forged": tok[:len(tok)-4] + "AAAA"} {
+		if n := testing.AllocsPerRun(100, func() { _, _ = s.Decode(tok) }); n > 0 {
+			t.Errorf("Decode of %s token: %v allocs, want 0", name, n)
+		}
 	}
-	if n := testing.AllocsPerRun(100, func() { _, _ = s.Decode("junk!") }); n > 0 {
-		t.Errorf("Decode of junk: %v allocs, want 0", n)
+}
+
+func TestSignerHidesKeys(t *testing.T) {
+	s, err := NewSigner(Keys{Current: testKey, Previous: testPrevKey, Rotated: testMinted}, time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%x", "%q", "%d"} {
+		out := fmt.Sprintf(verb, s)
+		if !strings.Contains(out, "previous key until 2025-03-01T13:00:00Z") {
+			t.Errorf("%s: %q does not describe the Signer", verb, out)
+		}
+	}
+	if out := newTestSigner(t, testKey).String(); out != "nat.Signer{current key}" {
+		t.Errorf("String() = %q", out)
+	}
+}
+
+func benchFlow() FlowKey {
+	return FlowKey{Transport: UDP, Local: netip.MustParseAddrPort("192.0.2.1:5060"), Remote: netip.MustParseAddrPort("203.0.113.9:40000")}
 }
 
 func BenchmarkEncode(b *testing.B) {
 	s := newTestSigner(b, testKey)
-	k := FlowKey{Transport: UDP, Local: netip.MustParseAddrPort("192.0.2.1:5060"), Remote: netip.MustParseAddrPort("203.0.113.9:40000")}
+	k := benchFlow()
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = s.Encode(k)
+		_ = s.Encode(k, testMinted)
 	}
 }
 
 func BenchmarkDecode(b *testing.B) {
 	s := newTestSigner(b, testKey)
-	k := FlowKey{Transport: UDP, Local: netip.MustParseAddrPort("192.0.2.1:5060"), Remote: netip.MustParseAddrPort("203.0.113.9:40000")}
-	tok := s.Encode(k)
+	tok := s.Encode(benchFlow(), testMinted)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.Decode(tok); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDecodePrevious is the worst case within a grace period: the
+// current key fails first.
+func BenchmarkDecodePrevious(b *testing.B) {
+	s, err := NewSigner(Keys{Current: testKey, Previous: testPrevKey, Rotated: testMinted}, time.Hour, func() time.Time { return testMinted })
+	if err != nil {
+		b.Fatal(err)
+	}
+	tok := newTestSigner(b, testPrevKey).Encode(benchFlow(), testMinted)
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := s.Decode(tok); err != nil {
@@ -302,167 +535,10 @@ func BenchmarkEncodeDecodeParallel(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := s.Decode(s.Encode(k)); err != nil {
+			if _, err := s.Decode(s.Encode(k, testMinted)); err != nil {
 				b.Error(err)
 				return
 			}
 		}
 	})
-}
-
-func TestLoadOrCreateKeyCreates(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "state", "sipedge")
-	path := filepath.Join(dir, "flow.key")
-	key, err := LoadOrCreateKey(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(key) != MinKeySize || bytes.Equal(key, make([]byte, MinKeySize)) {
-		t.Fatalf("created key has %d bytes (or is all zero)", len(key))
-	}
-	assertMode(t, dir, 0o700)
-	assertMode(t, path, 0o600)
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := hex.EncodeToString(key) + "\n"; string(data) != want {
-		t.Errorf("key file has %d bytes in the wrong form", len(data))
-	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(entries) != 1 {
-		t.Errorf("directory holds %d entries, want only the key (temp file left behind?)", len(entries))
-	}
-	again, err := LoadOrCreateKey(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(again, key) {
-		t.Error("second LoadOrCreateKey returned a different key")
-	}
-	if _, err := NewSigner(key); err != nil {
-		t.Error(err)
-	}
-}
-
-func TestLoadOrCreateKeyConcurrent(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "flow.key")
-	keys := make([][]byte, 8)
-	errs := make([]error, 8)
-	var wg sync.WaitGroup
-	for i := range keys {
-		wg.Go(func() { keys[i], errs[i] = LoadOrCreateKey(path) })
-	}
-	wg.Wait()
-	onDisk, err := LoadOrCreateKey(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range keys {
-		if errs[i] != nil {
-			t.Errorf("caller %d: %v", i, errs[i])
-		} else if !bytes.Equal(keys[i], onDisk) {
-			t.Errorf("caller %d got a key other than the one on disk", i)
-		}
-	}
-}
-
-func assertMode(t *testing.T, path string, want fs.FileMode) {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := fi.Mode().Perm(); got != want {
-		t.Errorf("%s: mode %#o, want %#o", path, got, want)
-	}
-}
-
-func TestLoadOrCreateKeyReads(t *testing.T) {
-	const secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
-	want, _ := hex.DecodeString(secret)
-	for _, content := range []string{secret, secret + "\n", secret + "\r\n", strings.ToUpper(secret) + "\n"} {
-		path := filepath.Join(t.TempDir(), "flow.key")
-		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		got, err := LoadOrCreateKey(path)
-		if err != nil {
-			t.Errorf("%q: %v", content, err)
-		} else if !bytes.Equal(got, want) {
-			t.Errorf("%q: wrong key", content)
-		}
-	}
-	// 0400 is stricter than 0600 and fine.
-	path := filepath.Join(t.TempDir(), "flow.key")
-	if err := os.WriteFile(path, []byte(secret), 0o400); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := LoadOrCreateKey(path); err != nil {
-		t.Errorf("mode 0400: %v", err)
-	}
-}
-
-func TestLoadOrCreateKeyRejects(t *testing.T) {
-	const secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
-	tests := []struct {
-		name    string
-		content string
-		mode    fs.FileMode
-		wantIn  string
-	}{
-		{"group readable", secret, 0o640, "mode"},
-		{"world readable", secret + "\n", 0o604, "mode"},
-		{"too short", secret[:62], 0o600, "hex digits"},
-		{"too long", secret + "00", 0o600, "hex digits"},
-		{"two newlines", secret + "\n\n", 0o600, "hex digits"},
-		{"raw bytes", secret[:32], 0o600, "hex digits"},
-		{"not hex", "g0112233445566778899aabbccddeeff00112233445566778899aabbccddeezz", 0o600, "not hex"},
-		{"empty", "", 0o600, "hex digits"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "flow.key")
-			if err := os.WriteFile(path, []byte(tc.content), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Chmod(path, tc.mode); err != nil {
-				t.Fatal(err)
-			}
-			key, err := LoadOrCreateKey(path)
-			if err == nil {
-				t.Fatalf("accepted, key of %d bytes", len(key))
-			}
-			msg := err.Error()
-			if !strings.Contains(msg, tc.wantIn) || !strings.Contains(msg, path) {
-				t.Errorf("error %q should mention %q and the path", msg, tc.wantIn)
-			}
-			msg = strings.ReplaceAll(msg, path, "")
-			for i := 0; i+4 <= len(tc.content); i++ {
-				if chunk := tc.content[i : i+4]; strings.TrimSpace(chunk) == chunk && strings.Contains(msg, chunk) {
-					t.Fatalf("error %q leaks key material %q", msg, chunk)
-				}
-			}
-			if strings.ContainsAny(msg, "gz") && tc.name == "not hex" {
-				t.Errorf("error %q quotes the file's content", msg)
-			}
-		})
-	}
-}
-
-func TestLoadOrCreateKeyNotAFile(t *testing.T) {
-	path := t.TempDir()
-	if _, err := LoadOrCreateKey(path); err == nil {
-		t.Error("accepted a directory as key file")
-	}
-	blocker := filepath.Join(t.TempDir(), "file")
-	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := LoadOrCreateKey(filepath.Join(blocker, "flow.key")); err == nil {
-		t.Error("created a key under a regular file")
-	}
 }

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"math"
 	"net/netip"
 	"slices"
 	"time"
@@ -12,8 +13,18 @@ import (
 type banRec struct {
 	since, until int64
 	count        int32
-	reason       Reason
+	events       int32 // evidence (Ban.Events)
+	windowMS     int32 // evidence (Ban.Window), in milliseconds
+	reason, over Reason
+	manual       bool
 	notified     bool // expiry reported to OnUnban
+}
+
+// evidence is what an automatic ban is for (Ban.Events, Window, Over).
+type evidence struct {
+	over   Reason
+	events int32
+	window int64 // ns
 }
 
 // maxBan bounds any ban, so that until and Ban.Until cannot overflow.
@@ -59,40 +70,46 @@ func (l *Limiter) banDuration(count int32) time.Duration {
 }
 
 func (l *Limiter) banOf(p netip.Prefix, rec banRec) Ban {
-	return Ban{Addr: p, Reason: rec.reason, Since: l.toTime(rec.since), Until: l.toTime(rec.until), Count: int(rec.count)}
+	return Ban{
+		Addr: p, Reason: rec.reason, Since: l.toTime(rec.since), Until: l.toTime(rec.until), Count: int(rec.count),
+		Manual: rec.manual, Events: int(rec.events), Window: time.Duration(rec.windowMS) * time.Millisecond, Over: rec.over,
+	}
 }
 
-// banLocked is an automatic ban of source k (entry e, nil if untracked).
-// It refuses sources holding bindings (unless ban_bound) and new records
-// beyond max_bans. sh.mu must be held; the caller emits the Ban.
-func (l *Limiter) banLocked(sh *shard, k key, e *entry, r Reason, now int64) (Ban, bool) {
+// banLocked is an automatic ban of source k (entry e, nil if untracked)
+// for r, with evidence ev. It refuses sources holding bindings (unless
+// ban_bound) and new records beyond max_bans. The caller has checked that
+// k is proven. sh.mu must be held; the caller emits the Ban.
+func (l *Limiter) banLocked(sh *shard, k key, e *entry, r Reason, ev evidence, now int64) (Ban, bool) {
 	if e != nil && e.bindings > 0 && !l.cfg.BanBound {
 		return Ban{}, false
 	}
-	b, ok := l.banKeyLocked(sh, k, r, 0, now, true)
+	b, ok := l.banKeyLocked(sh, k, r, 0, &ev, now)
 	if ok && e != nil {
-		e.overSince, e.lastOver = 0, 0
+		e.overSince, e.lastOver, e.overN = 0, 0, 0
 	}
 	return b, ok
 }
 
 // banKeyLocked bans k for d (0: by escalation). An active ban is extended,
-// never shortened. auto bans respect max_bans. sh.mu must be held.
-func (l *Limiter) banKeyLocked(sh *shard, k key, r Reason, d time.Duration, now int64, auto bool) (Ban, bool) {
+// never shortened. Automatic bans (ev != nil) respect max_bans; the
+// others are manual. sh.mu must be held.
+func (l *Limiter) banKeyLocked(sh *shard, k key, r Reason, d time.Duration, ev *evidence, now int64) (Ban, bool) {
 	rec, ok := sh.bans[k]
 	if !ok {
-		if n := l.banRecs.Add(1); auto && n > int64(l.cfg.MaxBans) {
+		if n := l.banRecs.Add(1); ev != nil && n > int64(l.cfg.MaxBans) {
 			l.banRecs.Add(-1)
 			l.banOverflow.Add(1)
 			return Ban{}, false
 		}
 	}
-	rec.apply(r, d, now, l.banDuration)
+	rec.apply(r, d, ev, now, l.banDuration)
 	sh.bans[k] = rec
 	return l.banOf(k.prefix(), rec), true
 }
 
-func (rec *banRec) apply(r Reason, d time.Duration, now int64, dur func(int32) time.Duration) {
+// apply bans (again) for r and d, with evidence ev (nil: a manual ban).
+func (rec *banRec) apply(r Reason, d time.Duration, ev *evidence, now int64, dur func(int32) time.Duration) {
 	if rec.count < 1<<30 {
 		rec.count++
 	}
@@ -106,11 +123,18 @@ func (rec *banRec) apply(r Reason, d time.Duration, now int64, dur func(int32) t
 		rec.since = now
 	}
 	rec.until, rec.reason, rec.notified = until, r, false
+	rec.manual = ev == nil
+	rec.over, rec.events, rec.windowMS = ReasonNone, 0, 0
+	if ev != nil {
+		rec.over, rec.events = ev.over, ev.events
+		rec.windowMS = int32(min(ev.window/int64(time.Millisecond), math.MaxInt32))
+	}
 }
 
 // Ban bans p (a source, or any prefix) for d, or, if d <= 0, for the
-// escalated ban_time. IPv6 prefixes longer than /64 widen to the /64.
-// Prefixes inside the allowlist are ignored; max_bans does not apply.
+// escalated ban_time, and reports it to OnBan (Ban.Manual set). IPv6
+// prefixes longer than /64 widen to the /64. Prefixes inside the
+// allowlist are ignored; max_bans does not apply.
 func (l *Limiter) Ban(p netip.Prefix, r Reason, d time.Duration) {
 	if !p.IsValid() {
 		return
@@ -124,7 +148,7 @@ func (l *Limiter) Ban(p netip.Prefix, r Reason, d time.Duration) {
 	if k, ok := prefixKey(p); ok {
 		sh := l.shardOf(k)
 		sh.mu.Lock()
-		b, _ = l.banKeyLocked(sh, k, r, d, now, false)
+		b, _ = l.banKeyLocked(sh, k, r, d, nil, now)
 		sh.mu.Unlock()
 	} else {
 		l.wideMu.Lock()
@@ -133,7 +157,7 @@ func (l *Limiter) Ban(p netip.Prefix, r Reason, d time.Duration) {
 			i = len(l.wideList)
 			l.wideList = append(l.wideList, wideBan{p: p})
 		}
-		l.wideList[i].rec.apply(r, d, now, l.banDuration)
+		l.wideList[i].rec.apply(r, d, nil, now, l.banDuration)
 		b = l.banOf(p, l.wideList[i].rec)
 		l.publishWide()
 		l.wideMu.Unlock()
@@ -160,7 +184,8 @@ func (l *Limiter) publishWide() {
 
 // Unban lifts the ban of p (as given to Ban, or a source's /32 or /64) and
 // forgets its history, so a later ban starts again at ban_time. It reports
-// whether a ban was in force.
+// whether a ban was in force. OnUnban is called for a ban in force, and
+// for one expired but not yet reported by Sweep (which will not see it).
 func (l *Limiter) Unban(p netip.Prefix) bool {
 	if !p.IsValid() {
 		return false
@@ -188,7 +213,7 @@ func (l *Limiter) Unban(p netip.Prefix) bool {
 		l.wideMu.Unlock()
 	}
 	active := found && now < rec.until
-	if active && l.ev.OnUnban != nil {
+	if found && (active || !rec.notified) && l.ev.OnUnban != nil {
 		l.ev.OnUnban(l.banOf(p, rec))
 	}
 	return active

@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -40,7 +41,7 @@ func BenchmarkPacket(b *testing.B) {
 		src := addr("192.0.2.1")
 		b.ReportAllocs()
 		for b.Loop() {
-			l.Packet(src, 600)
+			l.Packet(src, 600, true)
 		}
 	})
 	// The same without reading the system clock: the Limiter's own cost.
@@ -49,7 +50,7 @@ func BenchmarkPacket(b *testing.B) {
 		src := addr("192.0.2.1")
 		b.ReportAllocs()
 		for b.Loop() {
-			l.Packet(src, 600)
+			l.Packet(src, 600, true)
 		}
 	})
 	// A spoofed flood at max_sources: every source new, all on the
@@ -57,13 +58,13 @@ func BenchmarkPacket(b *testing.B) {
 	b.Run("unknown", func(b *testing.B) {
 		l := benchLimiter(b, func(c *Config) { c.MaxSources = 1000 })
 		for i := range 1000 {
-			l.Packet(nthAddr(i), 1)
+			l.Packet(nthAddr(i), 1, true)
 		}
 		i := 0
 		b.ReportAllocs()
 		for b.Loop() {
 			i++
-			l.Packet(nthAddr(1000+i&0xffffff), 600)
+			l.Packet(nthAddr(1000+i&0xffffff), 600, true)
 		}
 	})
 	b.Run("banned", func(b *testing.B) {
@@ -72,7 +73,7 @@ func BenchmarkPacket(b *testing.B) {
 		l.Ban(SourcePrefix(src), ReasonManual, time.Hour)
 		b.ReportAllocs()
 		for b.Loop() {
-			l.Packet(src, 600)
+			l.Packet(src, 600, true)
 		}
 	})
 	b.Run("prefix-banned", func(b *testing.B) {
@@ -81,7 +82,7 @@ func BenchmarkPacket(b *testing.B) {
 		src := addr("192.0.2.1")
 		b.ReportAllocs()
 		for b.Loop() {
-			l.Packet(src, 600)
+			l.Packet(src, 600, true)
 		}
 	})
 	b.Run("known-parallel", func(b *testing.B) {
@@ -93,14 +94,14 @@ func BenchmarkPacket(b *testing.B) {
 			i := 0
 			for pb.Next() {
 				i++
-				l.Packet(nthAddr(base+i%100), 600)
+				l.Packet(nthAddr(base+i%100), 600, true)
 			}
 		})
 	})
 	b.Run("unknown-parallel", func(b *testing.B) {
 		l := benchLimiter(b, func(c *Config) { c.MaxSources = 1000 })
 		for i := range 1000 {
-			l.Packet(nthAddr(i), 1)
+			l.Packet(nthAddr(i), 1, true)
 		}
 		var g atomic.Int64
 		b.ReportAllocs()
@@ -108,7 +109,7 @@ func BenchmarkPacket(b *testing.B) {
 			i := int(g.Add(1)) << 20
 			for pb.Next() {
 				i++
-				l.Packet(nthAddr(i&0xffffff|1<<12), 600)
+				l.Packet(nthAddr(i&0xffffff|1<<12), 600, true)
 			}
 		})
 	})
@@ -127,7 +128,7 @@ func BenchmarkRequest(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			i++
-			l.Request(src, "REGISTER", aors[i%len(aors)], ua)
+			l.Request(src, "REGISTER", aors[i%len(aors)], ua, true)
 		}
 	})
 	b.Run("OPTIONS", func(b *testing.B) {
@@ -135,7 +136,7 @@ func BenchmarkRequest(b *testing.B) {
 		src := addr("192.0.2.1")
 		b.ReportAllocs()
 		for b.Loop() {
-			l.Request(src, "OPTIONS", "", ua)
+			l.Request(src, "OPTIONS", "", ua, true)
 		}
 	})
 	// The same without reading the system clock: the Limiter's own cost.
@@ -144,7 +145,7 @@ func BenchmarkRequest(b *testing.B) {
 		src := addr("192.0.2.1")
 		b.ReportAllocs()
 		for b.Loop() {
-			l.Request(src, "REGISTER", "sip:1000@example.com", ua)
+			l.Request(src, "REGISTER", "sip:1000@example.com", ua, true)
 		}
 	})
 	b.Run("OPTIONS-fixedclock", func(b *testing.B) {
@@ -152,7 +153,7 @@ func BenchmarkRequest(b *testing.B) {
 		src := addr("192.0.2.1")
 		b.ReportAllocs()
 		for b.Loop() {
-			l.Request(src, "OPTIONS", "", ua)
+			l.Request(src, "OPTIONS", "", ua, true)
 		}
 	})
 	b.Run("scanner", func(b *testing.B) {
@@ -161,7 +162,7 @@ func BenchmarkRequest(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			i++
-			l.Request(nthAddr(i&0xffff), "OPTIONS", "", "friendly-scanner")
+			l.Request(nthAddr(i&0xffff), "OPTIONS", "", "friendly-scanner", true)
 		}
 	})
 	b.Run("REGISTER-parallel", func(b *testing.B) {
@@ -177,7 +178,7 @@ func BenchmarkRequest(b *testing.B) {
 			i := 0
 			for pb.Next() {
 				i++
-				l.Request(nthAddr(base+i%100), "REGISTER", aors[i%100], ua)
+				l.Request(nthAddr(base+i%100), "REGISTER", aors[i%100], ua, true)
 			}
 		})
 	})
@@ -187,7 +188,7 @@ func BenchmarkSweep(b *testing.B) {
 	c := new(clock)
 	l := benchLimiterClock(b, nil, c.Now)
 	for i := range DefaultConfig().MaxSources {
-		l.Packet(nthAddr(i), 100)
+		l.Packet(nthAddr(i), 100, true)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -216,8 +217,15 @@ func BenchmarkInflight(b *testing.B) {
 
 func BenchmarkScannerMatch(b *testing.B) {
 	s := newScanner(DefaultScannerUserAgents())
-	for _, ua := range []string{"Yealink SIP-T46S 66.86.0.15", "friendly-scanner"} {
-		b.Run(ua, func(b *testing.B) {
+	for _, ua := range []string{
+		"Yealink SIP-T46S 66.86.0.15",
+		"Linphone/5.2.0 (belle-sip/5.2.0)",
+		"friendly-scanner",
+		"sipcli/v1.8",
+		// A long User-Agent full of near misses, as an attacker may send.
+		strings.Repeat("sipcliente sip-scanner smapper ", 8),
+	} {
+		b.Run(ua[:min(len(ua), 32)], func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				s.match(ua)

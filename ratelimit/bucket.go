@@ -103,6 +103,13 @@ func (s score) add(tat *int64, now int64, f float64) bool {
 	return t-now > s.tol-step
 }
 
+// count is how many events the score holds at now (at factor f): what
+// add reached, for a ban's evidence.
+func (s score) count(tat, now int64, f float64) int32 {
+	step := int64(math.Ceil(s.step / f))
+	return int32(min((max(tat-now, 0)+step-1)/step, math.MaxInt32))
+}
+
 // key identifies a source: an IPv4 address, or the /64 of an IPv6 one.
 // It is pointer-free (unlike netip.Addr), so maps of keys are not scanned
 // by the garbage collector.

@@ -82,8 +82,8 @@ type Config struct {
 	// MaxInflight caps requests forwarded to the core and not yet answered.
 	MaxInflight int `toml:"max_inflight"`
 
-	// FloodWindow: a source over any per-source limit, without a pause of
-	// a second or more, for this long is banned.
+	// FloodWindow: a proven source over any per-source limit, without a
+	// pause of a second or more, for this long is banned.
 	FloodWindow time.Duration `toml:"flood_window"`
 
 	// Bans last BanTime * 2^(n-1) for the n-th ban of the same source, at
@@ -104,13 +104,14 @@ type Config struct {
 	AORAuthFailures int           `toml:"aor_auth_failures"`
 	AuthWindow      time.Duration `toml:"auth_window"`
 
-	// MalformedLimit unparsable messages from one source within
-	// MalformedWindow ban it.
+	// MalformedLimit unparsable messages from one proven source within
+	// MalformedWindow ban it (an unproven source's are not counted).
 	MalformedLimit  int           `toml:"malformed_limit"`
 	MalformedWindow time.Duration `toml:"malformed_window"`
 
 	// ScannerUserAgents are matched case-insensitively as whole words in
-	// the User-Agent; a match bans the source and drops the request.
+	// the User-Agent; a match drops the request and bans the source if it
+	// is proven.
 	ScannerUserAgents []string `toml:"scanner_user_agents"`
 }
 

@@ -1,6 +1,8 @@
 package ratelimit
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"reflect"
 	"strings"
@@ -232,7 +234,12 @@ func TestDecisionReasonStrings(t *testing.T) {
 		}
 		seen[s] = true
 	}
-	if got := Reason(NumReasons).String(); got != "Reason(16)" {
-		t.Errorf("out of range: %q", got)
+	if got, want := Reason(NumReasons).String(), fmt.Sprintf("Reason(%d)", NumReasons); got != want {
+		t.Errorf("out of range: %q, want %q", got, want)
+	}
+	// JSON logs and encoders show names, not numbers.
+	b, err := json.Marshal(map[string]any{"d": Drop, "r": ReasonAORAuthFailures})
+	if err != nil || string(b) != `{"d":"drop","r":"aor_auth_failures"}` {
+		t.Errorf("JSON: %s, %v", b, err)
 	}
 }

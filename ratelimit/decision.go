@@ -33,6 +33,10 @@ func (d Decision) String() string {
 	return "Decision(" + strconv.Itoa(int(d)) + ")"
 }
 
+// MarshalText is String, so that JSON logs and encoders show the name,
+// not the number.
+func (d Decision) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
 // Reason says which rule produced a decision or a ban.
 type Reason uint8
 
@@ -72,34 +76,43 @@ const (
 	ReasonOverflow
 	// ReasonManual: banned by an operator.
 	ReasonManual
+	// ReasonAORAuthFailures: too many failed authentications on one
+	// address-of-record, from any sources.
+	ReasonAORAuthFailures
 
 	// NumReasons is the number of reasons, for arrays indexed by Reason.
 	NumReasons = iota
 )
 
 var reasonNames = [NumReasons]string{
-	ReasonNone:         "none",
-	ReasonBanned:       "banned",
-	ReasonPacketRate:   "packet_rate",
-	ReasonByteRate:     "byte_rate",
-	ReasonConnRate:     "conn_rate",
-	ReasonConnCount:    "conn_count",
-	ReasonSourceRate:   "source_rate",
-	ReasonAORRate:      "aor_rate",
-	ReasonMethodRate:   "method_rate",
-	ReasonInflight:     "inflight",
-	ReasonScanner:      "scanner",
-	ReasonAuthFailures: "auth_failures",
-	ReasonMalformed:    "malformed",
-	ReasonFlood:        "flood",
-	ReasonOverflow:     "overflow",
-	ReasonManual:       "manual",
+	ReasonNone:            "none",
+	ReasonBanned:          "banned",
+	ReasonPacketRate:      "packet_rate",
+	ReasonByteRate:        "byte_rate",
+	ReasonConnRate:        "conn_rate",
+	ReasonConnCount:       "conn_count",
+	ReasonSourceRate:      "source_rate",
+	ReasonAORRate:         "aor_rate",
+	ReasonMethodRate:      "method_rate",
+	ReasonInflight:        "inflight",
+	ReasonScanner:         "scanner",
+	ReasonAuthFailures:    "auth_failures",
+	ReasonMalformed:       "malformed",
+	ReasonFlood:           "flood",
+	ReasonOverflow:        "overflow",
+	ReasonManual:          "manual",
+	ReasonAORAuthFailures: "aor_auth_failures",
 }
 
-// String is a stable snake_case name, usable as a metrics label.
+// String is a stable snake_case name, usable as a metrics label or a log
+// value (the config key of the limit, where there is one).
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
 		return reasonNames[r]
 	}
 	return "Reason(" + strconv.Itoa(int(r)) + ")"
 }
+
+// MarshalText is String, so that JSON logs and encoders show the name,
+// not the number.
+func (r Reason) MarshalText() ([]byte, error) { return []byte(r.String()), nil }

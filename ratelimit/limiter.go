@@ -5,12 +5,16 @@
 //
 // It opens no sockets. The socket wrappers call Packet (each UDP datagram)
 // and Accept (each connection) before parsing; the SIP stage chain calls
-// Request, Inflight, AuthFailure and Malformed after. Time comes from an
-// injected clock; the caller runs Sweep on a ticker.
+// Request, Inflight, AuthFailure and Malformed after. The caller says
+// whether a source is proven (it receives what is sent to it: a
+// connection, a registered UDP flow, an echoed nonce): over UDP anyone can
+// spoof a victim's address, so only proven sources are ever banned. Time
+// comes from an injected clock; the caller runs Sweep on a ticker.
 package ratelimit
 
 import (
 	"hash/maphash"
+	"log/slog"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -41,20 +45,70 @@ type Events struct {
 	// counted, see Stats). src is the address given, or invalid for
 	// Inflight.
 	OnDecision func(d Decision, r Reason, src netip.Addr)
-	// OnBan is called when a ban starts or is extended.
+	// OnBan is called when a ban starts or is extended, automatically or
+	// by Ban. The Ban is a log line's worth: see its LogValue.
 	OnBan func(Ban)
-	// OnUnban is called when a ban is lifted by Unban or, from Sweep,
-	// when it has expired.
+	// OnUnban is called when a ban is lifted by Unban (then Until is
+	// still ahead) or, from Sweep, once it has expired. Each ban reported
+	// to OnBan is reported here once, unless it is extended meanwhile.
 	OnUnban func(Ban)
 }
 
-// Ban is a banned source or prefix.
+// Ban is a banned source or prefix, and why.
 type Ban struct {
 	Addr   netip.Prefix // a source (/32 or IPv6 /64) or a wider prefix
 	Reason Reason
-	Since  time.Time
-	Until  time.Time
-	Count  int // how many times this prefix has been banned, this one included
+	Since  time.Time // when the ban started (an extension keeps it)
+	Until  time.Time // when it ends
+	// Count is how many times this prefix has been banned, this one
+	// included, as remembered for ban_forget: automatic bans last
+	// ban_time * 2^(Count-1), at most ban_max.
+	Count int
+	// Manual: banned by an operator (Ban), with the Reason given; the
+	// evidence below is then zero.
+	Manual bool
+
+	// The evidence of an automatic ban: Events offending events within
+	// Window.
+	//   - ReasonFlood: over-limit events in a streak without a pause of a
+	//     second, Window the streak's length, Over the limit the last one
+	//     broke (packet_rate, byte_rate, conn_rate, conn_count,
+	//     source_rate or method_rate).
+	//   - ReasonScanner: 1, the request with the scanner's User-Agent.
+	//   - ReasonAuthFailures: the source's failed authentications within
+	//     auth_window; ReasonAORAuthFailures: those on the AOR the source
+	//     failed on, from any sources.
+	//   - ReasonMalformed: malformed messages within malformed_window.
+	// The failure and malformed counts are decaying (README), so Events is
+	// how many of them the score still held.
+	Events int
+	Window time.Duration
+	Over   Reason
+}
+
+// Duration is how long the ban lasts in all, from Since to Until.
+func (b Ban) Duration() time.Duration { return b.Until.Sub(b.Since) }
+
+// LogValue makes a Ban one slog group with stable keys: src (the prefix),
+// reason, until, for (Duration), count; then manual, or the evidence:
+// events, window and, for a flood, over.
+func (b Ban) LogValue() slog.Value {
+	attrs := make([]slog.Attr, 0, 8)
+	attrs = append(attrs,
+		slog.String("src", b.Addr.String()),
+		slog.String("reason", b.Reason.String()),
+		slog.Time("until", b.Until),
+		slog.Duration("for", b.Duration()),
+		slog.Int("count", b.Count),
+	)
+	if b.Manual {
+		return slog.GroupValue(append(attrs, slog.Bool("manual", true))...)
+	}
+	attrs = append(attrs, slog.Int("events", b.Events), slog.Duration("window", b.Window))
+	if b.Over != ReasonNone {
+		attrs = append(attrs, slog.String("over", b.Over.String()))
+	}
+	return slog.GroupValue(attrs...)
 }
 
 // Option configures New beyond Config.
@@ -126,6 +180,7 @@ type entry struct {
 	pkt, bytes, conn, reply int64 // bucket tats
 	auth, malformed         int64 // score tats
 	overSince, lastOver     int64 // current flood streak; 0: none
+	overN                   int32 // over-limit events in the streak
 	bindings                int32
 	conns                   int32
 	req                     int32 // 1 + index of its reqLimits in shard.reqs; 0: none yet
@@ -299,16 +354,6 @@ func (l *Limiter) lookup(sh *shard, k key, mode int) *entry {
 	}
 	sh.idx[k] = i
 	return &sh.ents[i]
-}
-
-// overLimit records that e went over a limit and reports whether it has
-// been over without pause for flood_window. sh.mu must be held.
-func (l *Limiter) overLimit(e *entry, now int64) bool {
-	if e.lastOver == 0 || now-e.lastOver > floodBreak {
-		e.overSince = now
-	}
-	e.lastOver = now
-	return now-e.overSince >= int64(l.cfg.FloodWindow)
 }
 
 // count records a decision in sh's counters and reports it to OnDecision.

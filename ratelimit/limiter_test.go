@@ -12,13 +12,13 @@ import (
 func TestSweep(t *testing.T) {
 	l, c := newLimiter(t, func(c *Config) { c.PacketRate, c.PacketBurst = 10, 10 }, Events{})
 	for i := range 100 {
-		l.Packet(nthAddr(i), 100)
+		l.Packet(nthAddr(i), 100, true)
 	}
 	bound := nthAddr(0)
 	l.SetBindings(bound, 1)
 	drained := nthAddr(1)
 	for range 20 {
-		l.Packet(drained, 100)
+		l.Packet(drained, 100, true)
 	}
 	l.Sweep() // nothing is idle yet
 	if s := l.Stats(); s.Sources != 100 {
@@ -36,7 +36,7 @@ func TestSweep(t *testing.T) {
 	}
 	// A swept source starts afresh, as if never seen.
 	for range 10 {
-		if d := l.Packet(drained, 100); d != Allow {
+		if d := l.Packet(drained, 100, true); d != Allow {
 			t.Fatal("swept source not fresh")
 		}
 	}
@@ -53,13 +53,13 @@ func TestCallbacksWithoutLocks(t *testing.T) {
 	}
 	l, c := newLimiter(t, func(c *Config) { c.MalformedLimit = 1 }, ev)
 	src := addr("192.0.2.5")
-	l.Malformed(src)
-	l.Packet(src, 1)
-	l.Request(src, "REGISTER", "", "")
+	l.Malformed(src, true)
+	l.Packet(src, 1, true)
+	l.Request(src, "REGISTER", "", "", true)
 	l.Accept(src)
 	c.Advance(time.Hour)
 	l.Sweep()
-	l.Request(src, "OPTIONS", "", "friendly-scanner")
+	l.Request(src, "OPTIONS", "", "friendly-scanner", true)
 	l.Unban(SourcePrefix(src))
 	if calls != 8 {
 		t.Fatalf("%d callbacks", calls)
@@ -89,7 +89,7 @@ func TestConcurrent(t *testing.T) {
 						rel()
 					}
 				case 1:
-					l.Request(src, "REGISTER", fmt.Sprintf("sip:%d@x", r.IntN(50)), "")
+					l.Request(src, "REGISTER", fmt.Sprintf("sip:%d@x", r.IntN(50)), "", r.IntN(2) == 0)
 				case 2:
 					l.AuthFailure(src, "sip:1@x")
 				case 3:
@@ -104,9 +104,9 @@ func TestConcurrent(t *testing.T) {
 						l.Sweep()
 					}
 				case 6:
-					l.Request(src, "OPTIONS", "", "friendly-scanner")
+					l.Request(src, "OPTIONS", "", "friendly-scanner", r.IntN(2) == 0)
 				default:
-					l.Packet(src, 500)
+					l.Packet(src, 500, r.IntN(2) == 0)
 				}
 			}
 		}()

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"math"
 	"net/netip"
 	"sync/atomic"
 )
@@ -8,10 +9,15 @@ import (
 // Packet decides on a UDP datagram of size bytes from src, before parsing:
 // Allow or Drop. It does not allocate.
 //
-// Drop: src is banned; or over its packet or byte budget (a source over
-// budget without pause for flood_window is banned); or untracked and the
-// shared overflow budget is spent.
-func (l *Limiter) Packet(src netip.Addr, size int) Decision {
+// proven says that src has shown it receives what is sent to it (the
+// datagram belongs to a registered flow, or echoes a nonce sent to src);
+// over UDP anyone can spoof any source, so only a proven source is ever
+// banned.
+//
+// Drop: src is banned; or over its packet or byte budget (a proven source
+// over budget without pause for flood_window is banned); or untracked and
+// the shared overflow budget is spent.
+func (l *Limiter) Packet(src netip.Addr, size int, proven bool) Decision {
 	k, a, ok := keyOf(src)
 	if !ok {
 		l.count(&l.shards[0], Drop, ReasonMalformed, src)
@@ -56,7 +62,7 @@ func (l *Limiter) Packet(src netip.Addr, size int) Decision {
 	default:
 		e.pkt, e.bytes = tp, tb
 	}
-	b, banned := l.floodLocked(sh, k, e, r, now)
+	b, banned := l.floodLocked(sh, k, e, r, now, proven)
 	if banned {
 		r = ReasonFlood
 	}
@@ -74,7 +80,9 @@ func (l *Limiter) Packet(src netip.Addr, size int) Decision {
 
 // Accept decides on a new TCP, TLS or WebSocket connection from src:
 // Allow or Drop (close it). On Allow, release must be called when the
-// connection closes; it is idempotent. release is never nil.
+// connection closes; it is idempotent. release is never nil. A connection
+// attempt is taken as proven (the handshake, or SYN cookies under load,
+// show that src receives what is sent to it): a connection flood bans.
 //
 // Drop: src is banned; or opens connections faster than conn_rate, or
 // already holds max_conns (both scaled by bindings); or is untracked and
@@ -115,7 +123,7 @@ func (l *Limiter) Accept(src netip.Addr) (Decision, func()) {
 		return Allow, l.releaser(k, true)
 	}
 	r := l.acceptLocked(e, l.factor(e), now)
-	b, banned := l.floodLocked(sh, k, e, r, now)
+	b, banned := l.floodLocked(sh, k, e, r, now, true)
 	if banned {
 		r = ReasonFlood
 	}
@@ -166,12 +174,29 @@ func (l *Limiter) releaser(k key, overflow bool) func() {
 	}
 }
 
-// floodLocked bans k for a flood when it is over a limit (r) and has been
-// without pause for flood_window. sh.mu must be held; the ban is emitted
-// by the caller once the lock is released.
-func (l *Limiter) floodLocked(sh *shard, k key, e *entry, r Reason, now int64) (Ban, bool) {
-	if r == ReasonNone || !l.overLimit(e, now) {
+// floodLocked records that source k (entry e) went over limit r at now
+// (ReasonNone: it did not) and bans it once it has been over, without a
+// pause of floodBreak, for flood_window. Only a proven source's over-limit
+// events make that streak. An unproven one's may be spoofed: they end the
+// streak instead, so that whoever drains a source's budgets with spoofed
+// traffic gets neither that traffic nor the source's own (then over the
+// limit too) counted towards a ban. sh.mu must be held; the ban is
+// emitted by the caller once the lock is released.
+func (l *Limiter) floodLocked(sh *shard, k key, e *entry, r Reason, now int64, proven bool) (Ban, bool) {
+	switch {
+	case r == ReasonNone:
+		return Ban{}, false
+	case !proven:
+		e.overSince, e.lastOver, e.overN = 0, 0, 0
 		return Ban{}, false
 	}
-	return l.banLocked(sh, k, e, ReasonFlood, now)
+	if e.lastOver == 0 || now-e.lastOver > floodBreak {
+		e.overSince, e.overN = now, 0
+	}
+	e.lastOver = now
+	e.overN = min(e.overN+1, math.MaxInt32-1)
+	if now-e.overSince < int64(l.cfg.FloodWindow) {
+		return Ban{}, false
+	}
+	return l.banLocked(sh, k, e, ReasonFlood, evidence{over: r, events: e.overN, window: now - e.overSince}, now)
 }

@@ -21,7 +21,7 @@ func runPackets(t *testing.T, l *Limiter, c *clock, steps []packetStep) {
 	for i, s := range steps {
 		c.Advance(s.after)
 		for j := range s.n {
-			if got := l.Packet(addr(s.src), s.size); got != s.want {
+			if got := l.Packet(addr(s.src), s.size, true); got != s.want {
 				t.Fatalf("step %d (%s), datagram %d: %v, want %v", i, s.src, j, got, s.want)
 			}
 		}
@@ -81,10 +81,10 @@ func TestPacket(t *testing.T) {
 
 func TestPacketInvalidSource(t *testing.T) {
 	l, _ := newLimiter(t, nil, Events{})
-	if d := l.Packet(netip.Addr{}, 10); d != Drop {
+	if d := l.Packet(netip.Addr{}, 10, true); d != Drop {
 		t.Fatalf("invalid source: %v", d)
 	}
-	if d, r := l.Request(netip.Addr{}, "REGISTER", "", ""); d != Drop || r != ReasonMalformed {
+	if d, r := l.Request(netip.Addr{}, "REGISTER", "", "", true); d != Drop || r != ReasonMalformed {
 		t.Fatalf("invalid source: %v %v", d, r)
 	}
 	if s := l.Stats(); s.Dropped[ReasonMalformed] != 2 || s.Sources != 0 {
@@ -98,7 +98,7 @@ func flood(l *Limiter, c *clock, src netip.Addr, rate int, d time.Duration) map[
 	got := map[Decision]int{}
 	step := time.Second / time.Duration(rate)
 	for el := time.Duration(0); el < d; el += step {
-		got[l.Packet(src, 200)]++
+		got[l.Packet(src, 200, true)]++
 		c.Advance(step)
 	}
 	return got
@@ -136,22 +136,22 @@ func TestFloodBan(t *testing.T) {
 	}
 	// Banned: everything dropped, even after its budget refills.
 	c.Advance(30 * time.Second)
-	if d := l.Packet(src, 10); d != Drop {
+	if d := l.Packet(src, 10, true); d != Drop {
 		t.Fatalf("banned source: %v", d)
 	}
-	if d, r := l.Request(src, "REGISTER", "sip:a@x", ""); d != Drop || r != ReasonBanned {
+	if d, r := l.Request(src, "REGISTER", "sip:a@x", "", true); d != Drop || r != ReasonBanned {
 		t.Fatalf("banned source: %v %v", d, r)
 	}
 	if d, _ := l.Accept(src); d != Drop {
 		t.Fatalf("banned source: %v", d)
 	}
 	// Another source is unaffected.
-	if d := l.Packet(addr("198.51.100.8"), 10); d != Allow {
+	if d := l.Packet(addr("198.51.100.8"), 10, true); d != Allow {
 		t.Fatalf("bystander: %v", d)
 	}
 	// Expiry: allowed again; Sweep reports it once.
 	c.Advance(31 * time.Second)
-	if l.Banned(src) || l.Packet(src, 10) != Allow {
+	if l.Banned(src) || l.Packet(src, 10, true) != Allow {
 		t.Fatal("ban did not expire")
 	}
 	l.Sweep()
@@ -256,8 +256,8 @@ func TestAcceptHoldsEntryAcrossSweep(t *testing.T) {
 
 func TestIPv6Aggregation(t *testing.T) {
 	l, _ := newLimiter(t, func(c *Config) { c.MalformedLimit = 2 }, Events{})
-	l.Malformed(addr("2001:db8:1:2::a"))
-	l.Malformed(addr("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+	l.Malformed(addr("2001:db8:1:2::a"), true)
+	l.Malformed(addr("2001:db8:1:2:ffff:ffff:ffff:ffff"), true)
 	if !l.Banned(addr("2001:db8:1:2::1234")) {
 		t.Fatal("/64 not banned as one source")
 	}
@@ -290,12 +290,12 @@ func TestOverflow(t *testing.T) {
 		c.OverflowShare = 2
 	}, Events{})
 	for i := range 10 {
-		l.Packet(nthAddr(i), 100)
+		l.Packet(nthAddr(i), 100, true)
 	}
 	// Untracked sources share 2*10 datagrams.
 	got := map[Decision]int{}
 	for i := range 1000 {
-		got[l.Packet(nthAddr(1000+i), 100)]++
+		got[l.Packet(nthAddr(1000+i), 100, true)]++
 	}
 	if got[Allow] != 20 || got[Drop] != 980 {
 		t.Fatalf("overflow: %v", got)
@@ -303,7 +303,7 @@ func TestOverflow(t *testing.T) {
 	// Tracked sources keep their own budgets.
 	for i := range 10 {
 		for j := range 9 {
-			if d := l.Packet(nthAddr(i), 100); d != Allow {
+			if d := l.Packet(nthAddr(i), 100, true); d != Allow {
 				t.Fatalf("tracked source %d datagram %d: %v", i, j, d)
 			}
 		}
@@ -312,7 +312,7 @@ func TestOverflow(t *testing.T) {
 	office := addr("203.0.113.1")
 	l.SetBindings(office, 10)
 	for range 50 {
-		if d := l.Packet(office, 100); d != Allow {
+		if d := l.Packet(office, 100, true); d != Allow {
 			t.Fatalf("bound source beyond the cap: %v", d)
 		}
 	}
@@ -321,7 +321,7 @@ func TestOverflow(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 	// Requests and connections from untracked sources share too.
-	if d, r := l.Request(nthAddr(5000), "REGISTER", "sip:z@x", ""); d != Allow || r != ReasonNone {
+	if d, r := l.Request(nthAddr(5000), "REGISTER", "sip:z@x", "", true); d != Allow || r != ReasonNone {
 		t.Fatalf("overflow request: %v %v", d, r)
 	}
 	d, rel := l.Accept(nthAddr(5001))
@@ -335,7 +335,7 @@ func TestOverflow(t *testing.T) {
 	if s := l.Stats(); s.Sources != 1 {
 		t.Fatalf("after sweep: %+v", s)
 	}
-	if d := l.Packet(nthAddr(2000), 100); d != Allow {
+	if d := l.Packet(nthAddr(2000), 100, true); d != Allow {
 		t.Fatalf("new source after sweep: %v", d)
 	}
 	if s := l.Stats(); s.Sources != 2 {

@@ -13,7 +13,7 @@ import (
 func passes(t *testing.T, l *Limiter, src netip.Addr) int {
 	t.Helper()
 	for n := 0; ; n++ {
-		if d, r := l.Request(src, "REGISTER", "", ""); d != Allow {
+		if d, r := l.Request(src, "REGISTER", "", "", true); d != Allow {
 			if r != ReasonSourceRate {
 				t.Fatalf("after %d: %v %v", n, d, r)
 			}
@@ -29,7 +29,7 @@ func TestBindingsRescale(t *testing.T) {
 	l, c := newLimiter(t, nil, Events{}) // request_rate 20, request_burst 100
 	src := addr("192.0.2.1")
 	for range 50 {
-		l.Request(src, "REGISTER", "", "")
+		l.Request(src, "REGISTER", "", "", true)
 	}
 	l.SetBindings(src, 2) // factor 2: burst 200, 40/s, half spent
 	if n := passes(t, l, src); n != 100 {
@@ -44,7 +44,7 @@ func TestBindingsRescale(t *testing.T) {
 	// A full bucket is full at any factor: an office seen before it had
 	// bindings gets its whole scaled budget at once.
 	office := addr("203.0.113.9")
-	l.Request(office, "OPTIONS", "", "")
+	l.Request(office, "OPTIONS", "", "", true)
 	c.Advance(time.Minute)
 	l.SetBindings(office, 300) // factor 151
 	if n := passes(t, l, office); n != 100*151 {
@@ -107,7 +107,7 @@ func liveReqs(l *Limiter) int {
 func TestPostParseLazy(t *testing.T) {
 	l, c := newLimiter(t, nil, Events{})
 	for i := range 1000 {
-		l.Packet(nthAddr(i), 100)
+		l.Packet(nthAddr(i), 100, true)
 		l.AuthFailure(nthAddr(i), fmt.Sprintf("sip:%d@x", i))
 	}
 	if n := liveReqs(l); n != 0 {
@@ -123,9 +123,9 @@ func TestPostParseLazy(t *testing.T) {
 	bound := addr("203.0.113.1")
 	l.SetBindings(bound, 10)
 	for i := range 300 {
-		l.Request(nthAddr(i), "INVITE", "", "")
+		l.Request(nthAddr(i), "INVITE", "", "", true)
 	}
-	l.Request(bound, "REGISTER", "sip:office@x", "")
+	l.Request(bound, "REGISTER", "sip:office@x", "", true)
 	if n := liveReqs(l); n != 301 {
 		t.Fatalf("%d sources hold post-parse buckets, want 301", n)
 	}
@@ -157,9 +157,10 @@ func TestMemoryRequests(t *testing.T) {
 	before := readHeap()
 	for i := range n {
 		src := nthAddr(i)
-		l.Request(src, "REGISTER", fmt.Sprintf("sip:%d@example.com", i), "")
-		l.Request(src, "OPTIONS", "", "")
-		l.Request(src, "INVITE", "", "")
+		proven := i%2 == 0 // half of them spoofed UDP
+		l.Request(src, "REGISTER", fmt.Sprintf("sip:%d@example.com", i), "", proven)
+		l.Request(src, "OPTIONS", "", "", proven)
+		l.Request(src, "INVITE", "", "", proven)
 		if i%1000 == 999 {
 			c.Advance(time.Millisecond)
 		}

@@ -173,7 +173,7 @@ func TestLimiterMatchesXTimeRate(t *testing.T) {
 		var allowed, denied int
 		for n := range 50_000 {
 			c.Advance(time.Duration(gap(rnd, cfg.RequestRate*f, float64(cfg.RequestBurst)*f)))
-			d, r := l.Request(src, "MESSAGE", "", "")
+			d, r := l.Request(src, "MESSAGE", "", "", true)
 			want := lim.AllowN(c.Now(), 1)
 			if got := d == Allow; got != want {
 				t.Fatalf("bindings %d, request %d: %v %v, x/time/rate %v", bindings, n, d, r, want)

@@ -12,15 +12,19 @@ import (
 // Request decides on a parsed request from src. method is the SIP method
 // (case-sensitive), aor the address-of-record of a REGISTER (its To URI,
 // normalised by the caller; "" skips the per-AOR limit) and userAgent the
-// User-Agent header ("" if absent).
+// User-Agent header ("" if absent). proven says that src has shown it
+// receives what is sent to it: a connection past its handshake, a UDP
+// flow that is registered, or a request echoing a nonce sent to src. Only
+// a proven source is ever banned: over UDP anyone can spoof any source.
 //
-// Drop with ReasonScanner: userAgent names a scanner; src is banned. Over
-// a limit (ReasonSourceRate, ReasonMethodRate, ReasonAORRate,
-// ReasonOverflow): Reject (503 with Retry-After) while the source's reply
-// budget lasts, Drop after it, so that a flood gets no answers to reflect.
-// A source over its own limits without pause for flood_window is banned
-// (Drop, ReasonFlood). Banned: Drop, ReasonBanned.
-func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string) (Decision, Reason) {
+// Drop with ReasonScanner: userAgent names a scanner; src is banned if
+// proven. Over a limit (ReasonSourceRate, ReasonMethodRate, ReasonAORRate,
+// ReasonOverflow), proven or not: Reject (503 with Retry-After) while the
+// source's reply budget lasts, Drop after it, so that a flood gets no
+// answers to reflect. A proven source over its own limits without pause
+// for flood_window is banned (Drop, ReasonFlood). Banned: Drop,
+// ReasonBanned.
+func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string, proven bool) (Decision, Reason) {
 	k, a, ok := keyOf(src)
 	if !ok {
 		l.count(&l.shards[0], Drop, ReasonMalformed, src)
@@ -50,15 +54,18 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string) (Decisi
 		banned bool
 	)
 	if scanner {
-		// Banned even if untracked (max_bans bounds it); a source with
-		// bindings only unless ban_bound.
-		b, banned = l.banLocked(sh, k, l.lookup(sh, k, find), ReasonScanner, now)
+		// A proven source is banned even if untracked (max_bans bounds
+		// it); one with bindings only if ban_bound. An unproven one is
+		// only dropped, and nothing is kept.
+		if proven {
+			b, banned = l.banLocked(sh, k, l.lookup(sh, k, find), ReasonScanner, evidence{events: 1}, now)
+		}
 		sh.mu.Unlock()
 		d, r = Drop, ReasonScanner
 	} else if e := l.lookup(sh, k, insert); e != nil {
 		d, r = l.requestLocked(sh.reqsOf(e), &e.reply, l.factor(e), method, aor, now)
 		if r != ReasonAORRate { // the AOR's traffic is not this source's fault
-			if b, banned = l.floodLocked(sh, k, e, r, now); banned {
+			if b, banned = l.floodLocked(sh, k, e, r, now, proven); banned {
 				d, r = Drop, ReasonFlood
 			}
 		}
@@ -176,11 +183,14 @@ func (l *Limiter) Inflight() (release func(), ok bool) {
 
 // AuthFailure records that the core answered 401 or 403 to a request from
 // src that already carried credentials for aor ("" if unknown). Call it
-// once per such answer, not for the first, credential-less challenge.
+// once per such answer, not for the first, credential-less challenge, and
+// only for a proven source (as for Request): it may ban src, and a
+// spoofed source must not be banned.
 //
-// auth_failures from src within auth_window ban it (the limit scaled by its
-// bindings); aor_auth_failures on one AOR, from any sources, ban each
-// source that fails on it while the count stays over.
+// auth_failures from src within auth_window ban it (ReasonAuthFailures;
+// the limit scaled by its bindings); aor_auth_failures on one AOR, from
+// any sources, ban each source that fails on it while the count stays
+// over (ReasonAORAuthFailures).
 func (l *Limiter) AuthFailure(src netip.Addr, aor string) {
 	k, a, ok := keyOf(src)
 	if !ok || l.allowed(a) {
@@ -193,15 +203,24 @@ func (l *Limiter) AuthFailure(src netip.Addr, aor string) {
 		sh.mu.Unlock()
 		return
 	}
+	window := int64(l.cfg.AuthWindow)
+	r, ev := ReasonNone, evidence{window: window}
 	e := l.lookup(sh, k, insert)
-	hit := e != nil && l.auth.add(&e.auth, now, l.factor(e))
-	if aor != "" && l.aorFail(aor, now) {
-		hit = true
+	if e != nil {
+		f := l.factor(e)
+		if l.auth.add(&e.auth, now, f) {
+			r, ev.events = ReasonAuthFailures, l.auth.count(e.auth, now, f)
+		}
+	}
+	if aor != "" {
+		if hit, n := l.aorFail(aor, now); hit && r == ReasonNone {
+			r, ev.events = ReasonAORAuthFailures, n
+		}
 	}
 	var b Ban
 	var banned bool
-	if hit {
-		b, banned = l.banLocked(sh, k, e, ReasonAuthFailures, now)
+	if r != ReasonNone {
+		b, banned = l.banLocked(sh, k, e, r, ev, now)
 	}
 	sh.mu.Unlock()
 	if banned {
@@ -210,23 +229,28 @@ func (l *Limiter) AuthFailure(src netip.Addr, aor string) {
 }
 
 // aorFail scores one authentication failure on aor and reports whether
-// aor_auth_failures is reached.
-func (l *Limiter) aorFail(aor string, now int64) bool {
+// aor_auth_failures is reached, and the failures counted.
+func (l *Limiter) aorFail(aor string, now int64) (bool, int32) {
 	as := l.aorShardOf(aor)
 	as.mu.Lock()
 	defer as.mu.Unlock()
 	ae, ok := l.aorLookup(as, aor)
 	if !ok {
-		return false
+		return false, 0
 	}
 	hit := l.aorAuth.add(&ae.auth, now, 1)
 	as.m[ae.key] = ae
-	return hit
+	return hit, l.aorAuth.count(ae.auth, now, 1)
 }
 
 // Malformed records an unparsable or insane message from src;
-// malformed_limit within malformed_window ban it.
-func (l *Limiter) Malformed(src netip.Addr) {
+// malformed_limit within malformed_window ban it. Messages from an
+// unproven source (see Request) are not scored at all: anyone can send
+// junk from a spoofed address.
+func (l *Limiter) Malformed(src netip.Addr, proven bool) {
+	if !proven {
+		return
+	}
 	k, a, ok := keyOf(src)
 	if !ok || l.allowed(a) {
 		return
@@ -240,8 +264,11 @@ func (l *Limiter) Malformed(src netip.Addr) {
 	}
 	var b Ban
 	var banned bool
-	if e := l.lookup(sh, k, insert); e != nil && l.malformed.add(&e.malformed, now, l.factor(e)) {
-		b, banned = l.banLocked(sh, k, e, ReasonMalformed, now)
+	if e := l.lookup(sh, k, insert); e != nil {
+		if f := l.factor(e); l.malformed.add(&e.malformed, now, f) {
+			ev := evidence{events: l.malformed.count(e.malformed, now, f), window: int64(l.cfg.MalformedWindow)}
+			b, banned = l.banLocked(sh, k, e, ReasonMalformed, ev, now)
+		}
 	}
 	sh.mu.Unlock()
 	if banned {

@@ -21,11 +21,11 @@ func TestOffice(t *testing.T) {
 		got := map[string]int{}
 		for i := range 600 {
 			c.Advance(2 * time.Second / 600)
-			if d := l.Packet(src, 900); d != Allow {
+			if d := l.Packet(src, 900, true); d != Allow {
 				got["packet "+d.String()]++
 				continue
 			}
-			d, r := l.Request(src, "REGISTER", fmt.Sprintf("sip:%d@%s", i/2, domain), "Yealink SIP-T46S 66.86.0.15")
+			d, r := l.Request(src, "REGISTER", fmt.Sprintf("sip:%d@%s", i/2, domain), "Yealink SIP-T46S 66.86.0.15", true)
 			got[d.String()+" "+r.String()]++
 		}
 		return got
@@ -117,7 +117,7 @@ func TestRequestLimits(t *testing.T) {
 			for i, r := range tt.reqs {
 				c.Advance(r.after)
 				for j := range r.repeated {
-					d, why := l.Request(addr(r.src), r.method, r.aor, "")
+					d, why := l.Request(addr(r.src), r.method, r.aor, "", true)
 					if d != r.want || why != r.wantWhy {
 						t.Fatalf("request %d.%d %s %s %s: %v %v, want %v %v", i, j, r.src, r.method, r.aor, d, why, r.want, r.wantWhy)
 					}
@@ -133,7 +133,7 @@ func TestRequestFloodBan(t *testing.T) {
 	var last Decision
 	var why Reason
 	for range 400 { // 100/s for 4 s, five times request_rate
-		last, why = l.Request(src, "OPTIONS", "", "")
+		last, why = l.Request(src, "OPTIONS", "", "", true)
 		c.Advance(10 * time.Millisecond)
 	}
 	if !l.Banned(src) || last != Drop || why != ReasonBanned {
@@ -177,15 +177,15 @@ func TestMaxAORs(t *testing.T) {
 	l, c := newLimiter(t, func(c *Config) { c.MaxAORs = 2; c.RegisterBurst = 1 }, Events{})
 	src := addr("192.0.2.1")
 	for _, aor := range []string{"sip:a@x", "sip:b@x"} {
-		l.Request(src, "REGISTER", aor, "")
+		l.Request(src, "REGISTER", aor, "", true)
 	}
 	// Untracked AORs are not AOR-limited.
 	for range 3 {
-		if d, r := l.Request(src, "REGISTER", "sip:c@x", ""); d != Allow {
+		if d, r := l.Request(src, "REGISTER", "sip:c@x", "", true); d != Allow {
 			t.Fatalf("untracked AOR: %v %v", d, r)
 		}
 	}
-	if d, r := l.Request(src, "REGISTER", "sip:a@x", ""); d != Reject || r != ReasonAORRate {
+	if d, r := l.Request(src, "REGISTER", "sip:a@x", "", true); d != Reject || r != ReasonAORRate {
 		t.Fatalf("tracked AOR: %v %v", d, r)
 	}
 	s := l.Stats()

@@ -6,14 +6,30 @@ import "strings"
 const maxPatternLen = 64
 
 // scanner matches User-Agents against scanner names, case-insensitively
-// (ASCII) and as whole words: the bytes either side of a match must not be
-// letters or digits, so "smap" does not match "Bismapper". One pass over
-// the User-Agent with a bitset of the patterns' first two bytes, so the
-// cost hardly grows with the number of patterns; no allocation.
+// (ASCII) and only as whole words: a pattern matches where the bytes
+// either side of it are not word bytes (ASCII letters and digits, and any
+// byte of a non-ASCII character) or are the ends of the User-Agent. So
+// "sipcli" matches "sipcli/v1.8" and "x sipcli-2", but not "sipcliente",
+// "mysipclient" or "sipcliënt"; "smap" does not match "Bismapper". This
+// covers a User-Agent whose product name (the text before the first '/'
+// or space) is the pattern, and a pattern of several words ("PortSIP VoIP
+// SDK") matches as a phrase.
+//
+// One pass over the User-Agent that looks only where a word may start
+// (the first byte, and each byte after a non-word byte), with a bitset of
+// the patterns' first two bytes, so the cost hardly grows with the number
+// of patterns; no allocation.
 type scanner struct {
-	pats    []string             // lower-cased, at least two bytes
+	pats    []pattern
 	bigrams [1 << 16 / 64]uint64 // first two bytes of each pattern
-	single  []string             // one-byte patterns (rare)
+	single  [256 / 64]uint64     // one-byte patterns (rare)
+}
+
+// pattern is a lower-cased pattern of at least two bytes and its first
+// two bytes.
+type pattern struct {
+	s  string
+	bg uint16
 }
 
 var lower = func() (t [256]byte) {
@@ -26,6 +42,15 @@ var lower = func() (t [256]byte) {
 	return t
 }()
 
+// wordByte: ASCII letters and digits, and the bytes of UTF-8 sequences
+// (a non-ASCII letter must not end a word).
+var wordByte = func() (t [256]bool) {
+	for i := range t {
+		t[i] = 'a' <= i && i <= 'z' || 'A' <= i && i <= 'Z' || '0' <= i && i <= '9' || i >= 0x80
+	}
+	return t
+}()
+
 func newScanner(pats []string) scanner {
 	var s scanner
 	for _, p := range pats {
@@ -33,10 +58,10 @@ func newScanner(pats []string) scanner {
 		switch len(p) {
 		case 0:
 		case 1:
-			s.single = append(s.single, p)
+			s.single[p[0]>>6] |= 1 << (p[0] & 63)
 		default:
-			s.pats = append(s.pats, p)
 			bg := uint16(p[0])<<8 | uint16(p[1])
+			s.pats = append(s.pats, pattern{s: p, bg: bg})
 			s.bigrams[bg>>6] |= 1 << (bg & 63)
 		}
 	}
@@ -53,46 +78,50 @@ func asciiLower(s string) string {
 
 // match reports whether ua names a scanner.
 func (s *scanner) match(ua string) bool {
-	if len(ua) > 0 {
-		prev := uint16(lower[ua[0]])
-		for i := 1; i < len(ua); i++ {
-			cur := uint16(lower[ua[i]])
-			bg := prev<<8 | cur
-			prev = cur
-			if s.bigrams[bg>>6]&(1<<(bg&63)) == 0 {
-				continue
-			}
-			for _, p := range s.pats {
-				if matchAt(ua, i-1, p) {
-					return true
-				}
+	for i := 0; i < len(ua); i++ {
+		// ua[i] starts a word: i is 0 or ua[i-1] is not a word byte.
+		lc := lower[ua[i]]
+		if i+1 < len(ua) {
+			bg := uint16(lc)<<8 | uint16(lower[ua[i+1]])
+			if s.bigrams[bg>>6]&(1<<(bg&63)) != 0 && s.matchFrom(ua, i, bg) {
+				return true
 			}
 		}
-	}
-	for _, p := range s.single {
-		for i := range len(ua) {
-			if matchAt(ua, i, p) {
-				return true
+		if s.single[lc>>6]&(1<<(lc&63)) != 0 && (i+1 == len(ua) || !wordByte[ua[i+1]]) {
+			return true
+		}
+		// Skip the rest of the word, and the non-word byte after it.
+		for wordByte[ua[i]] {
+			if i++; i == len(ua) {
+				return false
 			}
 		}
 	}
 	return false
 }
 
-// matchAt reports whether the lower-case word p occurs in ua at i.
+// matchFrom reports whether a pattern starting with bg ends a word in ua
+// that starts at i.
+func (s *scanner) matchFrom(ua string, i int, bg uint16) bool {
+	for _, p := range s.pats {
+		if p.bg == bg && matchAt(ua, i, p.s) {
+			return true
+		}
+	}
+	return false
+}
+
+// matchAt reports whether the lower-case p occurs in ua at i followed by
+// a non-word byte or the end. The caller checked the byte before i.
 func matchAt(ua string, i int, p string) bool {
 	end := i + len(p)
 	if end > len(ua) {
 		return false
 	}
-	for j := range len(p) {
+	for j := 2; j < len(p); j++ { // the first two bytes matched the bigram
 		if lower[ua[i+j]] != p[j] {
 			return false
 		}
 	}
-	return (i == 0 || !isWordByte(ua[i-1])) && (end == len(ua) || !isWordByte(ua[end]))
-}
-
-func isWordByte(c byte) bool {
-	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+	return end == len(ua) || !wordByte[ua[end]]
 }

@@ -29,6 +29,10 @@ type Config struct {
 	Timeout    time.Duration `toml:"timeout"`
 	RetryAfter time.Duration `toml:"retry_after"`
 	KeyFile    string        `toml:"key_file"`
+	// KeyGrace is how long tokens sealed with the previous key still open
+	// after `sipedge rotate-key`: longer than the longest registration,
+	// so every phone re-registers under the new key first.
+	KeyGrace time.Duration `toml:"key_grace"`
 	// Trusted lists the CIDRs allowed to send requests to the core side,
 	// besides the upstreams' own addresses (a core cluster, say).
 	Trusted []string `toml:"trusted"`
@@ -43,6 +47,7 @@ func DefaultConfig() Config {
 		Timeout:    8 * time.Second,
 		RetryAfter: 30 * time.Second,
 		KeyFile:    "var/flow.key",
+		KeyGrace:   2 * time.Hour,
 	}
 }
 
@@ -81,6 +86,9 @@ func (c Config) Validate() error {
 	}
 	if c.KeyFile == "" {
 		bad("key_file", "must name a file")
+	}
+	if c.KeyGrace < 0 || c.KeyGrace > 30*24*time.Hour {
+		bad("key_grace", "%s is outside 0..720h", c.KeyGrace)
 	}
 	return errors.Join(errs...)
 }

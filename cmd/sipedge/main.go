@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge"
@@ -23,6 +24,7 @@ var version = "dev"
 const usage = `usage:
   sipedge run [-config FILE]     serve (no file: built-in defaults)
   sipedge check-config FILE      validate a config file
+  sipedge rotate-key -config FILE  new token key; the old one stays valid for core.key_grace
   sipedge version                print the version
 `
 
@@ -49,6 +51,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		fmt.Fprintln(stdout, args[1]+": ok")
+		return 0
+	case "rotate-key":
+		fs := flag.NewFlagSet("rotate-key", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		path := fs.String("config", "", "config file (TOML)")
+		if err := fs.Parse(args[1:]); err != nil || fs.NArg() > 0 {
+			fmt.Fprint(stderr, usage)
+			return 2
+		}
+		cfg, err := loadConfig(*path)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		if _, err := nat.RotateKeys(cfg.Core.KeyFile, time.Now()); err != nil {
+			fmt.Fprintln(stderr, "core.key_file:", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s: new key; the previous one opens tokens for %s more (restart sipedge to use it)\n", cfg.Core.KeyFile, cfg.Core.KeyGrace)
 		return 0
 	case "run":
 		fs := flag.NewFlagSet("run", flag.ContinueOnError)
@@ -87,11 +108,11 @@ func serve(ctx context.Context, path string, logOut io.Writer) error {
 	sip.UDPMTUSize = 65535
 	sip.SetDefaultLogger(slog.New(slog.DiscardHandler))
 
-	key, err := nat.LoadOrCreateKey(cfg.Core.KeyFile)
+	keys, err := nat.LoadOrCreateKeys(cfg.Core.KeyFile)
 	if err != nil {
 		return fmt.Errorf("core.key_file: %w", err)
 	}
-	signer, err := nat.NewSigner(key)
+	signer, err := nat.NewSigner(keys, cfg.Core.KeyGrace, time.Now)
 	if err != nil {
 		return fmt.Errorf("core.key_file: %w", err)
 	}

@@ -106,7 +106,7 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	if err != nil {
 		t.Fatal(err)
 	}
-	signer, err := nat.NewSigner(Key)
+	signer, err := nat.NewSigner(nat.Keys{Current: Key}, time.Hour, clk.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
