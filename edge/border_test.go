@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/edgetest"
@@ -179,4 +180,36 @@ func countMethod(c *callSetup, m sip.RequestMethod) int {
 		}
 	}
 	return n
+}
+
+// An INVITE from an address that may be spoofed gets one answer, not the
+// final response retransmitted until an ACK that never comes: the edge
+// cannot be used to reflect traffic at a victim.
+func TestNoReflectionToUnprovenSources(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	victim := edgetest.DialFrom(t, "udp", netip.MustParseAddr("127.0.0.2"), c.e.UDP)
+	inv := strings.Replace(outOfDialog(victim, "reflect", ""), "MESSAGE", "INVITE", -1)
+	victim.Send(inv)
+	res := victim.MustRecvResponse(wait)
+	if res.StatusCode != 403 {
+		t.Fatalf("got %d, want 403", res.StatusCode)
+	}
+	if len(res.String()) > 3*len(inv) {
+		t.Fatalf("answer of %d bytes to a request of %d", len(res.String()), len(inv))
+	}
+	// sipgo would retransmit the 403 at 0.5, 1.5, 3.5 s (Timer G) waiting
+	// for the ACK; nothing may come within the first two.
+	if raw := victim.Silent(2 * time.Second); raw != nil {
+		t.Fatalf("a second answer arrived: %q", raw)
+	}
+	// The core side, to a stranger: the same.
+	stranger := edgetest.DialFrom(t, "udp", netip.MustParseAddr("127.0.0.9"), c.e.CoreAddr())
+	inv = strings.Replace(outOfDialog(stranger, "reflect-core", ""), "MESSAGE", "INVITE", -1)
+	stranger.Send(inv)
+	if res := stranger.MustRecvResponse(wait); res.StatusCode != 403 {
+		t.Fatalf("core side got %d, want 403", res.StatusCode)
+	}
+	if raw := stranger.Silent(2 * time.Second); raw != nil {
+		t.Fatalf("a second answer arrived on the core side: %q", raw)
+	}
 }

@@ -40,6 +40,8 @@ func (l limit) wrap(next Handler) Handler {
 			l.log.Debug("request limited", "src", r.Flow.Remote, "method", r.Method, "reason", reason)
 			return errOverLimit
 		case ratelimit.Drop:
+			// Per request, so debug: the limiter counts drops by reason.
+			l.log.Debug("request dropped", "src", r.Flow.Remote, "method", r.Method, "reason", reason)
 			return errDrop
 		default:
 			return errDrop // an unknown decision never lets traffic through

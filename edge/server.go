@@ -163,7 +163,9 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		s.pinger.udp[u.local] = u.guardAccess(d.Limiter, d.Flows)
 		s.udp = append(s.udp, u)
 	}
-	s.udp = append(s.udp, newUDPSocket(socks.CoreUDP))
+	coreUDP := newUDPSocket(socks.CoreUDP)
+	coreUDP.guardCore(d.Limiter, d.Pool.Trusts)
+	s.udp = append(s.udp, coreUDP)
 
 	s.chains(self, coreLeg, flowLeg)
 	return s, nil
@@ -295,6 +297,11 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 		}()
 		if err := h(context.Background(), r); err != nil {
 			s.rs.respond(r, err)
+			if req.IsInvite() && flow.Transport == nat.UDP && !s.proven(r) {
+				// No retransmitted final answers toward an address that
+				// may be spoofed: one request, one answer (no reflection).
+				tx.Terminate()
+			}
 		}
 	}
 }

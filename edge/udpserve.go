@@ -97,6 +97,20 @@ func (u *udpSocket) guardAccess(limiter *ratelimit.Limiter, flows *nat.FlowTable
 	return pc
 }
 
+// guardCore puts the same triage below sipgo on the core side for
+// anyone but the cores: the limiter and the SIP-shape check, before
+// sipgo parses, pools or logs anything. The cores pass untouched.
+func (u *udpSocket) guardCore(limiter *ratelimit.Limiter, trusted func(netip.Addr) bool) {
+	u.PacketConn = nat.NewPacketConn(u.raw, nat.PacketHooks{
+		Accept: func(src netip.AddrPort, n int) bool {
+			return trusted(src.Addr()) || limiter.Packet(src.Addr(), n, false) == ratelimit.Allow
+		},
+		Inspect: func(src netip.AddrPort, b []byte) bool {
+			return trusted(src.Addr()) || looksLikeSIP(b)
+		},
+	})
+}
+
 // serveUDP runs sipgo's read loop on u until the server stops,
 // restarting it when u asks to be recycled.
 // A read loop that fails again and again (a socket error, not a

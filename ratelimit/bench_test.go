@@ -64,7 +64,7 @@ func BenchmarkPacket(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			i++
-			l.Packet(nthAddr(1000+i&0xffffff), 600, true)
+			l.Packet(nthAddr(1000+i&0xffffff), 600, false)
 		}
 	})
 	b.Run("banned", func(b *testing.B) {
@@ -109,7 +109,7 @@ func BenchmarkPacket(b *testing.B) {
 			i := int(g.Add(1)) << 20
 			for pb.Next() {
 				i++
-				l.Packet(nthAddr(i&0xffffff|1<<12), 600, true)
+				l.Packet(nthAddr(i&0xffffff|1<<12), 600, false)
 			}
 		})
 	})
@@ -163,6 +163,16 @@ func BenchmarkRequest(b *testing.B) {
 		for b.Loop() {
 			i++
 			l.Request(nthAddr(i&0xffff), "OPTIONS", "", "friendly-scanner", true)
+		}
+	})
+	// Spoofable scanners: dropped, nothing kept.
+	b.Run("scanner-unproven", func(b *testing.B) {
+		l := benchLimiter(b, nil)
+		i := 0
+		b.ReportAllocs()
+		for b.Loop() {
+			i++
+			l.Request(nthAddr(i&0xffff), "OPTIONS", "", "friendly-scanner", false)
 		}
 	})
 	b.Run("REGISTER-parallel", func(b *testing.B) {

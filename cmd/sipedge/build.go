@@ -20,7 +20,11 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 	if err != nil {
 		return nil, err
 	}
-	limiter, err := ratelimit.New(cfg.RateLimit, clk.Now, ratelimit.Events{})
+	limiter, err := ratelimit.New(cfg.RateLimit, clk.Now, ratelimit.Events{
+		// Every ban and unban reaches the log with its evidence.
+		OnBan:   func(b ratelimit.Ban) { log.Info("source banned", "ban", b) },
+		OnUnban: func(b ratelimit.Ban) { log.Info("source unbanned", "ban", b) },
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sipedge/sipedge/nat"
 	"go.uber.org/goleak"
 )
 
@@ -48,5 +50,34 @@ key_file = "`+key+`"
 	raw, _ := os.ReadFile(key)
 	if strings.Contains(logs.String(), strings.TrimSpace(string(raw))) {
 		t.Fatal("the flow key appears in the log")
+	}
+}
+
+// rotate-key keeps the old key as the previous one, so tokens sealed
+// with it still open during core.key_grace.
+func TestRotateKey(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "sipedge.toml")
+	key := filepath.Join(dir, "flow.key")
+	if err := os.WriteFile(cfg, []byte("[core]\nkey_file = \""+key+"\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	first, err := nat.LoadOrCreateKeys(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"rotate-key", "-config", cfg}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	second, err := nat.LoadOrCreateKeys(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(second.Current, first.Current) || !bytes.Equal(second.Previous, first.Current) || second.Rotated.IsZero() {
+		t.Fatal("rotate-key did not keep the old key as the previous one")
+	}
+	if strings.Contains(out.String()+errb.String(), fmt.Sprintf("%x", first.Current)) {
+		t.Fatal("a key was printed")
 	}
 }

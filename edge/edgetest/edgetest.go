@@ -469,6 +469,24 @@ func (p *Phone) SendRaw(b string) {
 
 // RecvRaw reads the next datagram (UDP) or chunk (TCP) as bytes, with
 // the address it came from.
+// Silent waits d and returns whatever arrives meanwhile, nil if nothing
+// does: for tests that something is not sent.
+func (p *Phone) Silent(d time.Duration) []byte {
+	p.conn.SetReadDeadline(time.Now().Add(d))
+	buf := make([]byte, 65535)
+	var n int
+	var err error
+	if p.stream != nil {
+		n, err = p.stream.Read(buf)
+	} else {
+		n, err = p.conn.Read(buf)
+	}
+	if err != nil {
+		return nil
+	}
+	return buf[:n]
+}
+
 func (p *Phone) RecvRaw(d time.Duration) ([]byte, netip.AddrPort) {
 	p.t.Helper()
 	p.conn.SetReadDeadline(time.Now().Add(d))
