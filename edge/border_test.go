@@ -144,14 +144,26 @@ func TestReplayedTokenIsRefused(t *testing.T) {
 }
 
 // A registered phone cannot reach another address by writing a route set
-// of its own, nor use a dialog it is not part of.
+// of its own, nor use a dialog it is not part of; with topology hiding
+// off (the phone sees the whole route set) as with it on.
 func TestPhoneCannotWriteItsOwnRouteSet(t *testing.T) {
-	c := setupCall(t, "udp", nil)
+	for _, hide := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hide=%v", hide), func(t *testing.T) {
+			phoneCannotWriteItsOwnRouteSet(t, hide)
+		})
+	}
+}
+
+func phoneCannotWriteItsOwnRouteSet(t *testing.T, hide bool) {
+	c := setupCall(t, "udp", func(cfg *edgetest.Config) { cfg.Access.HideTopology = hide })
 	route := established(t, c, "call-own-route")
+	coreRR := fmt.Sprintf("<sip:%s;lr>", c.reg.Addr())
+	if hide == strings.Contains(route, coreRR) {
+		t.Fatalf("hide=%v, yet the phone's route set is %s", hide, route)
+	}
 	for name, r := range map[string]string{
 		"extra hop":       route + ", <sip:203.0.113.9:5060;lr>",
-		"core hop gone":   route[:strings.LastIndex(route, ",")],
-		"no edge route":   fmt.Sprintf("<sip:%s;lr>", c.reg.Addr()),
+		"no edge route":   coreRR,
 		"another address": "<sip:203.0.113.9;lr>",
 	} {
 		c.phone.Send(inDialog(c.phone, "INFO", "call-own-route", "callee", "caller", r, 2))
@@ -169,6 +181,56 @@ func TestPhoneCannotWriteItsOwnRouteSet(t *testing.T) {
 	c.phone.Send(inDialog(c.phone, "INFO", "call-own-route", "callee", "caller", route, 3))
 	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 200 || countMethod(c, "INFO") != 1 {
 		t.Fatalf("INFO on the dialog's own route set got %d", res.StatusCode)
+	}
+	// Either way the core gets the route set the dialog established.
+	for _, r := range c.reg.Requests() {
+		if r.Method == "INFO" && (r.Route() == nil || r.Route().Address.String() != strings.Trim(coreRR, "<>")) {
+			t.Fatalf("core got INFO with Route %v, want %s", r.GetHeaders("Route"), coreRR)
+		}
+	}
+}
+
+// Phones see only the edge: no core Via, no Record-Route but the edge's
+// access-side entry, none of the core's software names; the core gets
+// its own Vias and Record-Routes back in the phone's answers.
+func TestTopologyHiding(t *testing.T) {
+	c := setupCall(t, "udp", func(cfg *edgetest.Config) { cfg.Access.Server = "sipedge" })
+	coreRR := fmt.Sprintf("<sip:%s;lr>", c.reg.Addr())
+	inv := c.request("INVITE", c.contact(), c.path, "call-hide", 1, "")
+	inv = strings.Replace(inv, "Max-Forwards: 70\n", "Max-Forwards: 70\nRecord-Route: "+coreRR+"\nVia: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bK-inner\nUser-Agent: kamailio (5.6.3 (x86_64/linux))\n", 1)
+	c.core.Send(inv)
+	got := c.phone.MustRecvRequest("INVITE", wait)
+	raw := got.String()
+	// (The Contact is the far end's, as the caller sent it: a phone's own,
+	// or a B2BUA core's, which the edge does not rewrite.)
+	raw = strings.Replace(raw, got.Contact().Value(), "", 1)
+	for _, leak := range []string{c.reg.Addr().String(), c.e.CoreAddr().String(), "10.9.9.9", c.core.Local.String(), "kamailio"} {
+		if strings.Contains(raw, leak) {
+			t.Errorf("the phone saw %q:\n%s", leak, raw)
+		}
+	}
+	if n := len(got.GetHeaders("Via")); n != 1 {
+		t.Errorf("phone got %d Vias, want the edge's alone", n)
+	}
+	if n := len(got.GetHeaders("Record-Route")); n != 1 {
+		t.Errorf("phone got %d Record-Routes, want the edge's access side alone", n)
+	}
+	c.phone.Respond(got, 200, "OK", "callee")
+	res := c.core.MustRecvResponse(wait)
+	if res.StatusCode != 200 {
+		t.Fatalf("core got %d", res.StatusCode)
+	}
+	if vias := res.GetHeaders("Via"); len(vias) != 2 || !strings.Contains(vias[1].Value(), "10.9.9.9") {
+		t.Errorf("core got Vias %v, want its own two back", vias)
+	}
+	rrs := res.GetHeaders("Record-Route")
+	if len(rrs) != 3 || rrs[2].Value() != coreRR {
+		t.Errorf("core got Record-Routes %v, want the edge's two and its own", rrs)
+	}
+	// The core's answers to the phone's requests lose their Server too.
+	c.phone.Send(outOfDialog(c.phone, "hide-msg", ""))
+	if res := c.phone.MustRecvResponse(wait); res.GetHeader("Server") == nil || res.GetHeader("Server").Value() != "sipedge" {
+		t.Errorf("phone got Server %v, want sipedge", res.GetHeader("Server"))
 	}
 }
 

@@ -22,6 +22,12 @@ type AccessConfig struct {
 	// Trusted may send out-of-dialog requests without a binding.
 	Trusted    []string `toml:"trusted"`
 	MaxDialogs int      `toml:"max_dialogs"`
+	// HideTopology keeps the core's Vias, Record-Routes and software
+	// names from phones.
+	HideTopology bool `toml:"hide_topology"`
+	// Server is the Server header phones see in answers relayed from the
+	// core when hiding ("": none).
+	Server string `toml:"server"`
 }
 
 // RegistrationConfig is the [registration] section: what a REGISTER may
@@ -35,7 +41,7 @@ type RegistrationConfig struct {
 
 // DefaultAccessConfig has phones on 127.0.0.1:5060, UDP and TCP.
 func DefaultAccessConfig() AccessConfig {
-	return AccessConfig{UDP: []string{"127.0.0.1:5060"}, TCP: []string{"127.0.0.1:5060"}, MaxDialogs: 100_000}
+	return AccessConfig{UDP: []string{"127.0.0.1:5060"}, TCP: []string{"127.0.0.1:5060"}, MaxDialogs: 100_000, HideTopology: true}
 }
 
 // DefaultRegistrationConfig serves any domain, 60 s to 1 h, 10 contacts.

@@ -33,6 +33,8 @@ type proxy struct {
 	auth     auth
 	dialogs  *dialog.Table
 	flows    *nat.FlowTable
+	hide     bool   // topology hiding toward phones
+	server   string // Server header toward phones ("": none)
 	// mintSlack is how long before its flow's creation a token may have
 	// been minted: the core timeout, plus a second of token resolution.
 	mintSlack time.Duration
@@ -75,6 +77,10 @@ func (p *proxy) toCore(ctx context.Context, r *Request) error {
 			p.auth.answered(r, res, aorOf(r.From().Address))
 		}
 		p.track(r, fwd, res, r.Flow, true)
+		if p.hide {
+			hideRecordRoute(p.self, res)
+			p.hideHeaders(res)
+		}
 	})
 }
 
@@ -115,8 +121,18 @@ func (p *proxy) dialogAllows(r *Request, fwd *sip.Request) bool {
 		return false
 	}
 	id, ok := dialogID(fwd)
-	if !ok || !p.dialogs.Allow(id, r.Flow, routeSet(fwd.GetHeaders("Route"))) {
+	if !ok {
 		return false
+	}
+	restore, ok := p.dialogs.Allow(id, r.Flow, routeSet(fwd.GetHeaders("Route")))
+	if !ok {
+		return false
+	}
+	for i := len(restore) - 1; i >= 0; i-- { // the route the edge hid from the phone
+		var u sip.Uri
+		if sip.ParseUri(restore[i], &u) == nil {
+			fwd.PrependHeader(&sip.RouteHeader{Address: u})
+		}
 	}
 	if fwd.Method == sip.BYE {
 		p.dialogs.End(id) // in-dialog requests racing the BYE are refused: the call is over
@@ -197,9 +213,79 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 	if dialogCreating(fwd) {
 		p.self.recordRoute(fwd, flow, p.core().Transport, false)
 	}
+	if !p.hide {
+		return p.relay.forward(ctx, r, fwd, p.flowLeg(flow), func(res *sip.Response) {
+			p.track(r, fwd, res, flow, false)
+		})
+	}
+	// Topology hiding: the phone sees only the edge. The core's Vias and
+	// every Record-Route but the edge's access-side one stay here, and are
+	// put back on the responses toward the core.
+	vias := fwd.GetHeaders("Via")
+	for i := range vias {
+		vias[i] = sip.HeaderClone(vias[i])
+	}
+	if len(vias) > 0 {
+		stampVia(vias[0].(*sip.ViaHeader), r.Flow.Remote)
+	}
+	rrs := fwd.GetHeaders("Record-Route")
+	for i := range rrs {
+		rrs[i] = sip.HeaderClone(rrs[i])
+	}
+	dropHeaders(fwd, "Via")
+	hideRecordRoute(p.self, fwd)
+	p.hideHeaders(fwd)
 	return p.relay.forward(ctx, r, fwd, p.flowLeg(flow), func(res *sip.Response) {
+		dropHeaders(res, "Via")
+		for i := len(vias) - 1; i >= 0; i-- {
+			res.PrependHeader(sip.HeaderClone(vias[i]))
+		}
+		if res.GetHeader("Record-Route") != nil { // a UAS copies them into its 1xx and 2xx
+			dropHeaders(res, "Record-Route")
+			for _, rr := range rrs {
+				res.AppendHeader(sip.HeaderClone(rr))
+			}
+		}
 		p.track(r, fwd, res, flow, false)
 	})
+}
+
+// hideRecordRoute keeps only the edge's access-side Record-Route entry
+// (the one with a flow token) in m: the core's entries and the edge's
+// core-side one are the dialog's, remembered by the dialog table.
+func hideRecordRoute(s *self, m interface {
+	GetHeaders(string) []sip.Header
+	RemoveHeader(string) bool
+	AppendHeader(sip.Header)
+}) {
+	var keep []sip.Header
+	for _, h := range m.GetHeaders("Record-Route") {
+		if rr, ok := h.(*sip.RecordRouteHeader); ok && rr.Address.User != "" && s.isOurs(rr.Address) {
+			keep = append(keep, sip.HeaderClone(h))
+		}
+	}
+	if len(keep) == len(m.GetHeaders("Record-Route")) {
+		return
+	}
+	dropHeaders(m, "Record-Route")
+	for _, h := range keep {
+		m.AppendHeader(h)
+	}
+}
+
+// hideHeaders drops what names the core's software toward a phone, or
+// puts the edge's chosen Server in its place.
+func (p *proxy) hideHeaders(m interface {
+	GetHeaders(string) []sip.Header
+	RemoveHeader(string) bool
+	AppendHeader(sip.Header)
+}) {
+	for _, name := range []string{"Server", "User-Agent", "Warning"} {
+		dropHeaders(m, name)
+	}
+	if _, ok := m.(*sip.Response); ok && p.server != "" {
+		m.AppendHeader(sip.NewHeader("Server", p.server))
+	}
 }
 
 // ack relays an ACK that matches no transaction (the ACK for a 2xx, RFC
@@ -213,6 +299,10 @@ func (p *proxy) ack(req *sip.Request, from nat.FlowKey, fromCore bool) {
 			return
 		}
 		l = p.flowLeg(flow)
+		if p.hide {
+			dropHeaders(fwd, "Via") // the phone sees only the edge
+			p.hideHeaders(fwd)
+		}
 	} else {
 		// An ACK for a 2xx is in-dialog: the same policy, and no answer.
 		r := &Request{Request: req, Flow: from}

@@ -65,10 +65,12 @@ func (c *callSetup) contact() string {
 	return fmt.Sprintf("sip:bob@%s;transport=%s", c.phone.Local, strings.ToLower(c.phone.Transport()))
 }
 
+// (Topology hiding off: the phone sees the whole route; TestTopologyHiding
+// covers what it sees with hiding on.)
 func TestInviteFromCoreReachesTheFlow(t *testing.T) {
 	for _, network := range []string{"udp", "tcp"} {
 		t.Run(network, func(t *testing.T) {
-			c := setupCall(t, network, nil)
+			c := setupCall(t, network, func(cfg *edgetest.Config) { cfg.Access.HideTopology = false })
 			c.core.Send(c.request("INVITE", c.contact(), c.path, "call-"+network, 1, ""))
 
 			inv := c.phone.MustRecvRequest("INVITE", wait)

@@ -181,7 +181,8 @@ func (s *Server) chains(self *self, coreLeg func() leg, flowLeg func(nat.FlowKey
 	au := auth{limiter: d.Limiter, proofs: s.proofs, proven: s.proven}
 	s.proxy = &proxy{log: d.Log, self: self, relay: s.relay, core: coreLeg, flowLeg: flowLeg,
 		usable: s.flowUsable, registry: d.Registry, auth: au, dialogs: s.dialogs,
-		flows: d.Flows, mintSlack: cfg.Core.Timeout + time.Second}
+		flows: d.Flows, mintSlack: cfg.Core.Timeout + time.Second,
+		hide: cfg.Access.HideTopology, server: cfg.Access.Server}
 	for _, p := range cfg.Access.Trusted {
 		pf, _ := ratelimit.ParsePrefix(p) // validated
 		s.proxy.peers = append(s.proxy.peers, pf)

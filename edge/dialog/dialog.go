@@ -69,18 +69,27 @@ func (t *Table) Establish(id ID, d Dialog) bool {
 
 // Allow reports whether an in-dialog request of dialog id, arriving on
 // flow with route set beyond the edge's own entries, belongs to it, and
-// keeps the dialog alive if so.
-func (t *Table) Allow(id ID, flow nat.FlowKey, route []string) bool {
+// keeps the dialog alive if so. The route set must be the dialog's, or
+// empty when the edge hid it from the phone: restore is then what the
+// request must carry onward.
+func (t *Table) Allow(id ID, flow nat.FlowKey, route []string) (restore []string, ok bool) {
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	d, ok := t.m[id]
-	if !ok || !d.expires.After(now) || d.Flow != flow || !slices.Equal(d.Route, route) {
-		return false
+	if !ok || !d.expires.After(now) || d.Flow != flow {
+		return nil, false
+	}
+	switch {
+	case slices.Equal(d.Route, route):
+	case len(route) == 0:
+		restore = d.Route
+	default:
+		return nil, false
 	}
 	d.expires = now.Add(t.ttl)
 	t.m[id] = d
-	return true
+	return restore, true
 }
 
 // End forgets id (the dialog's BYE was answered).

@@ -86,7 +86,7 @@ func Start(t testing.TB, core string, mutate func(*Config)) *Edge {
 func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	t.Helper()
 	cfg := Config{
-		Access:       edge.AccessConfig{UDP: []string{"127.0.0.1:0"}, TCP: []string{"127.0.0.1:0"}, MaxDialogs: 1000},
+		Access:       edge.AccessConfig{UDP: []string{"127.0.0.1:0"}, TCP: []string{"127.0.0.1:0"}, MaxDialogs: 1000, HideTopology: true},
 		Core:         upstream.DefaultConfig(),
 		Registration: edge.DefaultRegistrationConfig(),
 		NAT:          nat.DefaultConfig(),
