@@ -78,7 +78,7 @@ func (p *proxy) toCore(ctx context.Context, r *Request) error {
 		}
 		p.track(r, fwd, res, r.Flow, true)
 		if p.hide {
-			hideRecordRoute(p.self, res)
+			hideRecordRoute(p.self, res, r.Flow)
 			p.hideHeaders(res)
 		}
 	})
@@ -155,12 +155,22 @@ func (p *proxy) track(r *Request, fwd *sip.Request, res *sip.Response, flow nat.
 	}
 	var route []string
 	for _, h := range res.GetHeaders("Record-Route") {
-		if rr, ok := h.(*sip.RecordRouteHeader); ok && !p.self.isOurs(rr.Address) {
+		if rr, ok := h.(*sip.RecordRouteHeader); ok {
 			route = append(route, rr.Address.String())
 		}
 	}
 	if callerIsPhone {
 		slices.Reverse(route)
+	}
+	// The phone's route starts with the edge's own pair, which it pops;
+	// the rest (the core's entries, and the edge's again when the call
+	// spirals to another phone behind it) is the dialog's.
+	for len(route) > 0 {
+		var u sip.Uri
+		if sip.ParseUri(route[0], &u) != nil || !p.self.isOurs(u) {
+			break
+		}
+		route = route[1:]
 	}
 	if !p.dialogs.Establish(id, dialog.Dialog{Flow: flow, Route: route, Confirmed: res.StatusCode >= 200}) {
 		p.log.Warn("dialog table full: in-dialog requests of this dialog will be refused", "call", callID(res))
@@ -233,7 +243,7 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 		rrs[i] = sip.HeaderClone(rrs[i])
 	}
 	dropHeaders(fwd, "Via")
-	hideRecordRoute(p.self, fwd)
+	hideRecordRoute(p.self, fwd, flow)
 	p.hideHeaders(fwd)
 	return p.relay.forward(ctx, r, fwd, p.flowLeg(flow), func(res *sip.Response) {
 		dropHeaders(res, "Via")
@@ -251,16 +261,21 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 }
 
 // hideRecordRoute keeps only the edge's access-side Record-Route entry
-// (the one with a flow token) in m: the core's entries and the edge's
-// core-side one are the dialog's, remembered by the dialog table.
+// for the phone's own flow in m: the rest (the core's entries, the
+// edge's core-side one, and on a spiral the other phone's) is the
+// dialog's, remembered by the dialog table.
 func hideRecordRoute(s *self, m interface {
 	GetHeaders(string) []sip.Header
 	RemoveHeader(string) bool
 	AppendHeader(sip.Header)
-}) {
+}, flow nat.FlowKey) {
 	var keep []sip.Header
 	for _, h := range m.GetHeaders("Record-Route") {
-		if rr, ok := h.(*sip.RecordRouteHeader); ok && rr.Address.User != "" && s.isOurs(rr.Address) {
+		rr, ok := h.(*sip.RecordRouteHeader)
+		if !ok || rr.Address.User == "" || !s.isOurs(rr.Address) {
+			continue
+		}
+		if tok, err := s.signer.Decode(rr.Address.User); err == nil && tok.Flow == flow {
 			keep = append(keep, sip.HeaderClone(h))
 		}
 	}

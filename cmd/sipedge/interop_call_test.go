@@ -403,13 +403,19 @@ func coreDst(lines []string, prefix string) (string, bool) {
 
 // expectedPath is the Via and Record-Route sets (top first, host:port) a
 // dialog-creating request has when it reaches the called phone, and
-// which Record-Route entries carry a flow token.
+// which Record-Route entries carry a flow token. A phone behind sipedge
+// sees sipedge alone (topology hiding, on by default): its Via, and its
+// access-side Record-Route with the phone's own flow token.
 func (l *reachLab) expectedPath(pl placement, callerAddr string, recordRoute bool) (vias, rrs []string, tokens []bool) {
 	core := l.k.addr()
 	if pl.calleeEdge {
 		vias = append(vias, l.e.udp)
-		rrs = append(rrs, l.e.udp, l.e.core)
-		tokens = append(tokens, true, false)
+		rrs = append(rrs, l.e.udp)
+		tokens = append(tokens, true)
+		if !recordRoute {
+			rrs, tokens = nil, nil
+		}
+		return vias, rrs, tokens
 	}
 	vias = append(vias, core)
 	rrs = append(rrs, core)
