@@ -82,10 +82,11 @@ func (p *proofs) answered(src netip.Addr, req *sip.Request) bool {
 
 // proven reports whether r's source has shown it receives what is sent
 // to it: a stream connection (its handshake did), a flow the core
-// accepted a registration on, or credentials echoing a challenge sent to
-// that address.
+// accepted a registration on, credentials echoing a challenge sent to
+// that address, or a trusted peer (the operator vouches for it).
 func (s *Server) proven(r *Request) bool {
-	return r.Flow.Transport != nat.UDP || s.d.Registry.HasFlow(r.Flow) || s.proofs.answered(r.Flow.Remote.Addr(), r.Request)
+	return r.Flow.Transport != nat.UDP || s.d.Registry.HasFlow(r.Flow) || s.proxy.peer(r.Flow.Remote.Addr()) ||
+		s.proofs.answered(r.Flow.Remote.Addr(), r.Request)
 }
 
 // digestParam returns the value of one parameter of a Digest challenge

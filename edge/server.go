@@ -298,11 +298,13 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 		}()
 		if err := h(context.Background(), r); err != nil {
 			s.rs.respond(r, err)
-			if req.IsInvite() && flow.Transport == nat.UDP && !s.proven(r) {
-				// No retransmitted final answers toward an address that
-				// may be spoofed: one request, one answer (no reflection).
-				tx.Terminate()
-			}
+		}
+		if flow.Transport == nat.UDP && !(fromCore && s.d.Pool.Trusts(flow.Remote.Addr())) && !s.proven(r) {
+			// Toward an address that may be spoofed: one request, one
+			// answer. Ending the transaction now means no final response
+			// retransmitted to a victim (reflection) and no transaction
+			// state kept for Timer J or H (a spoofed flood's memory).
+			tx.Terminate()
 		}
 	}
 }
@@ -329,7 +331,7 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	// Stream listeners are wrapped so every connection is a flow: CRLF
 	// pings answered, close noticed at once.
-	hooks := streamHooks(s.d.Limiter, s.d.Flows, s.d.Conns)
+	hooks := streamHooks(s.d.Limiter, s.d.Flows, s.d.Conns, s.d.Registry.HasFlow)
 	streams := []struct {
 		ls    []net.Listener
 		tp    nat.Transport

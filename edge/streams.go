@@ -56,9 +56,12 @@ func (c *Conns) done(k nat.FlowKey) (othersOpen bool) {
 }
 
 // streamHooks observes the access stream listeners: the limiter admits
-// each connection, traffic refreshes its flow, and a close kills it.
-func streamHooks(limiter *ratelimit.Limiter, flows *nat.FlowTable, conns *Conns) nat.StreamHooks {
+// each connection, traffic refreshes its flow, and a close kills it. A
+// connection that holds no binding is closed once idle (nat's limits:
+// it must also deliver each message in time, and not too large).
+func streamHooks(limiter *ratelimit.Limiter, flows *nat.FlowTable, conns *Conns, bound func(nat.FlowKey) bool) nat.StreamHooks {
 	return nat.StreamHooks{
+		Bound: bound,
 		Accept: func(k nat.FlowKey) bool {
 			d, release := limiter.Accept(k.Remote.Addr())
 			if d != ratelimit.Allow {

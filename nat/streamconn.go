@@ -2,6 +2,7 @@ package nat
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -34,12 +35,107 @@ type StreamHooks struct {
 	// OnPong is called for the peer's "\r\n" answer to our ping. TCP and
 	// TLS only.
 	OnPong func(k FlowKey)
+	// Bound reports whether flow k holds a binding. A connection whose
+	// flow holds none is closed when idle (see StreamLimits.IdleTimeout);
+	// it is asked each time the idle deadline passes, so a connection
+	// that became bound since it was accepted is kept. Nil counts every
+	// connection as bound: none is closed for idleness.
+	Bound func(k FlowKey) bool
 	// OnClose is called exactly once per accepted connection, when it is
 	// closed or a read fails. why is "closed" (closed locally), "eof"
-	// (closed by the peer), "timeout" (a read deadline passed), "reset",
-	// "tls" (a TLS handshake or record error) or "error".
+	// (closed by the peer), "timeout" (a read deadline set by the caller
+	// passed), "reset", "tls" (a TLS handshake or record error), "error",
+	// or one of the Limits': "header timeout", "idle" or "too large".
 	OnClose func(k FlowKey, why string)
+
+	// Limits bounds what each connection may hold and for how long. A
+	// zero field takes its default (DefaultStreamLimits).
+	Limits StreamLimits
 }
+
+// StreamLimits bounds the time and memory a connection costs before it
+// proves useful. The time limits are read deadlines on the connection,
+// not timers or goroutines of its own.
+type StreamLimits struct {
+	// HeaderTimeout is how long a new connection has to deliver a whole
+	// message or a CRLF keepalive, and each later message to complete
+	// (body included) from its first byte: a slowloris trickling bytes
+	// is closed. It bounds a TLS handshake, done inside the first read,
+	// and a WebSocket upgrade request. Between messages it does not
+	// apply.
+	HeaderTimeout time.Duration `toml:"header_timeout"`
+	// IdleTimeout is how long a connection whose flow holds no binding
+	// (StreamHooks.Bound) may go without message bytes. CRLF keepalives
+	// on TCP and TLS do not count: they keep a registered flow alive
+	// (RFC 5626), not a connection that never registered. On WebSocket,
+	// whose keepalives are framed, any byte counts.
+	IdleTimeout time.Duration `toml:"idle_timeout"`
+	// MaxHeaderBytes caps a message's header block, from the start-line
+	// to the empty line included; MaxBodyBytes caps its Content-Length.
+	// A message over either closes the connection before sipgo has
+	// buffered more than MaxHeaderBytes of it. On WebSocket only the
+	// upgrade request is sized (sipgo caps frames itself).
+	MaxHeaderBytes int `toml:"max_header_bytes"`
+	MaxBodyBytes   int `toml:"max_body_bytes"`
+}
+
+// DefaultStreamLimits gives 10 s for a message, closes unbound
+// connections idle for a minute, and caps headers at 16 KiB and bodies at
+// 64 KiB.
+func DefaultStreamLimits() StreamLimits {
+	return StreamLimits{HeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10, MaxBodyBytes: 64 << 10}
+}
+
+// Validate names every invalid field and why. Zero fields are valid:
+// they take their defaults.
+func (s StreamLimits) Validate() error {
+	var errs []error
+	negative := func(key string, v any) { errs = append(errs, fmt.Errorf("%s: %v is negative", key, v)) }
+	if s.HeaderTimeout < 0 {
+		negative("header_timeout", s.HeaderTimeout)
+	}
+	if s.IdleTimeout < 0 {
+		negative("idle_timeout", s.IdleTimeout)
+	}
+	if s.MaxHeaderBytes < 0 {
+		negative("max_header_bytes", s.MaxHeaderBytes)
+	}
+	if s.MaxBodyBytes < 0 {
+		negative("max_body_bytes", s.MaxBodyBytes)
+	}
+	return errors.Join(errs...)
+}
+
+// withDefaults replaces every field that is not positive by its default.
+func (s StreamLimits) withDefaults() StreamLimits {
+	d := DefaultStreamLimits()
+	if s.HeaderTimeout <= 0 {
+		s.HeaderTimeout = d.HeaderTimeout
+	}
+	if s.IdleTimeout <= 0 {
+		s.IdleTimeout = d.IdleTimeout
+	}
+	if s.MaxHeaderBytes <= 0 {
+		s.MaxHeaderBytes = d.MaxHeaderBytes
+	}
+	if s.MaxBodyBytes <= 0 {
+		s.MaxBodyBytes = d.MaxBodyBytes
+	}
+	return s
+}
+
+// limitError is what Read returns when it closed the connection for one
+// of the StreamLimits. It is net.ErrClosed, as the connection now is, so
+// sipgo's read loop ends without logging an error per attacker.
+type limitError struct{ why string }
+
+func (e *limitError) Error() string        { return "nat: connection closed: " + e.why }
+func (e *limitError) Is(target error) bool { return target == net.ErrClosed }
+
+var (
+	errHeaderTimeout = &limitError{"header timeout"}
+	errIdle          = &limitError{"idle"}
+)
 
 // Listener wraps a stream listener handed to sipgo's ServeTCP, ServeTLS,
 // ServeWS or ServeWSS, so that the edge sees each connection as a flow.
@@ -47,14 +143,19 @@ type StreamHooks struct {
 // wrapper sees plaintext; sipgo asserts no concrete type on accepted
 // connections, so the wrapper stands in for *net.TCPConn or *tls.Conn.
 //
+// Each connection is held to the hooks' Limits: it is closed when a
+// message takes too long or is too large, or when it idles without a
+// binding.
+//
 // Unlike a bare listener it does not fail on resource exhaustion:
 // sipgo's accept loop returns on any error and never accepts again, so
 // Accept retries EMFILE, ENFILE, ENOBUFS, ENOMEM and ECONNABORTED, backing
 // off up to a second, until Close.
 type Listener struct {
-	inner net.Listener
-	tp    Transport
-	hooks StreamHooks
+	inner  net.Listener
+	tp     Transport
+	hooks  StreamHooks
+	limits StreamLimits // hooks.Limits with defaults
 
 	closeOnce sync.Once
 	done      chan struct{}
@@ -67,9 +168,10 @@ var _ net.Listener = (*Listener)(nil)
 
 // NewListener wraps inner, whose connections are flows of transport t
 // (TCP, TLS, WS or WSS). The Listener owns inner: closing it closes
-// inner.
+// inner. A field of hooks.Limits that is zero, or invalid, takes its
+// default.
 func NewListener(inner net.Listener, t Transport, hooks StreamHooks) *Listener {
-	return &Listener{inner: inner, tp: t, hooks: hooks, done: make(chan struct{}), conns: make(map[FlowKey]*Conn)}
+	return &Listener{inner: inner, tp: t, hooks: hooks, limits: hooks.Limits.withDefaults(), done: make(chan struct{}), conns: make(map[FlowKey]*Conn)}
 }
 
 // Accept waits for the next connection that hooks.Accept allows.
@@ -97,12 +199,27 @@ func (l *Listener) Accept() (net.Conn, error) {
 			nc.Close()
 			continue
 		}
-		c := &Conn{inner: nc, l: l, key: k, crlf: l.tp == TCP || l.tp == TLS}
+		c := l.newConn(nc, k)
 		l.mu.Lock()
 		l.conns[k] = c
 		l.mu.Unlock()
 		return c, nil
 	}
+}
+
+// newConn wraps nc with its deadlines armed: the first message (or
+// keepalive) is due within HeaderTimeout, and an unbound connection is
+// idle after IdleTimeout.
+func (l *Listener) newConn(nc net.Conn, k FlowKey) *Conn {
+	c := &Conn{inner: nc, l: l, key: k, crlf: l.tp == TCP || l.tp == TLS}
+	c.fr.lim = frameLimits{head: int64(l.limits.MaxHeaderBytes), body: int64(l.limits.MaxBodyBytes), one: !c.crlf}
+	now := time.Now()
+	c.headerDL = now.Add(l.limits.HeaderTimeout)
+	if l.hooks.Bound != nil {
+		c.idleDL = now.Add(l.limits.IdleTimeout)
+	}
+	_ = c.armRead() // a connection that fails it fails its first Read
+	return c
 }
 
 // retryAccept reports whether an Accept error is a passing shortage
@@ -173,6 +290,12 @@ func (l *Listener) forget(c *Conn) {
 // sipgo's read loop skips empty reads and calls Read again, which re-arms
 // its read timeout, so a keepalive keeps the connection from timing out
 // exactly as when sipgo answers it itself.
+//
+// Read enforces the Listener's StreamLimits with the inner connection's
+// read deadline, which is the earliest of the caller's (SetReadDeadline,
+// SetDeadline: sipgo's ReadTimeout sets one before each Read), the
+// current message's and the idle one. Callers must therefore set read
+// deadlines on the Conn, never on NetConn.
 type Conn struct {
 	inner net.Conn
 	l     *Listener
@@ -181,6 +304,12 @@ type Conn struct {
 
 	rmu sync.Mutex // guards fr
 	fr  framer
+
+	dmu      sync.Mutex // guards the read deadlines; zero is none
+	userRD   time.Time  // the caller's
+	headerDL time.Time  // the current (or first) message's; none between messages
+	idleDL   time.Time  // when an unbound flow is idle; none if Bound is nil
+	applied  time.Time  // set on inner: the earliest of the three
 
 	closed atomic.Bool // OnClose has fired
 }
@@ -199,48 +328,157 @@ func (c *Conn) Key() FlowKey { return c.key }
 // NetConn returns the wrapped connection (for TLS, the *tls.Conn).
 func (c *Conn) NetConn() net.Conn { return c.inner }
 
-// Read reads from the connection, handling keepalives on the way.
+// Read reads from the connection, handling keepalives on the way. When
+// it closes the connection for one of the StreamLimits, it returns an
+// error that is net.ErrClosed.
 func (c *Conn) Read(b []byte) (int, error) {
-	n, err := c.inner.Read(b)
-	if n > 0 {
-		if c.l.hooks.OnRead != nil {
-			c.l.hooks.OnRead(c.key)
+	for {
+		if err := c.armRead(); err != nil {
+			c.fireClose(closeReason(err))
+			return 0, err
 		}
-		if c.crlf {
-			var werr error
-			if n, werr = c.keepalive(b[:n]); werr != nil && err == nil {
-				err = werr
+		n, err := c.inner.Read(b)
+		if n > 0 {
+			if c.l.hooks.OnRead != nil {
+				c.l.hooks.OnRead(c.key)
+			}
+			var ferr error
+			if n, ferr = c.frame(b[:n]); ferr != nil {
+				if le, ok := ferr.(*limitError); ok {
+					return 0, c.abort(le)
+				}
+				if err == nil {
+					err = ferr
+				}
+			}
+		} else if errors.Is(err, os.ErrDeadlineExceeded) {
+			le, again := c.expired()
+			if le != nil {
+				return 0, c.abort(le)
+			}
+			if again {
+				continue
 			}
 		}
+		if err != nil {
+			c.fireClose(closeReason(err))
+		}
+		return n, err
 	}
-	if err != nil {
-		c.fireClose(closeReason(err))
-	}
-	return n, err
 }
 
-// keepalive handles a keepalive in p, if p is one, and returns how many
-// bytes of p are for the caller.
-func (c *Conn) keepalive(p []byte) (int, error) {
+// frame handles what a read returned: a keepalive, or bytes of messages
+// whose boundaries move the deadlines. It returns how many bytes of p are
+// for the caller.
+func (c *Conn) frame(p []byte) (int, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
-	if c.fr.idle() && len(p) <= len(crlfPing) {
+	wasIdle, msgs := c.fr.idle(), c.fr.msgs
+	if c.crlf && wasIdle && len(p) <= len(crlfPing) {
 		switch string(p) {
 		case "\r\n\r\n":
+			c.advance(false, true, false)
 			_, err := c.inner.Write(crlfPong)
 			if err == nil && c.l.hooks.OnPing != nil {
 				c.l.hooks.OnPing(c.key)
 			}
 			return 0, err
 		case "\r\n":
+			c.advance(false, true, false)
 			if c.l.hooks.OnPong != nil {
 				c.l.hooks.OnPong(c.key)
 			}
 			return 0, nil
 		}
 	}
-	c.fr.feed(p)
+	if err := c.fr.feed(p); err != nil {
+		return 0, err
+	}
+	started := c.fr.msgs != msgs
+	// Bytes of a message are activity; CRLFs between messages are not,
+	// but on WebSocket every byte is.
+	c.advance(started, c.fr.idle(), !c.crlf || !wasIdle || started)
 	return len(p), nil
+}
+
+// advance moves the deadlines after a read: a message begun in it is due
+// within HeaderTimeout, none is due between messages, and activity puts
+// idleness off. They take effect at the next Read.
+func (c *Conn) advance(started, idle, active bool) {
+	lim := &c.l.limits
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	var now time.Time
+	if started && !idle && lim.HeaderTimeout > 0 || active && !c.idleDL.IsZero() {
+		now = time.Now()
+	}
+	switch {
+	case idle:
+		c.headerDL = time.Time{}
+	case started && lim.HeaderTimeout > 0:
+		c.headerDL = now.Add(lim.HeaderTimeout)
+	}
+	if active && !c.idleDL.IsZero() {
+		c.idleDL = now.Add(lim.IdleTimeout)
+	}
+}
+
+// armRead sets the earliest read deadline on inner, if it changed.
+func (c *Conn) armRead() error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	return c.armReadLocked()
+}
+
+func (c *Conn) armReadLocked() error {
+	d := c.userRD
+	for _, t := range [...]time.Time{c.headerDL, c.idleDL} {
+		if !t.IsZero() && (d.IsZero() || t.Before(d)) {
+			d = t
+		}
+	}
+	if d.Equal(c.applied) {
+		return nil
+	}
+	if err := c.inner.SetReadDeadline(d); err != nil {
+		return err
+	}
+	c.applied = d
+	return nil
+}
+
+// expired tells whose deadline a read that timed out hit: the caller's
+// (nil, false: the timeout is the caller's to see), a limit's (the limit,
+// which closes the connection), or none any more (nil, true: read
+// again). An idle deadline of a flow that is bound by now is put off.
+func (c *Conn) expired() (le *limitError, again bool) {
+	now := time.Now()
+	passed := func(t time.Time) bool { return !t.IsZero() && !now.Before(t) }
+	c.dmu.Lock()
+	user, header, idle := passed(c.userRD), passed(c.headerDL), passed(c.idleDL)
+	c.dmu.Unlock()
+	switch {
+	case user:
+		return nil, false
+	case header:
+		return errHeaderTimeout, false
+	case idle:
+		if !c.l.hooks.Bound(c.key) {
+			return errIdle, false
+		}
+		c.dmu.Lock()
+		c.idleDL = now.Add(c.l.limits.IdleTimeout)
+		c.dmu.Unlock()
+	}
+	return nil, true
+}
+
+// abort closes the connection for le, which OnClose reports, and returns
+// le for Read to return.
+func (c *Conn) abort(le *limitError) error {
+	c.fireClose(le.why)
+	c.inner.Close()
+	return le
 }
 
 // Ping sends a CRLF keepalive ping ("\r\n\r\n", RFC 5626 §3.5.1) to the
@@ -299,11 +537,24 @@ func (c *Conn) LocalAddr() net.Addr { return c.inner.LocalAddr() }
 // RemoteAddr returns the peer's address.
 func (c *Conn) RemoteAddr() net.Addr { return c.inner.RemoteAddr() }
 
-// SetDeadline sets the read and write deadlines.
-func (c *Conn) SetDeadline(t time.Time) error { return c.inner.SetDeadline(t) }
+// SetDeadline sets the read and write deadlines, as SetReadDeadline and
+// SetWriteDeadline do.
+func (c *Conn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.inner.SetWriteDeadline(t)
+}
 
-// SetReadDeadline sets the read deadline.
-func (c *Conn) SetReadDeadline(t time.Time) error { return c.inner.SetReadDeadline(t) }
+// SetReadDeadline sets the caller's read deadline. It does not replace
+// the limits' deadlines: a Read times out at the earliest of them, and
+// returns a timeout error only for the caller's.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.userRD = t
+	return c.armReadLocked()
+}
 
 // SetWriteDeadline sets the write deadline.
 func (c *Conn) SetWriteDeadline(t time.Time) error { return c.inner.SetWriteDeadline(t) }

@@ -192,9 +192,10 @@ func (l *probeListener) waitClosed(t *testing.T) {
 	}
 }
 
-// serveSIP runs a sipgo server on l that answers OPTIONS with 200 and
-// stops it when the test ends (or when stop is called).
-func serveSIP(t *testing.T, l net.Listener, serve func(*sipgo.Server, net.Listener) error) (stop func()) {
+// serveSIP runs a sipgo server on l that answers OPTIONS with 200, and
+// whatever else the setups add, and stops it when the test ends (or when
+// stop is called).
+func serveSIP(t *testing.T, l net.Listener, serve func(*sipgo.Server, net.Listener) error, setups ...func(*sipgo.Server)) (stop func()) {
 	t.Helper()
 	quietSIP()
 	ua, err := sipgo.NewUA()
@@ -210,6 +211,9 @@ func serveSIP(t *testing.T, l net.Listener, serve func(*sipgo.Server, net.Listen
 			t.Errorf("respond: %v", err)
 		}
 	})
+	for _, setup := range setups {
+		setup(srv)
+	}
 	done := make(chan error, 1)
 	go func() { done <- serve(srv, l) }()
 	var once sync.Once

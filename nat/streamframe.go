@@ -18,6 +18,9 @@ import (
 // sipgo trims it (sipgo also trims Unicode spaces; the framer does not).
 // Where sipgo fails a message it closes the connection, so what the
 // framer makes of malformed input does not matter.
+//
+// It also sizes each message against its limits, so that a connection
+// can be closed before sipgo buffers an oversized one.
 type framer struct {
 	state uint8
 
@@ -40,7 +43,24 @@ type framer struct {
 	numSP  bool // space after the digits
 
 	body int64 // in frameBody: bytes left
+
+	hlen int64  // bytes of the current message's header block so far
+	msgs uint64 // messages begun
+	lim  frameLimits
 }
+
+// frameLimits is what a framer enforces.
+type frameLimits struct {
+	head int64 // cap on a header block (start-line to empty line); 0: none
+	body int64 // cap on a Content-Length; 0: none
+	// one makes the framer follow the first message only and ignore
+	// what follows it: a WebSocket upgrade request, after which the
+	// stream is WebSocket frames.
+	one bool
+}
+
+// errTooLarge is returned by framer.feed for a message over its limits.
+var errTooLarge = &limitError{"too large"}
 
 const (
 	frameIdle uint8 = iota // between messages
@@ -56,30 +76,43 @@ const (
 
 func (f *framer) idle() bool { return f.state == frameIdle }
 
-// feed advances the framer over p.
-func (f *framer) feed(p []byte) {
+// feed advances the framer over p. It fails with errTooLarge as soon as
+// the current message's header block is over its cap, or when the header
+// block ends with a Content-Length over its cap; the framer is then of no
+// further use.
+func (f *framer) feed(p []byte) error {
 	for len(p) > 0 {
 		switch f.state {
 		case frameIdle:
+			if f.lim.one && f.msgs > 0 {
+				return nil
+			}
 			i := 0
 			for i < len(p) && (p[i] == '\r' || p[i] == '\n') {
 				i++
 			}
 			if p = p[i:]; len(p) == 0 {
-				return
+				return nil
 			}
-			*f = framer{state: frameHead, start: true, empty: true, clen: -1}
+			*f = framer{state: frameHead, start: true, empty: true, clen: -1, msgs: f.msgs + 1, lim: f.lim}
 		case frameHead:
-			p = f.head(p)
+			rest := f.head(p)
+			f.hlen += int64(len(p) - len(rest))
+			if f.lim.head > 0 && f.hlen > f.lim.head ||
+				f.lim.body > 0 && f.state != frameHead && f.clen > f.lim.body {
+				return errTooLarge
+			}
+			p = rest
 		case frameBody:
 			if int64(len(p)) < f.body {
 				f.body -= int64(len(p))
-				return
+				return nil
 			}
 			p = p[f.body:]
 			f.state, f.body = frameIdle, 0
 		}
 	}
+	return nil
 }
 
 // head consumes start-line and header bytes from p and returns what

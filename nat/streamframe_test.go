@@ -185,3 +185,81 @@ func FuzzFramer(f *testing.F) {
 		}
 	})
 }
+
+// TestFramerLimits checks where the caps bite: a header block or a
+// Content-Length at its cap passes, one byte more fails at the byte that
+// shows it, whatever the chunking.
+func TestFramerLimits(t *testing.T) {
+	const body = "hello"
+	msg := "MESSAGE sip:a@example.com SIP/2.0\r\nContent-Length: 99\r\nSubject: x\r\nl: 5\r\n\r\n" + body
+	head := int64(strings.Index(msg, "\r\n\r\n") + 4)
+	for _, tc := range []struct {
+		name string
+		lim  frameLimits
+		fail int // index of the byte that fails, -1 for none
+	}{
+		{"at both caps", frameLimits{head: head, body: int64(len(body))}, -1},
+		{"no caps", frameLimits{}, -1},
+		{"header block over", frameLimits{head: head - 1}, int(head) - 1},
+		{"header line over", frameLimits{head: 10}, 10},
+		// The last Content-Length counts, not the 99 before it.
+		{"Content-Length over", frameLimits{body: int64(len(body)) - 1}, int(head) - 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := framer{lim: tc.lim}
+			for i := range len(msg) {
+				err := f.feed([]byte{msg[i]})
+				if (err != nil) != (i == tc.fail) {
+					t.Fatalf("byte %d: %v, want the failure at %d", i, err, tc.fail)
+				}
+				if err != nil {
+					if !errors.Is(err, errTooLarge) {
+						t.Fatalf("byte %d: %v, want errTooLarge", i, err)
+					}
+					break
+				}
+			}
+			for split := range len(msg) + 1 {
+				f := framer{lim: tc.lim}
+				err := f.feed([]byte(msg[:split]))
+				if err == nil {
+					err = f.feed([]byte(msg[split:]))
+				}
+				if (err != nil) != (tc.fail >= 0) {
+					t.Fatalf("split at %d: %v", split, err)
+				}
+			}
+			// Limits carry over to the next message.
+			f = framer{lim: tc.lim}
+			err := f.feed([]byte(msg + "\r\n" + msg))
+			if (err != nil) != (tc.fail >= 0) || err == nil && (!f.idle() || f.msgs != 2) {
+				t.Fatalf("two messages: %v, idle %v, %d begun", err, f.idle(), f.msgs)
+			}
+		})
+	}
+}
+
+func TestFramerCounts(t *testing.T) {
+	s := testFramerStream()
+	var f framer
+	if err := f.feed(s.b); err != nil || int(f.msgs) != len(s.bodies) {
+		t.Errorf("feed: %v, %d messages begun, want %d", err, f.msgs, len(s.bodies))
+	}
+}
+
+// TestFramerOne follows a WebSocket upgrade request and ignores the frames
+// after it, however many bytes they are.
+func TestFramerOne(t *testing.T) {
+	req := "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n"
+	frames := "\x81\x85\x00\x00\x00\x00hello" + strings.Repeat("\x82\x7e\x01\x00", 100)
+	f := framer{lim: frameLimits{head: int64(len(req)), body: 1, one: true}}
+	for i := range len(req) - 1 {
+		if err := f.feed([]byte{req[i]}); err != nil || f.idle() {
+			t.Fatalf("byte %d: %v, idle %v", i, err, f.idle())
+		}
+	}
+	if err := f.feed([]byte(req[len(req)-1:] + frames)); err != nil || !f.idle() || f.msgs != 1 {
+		t.Fatalf("end and frames: %v, idle %v, %d begun", err, f.idle(), f.msgs)
+	}
+}

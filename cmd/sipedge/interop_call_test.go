@@ -688,9 +688,9 @@ func (l *reachLab) message(t *testing.T, pl placement) {
 	l.waitRegistered(t, rcpt, user, pl.calleeEdge)
 	sender := startPhone(t, phoneOpts{
 		name: "sender", target: l.target(pl.callerEdge), transport: l.transport,
-		scenario: "uac_message.xml",
-		keys:     map[string]string{"user": senderUser, "callee": user},
-		limit:    15 * time.Second,
+		scenario: "uac_message.xml", roles: []string{"register", "message"}, calls: 2,
+		keys:  map[string]string{"user": senderUser, "pass": "pw" + senderUser, "callee": user},
+		limit: 15 * time.Second,
 	})
 	senderExit := sender.wait(t)
 	rcptExit := rcpt.waitAfter(t, senderExit)
