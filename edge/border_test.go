@@ -9,6 +9,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/edgetest"
+	"github.com/sipedge/sipedge/upstream/upstreamtest"
 )
 
 // These tests are the attacks of the border review, run from hosts with
@@ -273,5 +274,22 @@ func TestNoReflectionToUnprovenSources(t *testing.T) {
 	}
 	if raw := stranger.Silent(2 * time.Second); raw != nil {
 		t.Fatalf("a second answer arrived on the core side: %q", raw)
+	}
+}
+
+// The core's software names do not reach a registering phone either.
+func TestRegisterAnswerHidesTheCore(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{Server: "kamailio (5.6.3 (x86_64/linux))"})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "hidden"}))
+	res := phone.MustRecvResponse(wait)
+	if res.StatusCode != 200 {
+		t.Fatalf("got %d", res.StatusCode)
+	}
+	for _, h := range []string{"Server", "User-Agent", "Warning"} {
+		if v := res.GetHeader(h); v != nil {
+			t.Errorf("phone got %s: %s", h, v.Value())
+		}
 	}
 }

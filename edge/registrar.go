@@ -30,6 +30,7 @@ type registrar struct {
 	core     func() leg
 	registry *registry.Registry
 	auth     auth
+	hide     func(*sip.Response) // topology hiding toward the phone, if on
 }
 
 // sentContact pairs a contact the endpoint sent with the URI the core saw.
@@ -90,6 +91,9 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 	}
 
 	return g.relay.forward(ctx, r, fwd, to, func(res *sip.Response) {
+		if g.hide != nil {
+			g.hide(res)
+		}
 		if res.StatusCode < 200 {
 			return
 		}

@@ -190,6 +190,9 @@ func (s *Server) chains(self *self, coreLeg func() leg, flowLeg func(nat.FlowKey
 	reg := &registrar{cfg: cfg.Registration, domains: make(map[string]bool), mode: cfg.Core.Mode, now: d.Clock.Now,
 		self: self, relay: s.relay, core: coreLeg, registry: d.Registry, auth: au}
 	reg.flowTime.udp, reg.flowTime.stream = cfg.NAT.FlowTimerUDP, cfg.NAT.FlowTimerStream
+	if cfg.Access.HideTopology {
+		reg.hide = func(res *sip.Response) { s.proxy.hideHeaders(res) }
+	}
 	for _, dom := range cfg.Registration.Domains {
 		reg.domains[strings.ToLower(dom)] = true
 	}

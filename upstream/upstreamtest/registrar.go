@@ -51,6 +51,9 @@ type Options struct {
 	// DigestNoQOP sends challenges without qop (RFC 2069 style). Responses
 	// with qop=auth are still accepted.
 	DigestNoQOP bool
+	// Server, if set, is put in every response as a Server header, as
+	// real cores name their software.
+	Server string
 	// Now is the clock for binding expiry and nonce lifetime. Default time.Now.
 	Now func() time.Time
 	// Logger receives sipgo's logs. Default: Warn and above to t.Log.
@@ -389,6 +392,9 @@ func (r *Registrar) handle(req *sip.Request, tx sip.ServerTransaction) {
 		if req.IsInvite() {
 			res.AppendHeader(&sip.ContactHeader{Address: r.contactURI(req.Transport())})
 		}
+	}
+	if r.opts.Server != "" {
+		res.AppendHeader(sip.NewHeader("Server", r.opts.Server))
 	}
 	if err := tx.Respond(res); err != nil {
 		r.opts.Logger.Warn("respond failed", "method", req.Method.String(), "status", res.StatusCode, "error", err)
