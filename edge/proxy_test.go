@@ -483,3 +483,24 @@ func TestEarliestCancelReachesTheCallee(t *testing.T) {
 		}
 	}
 }
+
+// A stream flow that dies while a request waits on it fails that request
+// at once: 430 to the core, not a 408 minutes later.
+func TestClosedConnectionFailsThePendingRequest(t *testing.T) {
+	c := setupCall(t, "tcp", nil)
+	c.core.Send(c.request("INVITE", c.contact(), c.path, "call-dies", 1, ""))
+	c.phone.MustRecvRequest("INVITE", wait)
+	start := time.Now()
+	c.phone.Close()
+	for {
+		res := c.core.MustRecvResponse(wait)
+		if res.StatusCode == 100 {
+			continue
+		}
+		if res.StatusCode != 430 {
+			t.Fatalf("core got %d, want 430", res.StatusCode)
+		}
+		t.Logf("430 %v after the close", time.Since(start).Round(time.Millisecond))
+		return
+	}
+}

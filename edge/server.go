@@ -227,8 +227,11 @@ func userAgents(log *slog.Logger) (access, core *sipgo.UserAgent, err error) {
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(siplog)),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(siplog)),
 	}
-	accessOpts := append(opts[:len(opts):len(opts)], sipgo.WithUserAgentTransportLayerOptions(
-		sip.WithTransportLayerTransports(neverDial())))
+	accessOpts := append(opts[:len(opts):len(opts)],
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerTransports(neverDial())),
+		// A request pending on a phone's connection fails (430) the moment
+		// that connection closes, not when its timer runs out.
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerTerminateOnConnClose()))
 	if access, err = sipgo.NewUA(accessOpts...); err != nil {
 		return nil, nil, err
 	}
