@@ -1,5 +1,3 @@
-//go:build flood
-
 package edge_test
 
 import (
@@ -20,18 +18,18 @@ import (
 // fast as one socket sends them, at the access side and at the core-side
 // listener: the heap must peak at most 64 MiB above idle, nothing of it
 // stay afterwards, and a phone register right after. Bounded: n
-// datagrams per side. `make flood` runs it; it is not part of make test
-// because it does not pass yet: sipgo, restarted to bound its per-source
-// memory, opens a new socket for each request still in flight at the
-// restart (see docs/architecture.md, Known gaps).
+// datagrams per side. What keeps it bounded: unproven_rate caps what
+// spoofed sources together hand sipgo, their transactions end once
+// answered, and sipgo's read loop pauses before each restart so no
+// request in flight makes it open a socket of its own.
 func TestSpoofedOptionsFloodMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("hundreds of thousands of datagrams; not in -short")
 	}
-	n := 300_000
 	if raceEnabled {
-		n = 100_000
+		t.Skip("heap figures mean nothing under -race; make unit runs this without it")
 	}
+	n := 300_000
 	core := upstreamtest.Start(t, upstreamtest.Options{})
 	e := edgetest.Start(t, core.URI("udp"), nil)
 	idle := heapInUse()
@@ -89,13 +87,27 @@ func TestSpoofedOptionsFloodMemory(t *testing.T) {
 	<-sampled
 	after := heapInUse()
 	peakGrow := int64(peak.Load()) - int64(idle)
+	// What the flood left goes: the limiter's idle entries with its 5 s
+	// sweep. What stays is bounded, not by the flood: sipgo remembers the
+	// sources its current read loop saw (at most recycleAfter), and the
+	// limiter's maps keep the room max_sources entries took (Go maps do
+	// not shrink): some MiB, however long the flood.
+	// until the next restart. Wait for the sweep with a deadline.
+	settled := time.Now()
 	kept := int64(after) - int64(idle)
-	t.Logf("%d spoofed OPTIONS per side in %v: heap idle %.1f MiB, peak %+.1f MiB, after %+.1f MiB",
-		n, sent.Round(time.Millisecond), float64(idle)/(1<<20), float64(peakGrow)/(1<<20), float64(kept)/(1<<20))
+	for deadline := time.Now().Add(15 * time.Second); kept > 12<<20 && time.Now().Before(deadline); {
+		probe.Send(probe.Register(edgetest.Reg{User: "probe", CSeq: 9}))
+		probe.MustRecvResponse(wait)
+		time.Sleep(500 * time.Millisecond) // polling the heap, not synchronising
+		kept = int64(heapInUse()) - int64(idle)
+	}
+	t.Logf("%d spoofed OPTIONS per side in %v: heap idle %.1f MiB, peak %+.1f MiB, right after %+.1f MiB, %+.1f MiB %v later",
+		n, sent.Round(time.Millisecond), float64(idle)/(1<<20), float64(peakGrow)/(1<<20),
+		float64(int64(after)-int64(idle))/(1<<20), float64(kept)/(1<<20), time.Since(settled).Round(100*time.Millisecond))
 	if peakGrow > 64<<20 {
 		t.Errorf("heap peaked %d MiB above idle", peakGrow>>20)
 	}
-	if kept > 16<<20 {
+	if kept > 12<<20 {
 		t.Errorf("heap kept %d MiB after the flood", kept>>20)
 	}
 }

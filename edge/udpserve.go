@@ -20,9 +20,13 @@ import (
 // map local to the read loop) and forgets them only when the loop ends;
 // restarting it bounds that memory under a spoofed-source flood at
 // roughly recycleAfter × 150 B.
-const recycleAfter = 50_000
+const recycleAfter = 20_000
 
 var errRecycle = errors.New("recycling sipgo's UDP read loop")
+
+// recycleDrain is how long the read loop pauses before a restart (once
+// per recycleAfter datagrams from unknown sources, so only in a flood).
+const recycleDrain = 100 * time.Millisecond
 
 // udpSocket is a UDP socket as sipgo sees it: on the access side
 // keepalives and limits handled below it (a nat.PacketConn), and a read
@@ -49,6 +53,11 @@ func newUDPSocket(raw net.PacketConn) *udpSocket {
 func (u *udpSocket) ReadFrom(b []byte) (int, net.Addr, error) {
 	u.readyOnce.Do(func() { close(u.ready) })
 	if u.recycle.CompareAndSwap(true, false) {
+		// sipgo forgets the sources of this read loop when it ends, and a
+		// request still being handled from one of them then makes it open
+		// a new socket toward the Via (and keep it). Reading nothing for a
+		// moment first lets those requests get past that point.
+		time.Sleep(recycleDrain)
 		u.recycled.Store(true)
 		return 0, nil, errRecycle
 	}

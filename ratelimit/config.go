@@ -50,6 +50,13 @@ type Config struct {
 	PacketBurst int     `toml:"packet_burst"`
 	ByteRate    float64 `toml:"byte_rate"`
 	ByteBurst   int     `toml:"byte_burst"`
+	// UnprovenRate caps the datagrams per second, over all sources,
+	// taken from sources that proved nothing yet (no registered flow):
+	// a spoofed flood from many addresses, each under its own budget,
+	// cannot hand the parser more than this. Registered phones never
+	// compete for it; new registrations do, during such a flood.
+	UnprovenRate  float64 `toml:"unproven_rate"`
+	UnprovenBurst int     `toml:"unproven_burst"`
 
 	// Before parsing (TCP, TLS, WS): new connections per source, and how
 	// many it may hold open at once.
@@ -146,10 +153,12 @@ func DefaultConfig() Config {
 		MaxBindings:   1000,
 		OverflowShare: 20,
 
-		PacketRate:  50,
-		PacketBurst: 200,
-		ByteRate:    64 << 10,
-		ByteBurst:   256 << 10,
+		PacketRate:    50,
+		PacketBurst:   200,
+		UnprovenRate:  5000,
+		UnprovenBurst: 10000,
+		ByteRate:      64 << 10,
+		ByteBurst:     256 << 10,
 
 		ConnRate:  5,
 		ConnBurst: 20,
@@ -255,6 +264,8 @@ func (c Config) validateSources(v *validator) {
 func (c Config) validateBudgets(v *validator) {
 	v.pos("packet_rate", c.PacketRate)
 	v.atLeast("packet_burst", c.PacketBurst, 1)
+	v.pos("unproven_rate", c.UnprovenRate)
+	v.atLeast("unproven_burst", c.UnprovenBurst, 1)
 	v.pos("byte_rate", c.ByteRate)
 	v.atLeast("byte_burst", c.ByteBurst, maxUDPPayload) // one datagram of any size must fit
 	v.pos("conn_rate", c.ConnRate)

@@ -156,9 +156,12 @@ type Limiter struct {
 	// The budget shared by untracked sources: lock-free for datagrams,
 	// under overMu for connections and requests.
 	overPkt, overBytes atomic.Int64
-	overMu             sync.Mutex
-	overEnt            entry
-	overReq            reqLimits
+	// The budget of datagrams from unproven sources, all together.
+	unproven    bucket
+	unprovenTat atomic.Int64
+	overMu      sync.Mutex
+	overEnt     entry
+	overReq     reqLimits
 
 	inflight atomic.Int64
 
@@ -257,6 +260,7 @@ func New(cfg Config, now func() time.Time, ev Events, opts ...Option) (*Limiter,
 	}
 	l.register = newBucket(cfg.RegisterRate, cfg.RegisterBurst)
 	l.pkt = newBucket(cfg.PacketRate, cfg.PacketBurst)
+	l.unproven = newBucket(cfg.UnprovenRate, cfg.UnprovenBurst)
 	l.bytes = newBucket(cfg.ByteRate, cfg.ByteBurst)
 	l.conn = newBucket(cfg.ConnRate, cfg.ConnBurst)
 	l.reply = newBucket(cfg.ReplyRate, cfg.ReplyBurst)

@@ -14,7 +14,8 @@ import (
 // over UDP anyone can spoof any source, so only a proven source is ever
 // banned.
 //
-// Drop: src is banned; or over its packet or byte budget (a proven source
+// Drop: src is banned; or unproven while unproven sources together are
+// over unproven_rate; or over its packet or byte budget (a proven source
 // over budget without pause for flood_window is banned); or untracked and
 // the shared overflow budget is spent.
 func (l *Limiter) Packet(src netip.Addr, size int, proven bool) Decision {
@@ -43,7 +44,8 @@ func (l *Limiter) Packet(src netip.Addr, size int, proven bool) Decision {
 	if e == nil {
 		sh.mu.Unlock()
 		f := l.cfg.OverflowShare
-		if !l.pkt.takeAtomic(&l.overPkt, now, 1, f) || !l.bytes.takeAtomic(&l.overBytes, now, float64(max(size, 0)), f) {
+		if !l.pkt.takeAtomic(&l.overPkt, now, 1, f) || !l.bytes.takeAtomic(&l.overBytes, now, float64(max(size, 0)), f) ||
+			!l.unprovenAllow(proven, now) {
 			l.count(sh, Drop, ReasonOverflow, src)
 			return Drop
 		}
@@ -70,12 +72,23 @@ func (l *Limiter) Packet(src netip.Addr, size int, proven bool) Decision {
 	if banned {
 		l.emitBan(b)
 	}
+	if r == ReasonNone && !l.unprovenAllow(proven, now) {
+		r = ReasonOverflow
+	}
 	if r == ReasonNone {
 		l.count(sh, Allow, ReasonNone, src)
 		return Allow
 	}
 	l.count(sh, Drop, r, src)
 	return Drop
+}
+
+// unprovenAllow charges a datagram its own source allowed to the budget
+// all unproven sources share (unproven_rate): a flood from many spoofed
+// addresses, each within its own budget, still cannot hand the parser
+// more than that, and a single flooder only ever spends its own.
+func (l *Limiter) unprovenAllow(proven bool, now int64) bool {
+	return proven || l.unproven.takeAtomic(&l.unprovenTat, now, 1, 1)
 }
 
 // Accept decides on a new TCP, TLS or WebSocket connection from src:
