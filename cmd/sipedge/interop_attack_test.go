@@ -1,0 +1,229 @@
+//go:build interop
+
+// The border review's attacks, replayed against the built binary in front
+// of a real Kamailio, from the test's own addresses on 127.0.0.0/8 (the
+// spoofed ones sent with IP_PKTINFO). Each must now fail.
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/icholy/digest"
+	"golang.org/x/net/ipv4"
+)
+
+// rawPhone is a UDP socket that speaks SIP text.
+type rawPhone struct {
+	t    *testing.T
+	c    *net.UDPConn
+	addr netip.AddrPort
+}
+
+func dialRaw(t *testing.T, from string, to string) *rawPhone {
+	t.Helper()
+	c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(from+":0")), net.UDPAddrFromAddrPort(netip.MustParseAddrPort(to)))
+	must(t, err)
+	t.Cleanup(func() { c.Close() })
+	return &rawPhone{t: t, c: c, addr: netip.MustParseAddrPort(c.LocalAddr().String())}
+}
+
+func (p *rawPhone) send(msg string) {
+	p.t.Helper()
+	_, err := p.c.Write([]byte(strings.ReplaceAll(strings.ReplaceAll(msg, "\r\n", "\n"), "\n", "\r\n")))
+	must(p.t, err)
+}
+
+// recv returns the next SIP response within d, or nil.
+func (p *rawPhone) recv(d time.Duration) *sip.Response {
+	buf := make([]byte, 65535)
+	deadline := time.Now().Add(d)
+	for {
+		p.c.SetReadDeadline(deadline)
+		n, err := p.c.Read(buf)
+		if err != nil {
+			return nil
+		}
+		m, err := sip.NewParser().ParseSIP(buf[:n])
+		if err != nil {
+			continue // a CRLF keepalive, say
+		}
+		if res, ok := m.(*sip.Response); ok {
+			return res
+		}
+	}
+}
+
+func (p *rawPhone) register(user, callID string, cseq int, extra string) string {
+	return fmt.Sprintf("REGISTER sip:sipedge.test SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-%s-%d;rport\nMax-Forwards: 70\n"+
+		"From: <sip:%s@sipedge.test>;tag=%s\nTo: <sip:%s@sipedge.test>\nCall-ID: %s\nCSeq: %d REGISTER\n"+
+		"Contact: <sip:%s@%s>\nExpires: 600\n%sContent-Length: 0\n\n",
+		p.addr, callID, cseq, user, callID, user, callID, cseq, user, p.addr, extra)
+}
+
+// registerAuth registers user with its password through the edge and
+// returns the final status (0 for none).
+func (p *rawPhone) registerAuth(user, callID string) int {
+	p.send(p.register(user, callID, 1, ""))
+	res := p.recv(5 * time.Second)
+	if res == nil || res.StatusCode != 401 {
+		if res == nil {
+			return 0
+		}
+		return res.StatusCode
+	}
+	chal, err := digest.ParseChallenge(res.GetHeader("WWW-Authenticate").Value())
+	must(p.t, err)
+	cred, err := digest.Digest(chal, digest.Options{Method: "REGISTER", URI: "sip:sipedge.test", Username: user, Password: "pw" + user})
+	must(p.t, err)
+	p.send(p.register(user, callID, 2, "Authorization: "+cred.String()+"\n"))
+	if res = p.recv(5 * time.Second); res == nil {
+		return 0
+	}
+	return res.StatusCode
+}
+
+func inDialogTo(from netip.AddrPort, method, callID, route string) string {
+	return fmt.Sprintf("%s sip:1000@sipedge.test SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-%s;rport\nRoute: %s\n"+
+		"Max-Forwards: 70\nFrom: <sip:1009@sipedge.test>;tag=a\nTo: <sip:1000@sipedge.test>;tag=b\nCall-ID: %s\n"+
+		"CSeq: 1 %s\nContent-Type: text/plain\nContent-Length: 5\n\nhello",
+		method, from, callID, route, callID, method)
+}
+
+type attackLab struct {
+	k *kamailio
+	e *sipedge
+}
+
+func startAttackLab(t *testing.T) *attackLab {
+	needTools(t, "kamailio", "kamcmd")
+	k := startKamailio(t, kamOpts{users: 10, logCalls: true})
+	e := startSipedge(t, edgeOpts{mode: "path", upstream: "sip:" + k.addr() + ";transport=udp", level: "info"})
+	return &attackLab{k: k, e: e}
+}
+
+func TestInteropAttacks(t *testing.T) {
+	l := startAttackLab(t)
+	victim := dialRaw(t, "127.0.0.1", l.e.udp)
+	if code := victim.registerAuth("1000", "victim-reg"); code != 200 {
+		t.Fatalf("victim registered with %d", code)
+	}
+	var path string
+	for _, c := range l.k.ulDump(t) {
+		if strings.Contains(c.AOR, "1000") {
+			path = c.Path
+		}
+	}
+	if path == "" {
+		t.Fatal("no Path for the victim at Kamailio")
+	}
+	token := strings.TrimPrefix(path[:strings.Index(path, "@")], "<sip:")
+
+	// A host anywhere on the Internet to relay to.
+	target, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.99:0")))
+	must(t, err)
+	defer target.Close()
+	gotAtTarget := func() bool {
+		target.SetReadDeadline(time.Now().Add(time.Second))
+		buf := make([]byte, 4096)
+		_, err := target.Read(buf)
+		return err == nil
+	}
+	mallory := dialRaw(t, "127.0.0.2", l.e.udp)
+
+	t.Run("relay through the core", func(t *testing.T) {
+		for _, m := range []string{"MESSAGE", "OPTIONS"} {
+			mallory.send(inDialogTo(mallory.addr, m, "relay-"+m, fmt.Sprintf("<sip:%s;lr>", target.LocalAddr())))
+			if res := mallory.recv(3 * time.Second); res == nil || res.StatusCode != 403 {
+				t.Fatalf("%s: answer %v, want 403", m, res)
+			}
+		}
+		mallory.send(strings.Replace(inDialogTo(mallory.addr, "ACK", "relay-ack", fmt.Sprintf("<sip:%s;lr>", target.LocalAddr())), "CSeq: 1 ACK", "CSeq: 1 ACK", 1))
+		if gotAtTarget() {
+			t.Fatal("something reached the relay target")
+		}
+	})
+	t.Run("token replay", func(t *testing.T) {
+		route := fmt.Sprintf("<sip:%s;lr>, <sip:%s@%s;lr>", l.k.addr(), token, l.e.core)
+		mallory.send(inDialogTo(mallory.addr, "MESSAGE", "replay", route))
+		if res := mallory.recv(3 * time.Second); res == nil || res.StatusCode != 403 {
+			t.Fatalf("answer %v, want 403", res)
+		}
+		if res := victim.recv(time.Second); res != nil {
+			t.Fatalf("the victim got something: %v", res)
+		}
+	})
+	t.Run("route bounce", func(t *testing.T) {
+		hop := fmt.Sprintf("<sip:%s;lr>, <sip:%s;lr>", l.k.addr(), l.e.udp)
+		mallory.send(inDialogTo(mallory.addr, "MESSAGE", "bounce", strings.Repeat(hop+", ", 10)+hop))
+		if res := mallory.recv(3 * time.Second); res == nil || res.StatusCode != 403 {
+			t.Fatalf("answer %v, want 403", res)
+		}
+	})
+	t.Run("lockout by a spoofed spray", func(t *testing.T) {
+		forged := `Authorization: Digest username="1001", realm="sipedge.test", nonce="forged", uri="sip:sipedge.test", response="0123456789abcdef0123456789abcdef"` + "\n"
+		for i := range 25 {
+			s := dialRaw(t, fmt.Sprintf("127.0.5.%d", i+1), l.e.udp)
+			s.send(s.register("1001", fmt.Sprintf("spray-%d", i), 1, ""))
+			s.send(s.register("1001", fmt.Sprintf("spray-%d", i), 2, forged))
+		}
+		owner := dialRaw(t, "127.0.0.1", l.e.udp)
+		if code := owner.registerAuth("1001", "owner-reg"); code != 200 {
+			t.Fatalf("the owner got %d while others sprayed its AOR", code)
+		}
+	})
+	t.Run("ban a spoofed victim", func(t *testing.T) {
+		// From 127.0.6.1, forged: junk, a scanner's OPTIONS and failed
+		// passwords. The real 127.0.6.1 then registers as if nothing was.
+		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		must(t, err)
+		defer c.Close()
+		pc := ipv4.NewPacketConn(c)
+		cm := &ipv4.ControlMessage{Src: net.IPv4(127, 0, 6, 1)}
+		dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(l.e.udp))
+		spoof := func(msg string) {
+			_, err := pc.WriteTo([]byte(strings.ReplaceAll(msg, "\n", "\r\n")), cm, dst)
+			must(t, err)
+		}
+		for range 12 {
+			spoof("\x16\x03\x01 junk that is not SIP at all\n\n")
+		}
+		from := netip.MustParseAddrPort("127.0.6.1:5060")
+		spoof(fmt.Sprintf("OPTIONS sip:x@sipedge.test SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-scan\nMax-Forwards: 70\n"+
+			"From: <sip:100@x>;tag=1\nTo: <sip:x@sipedge.test>\nCall-ID: scan\nCSeq: 1 OPTIONS\nUser-Agent: friendly-scanner\nContent-Length: 0\n\n", from))
+		bad := `Authorization: Digest username="1002", realm="sipedge.test", nonce="x", uri="sip:sipedge.test", response="0123456789abcdef0123456789abcdef"` + "\n"
+		fake := &rawPhone{addr: from}
+		for i := range 11 {
+			spoof(fake.register("1002", fmt.Sprintf("guess-%d", i), 2, bad))
+		}
+		real := dialRaw(t, "127.0.6.1", l.e.udp)
+		if code := real.registerAuth("1002", "real-reg"); code != 200 {
+			t.Fatalf("the spoofed victim got %d", code)
+		}
+	})
+	t.Run("reflection", func(t *testing.T) {
+		// An INVITE "from" a victim who never ACKs gets one answer.
+		refl := dialRaw(t, "127.0.0.3", l.e.udp)
+		inv := fmt.Sprintf("INVITE sip:1000@sipedge.test SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-refl;rport\nMax-Forwards: 70\n"+
+			"From: <sip:x@sipedge.test>;tag=r\nTo: <sip:1000@sipedge.test>\nCall-ID: refl\nCSeq: 1 INVITE\nContent-Length: 0\n\n", refl.addr)
+		refl.send(inv)
+		answers, bytes := 0, 0
+		for {
+			res := refl.recv(4 * time.Second)
+			if res == nil {
+				break
+			}
+			answers++
+			bytes += len(res.String())
+		}
+		if answers != 1 || bytes > 3*len(inv) {
+			t.Fatalf("%d answers, %d bytes, to one INVITE of %d bytes", answers, bytes, len(inv))
+		}
+		t.Logf("one INVITE of %d B: %d answer of %d B", len(inv), answers, bytes)
+	})
+}
