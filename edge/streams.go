@@ -59,9 +59,10 @@ func (c *Conns) done(k nat.FlowKey) (othersOpen bool) {
 // each connection, traffic refreshes its flow, and a close kills it. A
 // connection that holds no binding is closed once idle (nat's limits:
 // it must also deliver each message in time, and not too large).
-func streamHooks(limiter *ratelimit.Limiter, flows *nat.FlowTable, conns *Conns, bound func(nat.FlowKey) bool) nat.StreamHooks {
+func streamHooks(limiter *ratelimit.Limiter, flows *nat.FlowTable, conns *Conns, bound func(nat.FlowKey) bool, limits nat.StreamLimits) nat.StreamHooks {
 	return nat.StreamHooks{
-		Bound: bound,
+		Bound:  bound,
+		Limits: limits,
 		Accept: func(k nat.FlowKey) bool {
 			d, release := limiter.Accept(k.Remote.Addr())
 			if d != ratelimit.Allow {

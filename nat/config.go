@@ -5,17 +5,20 @@ import (
 	"fmt"
 )
 
-// Config is the [nat] config section: keepalives and the flow table.
+// Config is the [nat] config section: keepalives, the flow table and the
+// limits on stream connections.
 type Config struct {
 	KeepaliveConfig
+	StreamLimits
 	// MaxFlows caps the flow table; a REGISTER on a new flow beyond it
 	// still works but its flow is not kept alive.
 	MaxFlows int `toml:"max_flows"`
 }
 
-// DefaultConfig is DefaultKeepaliveConfig and a table of a million flows.
+// DefaultConfig is DefaultKeepaliveConfig, DefaultStreamLimits and a
+// table of a million flows.
 func DefaultConfig() Config {
-	return Config{KeepaliveConfig: DefaultKeepaliveConfig(), MaxFlows: 1_000_000}
+	return Config{KeepaliveConfig: DefaultKeepaliveConfig(), StreamLimits: DefaultStreamLimits(), MaxFlows: 1_000_000}
 }
 
 // Validate names every invalid key and why.
@@ -23,6 +26,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.MaxFlows < 1 {
 		errs = append(errs, fmt.Errorf("nat.max_flows: %d is below 1", c.MaxFlows))
+	}
+	if err := c.StreamLimits.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("nat.%w", err))
 	}
 	return errors.Join(append(errs, c.KeepaliveConfig.Validate())...)
 }

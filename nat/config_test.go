@@ -13,7 +13,7 @@ func TestConfigDefaults(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("defaults invalid: %v", err)
 	}
-	if want := (Config{KeepaliveConfig: DefaultKeepaliveConfig(), MaxFlows: 1_000_000}); c != want {
+	if want := (Config{KeepaliveConfig: DefaultKeepaliveConfig(), StreamLimits: DefaultStreamLimits(), MaxFlows: 1_000_000}); c != want {
 		t.Errorf("defaults = %+v, want %+v", c, want)
 	}
 }

@@ -103,7 +103,9 @@ type attackLab struct {
 func startAttackLab(t *testing.T) *attackLab {
 	needTools(t, "kamailio", "kamcmd")
 	k := startKamailio(t, kamOpts{users: 10, logCalls: true})
-	e := startSipedge(t, edgeOpts{mode: "path", upstream: "sip:" + k.addr() + ";transport=udp", level: "info"})
+	// Short stream limits, so the idle and slowloris rows take seconds.
+	e := startSipedge(t, edgeOpts{mode: "path", upstream: "sip:" + k.addr() + ";transport=udp", level: "info",
+		extra: "\n[nat]\nheader_timeout = \"1s\"\nidle_timeout = \"2s\"\n"})
 	return &attackLab{k: k, e: e}
 }
 
@@ -204,6 +206,68 @@ func TestInteropAttacks(t *testing.T) {
 		real := dialRaw(t, "127.0.6.1", l.e.udp)
 		if code := real.registerAuth("1002", "real-reg"); code != 200 {
 			t.Fatalf("the spoofed victim got %d", code)
+		}
+	})
+	t.Run("idle connections and slowloris", func(t *testing.T) {
+		// From many addresses, each within its connection budget.
+		const idle = 300
+		conns := make([]net.Conn, 0, idle)
+		for i := range idle {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 7+byte(i/250), 1+byte(i%250))}}
+			c, err := d.Dial("tcp", l.e.tcp)
+			must(t, err)
+			defer c.Close()
+			conns = append(conns, c)
+		}
+		slowDialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 9, 1)}}
+		slow, err := slowDialer.Dial("tcp", l.e.tcp)
+		must(t, err)
+		defer slow.Close()
+		slowDone := make(chan time.Duration, 1)
+		go func() {
+			start := time.Now()
+			msg := []byte("REGISTER sip:sipedge.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bK-slow\r\n")
+			for i := 0; ; i = (i + 1) % len(msg) {
+				if _, err := slow.Write(msg[i : i+1]); err != nil {
+					slowDone <- time.Since(start)
+					return
+				}
+				time.Sleep(100 * time.Millisecond) // the attacker's pace, not synchronisation
+				if time.Since(start) > 10*time.Second {
+					slowDone <- 0
+					return
+				}
+			}
+		}()
+		// A real phone is still served meanwhile.
+		tcp, err := net.Dial("tcp", l.e.tcp)
+		must(t, err)
+		defer tcp.Close()
+		local := tcp.LocalAddr().String()
+		_, err = fmt.Fprintf(tcp, "REGISTER sip:sipedge.test SIP/2.0\r\nVia: SIP/2.0/TCP %s;branch=z9hG4bK-tcpreal\r\nMax-Forwards: 70\r\n"+
+			"From: <sip:1003@sipedge.test>;tag=t\r\nTo: <sip:1003@sipedge.test>\r\nCall-ID: tcpreal\r\nCSeq: 1 REGISTER\r\n"+
+			"Contact: <sip:1003@%s;transport=tcp>\r\nContent-Length: 0\r\n\r\n", local, local)
+		must(t, err)
+		tcp.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 4096)
+		if n, err := tcp.Read(buf); err != nil || !strings.HasPrefix(string(buf[:n]), "SIP/2.0 401") {
+			t.Fatalf("a real TCP REGISTER beside %d idle connections: %q, %v", idle, buf[:n], err)
+		}
+		// Every idle connection is closed by the edge within its idle time
+		// (and the header timeout, since none sent a message).
+		start := time.Now()
+		for i, c := range conns {
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Read(buf); err == nil {
+				t.Fatalf("idle connection %d got data", i)
+			} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatalf("idle connection %d still open after %v", i, time.Since(start))
+			}
+		}
+		if d := <-slowDone; d == 0 {
+			t.Fatal("the slowloris connection was never closed")
+		} else {
+			t.Logf("%d idle connections closed by %v; slowloris closed after %v", idle, time.Since(start).Round(100*time.Millisecond), d.Round(100*time.Millisecond))
 		}
 	})
 	t.Run("reflection", func(t *testing.T) {
