@@ -472,6 +472,15 @@ func (p *Phone) SendRaw(b string) {
 // Silent waits d and returns whatever arrives meanwhile, nil if nothing
 // does: for tests that something is not sent.
 func (p *Phone) Silent(d time.Duration) []byte {
+	b, err := p.read(d)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// read returns the next bytes that arrive within d.
+func (p *Phone) read(d time.Duration) ([]byte, error) {
 	p.conn.SetReadDeadline(time.Now().Add(d))
 	buf := make([]byte, 65535)
 	var n int
@@ -481,27 +490,16 @@ func (p *Phone) Silent(d time.Duration) []byte {
 	} else {
 		n, err = p.conn.Read(buf)
 	}
-	if err != nil {
-		return nil
-	}
-	return buf[:n]
+	return buf[:n], err
 }
 
 func (p *Phone) RecvRaw(d time.Duration) ([]byte, netip.AddrPort) {
 	p.t.Helper()
-	p.conn.SetReadDeadline(time.Now().Add(d))
-	buf := make([]byte, 65535)
-	var n int
-	var err error
-	if p.stream != nil {
-		n, err = p.stream.Read(buf)
-	} else {
-		n, err = p.conn.Read(buf)
-	}
+	b, err := p.read(d)
 	if err != nil {
 		p.t.Fatalf("nothing received: %v", err)
 	}
-	return buf[:n], netip.MustParseAddrPort(p.conn.RemoteAddr().String())
+	return b, netip.MustParseAddrPort(p.conn.RemoteAddr().String())
 }
 
 // SelfSignedCert writes a fresh self-signed certificate for 127.0.0.1 and
