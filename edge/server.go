@@ -348,7 +348,9 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	for _, st := range streams {
 		for _, l := range st.ls {
-			serve(func() error { return st.serve(nat.NewListener(l, st.tp, hooks)) })
+			// WS and WSS get nat's WebSocket shim: RFC 6455/7118 done right
+			// under sipgo, handshakes off its accept loop.
+			serve(func() error { return st.serve(nat.NewWSListener(l, st.tp, hooks)) })
 		}
 	}
 	serve(func() error { return s.coreSrv.ServeTCP(nat.NewListener(s.socks.CoreTCP, nat.TCP, nat.StreamHooks{})) })

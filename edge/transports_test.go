@@ -163,3 +163,49 @@ func TestAccessSideNeverDials(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 }
+
+// The WebSocket rows of the border review, through the edge: an idle
+// connection to the WS port does not hold up anyone's upgrade, a client
+// offering no `sip` subprotocol is refused, a message in a binary frame
+// is served, and a malformed message costs only itself.
+func TestWebSocketBorder(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) {
+		c.Access.WS = []string{"127.0.0.1:0"}
+	})
+	idle, err := net.Dial("tcp", e.WS.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	registerOverWS(t, "ws://"+e.WS.String(), "wsbehind", nil) // while idle stays silent
+
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if _, _, _, err := (ws.Dialer{}).Dial(ctx, "ws://"+e.WS.String()); err == nil {
+		t.Fatal("a client offering no sip subprotocol was upgraded")
+	}
+
+	conn, _, _, err := (ws.Dialer{Protocols: []string{"sip"}}).Dial(ctx, "ws://"+e.WS.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := wsutil.WriteClientText(conn, []byte("this is not SIP\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	reg := "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS x.invalid;branch=z9hG4bK-bin;rport\r\n" +
+		"Max-Forwards: 70\r\nFrom: <sip:wsbin@example.com>;tag=b\r\nTo: <sip:wsbin@example.com>\r\n" +
+		"Call-ID: wsbin\r\nCSeq: 1 REGISTER\r\nContact: <sip:wsbin@x.invalid;transport=ws>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+	if err := wsutil.WriteClientBinary(conn, []byte(reg)); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(wait))
+	data, err := wsutil.ReadServerText(conn)
+	if err != nil {
+		t.Fatalf("no answer to a binary REGISTER after a malformed message: %v", err)
+	}
+	if !strings.HasPrefix(string(data), "SIP/2.0 200") {
+		t.Fatalf("got %q", strings.SplitN(string(data), "\r\n", 2)[0])
+	}
+}

@@ -45,7 +45,8 @@ type StreamHooks struct {
 	// closed or a read fails. why is "closed" (closed locally), "eof"
 	// (closed by the peer), "timeout" (a read deadline set by the caller
 	// passed), "reset", "tls" (a TLS handshake or record error), "error",
-	// or one of the Limits': "header timeout", "idle" or "too large".
+	// or one of the Limits': "header timeout", "idle" or "too large"; behind
+	// NewWSListener also "handshake" or "protocol" (a WebSocket error).
 	OnClose func(k FlowKey, why string)
 
 	// Limits bounds what each connection may hold and for how long. A
@@ -74,7 +75,8 @@ type StreamLimits struct {
 	// to the empty line included; MaxBodyBytes caps its Content-Length.
 	// A message over either closes the connection before sipgo has
 	// buffered more than MaxHeaderBytes of it. On WebSocket only the
-	// upgrade request is sized (sipgo caps frames itself).
+	// upgrade request is sized (sipgo caps frames itself), unless behind
+	// NewWSListener, which caps each message at their sum.
 	MaxHeaderBytes int `toml:"max_header_bytes"`
 	MaxBodyBytes   int `toml:"max_body_bytes"`
 }
@@ -125,8 +127,9 @@ func (s StreamLimits) withDefaults() StreamLimits {
 }
 
 // limitError is what Read returns when it closed the connection for one
-// of the StreamLimits. It is net.ErrClosed, as the connection now is, so
-// sipgo's read loop ends without logging an error per attacker.
+// of the StreamLimits (or a WebSocket error or Close). It is
+// net.ErrClosed, as the connection now is, so sipgo's read loop ends
+// without logging an error per attacker.
 type limitError struct{ why string }
 
 func (e *limitError) Error() string        { return "nat: connection closed: " + e.why }
@@ -162,6 +165,8 @@ type Listener struct {
 
 	mu    sync.Mutex
 	conns map[FlowKey]*Conn
+
+	ws *wsShim // NewWSListener's; nil otherwise
 }
 
 var _ net.Listener = (*Listener)(nil)
@@ -174,8 +179,20 @@ func NewListener(inner net.Listener, t Transport, hooks StreamHooks) *Listener {
 	return &Listener{inner: inner, tp: t, hooks: hooks, limits: hooks.Limits.withDefaults(), done: make(chan struct{}), conns: make(map[FlowKey]*Conn)}
 }
 
-// Accept waits for the next connection that hooks.Accept allows.
+// Accept waits for the next connection that hooks.Accept allows (behind
+// NewWSListener, the next one upgraded).
 func (l *Listener) Accept() (net.Conn, error) {
+	if l.ws != nil {
+		return l.ws.accept()
+	}
+	c, err := l.accept()
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (l *Listener) accept() (*Conn, error) {
 	var delay time.Duration
 	for {
 		nc, err := l.inner.Accept()
@@ -250,10 +267,16 @@ func addrPortOfConn(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// Close closes inner, which ends Accept. Accepted connections stay open.
+// Close closes inner, which ends Accept. Accepted connections stay open;
+// behind NewWSListener those in their handshake are closed, and Close
+// waits for the goroutines of the handshakes.
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() { close(l.done) })
-	return l.inner.Close()
+	err := l.inner.Close()
+	if l.ws != nil {
+		l.ws.close()
+	}
+	return err
 }
 
 // Addr returns inner's address.
@@ -300,7 +323,8 @@ type Conn struct {
 	inner net.Conn
 	l     *Listener
 	key   FlowKey
-	crlf  bool // handle CRLF keepalives (TCP, TLS)
+	crlf  bool    // handle CRLF keepalives (TCP, TLS)
+	ws    *wsConn // behind NewWSListener, set before Accept returns it
 
 	rmu sync.Mutex // guards fr
 	fr  framer
@@ -337,9 +361,12 @@ func (c *Conn) Read(b []byte) (int, error) {
 			c.fireClose(closeReason(err))
 			return 0, err
 		}
-		n, err := c.inner.Read(b)
+		n, err := c.readInner(b)
+		if le, ok := err.(*limitError); ok {
+			return 0, c.abort(le)
+		}
 		if n > 0 {
-			if c.l.hooks.OnRead != nil {
+			if c.l.hooks.OnRead != nil && c.ws == nil { // the wsConn calls it
 				c.l.hooks.OnRead(c.key)
 			}
 			var ferr error
@@ -365,6 +392,13 @@ func (c *Conn) Read(b []byte) (int, error) {
 		}
 		return n, err
 	}
+}
+
+func (c *Conn) readInner(b []byte) (int, error) {
+	if c.ws != nil {
+		return c.ws.read(b)
+	}
+	return c.inner.Read(b)
 }
 
 // frame handles what a read returned: a keepalive, or bytes of messages
@@ -494,7 +528,12 @@ func (c *Conn) Ping() error {
 }
 
 // Write writes to the connection.
-func (c *Conn) Write(b []byte) (int, error) { return c.inner.Write(b) }
+func (c *Conn) Write(b []byte) (int, error) {
+	if c.ws != nil {
+		return c.ws.write(b)
+	}
+	return c.inner.Write(b)
+}
 
 // Close closes the connection; the first Close (or failed Read) fires
 // OnClose.
@@ -543,7 +582,7 @@ func (c *Conn) SetDeadline(t time.Time) error {
 	if err := c.SetReadDeadline(t); err != nil {
 		return err
 	}
-	return c.inner.SetWriteDeadline(t)
+	return c.SetWriteDeadline(t)
 }
 
 // SetReadDeadline sets the caller's read deadline. It does not replace
@@ -557,4 +596,9 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 }
 
 // SetWriteDeadline sets the write deadline.
-func (c *Conn) SetWriteDeadline(t time.Time) error { return c.inner.SetWriteDeadline(t) }
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if c.ws != nil {
+		return c.ws.setWriteDeadline(t)
+	}
+	return c.inner.SetWriteDeadline(t)
+}

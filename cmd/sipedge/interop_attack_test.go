@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -148,6 +150,35 @@ func TestInteropAttacks(t *testing.T) {
 		mallory.send(strings.Replace(inDialogTo(mallory.addr, "ACK", "relay-ack", fmt.Sprintf("<sip:%s;lr>", target.LocalAddr())), "CSeq: 1 ACK", "CSeq: 1 ACK", 1))
 		if gotAtTarget() {
 			t.Fatal("something reached the relay target")
+		}
+	})
+	t.Run("relay through the core over TCP", func(t *testing.T) {
+		c, err := net.Dial("tcp", l.e.tcp)
+		must(t, err)
+		defer c.Close()
+		from := netip.MustParseAddrPort(c.LocalAddr().String())
+		msg := strings.ReplaceAll(inDialogTo(from, "MESSAGE", "relay-tcp", fmt.Sprintf("<sip:%s;transport=tcp;lr>", target.LocalAddr())), "SIP/2.0/UDP", "SIP/2.0/TCP")
+		_, err = c.Write([]byte(strings.ReplaceAll(msg, "\n", "\r\n")))
+		must(t, err)
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 4096)
+		if n, err := c.Read(buf); err != nil || !strings.HasPrefix(string(buf[:n]), "SIP/2.0 403") {
+			t.Fatalf("answer %q, %v; want 403", buf[:n], err)
+		}
+	})
+	t.Run("bad input", func(t *testing.T) {
+		p := dialRaw(t, "127.0.0.4", l.e.udp)
+		p.send(strings.Replace(p.register("1004", "v7", 1, ""), "SIP/2.0\n", "SIP/7.0\n", 1))
+		if res := p.recv(3 * time.Second); res == nil || res.StatusCode != 505 || res.SipVersion != "SIP/2.0" {
+			t.Fatalf("SIP/7.0 answered %v", res)
+		}
+		for _, name := range []string{"baddate", "escruri", "multi01", "regbadct"} {
+			raw, err := os.ReadFile(filepath.Join("..", "..", "testdata", "torture", name+".sip"))
+			must(t, err)
+			p.send(string(raw))
+			if res := p.recv(3 * time.Second); res == nil || res.StatusCode != 400 {
+				t.Fatalf("RFC 4475 %s answered %v, want 400 from the edge", name, res)
+			}
 		}
 	})
 	t.Run("token replay", func(t *testing.T) {
