@@ -322,3 +322,89 @@ func TestInteropAttacks(t *testing.T) {
 		t.Logf("one INVITE of %d B: %d answer of %d B", len(inv), answers, bytes)
 	})
 }
+
+// The spoofed-source flood of the review, against the built binary (no
+// race detector, so its figures are the binary's): complete OPTIONS from
+// a different forged address each at the access side and at the
+// core-side listener. The edge keeps registering phones (one that
+// retransmits, as phones do: a backlog of the flood may still be read
+// when it starts). Resident memory is reported; the border issue's goal
+// of 64 MiB above idle is not met yet (see the closing note), so it is
+// measured here, not asserted.
+func TestInteropAttackFloodRSS(t *testing.T) {
+	needTools(t, "kamailio", "kamcmd")
+	k := startKamailio(t, kamOpts{users: 10})
+	bin := buildSipedge(t, false)
+	dir := t.TempDir()
+	access := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	core := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfgPath, out, err := writeSipedgeConfig(t, bin, dir, sipedgeConfig(access, core, dir,
+		edgeOpts{mode: "path", upstream: "sip:" + k.addr() + ";transport=udp", level: "info"}))
+	if err != nil {
+		t.Fatalf("check-config: %v\n%s", err, out)
+	}
+	p := runSipedge(t, procOpts{logPath: filepath.Join(dir, "sipedge.log")}, bin, cfgPath)
+	waitSIP(t, p, access)
+	rss := func() int64 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+		must(t, err)
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				var kb int64
+				fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+				return kb << 10
+			}
+		}
+		t.Fatal("no VmRSS")
+		return 0
+	}
+	idle := rss()
+	var peak int64
+	stop, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			peak = max(peak, rss())
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	must(t, err)
+	defer c.Close()
+	pc := ipv4.NewPacketConn(c)
+	cm := &ipv4.ControlMessage{}
+	const n = 500_000
+	start := time.Now()
+	for _, side := range []struct {
+		dst  string
+		net8 byte
+	}{{access, 20}, {core, 60}} {
+		dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(side.dst))
+		for i := range n {
+			cm.Src = net.IPv4(127, side.net8+byte(i>>16), byte(i>>8), byte(i))
+			msg := fmt.Sprintf("OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP %s:5060;branch=z9hG4bK-f%d;rport\r\n"+
+				"Max-Forwards: 70\r\nFrom: <sip:x@sipedge.test>;tag=%d\r\nTo: <sip:edge@127.0.0.1>\r\nCall-ID: flood-%d\r\n"+
+				"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", cm.Src, i, i, i)
+			_, err := pc.WriteTo([]byte(msg), cm, dst)
+			must(t, err)
+		}
+	}
+	sent := time.Since(start)
+	phone := dialRaw(t, "127.0.0.1", access)
+	code := 0
+	for try := 0; try < 5 && code != 200; try++ { // RFC 3261 Timer E, roughly
+		code = phone.registerAuth("1005", fmt.Sprintf("after-flood-%d", try))
+	}
+	if code != 200 {
+		t.Fatalf("a phone registered with %d right after the flood", code)
+	}
+	close(stop)
+	<-sampled
+	after := rss()
+	t.Logf("%d spoofed OPTIONS per side in %v: RSS idle %d MiB, peak %+d MiB, right after %+d MiB",
+		n, sent.Round(time.Millisecond), idle>>20, (peak-idle)>>20, (after-idle)>>20)
+}
