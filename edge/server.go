@@ -408,8 +408,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		return err
 	}
-	s.log.Info("sipedge serving", "phones", s.socks.addrs(), "core_side", addrPortOf(s.socks.CoreUDP.LocalAddr()),
-		"core", s.d.Pool.Targets(), "mode", s.cfg.Core.Mode)
+	a := s.cfg.Access
+	s.log.Info("sipedge serving", "phones_udp", a.UDP, "phones_tcp", a.TCP, "phones_tls", a.TLS, "phones_ws", a.WS, "phones_wss", a.WSS,
+		"core_side", addrPortOf(s.socks.CoreUDP.LocalAddr()), "core", s.d.Pool.Targets(), "mode", s.cfg.Core.Mode)
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), s.d.Grace)
 	defer cancel()
