@@ -156,7 +156,7 @@ func DefaultConfig() Config {
 		PacketRate:    50,
 		PacketBurst:   200,
 		UnprovenRate:  5000,
-		UnprovenBurst: 10000,
+		UnprovenBurst: 1000,
 		ByteRate:      64 << 10,
 		ByteBurst:     256 << 10,
 

@@ -40,12 +40,26 @@ func (l *Limiter) Packet(src netip.Addr, size int, proven bool) Decision {
 		l.count(sh, Drop, ReasonBanned, src)
 		return Drop
 	}
-	e := l.lookup(sh, k, insert)
+	// A new unproven source is charged to unproven_rate before it gets an
+	// entry: forged addresses beyond it cost no state at all.
+	charged := false
+	e := l.lookup(sh, k, find)
+	if e == nil && !proven {
+		if !l.unprovenAllow(false, now) {
+			sh.mu.Unlock()
+			l.count(sh, Drop, ReasonOverflow, src)
+			return Drop
+		}
+		charged = true
+	}
+	if e == nil {
+		e = l.lookup(sh, k, insert)
+	}
 	if e == nil {
 		sh.mu.Unlock()
 		f := l.cfg.OverflowShare
 		if !l.pkt.takeAtomic(&l.overPkt, now, 1, f) || !l.bytes.takeAtomic(&l.overBytes, now, float64(max(size, 0)), f) ||
-			!l.unprovenAllow(proven, now) {
+			!(charged || l.unprovenAllow(proven, now)) {
 			l.count(sh, Drop, ReasonOverflow, src)
 			return Drop
 		}
@@ -72,7 +86,7 @@ func (l *Limiter) Packet(src netip.Addr, size int, proven bool) Decision {
 	if banned {
 		l.emitBan(b)
 	}
-	if r == ReasonNone && !l.unprovenAllow(proven, now) {
+	if r == ReasonNone && !charged && !l.unprovenAllow(proven, now) {
 		r = ReasonOverflow
 	}
 	if r == ReasonNone {
