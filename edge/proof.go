@@ -83,10 +83,17 @@ func (p *proofs) answered(src netip.Addr, req *sip.Request) bool {
 // proven reports whether r's source has shown it receives what is sent
 // to it: a stream connection (its handshake did), a flow the core
 // accepted a registration on, credentials echoing a challenge sent to
-// that address, or a trusted peer (the operator vouches for it).
+// that address, or a trusted peer (the operator vouches for it). Asked
+// by several stages, it is worked out once per request.
 func (s *Server) proven(r *Request) bool {
-	return r.Flow.Transport != nat.UDP || s.d.Registry.HasFlow(r.Flow) || s.proxy.peer(r.Flow.Remote.Addr()) ||
-		s.proofs.answered(r.Flow.Remote.Addr(), r.Request)
+	if r.proof == 0 {
+		r.proof = -1
+		if r.Flow.Transport != nat.UDP || s.d.Registry.HasFlow(r.Flow) || s.proxy.peer(r.Flow.Remote.Addr()) ||
+			s.proofs.answered(r.Flow.Remote.Addr(), r.Request) {
+			r.proof = 1
+		}
+	}
+	return r.proof > 0
 }
 
 // digestParam returns the value of one parameter of a Digest challenge

@@ -265,14 +265,15 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 			s.log.Debug("request without usable flow", "err", err)
 			return
 		}
+		// A stranger on the core side (the trust stage answers its
+		// requests 403) gets nothing else either.
+		stranger := fromCore && !s.d.Pool.Trusts(flow.Remote.Addr())
 		if req.IsAck() {
 			// An ACK that reaches a handler matched no INVITE transaction:
 			// it acknowledges a 2xx and travels statelessly (sipgo may
 			// still hand it a transaction of its own). Never answered, so
-			// anything wrong with it, or from an untrusted core side
-			// source, is dropped.
-			trusted := !fromCore || s.d.Pool.Trusts(flow.Remote.Addr())
-			if trusted && checkSanity(req) == nil && (fromCore || s.limit.ackAllowed(flow)) {
+			// anything wrong with it, or from a stranger, is dropped.
+			if !stranger && checkSanity(req) == nil && (fromCore || s.limit.ackAllowed(flow)) {
 				s.proxy.ack(req, flow, fromCore)
 			}
 			return
@@ -289,7 +290,7 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 		s.mu.RUnlock()
 		if draining {
 			var err error = &upstream.Unreachable{RetryAfter: s.cfg.Core.RetryAfter, Err: errors.New("draining")}
-			if fromCore && !s.d.Pool.Trusts(flow.Remote.Addr()) {
+			if stranger {
 				err = reject(403, "Forbidden") // strangers learn nothing, draining or not
 			}
 			s.rs.respond(r, err)
@@ -305,7 +306,7 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 		if err := h(context.Background(), r); err != nil {
 			s.rs.respond(r, err)
 		}
-		if flow.Transport == nat.UDP && !(fromCore && s.d.Pool.Trusts(flow.Remote.Addr())) && !s.proven(r) {
+		if flow.Transport == nat.UDP && (stranger || !fromCore && !s.proven(r)) {
 			// Toward an address that may be spoofed: one request, one
 			// answer. Ending the transaction now means no final response
 			// retransmitted to a victim (reflection) and no transaction

@@ -74,23 +74,22 @@ func (u *udpSocket) Close() error {
 }
 
 // guardAccess puts the access side's checks below sipgo: per datagram
-// one limiter check and one flow-table lookup, before sipgo sees
+// one flow-table lookup and one limiter check, before sipgo sees
 // anything; STUN and CRLF keepalives answered; garbage dropped.
 func (u *udpSocket) guardAccess(limiter *ratelimit.Limiter, flows *nat.FlowTable) *nat.PacketConn {
 	pc := nat.NewPacketConn(u.raw, nat.PacketHooks{
 		Accept: func(src netip.AddrPort, n int) bool {
-			// A registered flow proved its source receives what is sent to
-			// it; anyone else may be spoofed, and is never banned.
-			k := nat.FlowKey{Transport: nat.UDP, Local: u.local, Remote: src}
-			if limiter.Packet(src.Addr(), n, flows.Alive(k)) != ratelimit.Allow {
+			// Traffic refreshes a known flow, in the same lookup that
+			// tells whether the source proved it receives what is sent to
+			// it (a registered flow); anyone else may be spoofed, is never
+			// banned, and, once sipgo sees it, brings the next read-loop
+			// restart closer.
+			known := flows.Touch(nat.FlowKey{Transport: nat.UDP, Local: u.local, Remote: src})
+			if limiter.Packet(src.Addr(), n, known) != ratelimit.Allow {
 				return false // before sipgo parses, pools or logs anything
 			}
-			// Traffic refreshes a known flow; datagrams from flowless
-			// sources (STUN and CRLF included, a slight overcount) bring
-			// the next read-loop restart closer.
-			if !flows.Touch(k) && u.unknown.Add(1) >= recycleAfter {
-				u.unknown.Store(0)
-				u.recycle.Store(true)
+			if !known {
+				u.unknownSource()
 			}
 			return true
 		},
@@ -112,12 +111,29 @@ func (u *udpSocket) guardAccess(limiter *ratelimit.Limiter, flows *nat.FlowTable
 func (u *udpSocket) guardCore(limiter *ratelimit.Limiter, trusted func(netip.Addr) bool) {
 	u.PacketConn = nat.NewPacketConn(u.raw, nat.PacketHooks{
 		Accept: func(src netip.AddrPort, n int) bool {
-			return trusted(src.Addr()) || limiter.Packet(src.Addr(), n, false) == ratelimit.Allow
+			if trusted(src.Addr()) {
+				return true
+			}
+			if limiter.Packet(src.Addr(), n, false) != ratelimit.Allow {
+				return false
+			}
+			u.unknownSource() // sipgo remembers strangers here too
+			return true
 		},
 		Inspect: func(src netip.AddrPort, b []byte) bool {
 			return trusted(src.Addr()) || looksLikeSIP(b)
 		},
 	})
+}
+
+// unknownSource counts a datagram from a source without a flow that
+// sipgo will see (STUN and CRLF included, a slight overcount) toward the
+// next restart of sipgo's read loop.
+func (u *udpSocket) unknownSource() {
+	if u.unknown.Add(1) >= recycleAfter {
+		u.unknown.Store(0)
+		u.recycle.Store(true)
+	}
 }
 
 // serveUDP runs sipgo's read loop on u until the server stops,
