@@ -293,3 +293,29 @@ func TestRegisterAnswerHidesTheCore(t *testing.T) {
 		}
 	}
 }
+
+// A call the callee rings and then declines leaves no dialog behind: the
+// early dialog of its 180 ends with the 486, and nothing passes on it.
+func TestDeclinedCallLeavesNoDialog(t *testing.T) {
+	c := setupCall(t, "udp", nil)
+	c.core.Send(c.request("INVITE", c.contact(), c.path, "call-declined", 1, ""))
+	inv := c.phone.MustRecvRequest("INVITE", wait)
+	c.phone.Respond(inv, 180, "Ringing", "callee")
+	if res := c.core.MustRecvResponse(wait); res.StatusCode != 180 { // relayed: the early dialog is known
+		t.Fatalf("core got %d", res.StatusCode)
+	}
+	var route []string
+	for _, h := range inv.GetHeaders("Record-Route") {
+		route = append(route, h.Value())
+	}
+	c.phone.Send(inDialog(c.phone, "INFO", "call-declined", "callee", "caller", strings.Join(route, ", "), 2))
+	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("INFO in the early dialog got %d", res.StatusCode)
+	}
+	c.phone.Respond(inv, 486, "Busy Here", "callee")
+	c.phone.MustRecvRequest("ACK", wait) // the edge's, for the 486: the transaction is over
+	c.phone.Send(inDialog(c.phone, "INFO", "call-declined", "callee", "caller", strings.Join(route, ", "), 3))
+	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 403 {
+		t.Fatalf("INFO after the 486 got %d, want 403", res.StatusCode)
+	}
+}

@@ -23,18 +23,19 @@ const allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE
 // (whatever their Route says: the edge is no open relay), the core's to
 // the flow their signed token names.
 type proxy struct {
-	log      *slog.Logger
-	self     *self
-	relay    *relay
-	core     func() leg
-	flowLeg  func(nat.FlowKey) leg
-	usable   func(nat.FlowKey) bool // a live flow, with its connection for streams
-	registry *registry.Registry
-	auth     auth
-	dialogs  *dialog.Table
-	flows    *nat.FlowTable
-	hide     bool   // topology hiding toward phones
-	server   string // Server header toward phones ("": none)
+	log       *slog.Logger
+	self      *self
+	relay     *relay
+	core      func() leg
+	flowLeg   func(nat.FlowKey) leg
+	usable    func(nat.FlowKey) bool // a live flow, with its connection for streams
+	registry  *registry.Registry
+	auth      auth
+	dialogs   *dialog.Table
+	flows     *nat.FlowTable
+	tableFull onceAWhile // dialogs refused for a full table, counted
+	hide      bool       // topology hiding toward phones
+	server    string     // Server header toward phones ("": none)
 	// mintSlack is how long before its flow's creation a token may have
 	// been minted: the core timeout, plus a second of token resolution.
 	mintSlack time.Duration
@@ -146,11 +147,15 @@ func (p *proxy) dialogAllows(r *Request, fwd *sip.Request) bool {
 // Record-Route entries: reversed for the caller (the phone sent the
 // request), as they are for the callee.
 func (p *proxy) track(r *Request, fwd *sip.Request, res *sip.Response, flow nat.FlowKey, callerIsPhone bool) {
-	if !dialogCreating(fwd) || res.StatusCode < 101 || res.StatusCode >= 300 {
+	if !dialogCreating(fwd) || res.StatusCode < 101 {
 		return
 	}
 	id, ok := dialogID(res)
 	if !ok {
+		return
+	}
+	if res.StatusCode >= 300 {
+		p.dialogs.End(id) // the early dialog a 1xx began ends with the failure
 		return
 	}
 	var route []string
@@ -173,7 +178,7 @@ func (p *proxy) track(r *Request, fwd *sip.Request, res *sip.Response, flow nat.
 		route = route[1:]
 	}
 	if !p.dialogs.Establish(id, dialog.Dialog{Flow: flow, Route: route, Confirmed: res.StatusCode >= 200}) {
-		p.log.Warn("dialog table full: in-dialog requests of this dialog will be refused", "call", callID(res))
+		p.tableFull.note(p.log, "dialog table full: in-dialog requests of these dialogs are refused", "max_dialogs")
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -29,6 +30,8 @@ type Request struct {
 	RegisterErr *Error
 	// NAT is what a REGISTER's path says about NAT (observe stage).
 	NAT nat.Evidence
+
+	proof int8 // whether the source proved itself: 0 not worked out yet, 1 yes, -1 no (Server.proven)
 }
 
 // Handler handles a request. A returned error becomes the SIP response
@@ -164,4 +167,21 @@ func flowOf(req *sip.Request, tx sip.ServerTransaction) (nat.FlowKey, error) {
 
 func unmap(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// onceAWhile counts a repeated problem and logs it at most once a minute,
+// with how many times it happened since: an attacker cannot fill the log.
+type onceAWhile struct {
+	n    atomic.Int64
+	last atomic.Int64 // Unix ns of the last line
+}
+
+func (o *onceAWhile) note(log *slog.Logger, msg string, key string) {
+	n := o.n.Add(1)
+	now := time.Now().UnixNano()
+	last := o.last.Load()
+	if now-last < int64(time.Minute) || !o.last.CompareAndSwap(last, now) {
+		return
+	}
+	log.Warn(msg, "count", n, "see", key)
 }

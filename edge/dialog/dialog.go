@@ -36,10 +36,14 @@ type Dialog struct {
 	expires   time.Time
 }
 
+// EarlyTTL is how long an early dialog (a 1xx with a To-tag) is kept
+// unless confirmed: an INVITE transaction's Timer C.
+const EarlyTTL = 3 * time.Minute
+
 // Table is the dialogs the edge saw established. Safe for concurrent use.
 type Table struct {
 	now func() time.Time
-	ttl time.Duration // how long a dialog lives without an in-dialog request
+	ttl time.Duration // how long a confirmed dialog lives without an in-dialog request
 	max int
 
 	mu sync.Mutex
@@ -53,9 +57,9 @@ func New(max int, ttl time.Duration, now func() time.Time) *Table {
 }
 
 // Establish records d as id. A confirmed dialog is never downgraded to
-// early. It reports false if the table is full.
+// early; an early one lives EarlyTTL unless confirmed. It reports false
+// if the table is full.
 func (t *Table) Establish(id ID, d Dialog) bool {
-	d.expires = t.now().Add(t.ttl)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if old, ok := t.m[id]; ok {
@@ -63,8 +67,16 @@ func (t *Table) Establish(id ID, d Dialog) bool {
 	} else if len(t.m) >= t.max {
 		return false
 	}
+	d.expires = t.now().Add(t.ttlOf(d))
 	t.m[id] = d
 	return true
+}
+
+func (t *Table) ttlOf(d Dialog) time.Duration {
+	if d.Confirmed {
+		return t.ttl
+	}
+	return min(t.ttl, EarlyTTL)
 }
 
 // Allow reports whether an in-dialog request of dialog id, arriving on
@@ -87,7 +99,7 @@ func (t *Table) Allow(id ID, flow nat.FlowKey, route []string) (restore []string
 	default:
 		return nil, false
 	}
-	d.expires = now.Add(t.ttl)
+	d.expires = now.Add(t.ttlOf(d))
 	t.m[id] = d
 	return restore, true
 }

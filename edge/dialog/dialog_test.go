@@ -52,3 +52,22 @@ func TestDialogTable(t *testing.T) {
 		t.Fatal("an ended dialog allowed")
 	}
 }
+
+// An early dialog that never confirms is forgotten after EarlyTTL; a
+// confirmed one lives the table's ttl.
+func TestEarlyDialogExpires(t *testing.T) {
+	now := time.Unix(1e9, 0)
+	tab := New(10, time.Hour, func() time.Time { return now })
+	f := nat.FlowKey{Transport: nat.UDP, Local: netip.MustParseAddrPort("192.0.2.1:5060"), Remote: netip.MustParseAddrPort("198.51.100.1:1000")}
+	early, confirmed := NewID("e", "1", "2"), NewID("c", "1", "2")
+	tab.Establish(early, Dialog{Flow: f})
+	tab.Establish(confirmed, Dialog{Flow: f})
+	tab.Establish(confirmed, Dialog{Flow: f, Confirmed: true})
+	now = now.Add(EarlyTTL + time.Second)
+	if _, ok := tab.Allow(early, f, nil); ok {
+		t.Fatal("an early dialog outlived EarlyTTL")
+	}
+	if _, ok := tab.Allow(confirmed, f, nil); !ok {
+		t.Fatal("a confirmed dialog was forgotten after EarlyTTL")
+	}
+}
