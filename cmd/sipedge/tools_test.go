@@ -226,6 +226,7 @@ type edgeOpts struct {
 	upstream string // sip:127.0.0.1:PORT;transport=udp|tcp
 	level    string // default debug
 	extra    string // more TOML, appended to the config (e.g. a [ratelimit] section)
+	ws       string // a WebSocket listener's IP:port, if any
 }
 
 // sipedgeConfig is sipedge's config with access address access (UDP and
@@ -234,11 +235,15 @@ func sipedgeConfig(access, core, dir string, o edgeOpts) string {
 	if o.level == "" {
 		o.level = "debug"
 	}
+	ws := "[]"
+	if o.ws != "" {
+		ws = fmt.Sprintf("[%q]", o.ws)
+	}
 	return fmt.Sprintf(`[access]
 udp = [%q]
 tcp = [%q]
 tls = []
-ws  = []
+ws  = %s
 wss = []
 
 [core]
@@ -257,7 +262,7 @@ max_contacts = 10
 [log]
 level = %q
 format = "text"
-`, access, access, core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.level) + o.extra
+`, access, access, ws, core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.level) + o.extra
 }
 
 // writeSipedgeConfig writes cfg to dir/sipedge.toml and has bin check it;
