@@ -338,7 +338,7 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	// Stream listeners are wrapped so every connection is a flow: CRLF
 	// pings answered, close noticed at once.
-	hooks := streamHooks(s.d.Limiter, s.d.Flows, s.d.Conns, s.d.Registry.HasFlow, s.cfg.NAT.StreamLimits)
+	hooks := streamHooks(s.log, s.d.Limiter, s.d.Flows, s.d.Conns, s.d.Registry.HasFlow, s.cfg.NAT.StreamLimits)
 	streams := []struct {
 		ls    []net.Listener
 		tp    nat.Transport

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"log/slog"
 	"sync"
 
 	"github.com/sipedge/sipedge/nat"
@@ -59,7 +60,8 @@ func (c *Conns) done(k nat.FlowKey) (othersOpen bool) {
 // each connection, traffic refreshes its flow, and a close kills it. A
 // connection that holds no binding is closed once idle (nat's limits:
 // it must also deliver each message in time, and not too large).
-func streamHooks(limiter *ratelimit.Limiter, flows *nat.FlowTable, conns *Conns, bound func(nat.FlowKey) bool, limits nat.StreamLimits) nat.StreamHooks {
+func streamHooks(log *slog.Logger, limiter *ratelimit.Limiter, flows *nat.FlowTable, conns *Conns, bound func(nat.FlowKey) bool, limits nat.StreamLimits) nat.StreamHooks {
+	var cut onceAWhile // connections the limits closed (slowloris, idle piles, oversize, bad WebSocket)
 	return nat.StreamHooks{
 		Bound:  bound,
 		Limits: limits,
@@ -77,6 +79,10 @@ func streamHooks(limiter *ratelimit.Limiter, flows *nat.FlowTable, conns *Conns,
 		OnRead: func(k nat.FlowKey) { flows.Touch(k) },
 		OnPong: flows.Pong,
 		OnClose: func(k nat.FlowKey, why string) {
+			switch why {
+			case "header timeout", "idle", "too large", "handshake", "protocol":
+				cut.note(log, "stream connections closed by their limits", "nat.header_timeout, idle_timeout, max_header_bytes")
+			}
 			if conns.done(k) {
 				return // a newer connection carries this flow now
 			}

@@ -83,6 +83,3 @@ func (f *Forwarder) Admit() (release func(), err error) {
 func (f *Forwarder) Unreachable(dest netip.AddrPort, err error) error {
 	return &Unreachable{Dest: dest, RetryAfter: f.retryAfter, Err: err}
 }
-
-// Pool is the forwarder's pool.
-func (f *Forwarder) Pool() *Pool { return f.pool }

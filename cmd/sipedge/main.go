@@ -116,6 +116,11 @@ func serve(ctx context.Context, path string, logOut io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("core.key_file: %w", err)
 	}
+	if keys.Previous != nil {
+		// After a rotation: until when the core's stored Paths and the
+		// dialogs' Record-Routes sealed with the old key still open.
+		log.Info("flow token key rotated", "file", cfg.Core.KeyFile, "rotated", keys.Rotated, "previous_key_until", keys.Rotated.Add(cfg.Core.KeyGrace))
+	}
 	socks, err := edge.Listen(cfg.Access, cfg.Core.Listen)
 	if err != nil {
 		return err

@@ -264,14 +264,6 @@ func (r *Registry) HasFlow(f nat.FlowKey) bool {
 	return len(r.t.byFlow[f]) > 0
 }
 
-// CountSource returns how many bindings were registered from src (its
-// /64 for IPv6).
-func (r *Registry) CountSource(src netip.Addr) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.t.bySrc[ratelimit.SourcePrefix(src)]
-}
-
 // ByCoreContact finds the live binding of aor whose core-side contact is
 // coreContact. Scoped to one AOR so no user can reach another's binding.
 func (r *Registry) ByCoreContact(aor, coreContact string) (Binding, bool) {
