@@ -26,20 +26,29 @@ func checkSanity(req *sip.Request) *Error {
 	if req.CSeq().MethodName != req.Method {
 		return reject(400, "CSeq Method Mismatch")
 	}
-	for _, name := range singleValued {
-		if len(req.GetHeaders(name)) > 1 {
-			return reject(400, "Multiple "+name) // which one would the core believe? (RFC 4475 multi01)
-		}
-	}
-	if d := req.GetHeader("Date"); d != nil && !strings.HasSuffix(strings.TrimSpace(d.Value()), " GMT") {
-		return reject(400, "Bad Date") // RFC 3261 §20.17: GMT only (RFC 4475 baddate)
-	}
 	if req.Recipient.Headers != nil && req.Recipient.Headers.Length() > 0 {
 		return reject(400, "Bad Request-URI") // headers have no place there (RFC 4475 escruri)
 	}
+	// One pass over the headers, allocating nothing: values free of CR,
+	// LF and NUL; single-valued headers once (which one would the core
+	// believe? RFC 4475 multi01); a Date in GMT (RFC 3261 §20.17, RFC
+	// 4475 baddate).
+	var seen [len(singleValued)]bool
 	for _, h := range req.Headers() {
-		if strings.ContainsAny(h.Value(), "\r\n\x00") || strings.ContainsAny(h.Name(), "\r\n\x00") {
+		name, value := h.Name(), h.Value()
+		if strings.ContainsAny(value, "\r\n\x00") || strings.ContainsAny(name, "\r\n\x00") {
 			return reject(400, "Bad Header Value")
+		}
+		for i, sv := range singleValued {
+			if strings.EqualFold(name, sv) {
+				if seen[i] {
+					return reject(400, "Multiple "+sv)
+				}
+				seen[i] = true
+			}
+		}
+		if strings.EqualFold(name, "Date") && !strings.HasSuffix(strings.TrimSpace(value), " GMT") {
+			return reject(400, "Bad Date")
 		}
 	}
 	if strings.ContainsAny(req.Recipient.String(), "\r\n\x00 ") {
@@ -52,7 +61,7 @@ func checkSanity(req *sip.Request) *Error {
 }
 
 // singleValued are the headers a request may carry once (RFC 3261 §7.3).
-var singleValued = []string{"To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Content-Type"}
+var singleValued = [...]string{"To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Content-Type"}
 
 // stampVia records the real source on a Via (RFC 3581 §4): received and
 // rport, always, even when the client asked for neither, so every response
