@@ -40,6 +40,12 @@ type proxy struct {
 	// been minted: the core timeout, plus a second of token resolution.
 	mintSlack time.Duration
 	peers     []netip.Prefix // [access] trusted: may send out of dialog without a binding
+	// A token minted since recoverFrom may name a UDP flow this process
+	// has no record of: one from before its start (the registry knows
+	// when that was) that the state it loaded, if any, did not hold. Such
+	// a flow is recovered.
+	recoverFrom time.Time
+	flowFailed  onceAWhile // 430s toward the core, counted
 }
 
 // toCore forwards a phone's request to the core, under the border
@@ -367,9 +373,26 @@ func (p *proxy) endpointFlow(fwd *sip.Request) (flow nat.FlowKey, found bool, _ 
 		fwd.Recipient = u
 	}
 	if !p.usable(flow) || !p.current(tok) {
-		return flow, true, errFlowFailed
+		if !p.recover(tok) {
+			p.flowFailed.note(p.log, "requests from the core for a dead or unknown flow (430)", "flow")
+			return flow, true, errFlowFailed
+		}
 	}
 	return flow, true, nil
+}
+
+// recover brings back the UDP flow tok names if this process cannot know
+// its fate: unknown to it, and minted before it started but after the
+// state it loaded. The token is authenticated, so only a flow this edge
+// registered can come back, and only from the core.
+func (p *proxy) recover(tok nat.Token) bool {
+	if tok.Minted.Before(p.recoverFrom) {
+		return false
+	}
+	if _, known := p.flows.Get(tok.Flow); known {
+		return false // its generation decides (current)
+	}
+	return p.registry.Recover(tok.Flow, tok.Minted) && p.usable(tok.Flow)
 }
 
 // dialogCreating reports whether req may create a dialog and so needs the

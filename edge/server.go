@@ -66,6 +66,11 @@ type Deps struct {
 	Registry  *registry.Registry // required
 	Conns     *Conns             // required: open stream connections (the registry asks it too)
 	Grace     time.Duration      // drain time on shutdown; default 3s
+	// StateSaved is when the state the registry was restored from was
+	// last written (zero: none loaded). Tokens minted from then until
+	// the server starts may name UDP flows it has no record of, which it
+	// then recovers (see proxy.recover).
+	StateSaved time.Time
 }
 
 // Server is a running edge.
@@ -182,7 +187,10 @@ func (s *Server) chains(self *self, coreLeg func() leg, flowLeg func(nat.FlowKey
 	s.proxy = &proxy{log: d.Log, self: self, relay: s.relay, core: coreLeg, flowLeg: flowLeg,
 		usable: s.flowUsable, registry: d.Registry, auth: au, dialogs: s.dialogs,
 		flows: d.Flows, mintSlack: cfg.Core.Timeout + time.Second,
-		hide: cfg.Access.HideTopology, server: cfg.Access.Server}
+		// Tokens carry whole seconds: one minted in the second the state
+		// was saved may be newer than the save.
+		recoverFrom: d.StateSaved.Truncate(time.Second),
+		hide:        cfg.Access.HideTopology, server: cfg.Access.Server}
 	for _, p := range cfg.Access.Trusted {
 		pf, _ := ratelimit.ParsePrefix(p) // validated
 		s.proxy.peers = append(s.proxy.peers, pf)

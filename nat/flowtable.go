@@ -134,6 +134,26 @@ func (t *FlowTable) Seen(k FlowKey) {
 	t.mu.Unlock()
 }
 
+// Adopt tracks k as alive, created at created, if the table does not
+// know it and has room, and reports whether k is tracked now. It is how
+// a flow the process never saw comes back: from the store at start, or
+// from its authenticated token after a restart without state. created is
+// the flow's first life, the time its tokens carry, so they stay current.
+func (t *FlowTable) Adopt(k FlowKey, created time.Time) bool {
+	now := t.nanos()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.m[k]; ok {
+		return true
+	}
+	if len(t.m) >= t.max {
+		t.refused.Add(1)
+		return false
+	}
+	t.m[k] = flowEntry{created: min(created.UnixNano(), now), lastIn: now, state: FlowAlive}
+	return true
+}
+
 // Touch records inbound traffic on k if k is a known flow that is not
 // dead, in one step (no check-then-act against a concurrent removal),
 // and reports whether it was. Traffic never creates a flow here, nor

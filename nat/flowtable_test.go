@@ -436,3 +436,34 @@ func TestTouchNeverCreatesNorRevives(t *testing.T) {
 		t.Fatal("Touch revived a dead flow")
 	}
 }
+
+// Adopt brings back a flow with its first life's creation time, never
+// changes a known one, and respects the bound.
+func TestFlowAdopt(t *testing.T) {
+	clk := newFakeClock()
+	ft := newFlowTable(t, 2, clk.Now, FlowEvents{})
+	k := udpFlow(1)
+	born := clk.Now().Add(-time.Hour)
+	if !ft.Adopt(k, born) {
+		t.Fatal("Adopt refused with room")
+	}
+	f, ok := ft.Get(k)
+	if !ok || !f.Created.Equal(born) || f.State != FlowAlive || !f.LastIn.Equal(clk.Now()) {
+		t.Fatalf("adopted flow = %+v, %v; want created %v, alive, last in now", f, ok, born)
+	}
+	if !ft.Adopt(k, clk.Now()) {
+		t.Fatal("Adopt of a known flow reported untracked")
+	}
+	if f, _ := ft.Get(k); !f.Created.Equal(born) {
+		t.Errorf("Adopt changed a known flow's creation to %v", f.Created)
+	}
+	if !ft.Adopt(udpFlow(2), clk.Now().Add(time.Hour)) {
+		t.Fatal("second Adopt refused")
+	}
+	if f, _ := ft.Get(udpFlow(2)); f.Created.After(clk.Now()) {
+		t.Errorf("created in the future: %v", f.Created)
+	}
+	if ft.Adopt(udpFlow(3), born) || ft.Stats().Refused != 1 {
+		t.Errorf("Adopt beyond the bound: tracked or not counted (%+v)", ft.Stats())
+	}
+}

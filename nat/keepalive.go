@@ -219,7 +219,14 @@ func (k *Keepaliver) jitter() int64 {
 // Watch starts keeping key open; the first ping is due 0.8 to 1.0
 // intervals from now. Watching a watched flow changes nothing. With mode
 // off it does nothing.
-func (k *Keepaliver) Watch(key FlowKey) {
+func (k *Keepaliver) Watch(key FlowKey) { k.watch(key, -1) }
+
+// WatchSoon is Watch with the first ping due at a random time within
+// the next within: for flows whose last ping is unknown, such as those
+// restored after a restart, spread so they do not all go at once.
+func (k *Keepaliver) WatchSoon(key FlowKey, within time.Duration) { k.watch(key, max(within, 1)) }
+
+func (k *Keepaliver) watch(key FlowKey, within time.Duration) {
 	if k.cfg.Mode == KeepaliveOff {
 		return
 	}
@@ -231,8 +238,12 @@ func (k *Keepaliver) Watch(key FlowKey) {
 	}
 	it := &kaItem{key: key, ref: now}
 	k.items[key] = it
+	first := k.jitter()
+	if within > 0 {
+		first = k.rnd.Int64N(int64(within))
+	}
 	// Append and fix rather than heap.Push, which would box the entry.
-	k.due = append(k.due, kaEntry{now + k.jitter(), it})
+	k.due = append(k.due, kaEntry{now + first, it})
 	heap.Fix(&k.due, len(k.due)-1)
 }
 

@@ -890,3 +890,31 @@ func TestKeepaliveCRLFStopsWithTick(t *testing.T) {
 		}
 	}
 }
+
+// Restored flows are pinged soon, spread over the window, not all at
+// once and not an interval later.
+func TestKeepaliveWatchSoonSpreads(t *testing.T) {
+	h := newKA(t, nil)
+	for i := range 200 {
+		k := udpFlow(i)
+		h.flows.Adopt(k, h.t0.Add(-time.Hour))
+		h.ka.WatchSoon(k, 5*time.Second)
+	}
+	at := map[time.Duration]int{}
+	for range 5 {
+		h.tick(t, time.Second)
+		for _, c := range h.p.take() {
+			at[c.at.Sub(h.t0)]++
+		}
+	}
+	total := 0
+	for d, n := range at {
+		if n > 80 {
+			t.Errorf("%d of 200 first pings at %v", n, d)
+		}
+		total += n
+	}
+	if total != 200 || len(at) < 4 {
+		t.Errorf("first pings within 5 s: %d on %d distinct seconds (%v), want 200 on 4 or more", total, len(at), at)
+	}
+}

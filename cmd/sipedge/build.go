@@ -46,7 +46,7 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 	}
 	conns := edge.NewConns()
 	reg, err = registry.New(registry.Deps{Now: clk.Now, Flows: flows, UDP: keepalive, Stream: probe,
-		Sources: limiter, StreamOpen: conns.Open, OnEvent: logEvent(log)})
+		Sources: limiter, StreamOpen: conns.Open, OnEvent: logEvent(log), RecoverHold: cfg.Registration.MaxExpires})
 	if err != nil {
 		return nil, err
 	}
@@ -77,6 +77,8 @@ func logEvent(log *slog.Logger) func(registry.Event) {
 			log.Info("flow dead, bindings removed", "flow", e.Flow, "why", e.Why, "bindings", len(e.Removed), "aor", aors)
 		case registry.Expired:
 			log.Info("binding expired", "aor", e.Binding.AOR, "flow", e.Binding.Flow)
+		case registry.Recovered:
+			log.Info("flow recovered from its token", "flow", e.Flow)
 		default:
 			log.Debug("binding "+e.Kind.String(), "aor", e.Binding.AOR, "flow", e.Binding.Flow)
 		}

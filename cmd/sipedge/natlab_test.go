@@ -467,9 +467,23 @@ type nlEdgeOpts struct {
 	keepalive string // crlf | options | off
 	interval  string // keepalive_interval
 	flowTimer string // flow_timer (UDP)
+	extra     string // more TOML after [nat] (e.g. a [state] section)
 }
 
-func (l *natLab) startSipedge(o nlEdgeOpts) *proc {
+// nlSipedge is a sipedge the lab runs: its binary, its config (dir holds
+// the flow key file) and the process of its latest run.
+type nlSipedge struct {
+	bin, dir, cfgPath string
+	p                 *proc
+	runs              int
+}
+
+func (l *natLab) startSipedge(o nlEdgeOpts) *proc { return l.startSipedgeRun(o).p }
+
+// startSipedgeRun writes and checks sipedge's config and starts it, as
+// startSipedge; the result can be run again (runEdge) with the same
+// binary, config, key file and state.
+func (l *natLab) startSipedgeRun(o nlEdgeOpts) *nlSipedge {
 	t := l.t
 	t.Helper()
 	bin := buildSipedge(t, true)
@@ -490,7 +504,7 @@ flow_timer_stream = "120s"
 `, o.keepalive, o.interval, o.flowTimer)
 	cfgFor := func(nat string) string {
 		return sipedgeConfig(nlEdge.String(), nlCoreListen, dir, edgeOpts{
-			mode: "path", upstream: fmt.Sprintf("sip:127.0.0.1:%d;transport=udp", nlKamPort), extra: "\n" + nat,
+			mode: "path", upstream: fmt.Sprintf("sip:127.0.0.1:%d;transport=udp", nlKamPort), extra: "\n" + nat + o.extra,
 		})
 	}
 	cfg := cfgFor(nat)
@@ -508,15 +522,32 @@ flow_timer_stream = "120s"
 			t.Fatalf("sipedge check-config: %v\n%s\nconfig:\n%s", err, out, cfg)
 		}
 	}
-	t.Logf("sipedge config [nat]:\n%s", nat)
-	p := l.track(runSipedge(t, procOpts{dir: dir, netns: l.pub, lifetime: nlLifetime}, bin, cfgPath))
-	// The access and core sockets are bound before "sipedge starting".
+	t.Logf("sipedge config [nat]:\n%s%s", nat, o.extra)
+	e := &nlSipedge{bin: bin, dir: dir, cfgPath: cfgPath}
+	l.runEdge(e)
+	return e
+}
+
+// runEdge starts e's binary with e's config (again: the same key file and
+// the same state, if the config keeps any), each run logging to a file of
+// its own (sipedge.log, sipedge-2.log, ...). It returns once the run
+// logged "sipedge starting": its access and core sockets are bound.
+func (l *natLab) runEdge(e *nlSipedge) *proc {
+	t := l.t
+	t.Helper()
+	e.runs++
+	o := procOpts{dir: e.dir, netns: l.pub, lifetime: nlLifetime}
+	if e.runs > 1 {
+		o.logPath = filepath.Join(e.dir, fmt.Sprintf("sipedge-%d.log", e.runs))
+	}
+	p := l.track(runSipedge(t, o, e.bin, e.cfgPath))
+	e.p = p
 	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(p.log(), "sipedge starting") {
 		if p.exited() || time.Now().After(deadline) {
 			t.Fatalf("sipedge did not start: %v\n%s", p.err, tail(p.log(), 40))
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 	return p
 }

@@ -53,6 +53,10 @@ type Hooks struct {
 	OnEvent   func(registry.Event) // the registry's events
 	RateLimit ratelimit.Events
 	Clock     clock.Clock // nil: the system clock
+	// Restore is state from an earlier run, saved at StateSaved, loaded
+	// into the registry before the edge starts.
+	Restore    []registry.Binding
+	StateSaved time.Time
 }
 
 // Edge is a running edge.
@@ -64,7 +68,12 @@ type Edge struct {
 	registry     *registry.Registry
 	limiter      *ratelimit.Limiter
 	core         netip.AddrPort
+	stop         func()
 }
+
+// Stop shuts the edge down now, as its test's end would; the sockets are
+// free for another edge afterwards.
+func (e *Edge) Stop() { e.stop() }
 
 // Bindings is the registry of registrations the core accepted.
 func (e *Edge) Bindings() *registry.Registry { return e.registry }
@@ -121,14 +130,18 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("edge did not stop within 10s")
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Error("edge did not stop within 10s")
+			}
+		})
+	}
+	t.Cleanup(stop)
 	select {
 	case <-srv.Ready():
 	case err := <-done:
@@ -136,7 +149,7 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	case <-time.After(10 * time.Second):
 		t.Fatal("edge not ready within 10s")
 	}
-	e := &Edge{Server: srv, Signer: signer, registry: reg, limiter: limiter,
+	e := &Edge{Server: srv, Signer: signer, registry: reg, limiter: limiter, stop: stop,
 		core: netip.MustParseAddrPort(socks.CoreUDP.LocalAddr().String())}
 	e.addrs(socks)
 	return e
@@ -170,11 +183,12 @@ func build(t testing.TB, cfg Config, h Hooks, clk clock.Clock, socks *edge.Socke
 	keepalive, probe := keepaliver(cfg.NAT.KeepaliveConfig), keepaliver(cfg.NAT.StreamProbe())
 	conns := edge.NewConns()
 	reg, err = registry.New(registry.Deps{Now: clk.Now, Flows: flows, UDP: keepalive, Stream: probe,
-		Sources: limiter, StreamOpen: conns.Open, OnEvent: h.OnEvent})
+		Sources: limiter, StreamOpen: conns.Open, OnEvent: h.OnEvent, RecoverHold: cfg.Registration.MaxExpires})
 	must(err)
+	reg.Restore(h.Restore, time.Second)
 	srv, err := edge.New(edge.Config{Access: cfg.Access, Registration: cfg.Registration, Core: cfg.Core, NAT: cfg.NAT}, socks,
 		edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool, Limiter: limiter, Flows: flows,
-			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, Grace: time.Second})
+			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, Grace: time.Second, StateSaved: h.StateSaved})
 	must(err)
 	return srv, reg, limiter
 }

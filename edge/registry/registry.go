@@ -26,13 +26,14 @@ const (
 	Unregistered                 // removed by the endpoint or dropped by the core
 	Expired                      // its expiry passed
 	FlowDead                     // a flow died and took its bindings
+	Recovered                    // a UDP flow unknown to this process came back from its token
 )
 
 var kindNames = [...]string{Registered: "register", Refreshed: "refresh", Moved: "flow moved",
-	Unregistered: "unregister", Expired: "expire", FlowDead: "flow dead"}
+	Unregistered: "unregister", Expired: "expire", FlowDead: "flow dead", Recovered: "flow recovered"}
 
 func (k Kind) String() string {
-	if k >= Registered && k <= FlowDead {
+	if k >= Registered && k <= Recovered {
 		return kindNames[k]
 	}
 	return fmt.Sprintf("Kind(%d)", uint8(k))
@@ -43,7 +44,7 @@ type Event struct {
 	Kind    Kind
 	Binding Binding     // the binding concerned (the new one for Moved)
 	Old     Binding     // Moved: the binding it replaced
-	Flow    nat.FlowKey // FlowDead: the flow
+	Flow    nat.FlowKey // FlowDead, Recovered: the flow
 	Why     string      // FlowDead: why it died
 	Removed []Binding   // FlowDead: the bindings it took along
 }
@@ -51,6 +52,9 @@ type Event struct {
 // Watcher keeps flows open: the UDP keepaliver and the stream prober.
 type Watcher interface {
 	Watch(nat.FlowKey)
+	// WatchSoon watches with the first keepalive due within the given
+	// time: for flows whose last keepalive is unknown (restored).
+	WatchSoon(nat.FlowKey, time.Duration)
 	Unwatch(nat.FlowKey)
 }
 
@@ -69,13 +73,27 @@ type Deps struct {
 	// OnEvent observes every change, after it was made, with no lock
 	// held. Events of one operation arrive in order.
 	OnEvent func(Event)
+	// RecoverHold is how long a recovered flow (Recover) is kept open
+	// without a binding: the longest registration the core may hold for
+	// it. Default one hour.
+	RecoverHold time.Duration
 }
 
 // Registry is the registration state. Safe for concurrent use.
 type Registry struct {
 	d  Deps
-	mu sync.Mutex // guards t and every change to flows, watches and source counts
+	mu sync.Mutex // guards t, recovered and every change to flows, watches and source counts
 	t  table
+	// recovered are flows brought back by Recover that no binding holds
+	// yet, with when they are let go.
+	recovered map[nat.FlowKey]time.Time
+	// buried are flows from before this process started that it saw go
+	// (dead, unregistered), with when the core can no longer hold a
+	// registration on them: their tokens must not bring them back.
+	buried map[nat.FlowKey]time.Time
+	// preStart: a token minted before it may be from an earlier process
+	// (tokens carry whole seconds, so it is the second after the start).
+	preStart time.Time
 }
 
 // New returns an empty registry.
@@ -86,7 +104,11 @@ func New(d Deps) (*Registry, error) {
 	if d.StreamOpen == nil {
 		d.StreamOpen = func(nat.FlowKey) bool { return true }
 	}
-	return &Registry{d: d, t: newTable()}, nil
+	if d.RecoverHold <= 0 {
+		d.RecoverHold = time.Hour
+	}
+	return &Registry{d: d, t: newTable(), recovered: make(map[nat.FlowKey]time.Time),
+		buried: make(map[nat.FlowKey]time.Time), preStart: d.Now().Truncate(time.Second).Add(time.Second)}, nil
 }
 
 // Update is what one REGISTER's 2xx says about an AOR's bindings on one
@@ -133,8 +155,12 @@ func (r *Registry) Apply(u Update) {
 			u.Put = nil
 		}
 	}
+	var since time.Time
+	if f, ok := r.d.Flows.Get(u.Flow); ok {
+		since = f.Created
+	}
 	for _, b := range u.Put {
-		b.AOR, b.Flow, b.Updated = u.AOR, u.Flow, now
+		b.AOR, b.Flow, b.FlowSince, b.Updated = u.AOR, u.Flow, since, now
 		old, replaced := r.t.put(b)
 		switch {
 		case !replaced:
@@ -161,13 +187,17 @@ func (r *Registry) syncFlowLocked(f nat.FlowKey) {
 		w = r.d.Stream
 	}
 	if len(r.t.byFlow[f]) > 0 {
+		delete(r.recovered, f) // its bindings hold it now
 		r.d.Flows.Seen(f)
 		w.Watch(f)
-	} else {
+	} else if _, held := r.recovered[f]; !held {
 		// A flow no binding uses is forgotten: the core's requests carrying
 		// its (still validly signed) token then get 430, whoever holds
 		// that NAT address now.
 		w.Unwatch(f)
+		if fl, ok := r.d.Flows.Get(f); ok && fl.Created.Before(r.preStart) {
+			r.buried[f] = r.d.Now().Add(r.d.RecoverHold)
+		}
 		r.d.Flows.Remove(f)
 	}
 	if r.d.Sources != nil {
@@ -184,6 +214,7 @@ func (r *Registry) FlowDead(f nat.FlowKey, why string) {
 	for _, b := range gone {
 		r.t.delete(b)
 	}
+	delete(r.recovered, f)
 	r.syncFlowLocked(f)
 	r.mu.Unlock()
 	sortByContact(gone)
@@ -199,6 +230,17 @@ func (r *Registry) Expire() []Binding {
 	for _, b := range gone {
 		r.t.delete(b)
 		touched[b.Flow] = true
+	}
+	for f, until := range r.recovered {
+		if !until.After(now) {
+			delete(r.recovered, f)
+			touched[f] = true
+		}
+	}
+	for f, until := range r.buried {
+		if !until.After(now) {
+			delete(r.buried, f)
+		}
 	}
 	for f := range touched {
 		r.syncFlowLocked(f)
@@ -257,11 +299,84 @@ func (r *Registry) HasAORFrom(aor string, src netip.Addr) bool {
 	return false
 }
 
-// HasFlow reports whether any binding uses flow f.
+// HasFlow reports whether any binding uses flow f, or f was recovered
+// from its token and awaits its endpoint's next registration.
 func (r *Registry) HasFlow(f nat.FlowKey) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.t.byFlow[f]) > 0
+	_, held := r.recovered[f]
+	return held || len(r.t.byFlow[f]) > 0
+}
+
+// Recover brings back a UDP flow this process has no record of, named
+// by a token the edge may have minted before this process started (after a restart without
+// state, or one whose last changes were not yet stored): the core holds
+// a registration on it that the edge never saw. The flow is tracked as
+// created when the token was minted, so its tokens stay current, and
+// kept open for RecoverHold or until a binding takes it over. It
+// reports whether the flow is usable now; stream flows never are, their
+// connections died with the process, and neither is one from before the
+// start that this process saw go.
+func (r *Registry) Recover(f nat.FlowKey, minted time.Time) bool {
+	if f.Transport.Reliable() || !f.Valid() || !minted.Before(r.preStart) {
+		return false
+	}
+	now := r.d.Now()
+	r.mu.Lock()
+	if _, ok := r.d.Flows.Get(f); ok {
+		r.mu.Unlock()
+		return true // recovered meanwhile, or registered
+	}
+	if _, ok := r.buried[f]; ok {
+		r.mu.Unlock()
+		return false
+	}
+	if !r.d.Flows.Adopt(f, minted) {
+		r.mu.Unlock()
+		return false // table full
+	}
+	r.recovered[f] = now.Add(r.d.RecoverHold)
+	r.d.UDP.Watch(f)
+	r.mu.Unlock()
+	r.emit([]Event{{Kind: Recovered, Flow: f, Why: "token"}})
+	return true
+}
+
+// Restore loads bindings kept from an earlier run, before any traffic:
+// those expired meanwhile, and those on stream flows (whose connections
+// died with that run), are dropped. Each UDP flow comes back as created
+// when it first was, with its first keepalive due within spread. It
+// emits no events: nothing changed but the process.
+func (r *Registry) Restore(bs []Binding, spread time.Duration) (restored, dropped int) {
+	now := r.d.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	flows := map[nat.FlowKey]bool{}
+	for _, b := range bs {
+		if !b.Expires.After(now) || b.Flow.Transport.Reliable() || !b.Flow.Valid() || b.AOR == "" {
+			dropped++
+			continue
+		}
+		if !flows[b.Flow] {
+			if !r.d.Flows.Adopt(b.Flow, b.FlowSince) {
+				dropped++
+				continue
+			}
+			flows[b.Flow] = true
+		}
+		if _, replaced := r.t.put(b); replaced {
+			dropped++ // a duplicate in the input
+			continue
+		}
+		restored++
+	}
+	for f := range flows {
+		r.d.UDP.WatchSoon(f, spread)
+		if r.d.Sources != nil {
+			r.d.Sources.SetBindings(f.Remote.Addr(), r.t.bySrc[ratelimit.SourcePrefix(f.Remote.Addr())])
+		}
+	}
+	return restored, dropped
 }
 
 // ByCoreContact finds the live binding of aor whose core-side contact is

@@ -27,8 +27,9 @@ type watcher struct {
 	on map[nat.FlowKey]bool
 }
 
-func (w *watcher) Watch(k nat.FlowKey)   { w.mu.Lock(); w.on[k] = true; w.mu.Unlock() }
-func (w *watcher) Unwatch(k nat.FlowKey) { w.mu.Lock(); delete(w.on, k); w.mu.Unlock() }
+func (w *watcher) Watch(k nat.FlowKey)                      { w.mu.Lock(); w.on[k] = true; w.mu.Unlock() }
+func (w *watcher) WatchSoon(k nat.FlowKey, _ time.Duration) { w.Watch(k) }
+func (w *watcher) Unwatch(k nat.FlowKey)                    { w.mu.Lock(); delete(w.on, k); w.mu.Unlock() }
 func (w *watcher) has(k nat.FlowKey) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -304,5 +305,103 @@ func TestRegisterRacingFlowDeath(t *testing.T) {
 			t.Fatalf("round %d: binding %v, flow alive %v, watched %v", i, bound, alive, w.has(f))
 		}
 		g.r.Apply(Update{AOR: "sip:a@x", Flow: f, Star: true})
+	}
+}
+
+// A UDP flow named by a token from before a restart comes back as created
+// when the token was minted, watched, held without a binding for
+// RecoverHold, and handed over to the binding its endpoint registers.
+func TestRecover(t *testing.T) {
+	g := newRig(t)
+	f := flow(4000)
+	minted := g.clk.Now().Add(-10 * time.Minute)
+	if !g.r.Recover(f, minted) {
+		t.Fatal("Recover refused a UDP flow")
+	}
+	if fl, ok := g.flows.Get(f); !ok || !fl.Created.Equal(minted) {
+		t.Fatalf("recovered flow = %+v, %v; want created %v", fl, ok, minted)
+	}
+	if !g.udp.has(f) || !g.r.HasFlow(f) {
+		t.Fatal("recovered flow not watched or not held")
+	}
+	if k := g.kinds(); !equalKinds(k, Recovered) {
+		t.Fatalf("events %v, want [flow recovered]", k)
+	}
+	if g.r.Recover(tcpFlow(4000), minted) {
+		t.Error("a stream flow was recovered")
+	}
+	if g.r.Recover(flow(4009), g.clk.Now().Add(time.Second)) {
+		t.Error("a token minted after the start (this process's own) recovered a flow")
+	}
+	// Its endpoint registers: the binding holds the flow, with the token's time.
+	g.put(Binding{AOR: "sip:a@x", Contact: "sip:a@10.0.0.1", Flow: f, Expires: g.clk.Now().Add(time.Hour)})
+	if bs := g.r.Lookup("sip:a@x"); len(bs) != 1 || !bs[0].FlowSince.Equal(minted) {
+		t.Fatalf("binding %+v, want FlowSince %v", bs, minted)
+	}
+	g.remove("sip:a@x", "sip:a@10.0.0.1", f)
+	if _, ok := g.flows.Get(f); ok || g.udp.has(f) {
+		t.Error("flow kept after its only binding went")
+	}
+	// This process saw it go: its token no longer brings it back, until
+	// the core cannot hold a registration on it any more.
+	if g.r.Recover(f, minted) {
+		t.Error("a flow that went after the start came back from its token")
+	}
+	// Without a registration, it is let go after the hold.
+	f2 := flow(4001)
+	g.r.Recover(f2, minted)
+	g.clk.Add(time.Hour - time.Second)
+	g.r.Expire()
+	if !g.r.HasFlow(f2) {
+		t.Fatal("recovered flow let go before the hold")
+	}
+	g.clk.Add(time.Second)
+	g.r.Expire()
+	if _, ok := g.flows.Get(f2); ok || g.udp.has(f2) || g.r.HasFlow(f2) {
+		t.Error("recovered flow kept after the hold")
+	}
+	// A recovered flow that dies is gone at once.
+	f3 := flow(4002)
+	g.r.Recover(f3, minted)
+	g.r.FlowDead(f3, "keepalive")
+	if g.r.HasFlow(f3) || g.udp.has(f3) {
+		t.Error("dead recovered flow kept")
+	}
+}
+
+// Restore brings back live UDP bindings with their flows' first
+// creation time; expired ones and stream ones are dropped.
+func TestRestore(t *testing.T) {
+	g := newRig(t)
+	now, since := g.clk.Now(), g.clk.Now().Add(-time.Hour)
+	bs := []Binding{
+		{AOR: "sip:a@x", Contact: "sip:a@10.0.0.1", Flow: flow(1), FlowSince: since, Expires: now.Add(time.Hour)},
+		{AOR: "sip:b@x", Contact: "sip:b@10.0.0.2", Flow: flow(1), FlowSince: since, Expires: now.Add(time.Minute)},
+		{AOR: "sip:c@x", Contact: "sip:c@10.0.0.3", Flow: flow(2), FlowSince: since, Expires: now},
+		{AOR: "sip:d@x", Contact: "sip:d@10.0.0.4", Flow: tcpFlow(3), FlowSince: since, Expires: now.Add(time.Hour)},
+		{AOR: "sip:a@x", Contact: "sip:a@10.0.0.1", Flow: flow(1), FlowSince: since, Expires: now.Add(time.Hour)},
+	}
+	restored, dropped := g.r.Restore(bs, 5*time.Second)
+	if restored != 2 || dropped != 3 {
+		t.Fatalf("restored %d, dropped %d; want 2, 3", restored, dropped)
+	}
+	if fl, ok := g.flows.Get(flow(1)); !ok || !fl.Created.Equal(since) || !g.udp.has(flow(1)) {
+		t.Fatalf("flow 1 = %+v, %v, watched %v", fl, ok, g.udp.has(flow(1)))
+	}
+	for _, f := range []nat.FlowKey{flow(2), tcpFlow(3)} {
+		if _, ok := g.flows.Get(f); ok {
+			t.Errorf("flow %v restored", f)
+		}
+	}
+	if g.src.n[flow(1).Remote.Addr()] != 2 {
+		t.Errorf("source count %d, want 2", g.src.n[flow(1).Remote.Addr()])
+	}
+	if k := g.kinds(); len(k) != 0 {
+		t.Errorf("Restore emitted %v", k)
+	}
+	// A refresh after the restore is a refresh, on the same flow.
+	g.put(Binding{AOR: "sip:a@x", Contact: "sip:a@10.0.0.1", Flow: flow(1), Expires: now.Add(2 * time.Hour)})
+	if k := g.kinds(); !equalKinds(k, Refreshed) {
+		t.Errorf("events %v, want [refresh]", k)
 	}
 }

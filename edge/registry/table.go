@@ -16,6 +16,7 @@ type Binding struct {
 	Contact     string      // the endpoint's own Contact URI
 	CoreContact string      // the Contact URI the core stored (differs in rewrite mode)
 	Flow        nat.FlowKey // where the REGISTER came from
+	FlowSince   time.Time   // when that flow was first seen: what its tokens carry
 	Expires     time.Time   // as granted by the core
 	CallID      string
 	CSeq        uint32
