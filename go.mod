@@ -8,6 +8,7 @@ require (
 	github.com/gobwas/ws v1.3.2
 	github.com/icholy/digest v1.2.0
 	github.com/pion/stun/v2 v2.0.0
+	go.etcd.io/bbolt v1.4.3
 	go.uber.org/goleak v1.3.0
 	golang.org/x/net v0.59.0
 	golang.org/x/time v0.16.0

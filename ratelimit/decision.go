@@ -1,6 +1,9 @@
 package ratelimit
 
-import "strconv"
+import (
+	"fmt"
+	"strconv"
+)
 
 // Decision is what to do with a datagram, connection or request.
 //
@@ -116,3 +119,22 @@ func (r Reason) String() string {
 // MarshalText is String, so that JSON logs and encoders show the name,
 // not the number.
 func (r Reason) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// ParseReason is String's inverse.
+func ParseReason(s string) (Reason, error) {
+	for i, n := range reasonNames {
+		if n == s {
+			return Reason(i), nil
+		}
+	}
+	return ReasonNone, fmt.Errorf("ratelimit: unknown reason %q", s)
+}
+
+// UnmarshalText is ParseReason, so stored bans read back.
+func (r *Reason) UnmarshalText(b []byte) error {
+	v, err := ParseReason(string(b))
+	if err == nil {
+		*r = v
+	}
+	return err
+}

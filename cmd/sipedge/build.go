@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -8,22 +9,53 @@ import (
 	"github.com/sipedge/sipedge/edge"
 	"github.com/sipedge/sipedge/edge/clock"
 	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/edge/state"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
 	"github.com/sipedge/sipedge/upstream"
 )
 
+// app is a built sipedge: the server, and the writer that keeps its
+// state (nil: memory only).
+type app struct {
+	srv    *edge.Server
+	writer *state.Writer
+}
+
+// serve runs the server until ctx ends, writing state in batches
+// meanwhile, and flushes it once the server has drained.
+func (a *app) serve(ctx context.Context) error {
+	if a.writer == nil {
+		return a.srv.Serve(ctx)
+	}
+	wctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.writer.Run(wctx); close(done) }()
+	err := a.srv.Serve(ctx)
+	stop()
+	<-done
+	return err
+}
+
 // build makes every part from the config and hands each to the next:
-// this is the one place that knows how sipedge is put together.
-func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Signer, clk clock.Clock) (*edge.Server, error) {
+// this is the one place that knows how sipedge is put together. store
+// (nil: memory only) keeps state across restarts; snap is what it held.
+func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Signer, clk clock.Clock, store state.Store, snap state.Snapshot) (*app, error) {
 	pool, err := upstream.NewPool(cfg.Core)
 	if err != nil {
 		return nil, err
 	}
+	// The writer is made last, from the limiter and registry it saves.
+	var w *state.Writer
+	bansChanged := func() {
+		if w != nil {
+			w.BansChanged()
+		}
+	}
 	limiter, err := ratelimit.New(cfg.RateLimit, clk.Now, ratelimit.Events{
 		// Every ban and unban reaches the log with its evidence.
-		OnBan:   func(b ratelimit.Ban) { log.Info("source banned", "ban", b) },
-		OnUnban: func(b ratelimit.Ban) { log.Info("source unbanned", "ban", b) },
+		OnBan:   func(b ratelimit.Ban) { log.Info("source banned", "ban", b); bansChanged() },
+		OnUnban: func(b ratelimit.Ban) { log.Info("source unbanned", "ban", b); bansChanged() },
 	})
 	if err != nil {
 		return nil, err
@@ -45,13 +77,37 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 		return nil, fmt.Errorf("nat.flow_timer_stream: %w", err)
 	}
 	conns := edge.NewConns()
+	onEvent := logEvent(log)
+	if store != nil {
+		logged := onEvent
+		onEvent = func(e registry.Event) { logged(e); w.Observe(e) }
+	}
 	reg, err = registry.New(registry.Deps{Now: clk.Now, Flows: flows, UDP: keepalive, Stream: probe,
-		Sources: limiter, StreamOpen: conns.Open, OnEvent: logEvent(log), RecoverHold: cfg.Registration.MaxExpires})
+		Sources: limiter, StreamOpen: conns.Open, OnEvent: onEvent, RecoverHold: cfg.Registration.MaxExpires})
 	if err != nil {
 		return nil, err
 	}
-	return edge.New(cfg.edge(), socks, edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool,
-		Limiter: limiter, Flows: flows, Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, Grace: 3 * time.Second})
+	if store != nil {
+		restore(log, store, snap, reg, limiter, cfg.NAT.Interval)
+		w = state.NewWriter(store, cfg.State.FlushInterval, clk, log, limiter.BanHistory)
+	}
+	srv, err := edge.New(cfg.edge(), socks, edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool,
+		Limiter: limiter, Flows: flows, Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns,
+		Grace: 3 * time.Second, StateSaved: snap.Saved})
+	if err != nil {
+		return nil, err
+	}
+	return &app{srv: srv, writer: w}, nil
+}
+
+// restore loads what the store held: bindings still live, with their
+// flows' keepalives due over the first keepalive interval (not all in
+// the first second), and the ban history.
+func restore(log *slog.Logger, store state.Store, snap state.Snapshot, reg *registry.Registry, limiter *ratelimit.Limiter, spread time.Duration) {
+	restored, dropped := reg.Restore(snap.Bindings, spread)
+	bans := limiter.RestoreBans(snap.Bans)
+	log.Info("state loaded", "file", store.String(), "saved", snap.Saved, "bindings", restored,
+		"dropped", dropped, "bans", bans)
 }
 
 // keepaliver pings flows per cfg, at most keepalive_rate a second (a

@@ -8,6 +8,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/edge/state"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
 	"github.com/sipedge/sipedge/upstream"
@@ -21,6 +22,7 @@ type fileConfig struct {
 	Registration edge.RegistrationConfig `toml:"registration"`
 	NAT          nat.Config              `toml:"nat"`
 	RateLimit    ratelimit.Config        `toml:"ratelimit"`
+	State        state.Config            `toml:"state"`
 	Log          logConfig               `toml:"log"`
 }
 
@@ -36,13 +38,14 @@ func defaultConfig() fileConfig {
 		Registration: edge.DefaultRegistrationConfig(),
 		NAT:          nat.DefaultConfig(),
 		RateLimit:    ratelimit.DefaultConfig(),
+		State:        state.DefaultConfig(),
 		Log:          logConfig{Level: "info", Format: "text"},
 	}
 }
 
 func (c fileConfig) validate() error {
 	return errors.Join(c.Access.Validate(), c.Core.Validate(), c.Registration.Validate(),
-		c.NAT.Validate(), c.RateLimit.Validate(), c.Log.validate())
+		c.NAT.Validate(), c.RateLimit.Validate(), c.State.Validate(), c.Log.validate())
 }
 
 // edge is what the edge server reads of the file.

@@ -15,6 +15,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge"
 	"github.com/sipedge/sipedge/edge/clock"
+	"github.com/sipedge/sipedge/edge/state"
 	"github.com/sipedge/sipedge/nat"
 )
 
@@ -22,10 +23,14 @@ import (
 var version = "dev"
 
 const usage = `usage:
-  sipedge run [-config FILE]     serve (no file: built-in defaults)
-  sipedge check-config FILE      validate a config file
+  sipedge run [-config FILE] [-fresh-state]
+                                   serve (no file: built-in defaults); -fresh-state moves an
+                                   unusable state file aside and starts empty instead of failing
+  sipedge check-config FILE        validate a config file
   sipedge rotate-key -config FILE  new token key; the old one stays valid for core.key_grace
-  sipedge version                print the version
+  sipedge state-dump -config FILE  print the saved bindings and bans (sipedge must be stopped)
+  sipedge version, --version       print the version
+  sipedge help, --help             print this
 `
 
 func main() {
@@ -38,8 +43,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch args[0] {
-	case "version":
+	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "sipedge", version)
+		return 0
+	case "help", "--help", "-help", "-h":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "state-dump":
+		fs := flag.NewFlagSet("state-dump", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		path := fs.String("config", "", "config file (TOML)")
+		if err := fs.Parse(args[1:]); err != nil || fs.NArg() > 0 {
+			fmt.Fprint(stderr, usage)
+			return 2
+		}
+		cfg, err := loadConfig(*path)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		if err := dumpState(cfg.State, stdout); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
 		return 0
 	case "check-config":
 		if len(args) != 2 {
@@ -75,6 +101,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs := flag.NewFlagSet("run", flag.ContinueOnError)
 		fs.SetOutput(stderr)
 		path := fs.String("config", "", "config file (TOML)")
+		fresh := fs.Bool("fresh-state", false, "move an unusable state file aside and start empty")
 		if err := fs.Parse(args[1:]); err != nil {
 			return 2
 		}
@@ -87,7 +114,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// SIGHUP (logrotate, a closed terminal) must not kill the edge; a
 		// reload is not implemented, so it is ignored.
 		signal.Ignore(syscall.SIGHUP)
-		if err := serve(ctx, *path, stderr); err != nil {
+		if err := serve(ctx, *path, *fresh, stderr); err != nil {
 			fmt.Fprintln(stderr, "sipedge:", err)
 			return 1
 		}
@@ -97,7 +124,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-func serve(ctx context.Context, path string, logOut io.Writer) error {
+func serve(ctx context.Context, path string, freshState bool, logOut io.Writer) error {
 	cfg, err := loadConfig(path)
 	if err != nil {
 		return err
@@ -121,17 +148,26 @@ func serve(ctx context.Context, path string, logOut io.Writer) error {
 		// dialogs' Record-Routes sealed with the old key still open.
 		log.Info("flow token key rotated", "file", cfg.Core.KeyFile, "rotated", keys.Rotated, "previous_key_until", keys.Rotated.Add(cfg.Core.KeyGrace))
 	}
+	store, snap, err := openState(cfg.State, freshState, log)
+	if err != nil {
+		return err
+	}
+	var st state.Store // a nil *state.Bolt must stay a nil Store
+	if store != nil {
+		st = store
+		defer store.Close()
+	}
 	socks, err := edge.Listen(cfg.Access, cfg.Core.Listen)
 	if err != nil {
 		return err
 	}
-	srv, err := build(cfg, socks, log, signer, clock.Real{})
+	a, err := build(cfg, socks, log, signer, clock.Real{}, st, snap)
 	if err != nil {
 		socks.Close()
 		return err
 	}
 	log.Info("sipedge starting", "version", version)
-	return srv.Serve(ctx)
+	return a.serve(ctx)
 }
 
 func newLogger(c logConfig, w io.Writer) *slog.Logger {

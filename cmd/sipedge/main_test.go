@@ -29,11 +29,13 @@ tcp = ["127.0.0.1:0"]
 [core]
 listen = "127.0.0.1:0"
 key_file = "`+key+`"
+[state]
+dir = "`+filepath.Join(dir, "state")+`"
 `), 0o600)
 	ctx, cancel := context.WithCancel(context.Background())
 	var logs bytes.Buffer
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, &logs) }()
+	go func() { done <- serve(ctx, cfg, false, &logs) }()
 	cancel()
 	select {
 	case err := <-done:
@@ -79,5 +81,57 @@ func TestRotateKey(t *testing.T) {
 	}
 	if strings.Contains(out.String()+errb.String(), fmt.Sprintf("%x", first.Current)) {
 		t.Fatal("a key was printed")
+	}
+}
+
+// --version and --help answer on stdout with status 0, as packagers and
+// service managers expect.
+func TestVersionAndHelpFlags(t *testing.T) {
+	for _, args := range [][]string{{"--version"}, {"version"}, {"--help"}, {"help"}} {
+		var out, errb bytes.Buffer
+		if code := run(args, &out, &errb); code != 0 || out.Len() == 0 || errb.Len() != 0 {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, out.String(), errb.String())
+		}
+	}
+}
+
+// A damaged state file stops the start with an error naming it; with
+// -fresh-state it is moved aside and the edge starts empty.
+func TestDamagedStateFile(t *testing.T) {
+	dir := t.TempDir()
+	stateDir := filepath.Join(dir, "state")
+	os.MkdirAll(stateDir, 0o700)
+	db := filepath.Join(stateDir, "sipedge.db")
+	os.WriteFile(db, bytes.Repeat([]byte("junk"), 4096), 0o600)
+	cfg := filepath.Join(dir, "sipedge.toml")
+	os.WriteFile(cfg, []byte(`
+[access]
+udp = ["127.0.0.1:0"]
+tcp = ["127.0.0.1:0"]
+[core]
+listen = "127.0.0.1:0"
+key_file = "`+filepath.Join(dir, "flow.key")+`"
+[state]
+dir = "`+stateDir+`"
+`), 0o600)
+	var logs bytes.Buffer
+	err := serve(context.Background(), cfg, false, &logs)
+	if err == nil || !strings.Contains(err.Error(), db) || !strings.Contains(err.Error(), "-fresh-state") {
+		t.Fatalf("damaged state file: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := serve(ctx, cfg, true, &logs); err != nil {
+		t.Fatalf("-fresh-state: %v", err)
+	}
+	if !strings.Contains(logs.String(), "moved aside") {
+		t.Errorf("no warning about the moved file:\n%s", logs.String())
+	}
+	if bad, _ := filepath.Glob(db + ".bad-*"); len(bad) != 1 {
+		t.Errorf("moved-aside files: %v", bad)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"state-dump", "-config", cfg}, &out, &errb); code != 0 || out.Len() != 0 {
+		t.Errorf("state-dump of the fresh file: exit %d, %q %q", code, out.String(), errb.String())
 	}
 }

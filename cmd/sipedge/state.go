@@ -1,0 +1,65 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/sipedge/sipedge/edge/state"
+)
+
+// openState opens the [state] store and loads it, or returns nil for
+// memory only. A damaged or unknown file is an error naming it unless
+// fresh is set: then it is moved aside, with a warning, and the edge
+// starts empty.
+func openState(cfg state.Config, fresh bool, log *slog.Logger) (*state.Bolt, state.Snapshot, error) {
+	if cfg.Dir == "" {
+		log.Info("state: memory only ([state] dir is empty); a restart forgets registrations and bans, UDP phones stay reachable by their tokens")
+		return nil, state.Snapshot{}, nil
+	}
+	s, snap, err := loadState(cfg.Dir)
+	var ce *state.CorruptError
+	if errors.As(err, &ce) && fresh {
+		bad, merr := state.MoveAside(cfg.Dir, time.Now())
+		if merr != nil {
+			return nil, snap, fmt.Errorf("%w (and moving it aside failed: %v)", err, merr)
+		}
+		log.Warn("state file unusable: moved aside, starting with no state", "err", err, "moved_to", bad)
+		s, snap, err = loadState(cfg.Dir)
+	}
+	if err != nil {
+		if errors.As(err, &ce) {
+			err = fmt.Errorf("%w (run with -fresh-state to move it aside and start empty)", err)
+		}
+		return nil, snap, err
+	}
+	return s, snap, nil
+}
+
+func loadState(dir string) (*state.Bolt, state.Snapshot, error) {
+	s, err := state.OpenBolt(dir)
+	if err != nil {
+		return nil, state.Snapshot{}, err
+	}
+	snap, err := s.Load()
+	if err != nil {
+		s.Close()
+		return nil, state.Snapshot{}, err
+	}
+	return s, snap, nil
+}
+
+// dumpState prints the stored bindings and bans, one JSON object a line.
+func dumpState(cfg state.Config, w io.Writer) error {
+	if cfg.Dir == "" {
+		return errors.New("state.dir is empty: state is kept in memory only")
+	}
+	s, snap, err := loadState(cfg.Dir)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return state.Dump(w, snap)
+}
