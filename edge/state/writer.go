@@ -23,8 +23,8 @@ type Writer struct {
 	bans  func() []ratelimit.Ban // the limiter's BanHistory
 
 	mu      sync.Mutex
-	put     map[string]registry.Binding // by store key; the latest state wins
-	del     map[string]registry.Binding
+	put     map[slot]registry.Binding // the latest state wins
+	del     map[slot]registry.Binding
 	bansSet bool
 
 	flushMu sync.Mutex // one flush at a time
@@ -33,11 +33,16 @@ type Writer struct {
 	lastLog time.Time
 }
 
+// slot names a binding: its AOR and its ID within it.
+type slot struct{ aor, id string }
+
+func slotOf(b registry.Binding) slot { return slot{b.AOR, b.ID()} }
+
 // NewWriter returns a Writer to store. bans lists the ban history to
 // save whenever BansChanged was called (nil: bans are not kept).
 func NewWriter(store Store, every time.Duration, clk clock.Clock, log *slog.Logger, bans func() []ratelimit.Ban) *Writer {
 	return &Writer{store: store, log: log, clk: clk, every: every, bans: bans,
-		put: make(map[string]registry.Binding), del: make(map[string]registry.Binding)}
+		put: make(map[slot]registry.Binding), del: make(map[slot]registry.Binding)}
 }
 
 // Observe notes a registry event (registry.Deps.OnEvent). Bindings on
@@ -65,13 +70,13 @@ func (w *Writer) keep(b registry.Binding) {
 		w.drop(b) // it may have moved here from UDP
 		return
 	}
-	k := string(bindingKey(b))
+	k := slotOf(b)
 	delete(w.del, k)
 	w.put[k] = b
 }
 
 func (w *Writer) drop(b registry.Binding) {
-	k := string(bindingKey(b))
+	k := slotOf(b)
 	delete(w.put, k)
 	w.del[k] = b
 }
@@ -111,7 +116,7 @@ func (w *Writer) Flush() error {
 		w.mu.Unlock()
 		return nil
 	}
-	w.put, w.del, w.bansSet = make(map[string]registry.Binding), make(map[string]registry.Binding), false
+	w.put, w.del, w.bansSet = make(map[slot]registry.Binding), make(map[slot]registry.Binding), false
 	w.mu.Unlock()
 
 	b := Batch{Saved: w.clk.Now(), Put: make([]registry.Binding, 0, len(put)), Delete: make([]registry.Binding, 0, len(del))}
