@@ -112,3 +112,31 @@ func (r RegistrationConfig) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// DrainConfig is the [drain] section: how the edge stops (SIGTERM).
+type DrainConfig struct {
+	// Grace is how long a stop may take: transactions in flight finish,
+	// and stream connections are closed spread over it, so their
+	// reconnects do not arrive at once. A second SIGTERM ends it at once.
+	Grace time.Duration `toml:"grace"`
+	// RetryAfter is what REGISTERs and new dialogs are told while
+	// draining (503), jittered by ±50% so they do not return together.
+	RetryAfter time.Duration `toml:"retry_after"`
+}
+
+// DefaultDrainConfig drains for 10 s and sends phones back in 15 to 45 s.
+func DefaultDrainConfig() DrainConfig {
+	return DrainConfig{Grace: 10 * time.Second, RetryAfter: 30 * time.Second}
+}
+
+// Validate names every invalid key and why.
+func (c DrainConfig) Validate() error {
+	var errs []error
+	if c.Grace < 0 || c.Grace > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("drain.grace: %s is outside 0..10m", c.Grace))
+	}
+	if c.RetryAfter < 2*time.Second || c.RetryAfter > time.Hour {
+		errs = append(errs, fmt.Errorf("drain.retry_after: %s is outside 2s..1h", c.RetryAfter))
+	}
+	return errors.Join(errs...)
+}

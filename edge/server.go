@@ -51,6 +51,7 @@ type Config struct {
 	Registration RegistrationConfig
 	Core         upstream.Config // mode and timeout
 	NAT          nat.Config      // Flow-Timer values granted to outbound clients
+	Drain        DrainConfig
 }
 
 // Deps are the parts the server is built from, made by the caller.
@@ -65,7 +66,6 @@ type Deps struct {
 	Probe     *nat.Keepaliver    // required: probes silent stream flows
 	Registry  *registry.Registry // required
 	Conns     *Conns             // required: open stream connections (the registry asks it too)
-	Grace     time.Duration      // drain time on shutdown; default 3s
 	// StateSaved is when the state the registry was restored from was
 	// last written (zero: none loaded). Tokens minted from then until
 	// the server starts may name UDP flows it has no record of, which it
@@ -92,12 +92,11 @@ type Server struct {
 	dialogs *dialog.Table
 	proofs  *proofs
 
-	ready    chan struct{}
-	serving  sync.WaitGroup // listeners and the maintenance loop
-	stop     context.CancelFunc
-	mu       sync.RWMutex // guards draining against inflight.Add
-	draining bool
-	inflight sync.WaitGroup
+	ready   chan struct{}
+	serving sync.WaitGroup // listeners and the maintenance loop
+	stop    context.CancelFunc
+	drain   *drain
+	streams []*nat.Listener // the access side's, for the drain to close their connections
 }
 
 // New builds a server on sockets the caller bound.
@@ -106,14 +105,11 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		d.Keepalive == nil || d.Probe == nil || d.Registry == nil || d.Conns == nil {
 		return nil, errors.New("edge: Log, Signer, Pool, Limiter, Flows, Keepalive, Probe, Registry and Conns are required")
 	}
-	if err := errors.Join(cfg.Access.Validate(), cfg.Registration.Validate(), cfg.Core.Validate(), cfg.NAT.Validate()); err != nil {
+	if err := errors.Join(cfg.Access.Validate(), cfg.Registration.Validate(), cfg.Core.Validate(), cfg.NAT.Validate(), cfg.Drain.Validate()); err != nil {
 		return nil, err
 	}
 	if d.Clock == nil {
 		d.Clock = clock.Real{}
-	}
-	if d.Grace == 0 {
-		d.Grace = 3 * time.Second
 	}
 	var advertise netip.Addr
 	if cfg.Access.Advertise != "" {
@@ -122,7 +118,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	s := &Server{cfg: cfg, d: d, log: d.Log, socks: socks, ready: make(chan struct{}),
 		rs:      responder{log: d.Log, retryAfter: d.Limiter.RetryAfter},
 		dialogs: dialog.New(cfg.Access.MaxDialogs, dialogIdle, d.Clock.Now),
-		proofs:  newProofs(maxProofs)}
+		proofs:  newProofs(maxProofs), drain: newDrain(cfg.Drain)}
 	coreAddr := addrPortOf(socks.CoreUDP.LocalAddr())
 	self := newSelf(d.Signer, d.Flows, d.Clock.Now, coreAddr, advertise, socks.addrs())
 
@@ -290,21 +286,19 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 			return
 		}
 		r := &Request{Request: req, Tx: tx, Flow: flow}
-		s.mu.RLock()
-		draining := s.draining
-		if !draining {
-			s.inflight.Add(1)
-		}
-		s.mu.RUnlock()
-		if draining {
-			var err error = &upstream.Unreachable{RetryAfter: s.cfg.Core.RetryAfter, Err: errors.New("draining")}
+		if !s.drain.enter(req) {
+			// Draining: nothing new starts here; calls in progress go on.
+			var err error = &upstream.Unreachable{RetryAfter: s.drain.retryAfter(), Err: errors.New("draining")}
 			if stranger {
 				err = reject(403, "Forbidden") // strangers learn nothing, draining or not
 			}
 			s.rs.respond(r, err)
+			if flow.Transport == nat.UDP {
+				tx.Terminate()
+			}
 			return
 		}
-		defer s.inflight.Done()
+		defer s.drain.leave()
 		defer func() {
 			if p := recover(); p != nil {
 				s.log.Error("panic in handler", "method", req.Method, "panic", p, "stack", string(debug.Stack()))
@@ -359,7 +353,9 @@ func (s *Server) Start(ctx context.Context) error {
 		for _, l := range st.ls {
 			// WS and WSS get nat's WebSocket shim: RFC 6455/7118 done right
 			// under sipgo, handshakes off its accept loop.
-			serve(func() error { return st.serve(nat.NewWSListener(l, st.tp, hooks)) })
+			nl := nat.NewWSListener(l, st.tp, hooks)
+			s.streams = append(s.streams, nl)
+			serve(func() error { return st.serve(nl) })
 		}
 	}
 	serve(func() error { return s.coreSrv.ServeTCP(nat.NewListener(s.socks.CoreTCP, nat.TCP, nat.StreamHooks{})) })
@@ -421,28 +417,44 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("sipedge serving", "phones_udp", a.UDP, "phones_tcp", a.TCP, "phones_tls", a.TLS, "phones_ws", a.WS, "phones_wss", a.WSS,
 		"core_side", addrPortOf(s.socks.CoreUDP.LocalAddr()), "core", s.d.Pool.Targets(), "mode", s.cfg.Core.Mode)
 	<-ctx.Done()
-	sctx, cancel := context.WithTimeout(context.Background(), s.d.Grace)
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.Drain.Grace)
 	defer cancel()
+	go func() {
+		select {
+		case <-s.drain.hurryCh:
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
 	return s.Shutdown(sctx)
 }
+
+// Hurry cuts a drain short: what is still in flight is dropped and the
+// remaining connections close at once (a second SIGTERM).
+func (s *Server) Hurry() { s.drain.hurry() }
 
 // Shutdown drains: stop accepting, answer new requests 503, let
 // transactions finish until ctx ends, then close everything and wait for
 // every goroutine the server started.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.log.Info("draining")
-	s.mu.Lock()
-	s.draining = true
-	s.mu.Unlock()
+	var conns []*nat.Conn
+	for _, l := range s.streams {
+		conns = append(conns, l.Open()...)
+	}
+	deadline, _ := ctx.Deadline()
+	s.log.Info("draining: REGISTERs and new dialogs get 503, calls in progress go on", "until", deadline, "stream_connections", len(conns))
+	s.drain.close()
 	for _, l := range s.socks.listeners() {
 		_ = l.Close() // stop accepting; open connections finish their transactions
 	}
+	closed := make(chan struct{})
+	go func() { closeSpread(ctx, s.d.Clock, conns, time.Until(deadline)); close(closed) }()
 	done := make(chan struct{})
-	go func() { s.inflight.Wait(); close(done) }()
+	go func() { s.drain.wait(ctx); <-closed; close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
-		s.log.Warn("grace period over with transactions in flight")
+		s.log.Warn("drain cut short (grace over, or a second signal) with transactions in flight")
 	}
 	if s.stop != nil {
 		s.stop()
@@ -455,7 +467,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	_ = s.socks.Close()
 	s.serving.Wait()
 	followUps := make(chan struct{})
-	go func() { <-done; s.relay.followUp.Wait(); close(followUps) }()
+	go func() { s.drain.wait(context.Background()); s.relay.followUp.Wait(); close(followUps) }()
 	select {
 	case <-followUps: // handlers and their follow-ups return once the UAs are closed
 	case <-time.After(time.Second):

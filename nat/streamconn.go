@@ -289,6 +289,17 @@ func (l *Listener) Conns() int {
 	return len(l.conns)
 }
 
+// Open returns the accepted connections not yet closed.
+func (l *Listener) Open() []*Conn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]*Conn, 0, len(l.conns))
+	for _, c := range l.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
 // Conn returns the open connection of flow k.
 func (l *Listener) Conn(k FlowKey) (*Conn, bool) {
 	l.mu.Lock()

@@ -93,7 +93,7 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 	}
 	srv, err := edge.New(cfg.edge(), socks, edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool,
 		Limiter: limiter, Flows: flows, Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns,
-		Grace: 3 * time.Second, StateSaved: snap.Saved})
+		StateSaved: snap.Saved})
 	if err != nil {
 		return nil, err
 	}

@@ -23,6 +23,7 @@ type fileConfig struct {
 	NAT          nat.Config              `toml:"nat"`
 	RateLimit    ratelimit.Config        `toml:"ratelimit"`
 	State        state.Config            `toml:"state"`
+	Drain        edge.DrainConfig        `toml:"drain"`
 	Log          logConfig               `toml:"log"`
 }
 
@@ -39,18 +40,19 @@ func defaultConfig() fileConfig {
 		NAT:          nat.DefaultConfig(),
 		RateLimit:    ratelimit.DefaultConfig(),
 		State:        state.DefaultConfig(),
+		Drain:        edge.DefaultDrainConfig(),
 		Log:          logConfig{Level: "info", Format: "text"},
 	}
 }
 
 func (c fileConfig) validate() error {
 	return errors.Join(c.Access.Validate(), c.Core.Validate(), c.Registration.Validate(),
-		c.NAT.Validate(), c.RateLimit.Validate(), c.State.Validate(), c.Log.validate())
+		c.NAT.Validate(), c.RateLimit.Validate(), c.State.Validate(), c.Drain.Validate(), c.Log.validate())
 }
 
 // edge is what the edge server reads of the file.
 func (c fileConfig) edge() edge.Config {
-	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT}
+	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain}
 }
 
 func (l logConfig) validate() error {

@@ -39,6 +39,9 @@ func TestAnnotatedConfigIsTheDefault(t *testing.T) {
 	if got, want := cfg.RateLimit, def.RateLimit; !reflect.DeepEqual(got, want) {
 		t.Errorf("configs/sipedge.toml [ratelimit] = %+v, defaults = %+v", got, want)
 	}
+	if got, want := cfg.Drain, def.Drain; got != want {
+		t.Errorf("configs/sipedge.toml [drain] = %+v, defaults = %+v", got, want)
+	}
 	if got, want := cfg.State, def.State; got != want {
 		t.Errorf("configs/sipedge.toml [state] = %+v, defaults = %+v", got, want)
 	}

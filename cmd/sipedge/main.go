@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -109,12 +110,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "unexpected argument %q (did you mean -config %s?)\n%s", fs.Arg(0), fs.Arg(0), usage)
 			return 2
 		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		// SIGHUP (logrotate, a closed terminal) must not kill the edge; a
-		// reload is not implemented, so it is ignored.
-		signal.Ignore(syscall.SIGHUP)
-		if err := serve(ctx, *path, *fresh, stderr); err != nil {
+		sig := newSignals()
+		defer sig.stop()
+		if err := serve(sig.ctx, *path, *fresh, stderr, sig); err != nil {
 			fmt.Fprintln(stderr, "sipedge:", err)
 			return 1
 		}
@@ -124,7 +122,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-func serve(ctx context.Context, path string, freshState bool, logOut io.Writer) error {
+func serve(ctx context.Context, path string, freshState bool, logOut io.Writer, sig *signals) error {
 	cfg, err := loadConfig(path)
 	if err != nil {
 		return err
@@ -166,6 +164,9 @@ func serve(ctx context.Context, path string, freshState bool, logOut io.Writer) 
 		socks.Close()
 		return err
 	}
+	if sig != nil {
+		sig.hurry(a.srv.Hurry)
+	}
 	log.Info("sipedge starting", "version", version)
 	return a.serve(ctx)
 }
@@ -178,4 +179,51 @@ func newLogger(c logConfig, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// signals turns the process's signals into actions: the first SIGTERM
+// or SIGINT drains (ctx ends), the next cuts the drain short. SIGHUP
+// (logrotate, a closed terminal) never kills the edge.
+type signals struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	ch     chan os.Signal
+
+	mu      sync.Mutex
+	hurryFn func()
+}
+
+func newSignals() *signals {
+	s := &signals{ch: make(chan os.Signal, 4)}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	signal.Notify(s.ch, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	go s.watch()
+	return s
+}
+
+func (s *signals) watch() {
+	stops := 0
+	for sg := range s.ch {
+		if sg == syscall.SIGHUP {
+			continue
+		}
+		if stops++; stops == 1 {
+			s.cancel()
+			continue
+		}
+		s.mu.Lock()
+		f := s.hurryFn
+		s.mu.Unlock()
+		if f != nil {
+			f()
+		}
+	}
+}
+
+// hurry sets what a second stop signal does.
+func (s *signals) hurry(f func()) { s.mu.Lock(); s.hurryFn = f; s.mu.Unlock() }
+
+func (s *signals) stop() {
+	signal.Stop(s.ch)
+	s.cancel()
 }

@@ -35,7 +35,7 @@ dir = "`+filepath.Join(dir, "state")+`"
 	ctx, cancel := context.WithCancel(context.Background())
 	var logs bytes.Buffer
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, false, &logs) }()
+	go func() { done <- serve(ctx, cfg, false, &logs, nil) }()
 	cancel()
 	select {
 	case err := <-done:
@@ -115,13 +115,13 @@ key_file = "`+filepath.Join(dir, "flow.key")+`"
 dir = "`+stateDir+`"
 `), 0o600)
 	var logs bytes.Buffer
-	err := serve(context.Background(), cfg, false, &logs)
+	err := serve(context.Background(), cfg, false, &logs, nil)
 	if err == nil || !strings.Contains(err.Error(), db) || !strings.Contains(err.Error(), "-fresh-state") {
 		t.Fatalf("damaged state file: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := serve(ctx, cfg, true, &logs); err != nil {
+	if err := serve(ctx, cfg, true, &logs, nil); err != nil {
 		t.Fatalf("-fresh-state: %v", err)
 	}
 	if !strings.Contains(logs.String(), "moved aside") {

@@ -46,6 +46,7 @@ type Config struct {
 	Registration edge.RegistrationConfig
 	NAT          nat.Config
 	RateLimit    ratelimit.Config
+	Drain        edge.DrainConfig
 }
 
 // Hooks let a test watch the edge and move its time.
@@ -100,6 +101,7 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 		Registration: edge.DefaultRegistrationConfig(),
 		NAT:          nat.DefaultConfig(),
 		RateLimit:    ratelimit.DefaultConfig(),
+		Drain:        edge.DrainConfig{Grace: time.Second, RetryAfter: 30 * time.Second},
 	}
 	cfg.Core.Listen = "127.0.0.1:0"
 	cfg.Core.Upstreams = []string{core}
@@ -186,9 +188,9 @@ func build(t testing.TB, cfg Config, h Hooks, clk clock.Clock, socks *edge.Socke
 		Sources: limiter, StreamOpen: conns.Open, OnEvent: h.OnEvent, RecoverHold: cfg.Registration.MaxExpires})
 	must(err)
 	reg.Restore(h.Restore, time.Second)
-	srv, err := edge.New(edge.Config{Access: cfg.Access, Registration: cfg.Registration, Core: cfg.Core, NAT: cfg.NAT}, socks,
+	srv, err := edge.New(edge.Config{Access: cfg.Access, Registration: cfg.Registration, Core: cfg.Core, NAT: cfg.NAT, Drain: cfg.Drain}, socks,
 		edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool, Limiter: limiter, Flows: flows,
-			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, Grace: time.Second, StateSaved: h.StateSaved})
+			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, StateSaved: h.StateSaved})
 	must(err)
 	return srv, reg, limiter
 }
