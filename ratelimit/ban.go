@@ -56,19 +56,6 @@ func (l *Limiter) wideBanned(a netip.Addr, now int64) bool {
 	return false
 }
 
-// banDuration is how long the count-th ban lasts: ban_time doubled for
-// each earlier ban still remembered, at most ban_max.
-func (l *Limiter) banDuration(count int32) time.Duration {
-	d := l.cfg.BanTime
-	for i := int32(1); i < count; i++ {
-		if d >= l.cfg.BanMax/2 {
-			return l.cfg.BanMax
-		}
-		d *= 2
-	}
-	return min(d, l.cfg.BanMax)
-}
-
 func (l *Limiter) banOf(p netip.Prefix, rec banRec) Ban {
 	return Ban{
 		Addr: p, Reason: rec.reason, Since: l.toTime(rec.since), Until: l.toTime(rec.until), Count: int(rec.count),
@@ -81,7 +68,7 @@ func (l *Limiter) banOf(p netip.Prefix, rec banRec) Ban {
 // ban_bound) and new records beyond max_bans. The caller has checked that
 // k is proven. sh.mu must be held; the caller emits the Ban.
 func (l *Limiter) banLocked(sh *shard, k key, e *entry, r Reason, ev evidence, now int64) (Ban, bool) {
-	if e != nil && e.bindings > 0 && !l.cfg.BanBound {
+	if e != nil && e.bindings > 0 && !sh.lim.cfg.BanBound {
 		return Ban{}, false
 	}
 	b, ok := l.banKeyLocked(sh, k, r, 0, &ev, now)
@@ -97,13 +84,13 @@ func (l *Limiter) banLocked(sh *shard, k key, e *entry, r Reason, ev evidence, n
 func (l *Limiter) banKeyLocked(sh *shard, k key, r Reason, d time.Duration, ev *evidence, now int64) (Ban, bool) {
 	rec, ok := sh.bans[k]
 	if !ok {
-		if n := l.banRecs.Add(1); ev != nil && n > int64(l.cfg.MaxBans) {
+		if n := l.banRecs.Add(1); ev != nil && n > int64(sh.lim.cfg.MaxBans) {
 			l.banRecs.Add(-1)
 			l.banOverflow.Add(1)
 			return Ban{}, false
 		}
 	}
-	rec.apply(r, d, ev, now, l.banDuration)
+	rec.apply(r, d, ev, now, sh.lim.banDuration)
 	sh.bans[k] = rec
 	return l.banOf(k.prefix(), rec), true
 }
@@ -140,7 +127,8 @@ func (l *Limiter) Ban(p netip.Prefix, r Reason, d time.Duration) {
 		return
 	}
 	p = normPrefix(p)
-	if l.allowedPrefix(p) {
+	lm := l.lim.Load()
+	if lm.allowedPrefix(p) {
 		return
 	}
 	now := l.nowNS()
@@ -157,7 +145,7 @@ func (l *Limiter) Ban(p netip.Prefix, r Reason, d time.Duration) {
 			i = len(l.wideList)
 			l.wideList = append(l.wideList, wideBan{p: p})
 		}
-		l.wideList[i].rec.apply(r, d, nil, now, l.banDuration)
+		l.wideList[i].rec.apply(r, d, nil, now, lm.banDuration)
 		b = l.banOf(p, l.wideList[i].rec)
 		l.publishWide()
 		l.wideMu.Unlock()
@@ -247,7 +235,7 @@ func (l *Limiter) Bans() []Ban {
 // Banned reports whether a is banned now (never, if allowlisted).
 func (l *Limiter) Banned(a netip.Addr) bool {
 	k, a, ok := keyOf(a)
-	if !ok || l.allowed(a) {
+	if !ok || l.lim.Load().allowed(a) {
 		return false
 	}
 	now := l.nowNS()

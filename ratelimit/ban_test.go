@@ -61,10 +61,10 @@ func TestBanDurationBounds(t *testing.T) {
 	if !l.Banned(src) || len(l.Bans()) != 1 || !l.Bans()[0].Until.After(l.Bans()[0].Since) {
 		t.Fatalf("maximal ban: %+v", l.Bans())
 	}
-	if got, want := l.banDuration(100), time.Duration(1<<62); got != want {
+	if got, want := l.lim.Load().banDuration(100), time.Duration(1<<62); got != want {
 		t.Fatalf("100th ban lasts %v, want ban_max %v", got, want)
 	}
-	if got := l.banDuration(3); got != 4*time.Hour {
+	if got := l.lim.Load().banDuration(3); got != 4*time.Hour {
 		t.Fatalf("3rd ban lasts %v", got)
 	}
 }

@@ -52,14 +52,15 @@ func (l *Limiter) BanHistory() []Ban {
 // Neither OnBan nor OnUnban is called: these are not new bans.
 func (l *Limiter) RestoreBans(bs []Ban) (restored int) {
 	now := l.nowNS()
-	forget := int64(l.cfg.BanForget)
+	lm := l.lim.Load()
+	forget := int64(lm.cfg.BanForget)
 	wideChanged := false
 	for _, b := range bs {
 		if !b.Addr.IsValid() {
 			continue
 		}
 		p := normPrefix(b.Addr)
-		if l.allowedPrefix(p) {
+		if lm.allowedPrefix(p) {
 			continue
 		}
 		rec := l.recOf(b, now)
@@ -71,7 +72,7 @@ func (l *Limiter) RestoreBans(bs []Ban) (restored int) {
 			sh.mu.Lock()
 			_, held := sh.bans[k]
 			if !held {
-				if n := l.banRecs.Add(1); !rec.manual && n > int64(l.cfg.MaxBans) {
+				if n := l.banRecs.Add(1); !rec.manual && n > int64(lm.cfg.MaxBans) {
 					l.banRecs.Add(-1)
 					sh.mu.Unlock()
 					continue

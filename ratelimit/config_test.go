@@ -100,12 +100,12 @@ func TestAllowForms(t *testing.T) {
 		c.Allow = []string{"192.0.2.7", "::ffff:198.51.100.0/120", "2001:db8:1::/48"}
 	}, Events{})
 	for _, a := range []string{"192.0.2.7", "::ffff:192.0.2.7", "198.51.100.200", "2001:db8:1:2::3"} {
-		if !l.allowed(addr(a).Unmap()) {
+		if !l.lim.Load().allowed(addr(a).Unmap()) {
 			t.Errorf("%s not allowlisted", a)
 		}
 	}
 	for _, a := range []string{"192.0.2.8", "198.51.101.1", "2001:db8:2::1"} {
-		if l.allowed(addr(a).Unmap()) {
+		if l.lim.Load().allowed(addr(a).Unmap()) {
 			t.Errorf("%s allowlisted", a)
 		}
 	}

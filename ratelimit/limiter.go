@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,22 +125,14 @@ func WithRand(src rand.Source) Option { return func(o *options) { o.rnd = src } 
 // concurrent use. Memory is bounded by max_sources, max_aors and max_bans
 // (plus sources that hold bindings, which the registrar bounds).
 type Limiter struct {
-	cfg   Config
 	now   func() time.Time
 	epoch time.Time
 	ev    Events
 
-	allow   []netip.Prefix
-	scan    scanner
-	methods [maxNamedMethods]string // slot i+1; "" unused
-
-	// Before parsing, and the reply budget: GCRA buckets in each entry.
-	pkt, bytes, conn, reply  bucket
-	auth, aorAuth, malformed score
-	// After parsing: the buckets of reqLimits (post[0] the request rate,
-	// post[1+i] method slot i) and of each AOR's REGISTER rate.
-	post     [postSlots]bucket
-	register bucket
+	// lim is the config in force (see limits for which copy a call
+	// reads); reloadMu serialises Reload.
+	lim      atomic.Pointer[limits]
+	reloadMu sync.Mutex
 
 	seed    uint64
 	aorSeed maphash.Seed
@@ -157,11 +148,11 @@ type Limiter struct {
 	// under overMu for connections and requests.
 	overPkt, overBytes atomic.Int64
 	// The budget of datagrams from unproven sources, all together.
-	unproven    bucket
 	unprovenTat atomic.Int64
 	overMu      sync.Mutex
 	overEnt     entry
 	overReq     reqLimits
+	overLim     *limits // what overEnt and overReq are scaled to
 
 	inflight atomic.Int64
 
@@ -199,15 +190,19 @@ type shard struct {
 	// (pointer-free, like ents); free slots, zeroed, are listed in reqFree.
 	reqs    []reqLimits
 	reqFree []int32
+	// lim is the config the tats above are scaled to: Reload changes it
+	// and rescales them together.
+	lim *limits
 
 	counts [numDecisions][NumReasons]atomic.Uint64
 	_      [64]byte // keep neighbouring shards' locks off one cache line
 }
 
 type aorShard struct {
-	mu sync.Mutex
-	m  map[string]aorEntry
-	_  [64]byte
+	mu  sync.Mutex
+	m   map[string]aorEntry
+	lim *limits // as shard.lim
+	_   [64]byte
 }
 
 type aorEntry struct {
@@ -231,46 +226,25 @@ func New(cfg Config, now func() time.Time, ev Events, opts ...Option) (*Limiter,
 	if now == nil {
 		now = time.Now
 	}
+	lm := newLimits(cfg)
 	l := &Limiter{
-		cfg: cfg,
 		now: now,
 		// One second back, so that every reading is > 0: a zero tat is
 		// always in the past, and a zero lastOver means "none".
 		epoch:   now().Add(-time.Second),
 		ev:      ev,
-		scan:    newScanner(cfg.ScannerUserAgents),
 		seed:    rand.Uint64(),
 		aorSeed: maphash.MakeSeed(),
 		rnd:     o.rnd,
+		overLim: lm,
 	}
-	for _, s := range cfg.Allow {
-		p, _ := ParsePrefix(s) // validated
-		l.allow = append(l.allow, p)
-	}
-	names := make([]string, 0, len(cfg.Methods))
-	for m := range cfg.Methods {
-		names = append(names, m)
-	}
-	slices.Sort(names)
-	l.post[0] = newBucket(cfg.RequestRate, cfg.RequestBurst)
-	l.post[1] = newBucket(cfg.MethodRate, cfg.MethodBurst)
-	for i, m := range names {
-		l.methods[i] = m
-		l.post[2+i] = newBucket(cfg.Methods[m].Rate, cfg.Methods[m].Burst)
-	}
-	l.register = newBucket(cfg.RegisterRate, cfg.RegisterBurst)
-	l.pkt = newBucket(cfg.PacketRate, cfg.PacketBurst)
-	l.unproven = newBucket(cfg.UnprovenRate, cfg.UnprovenBurst)
-	l.bytes = newBucket(cfg.ByteRate, cfg.ByteBurst)
-	l.conn = newBucket(cfg.ConnRate, cfg.ConnBurst)
-	l.reply = newBucket(cfg.ReplyRate, cfg.ReplyBurst)
-	l.auth = newScore(cfg.AuthFailures, cfg.AuthWindow)
-	l.aorAuth = newScore(cfg.AORAuthFailures, cfg.AuthWindow)
-	l.malformed = newScore(cfg.MalformedLimit, cfg.MalformedWindow)
+	l.lim.Store(lm)
 	for i := range l.shards {
 		l.shards[i].idx = make(map[key]int32)
 		l.shards[i].bans = make(map[key]banRec)
+		l.shards[i].lim = lm
 		l.aors[i].m = make(map[string]aorEntry)
+		l.aors[i].lim = lm
 	}
 	return l, nil
 }
@@ -287,30 +261,6 @@ func (l *Limiter) shardOf(k key) *shard {
 
 func (l *Limiter) aorShardOf(aor string) *aorShard {
 	return &l.aors[maphash.String(l.aorSeed, aor)>>shardShift]
-}
-
-// allowed reports whether a is allowlisted. It inlines to a length check
-// on the per-datagram path, where the list is usually empty.
-func (l *Limiter) allowed(a netip.Addr) bool { return len(l.allow) > 0 && l.allowedWithin(a, 128) }
-
-// allowedPrefix reports whether all of p is allowlisted.
-func (l *Limiter) allowedPrefix(p netip.Prefix) bool { return l.allowedWithin(p.Addr(), p.Bits()) }
-
-// allowedWithin reports whether an allowlisted prefix of at most bits
-// holds a.
-func (l *Limiter) allowedWithin(a netip.Addr, bits int) bool {
-	for _, p := range l.allow {
-		if p.Bits() <= bits && p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// factor is how much a source's budgets are multiplied by for its bindings.
-func (l *Limiter) factor(e *entry) float64 {
-	n := min(int(e.bindings), l.cfg.MaxBindings)
-	return 1 + l.cfg.BindingWeight*float64(n)
 }
 
 // lookup modes.
@@ -334,7 +284,7 @@ func (l *Limiter) lookup(sh *shard, k key, mode int) *entry {
 		// Read first: at the cap (a spoofed flood), every caller takes
 		// this branch, and a read-only check keeps the counter's cache
 		// line shared between cores.
-		limit := int64(l.cfg.MaxSources)
+		limit := int64(sh.lim.cfg.MaxSources)
 		if l.tracked.Load()-l.bound.Load() >= limit {
 			l.overflowHits.Add(1)
 			return nil

@@ -25,7 +25,8 @@ func (l *Limiter) Packet(src netip.Addr, size int, proven bool) Decision {
 		return Drop
 	}
 	sh := l.shardOf(k)
-	if l.allowed(a) {
+	lm := l.lim.Load()
+	if lm.allowed(a) {
 		l.count(sh, Allow, ReasonNone, src)
 		return Allow
 	}
@@ -45,7 +46,7 @@ func (l *Limiter) Packet(src netip.Addr, size int, proven bool) Decision {
 	charged := false
 	e := l.lookup(sh, k, find)
 	if e == nil && !proven {
-		if !l.unprovenAllow(false, now) {
+		if !l.unprovenAllow(lm, false, now) {
 			sh.mu.Unlock()
 			l.count(sh, Drop, ReasonOverflow, src)
 			return Drop
@@ -57,19 +58,20 @@ func (l *Limiter) Packet(src netip.Addr, size int, proven bool) Decision {
 	}
 	if e == nil {
 		sh.mu.Unlock()
-		f := l.cfg.OverflowShare
-		if !l.pkt.takeAtomic(&l.overPkt, now, 1, f) || !l.bytes.takeAtomic(&l.overBytes, now, float64(max(size, 0)), f) ||
-			!(charged || l.unprovenAllow(proven, now)) {
+		f := lm.cfg.OverflowShare
+		if !lm.pkt.takeAtomic(&l.overPkt, now, 1, f) || !lm.bytes.takeAtomic(&l.overBytes, now, float64(max(size, 0)), f) ||
+			!(charged || l.unprovenAllow(lm, proven, now)) {
 			l.count(sh, Drop, ReasonOverflow, src)
 			return Drop
 		}
 		l.count(sh, Allow, ReasonNone, src)
 		return Allow
 	}
-	f := l.factor(e)
+	sl := sh.lim // e's tats are scaled to it
+	f := sl.factor(e)
 	r := ReasonNone
-	tp, okp := l.pkt.next(e.pkt, now, 1, f)
-	tb, okb := l.bytes.next(e.bytes, now, float64(max(size, 0)), f)
+	tp, okp := sl.pkt.next(e.pkt, now, 1, f)
+	tb, okb := sl.bytes.next(e.bytes, now, float64(max(size, 0)), f)
 	switch {
 	case !okp:
 		r = ReasonPacketRate
@@ -86,7 +88,7 @@ func (l *Limiter) Packet(src netip.Addr, size int, proven bool) Decision {
 	if banned {
 		l.emitBan(b)
 	}
-	if r == ReasonNone && !charged && !l.unprovenAllow(proven, now) {
+	if r == ReasonNone && !charged && !l.unprovenAllow(lm, proven, now) {
 		r = ReasonOverflow
 	}
 	if r == ReasonNone {
@@ -101,8 +103,8 @@ func (l *Limiter) Packet(src netip.Addr, size int, proven bool) Decision {
 // all unproven sources share (unproven_rate): a flood from many spoofed
 // addresses, each within its own budget, still cannot hand the parser
 // more than that, and a single flooder only ever spends its own.
-func (l *Limiter) unprovenAllow(proven bool, now int64) bool {
-	return proven || l.unproven.takeAtomic(&l.unprovenTat, now, 1, 1)
+func (l *Limiter) unprovenAllow(lm *limits, proven bool, now int64) bool {
+	return proven || lm.unproven.takeAtomic(&l.unprovenTat, now, 1, 1)
 }
 
 // Accept decides on a new TCP, TLS or WebSocket connection from src:
@@ -121,7 +123,7 @@ func (l *Limiter) Accept(src netip.Addr) (Decision, func()) {
 		return Drop, noop
 	}
 	sh := l.shardOf(k)
-	if l.allowed(a) {
+	if l.lim.Load().allowed(a) {
 		l.count(sh, Allow, ReasonNone, src)
 		return Allow, noop
 	}
@@ -140,7 +142,7 @@ func (l *Limiter) Accept(src netip.Addr) (Decision, func()) {
 	if e == nil {
 		sh.mu.Unlock()
 		l.overMu.Lock()
-		r := l.acceptLocked(&l.overEnt, l.cfg.OverflowShare, now)
+		r := l.overLim.acceptLocked(&l.overEnt, l.overLim.cfg.OverflowShare, now)
 		l.overMu.Unlock()
 		if r != ReasonNone {
 			l.count(sh, Drop, ReasonOverflow, src)
@@ -149,7 +151,7 @@ func (l *Limiter) Accept(src netip.Addr) (Decision, func()) {
 		l.count(sh, Allow, ReasonNone, src)
 		return Allow, l.releaser(k, true)
 	}
-	r := l.acceptLocked(e, l.factor(e), now)
+	r := sh.lim.acceptLocked(e, sh.lim.factor(e), now)
 	b, banned := l.floodLocked(sh, k, e, r, now, true)
 	if banned {
 		r = ReasonFlood
@@ -166,12 +168,13 @@ func (l *Limiter) Accept(src netip.Addr) (Decision, func()) {
 	return Allow, l.releaser(k, false)
 }
 
-// acceptLocked applies the connection limits to e and takes a slot.
-func (l *Limiter) acceptLocked(e *entry, f float64, now int64) Reason {
-	if float64(e.conns) >= float64(l.cfg.MaxConns)*f {
+// acceptLocked applies the connection limits to e, whose tats lm is the
+// scale of, and takes a slot.
+func (lm *limits) acceptLocked(e *entry, f float64, now int64) Reason {
+	if float64(e.conns) >= float64(lm.cfg.MaxConns)*f {
 		return ReasonConnCount
 	}
-	if !l.conn.take(&e.conn, now, 1, f) {
+	if !lm.conn.take(&e.conn, now, 1, f) {
 		return ReasonConnRate
 	}
 	e.conns++
@@ -222,7 +225,7 @@ func (l *Limiter) floodLocked(sh *shard, k key, e *entry, r Reason, now int64, p
 	}
 	e.lastOver = now
 	e.overN = min(e.overN+1, math.MaxInt32-1)
-	if now-e.overSince < int64(l.cfg.FloodWindow) {
+	if now-e.overSince < int64(sh.lim.cfg.FloodWindow) {
 		return Ban{}, false
 	}
 	return l.banLocked(sh, k, e, ReasonFlood, evidence{over: r, events: e.overN, window: now - e.overSince}, now)

@@ -31,7 +31,8 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string, proven 
 		return Drop, ReasonMalformed
 	}
 	sh := l.shardOf(k)
-	if l.allowed(a) {
+	lm := l.lim.Load()
+	if lm.allowed(a) {
 		l.count(sh, Allow, ReasonNone, src)
 		return Allow, ReasonNone
 	}
@@ -40,7 +41,7 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string, proven 
 		l.count(sh, Drop, ReasonBanned, src)
 		return Drop, ReasonBanned
 	}
-	scanner := l.scan.match(userAgent)
+	scanner := lm.scan.match(userAgent)
 	sh.mu.Lock()
 	if sh.banned(k, now) {
 		sh.mu.Unlock()
@@ -63,7 +64,7 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string, proven 
 		sh.mu.Unlock()
 		d, r = Drop, ReasonScanner
 	} else if e := l.lookup(sh, k, insert); e != nil {
-		d, r = l.requestLocked(sh.reqsOf(e), &e.reply, l.factor(e), method, aor, now)
+		d, r = l.requestLocked(sh.lim, sh.reqsOf(e), &e.reply, sh.lim.factor(e), method, aor, now)
 		if r != ReasonAORRate { // the AOR's traffic is not this source's fault
 			if b, banned = l.floodLocked(sh, k, e, r, now, proven); banned {
 				d, r = Drop, ReasonFlood
@@ -73,7 +74,7 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string, proven 
 	} else {
 		sh.mu.Unlock()
 		l.overMu.Lock()
-		d, r = l.requestLocked(&l.overReq, &l.overEnt.reply, l.cfg.OverflowShare, method, aor, now)
+		d, r = l.requestLocked(l.overLim, &l.overReq, &l.overEnt.reply, l.overLim.cfg.OverflowShare, method, aor, now)
 		l.overMu.Unlock()
 		if r == ReasonSourceRate || r == ReasonMethodRate {
 			r = ReasonOverflow
@@ -87,21 +88,22 @@ func (l *Limiter) Request(src netip.Addr, method, aor, userAgent string, proven 
 }
 
 // requestLocked applies the request limits of a source (its post-parse
-// buckets rq and reply bucket, at factor f) at now. The source's budgets
-// are charged only if every limit passes. The caller holds the lock
-// guarding rq and reply; this takes the AOR shard's lock inside it.
-func (l *Limiter) requestLocked(rq *reqLimits, reply *int64, f float64, method, aor string, now int64) (Decision, Reason) {
+// buckets rq and reply bucket, scaled to lm, at factor f) at now. The
+// source's budgets are charged only if every limit passes. The caller
+// holds the lock guarding rq and reply; this takes the AOR shard's lock
+// inside it.
+func (l *Limiter) requestLocked(lm *limits, rq *reqLimits, reply *int64, f float64, method, aor string, now int64) (Decision, Reason) {
 	// The source's request budget is checked first and committed last,
 	// once the one other limit of the request (its method's, or for a
 	// REGISTER its AOR's) has passed and been charged: so each is charged
 	// only if both pass.
 	r := ReasonNone
-	src, ok := l.post[0].next(rq[0], now, 1, f)
+	src, ok := lm.post[0].next(rq[0], now, 1, f)
 	switch {
 	case !ok:
 		r = ReasonSourceRate
 	case method != "REGISTER":
-		if i := 1 + l.methodSlot(method); !l.post[i].take(&rq[i], now, 1, f) {
+		if i := 1 + lm.methodSlot(method); !lm.post[i].take(&rq[i], now, 1, f) {
 			r = ReasonMethodRate
 		}
 	case aor != "":
@@ -113,22 +115,10 @@ func (l *Limiter) requestLocked(rq *reqLimits, reply *int64, f float64, method, 
 		rq[0] = src
 		return Allow, ReasonNone
 	}
-	if l.reply.take(reply, now, 1, f) {
+	if lm.reply.take(reply, now, 1, f) {
 		return Reject, r
 	}
 	return Drop, r
-}
-
-func (l *Limiter) methodSlot(m string) int {
-	for i, name := range l.methods {
-		if name == "" {
-			break
-		}
-		if name == m {
-			return i + 1
-		}
-	}
-	return 0
 }
 
 // aorTake charges one REGISTER to aor at now. Untracked AORs (max_aors
@@ -142,7 +132,7 @@ func (l *Limiter) aorTake(aor string, now int64) bool {
 		return true
 	}
 	// A new entry is always stored: a full bucket admits one REGISTER.
-	if !l.register.take(&ae.register, now, 1, 1) {
+	if !as.lim.register.take(&ae.register, now, 1, 1) {
 		return false
 	}
 	as.m[ae.key] = ae
@@ -155,7 +145,7 @@ func (l *Limiter) aorLookup(as *aorShard, aor string) (aorEntry, bool) {
 	if ae, ok := as.m[aor]; ok {
 		return ae, true
 	}
-	if l.aorCount.Add(1) > int64(l.cfg.MaxAORs) {
+	if l.aorCount.Add(1) > int64(as.lim.cfg.MaxAORs) {
 		l.aorCount.Add(-1)
 		l.aorOverflow.Add(1)
 		return aorEntry{}, false
@@ -168,7 +158,7 @@ func (l *Limiter) aorLookup(as *aorShard, aor string) (aorEntry, bool) {
 // the request is abandoned); it is idempotent. When not ok, answer 503
 // with RetryAfter; release is then a no-op, never nil.
 func (l *Limiter) Inflight() (release func(), ok bool) {
-	if l.inflight.Add(1) > int64(l.cfg.MaxInflight) {
+	if l.inflight.Add(1) > int64(l.lim.Load().cfg.MaxInflight) {
 		l.inflight.Add(-1)
 		l.count(&l.shards[0], Reject, ReasonInflight, netip.Addr{})
 		return noop, false
@@ -193,7 +183,7 @@ func (l *Limiter) Inflight() (release func(), ok bool) {
 // over (ReasonAORAuthFailures).
 func (l *Limiter) AuthFailure(src netip.Addr, aor string) {
 	k, a, ok := keyOf(src)
-	if !ok || l.allowed(a) {
+	if !ok || l.lim.Load().allowed(a) {
 		return
 	}
 	now := l.nowNS()
@@ -203,13 +193,13 @@ func (l *Limiter) AuthFailure(src netip.Addr, aor string) {
 		sh.mu.Unlock()
 		return
 	}
-	window := int64(l.cfg.AuthWindow)
-	r, ev := ReasonNone, evidence{window: window}
+	sl := sh.lim
+	r, ev := ReasonNone, evidence{window: int64(sl.cfg.AuthWindow)}
 	e := l.lookup(sh, k, insert)
 	if e != nil {
-		f := l.factor(e)
-		if l.auth.add(&e.auth, now, f) {
-			r, ev.events = ReasonAuthFailures, l.auth.count(e.auth, now, f)
+		f := sl.factor(e)
+		if sl.auth.add(&e.auth, now, f) {
+			r, ev.events = ReasonAuthFailures, sl.auth.count(e.auth, now, f)
 		}
 	}
 	if aor != "" {
@@ -238,9 +228,9 @@ func (l *Limiter) aorFail(aor string, now int64) (bool, int32) {
 	if !ok {
 		return false, 0
 	}
-	hit := l.aorAuth.add(&ae.auth, now, 1)
+	hit := as.lim.aorAuth.add(&ae.auth, now, 1)
 	as.m[ae.key] = ae
-	return hit, l.aorAuth.count(ae.auth, now, 1)
+	return hit, as.lim.aorAuth.count(ae.auth, now, 1)
 }
 
 // Malformed records an unparsable or insane message from src;
@@ -252,7 +242,7 @@ func (l *Limiter) Malformed(src netip.Addr, proven bool) {
 		return
 	}
 	k, a, ok := keyOf(src)
-	if !ok || l.allowed(a) {
+	if !ok || l.lim.Load().allowed(a) {
 		return
 	}
 	now := l.nowNS()
@@ -265,8 +255,9 @@ func (l *Limiter) Malformed(src netip.Addr, proven bool) {
 	var b Ban
 	var banned bool
 	if e := l.lookup(sh, k, insert); e != nil {
-		if f := l.factor(e); l.malformed.add(&e.malformed, now, f) {
-			ev := evidence{events: l.malformed.count(e.malformed, now, f), window: int64(l.cfg.MalformedWindow)}
+		sl := sh.lim
+		if f := sl.factor(e); sl.malformed.add(&e.malformed, now, f) {
+			ev := evidence{events: sl.malformed.count(e.malformed, now, f), window: int64(sl.cfg.MalformedWindow)}
 			b, banned = l.banLocked(sh, k, e, ReasonMalformed, ev, now)
 		}
 	}
@@ -283,7 +274,7 @@ func (l *Limiter) Malformed(src netip.Addr, proven bool) {
 // never banned automatically. n <= 0 clears it.
 func (l *Limiter) SetBindings(src netip.Addr, n int) {
 	k, a, ok := keyOf(src)
-	if !ok || l.allowed(a) {
+	if !ok || l.lim.Load().allowed(a) {
 		return
 	}
 	n = min(max(n, 0), math.MaxInt32)
@@ -310,8 +301,9 @@ func (l *Limiter) SetBindings(src netip.Addr, n int) {
 // RetryAfter is the Retry-After for a 503: retry_after ± retry_jitter,
 // rounded to whole seconds (the header's unit), at least one second.
 func (l *Limiter) RetryAfter() time.Duration {
-	d := float64(l.cfg.RetryAfter)
-	if j := l.cfg.RetryJitter; j > 0 {
+	lm := l.lim.Load()
+	d := float64(lm.cfg.RetryAfter)
+	if j := lm.cfg.RetryJitter; j > 0 {
 		d *= 1 + j*(2*l.float64()-1)
 	}
 	return max(time.Duration(d).Round(time.Second), time.Second)

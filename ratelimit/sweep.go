@@ -25,7 +25,7 @@ func (sh *shard) sweepEntry(e *entry, now int64) bool {
 // one shard lock at a time.
 func (l *Limiter) Sweep() {
 	now := l.nowNS()
-	forget := int64(l.cfg.BanForget)
+	forget := int64(l.lim.Load().cfg.BanForget)
 	var expired []Ban
 	for i := range l.shards {
 		sh := &l.shards[i]
