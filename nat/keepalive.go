@@ -227,12 +227,12 @@ func (k *Keepaliver) Watch(key FlowKey) { k.watch(key, -1) }
 func (k *Keepaliver) WatchSoon(key FlowKey, within time.Duration) { k.watch(key, max(within, 1)) }
 
 func (k *Keepaliver) watch(key FlowKey, within time.Duration) {
-	if k.cfg.Mode == KeepaliveOff {
-		return
-	}
 	now := k.now().UnixNano()
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.cfg.Mode == KeepaliveOff {
+		return
+	}
 	if _, ok := k.items[key]; ok {
 		return
 	}
@@ -296,11 +296,11 @@ func (k *Keepaliver) Len() int {
 // allocating; OPTIONS pings, which wait for an answer, run on up to
 // pingWorkers goroutines, each with its own deadline.
 func (k *Keepaliver) Tick(ctx context.Context, p Pinger) {
+	k.tick.Lock()
+	defer k.tick.Unlock()
 	if k.cfg.Mode == KeepaliveOff || ctx.Err() != nil {
 		return
 	}
-	k.tick.Lock()
-	defer k.tick.Unlock()
 	k.batch = k.take(k.now(), k.batch[:0])
 	if k.cfg.Mode == KeepaliveCRLF {
 		for _, key := range k.batch {
@@ -398,6 +398,37 @@ func (k *Keepaliver) ping(ctx, pctx context.Context, p Pinger, key FlowKey) {
 	case k.flows.Missed(key, k.cfg.Failures):
 		k.Unwatch(key)
 	}
+}
+
+// SetConfig applies cfg and the rate cap (nil: uncapped) from the next
+// Tick on. A shorter interval brings every later ping forward to within
+// the new one (it may have been shortened for NATs that forget sooner);
+// a longer one applies from each flow's next ping. Turned off, it
+// forgets every watched flow; turned back on, flows must be watched
+// again. An invalid cfg changes nothing.
+func (k *Keepaliver) SetConfig(cfg KeepaliveConfig, cap RateCap) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	k.tick.Lock() // Tick and its pings read cfg under this lock
+	defer k.tick.Unlock()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	shorter := cfg.Interval < k.cfg.Interval
+	k.cfg, k.cap = cfg, cap
+	if shorter {
+		now := k.now().UnixNano()
+		for i := range k.due {
+			k.due[i].due = min(k.due[i].due, now+k.jitter())
+		}
+		heap.Init(&k.due)
+	}
+	if cfg.Mode == KeepaliveOff {
+		clear(k.items)
+		clear(k.due)
+		k.due, k.stale = k.due[:0], 0
+	}
+	return nil
 }
 
 // kaHeap is a min-heap of watched flows by due time.

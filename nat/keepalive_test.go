@@ -918,3 +918,44 @@ func TestKeepaliveWatchSoonSpreads(t *testing.T) {
 		t.Errorf("first pings within 5 s: %d on %d distinct seconds (%v), want 200 on 4 or more", total, len(at), at)
 	}
 }
+
+// A reload's new interval applies from the next ping; off forgets the
+// watched flows, and an invalid config changes nothing.
+func TestKeepaliveSetConfig(t *testing.T) {
+	h := newKA(t, nil)
+	keys := h.watch(50)
+	for range 25 {
+		h.tick(t, time.Second)
+	}
+	if n := len(h.p.take()); n != 50 {
+		t.Fatalf("%d first pings, want 50", n)
+	}
+	cfg := DefaultKeepaliveConfig()
+	cfg.Interval = 5 * time.Second
+	if err := h.ka.SetConfig(cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Pings already due at 25 s go then; after those, every 4-5 s.
+	for range 25 {
+		h.tick(t, time.Second)
+	}
+	if n := len(h.p.take()); n < 200 {
+		t.Errorf("%d pings in 25 s after the interval went to 5 s, want over 200", n)
+	}
+	bad := cfg
+	bad.Interval = 0
+	if err := h.ka.SetConfig(bad, nil); err == nil {
+		t.Error("invalid config accepted")
+	}
+	cfg.Mode = KeepaliveOff
+	h.ka.SetConfig(cfg, nil)
+	if h.ka.Watching(keys[0]) {
+		t.Error("still watching with keepalives off")
+	}
+	for range 10 {
+		h.tick(t, time.Second)
+	}
+	if n := len(h.p.take()); n != 0 {
+		t.Errorf("%d pings with keepalives off", n)
+	}
+}

@@ -282,6 +282,9 @@ func (l *Listener) Close() error {
 // Addr returns inner's address.
 func (l *Listener) Addr() net.Addr { return l.inner.Addr() }
 
+// Transport is what the listener's connections carry.
+func (l *Listener) Transport() Transport { return l.tp }
+
 // Conns returns the number of accepted connections not yet closed.
 func (l *Listener) Conns() int {
 	l.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -56,8 +57,13 @@ func ParseTarget(s string) (Target, error) {
 }
 
 // Pool is the ordered set of configured cores and the sources trusted
-// to speak for them.
+// to speak for them. Reload replaces both at once; readers see one set
+// or the other, never a mix.
 type Pool struct {
+	set atomic.Pointer[poolSet]
+}
+
+type poolSet struct {
 	targets []Target
 	trusted []netip.Prefix // the targets' addresses and core.trusted
 }
@@ -65,10 +71,29 @@ type Pool struct {
 // NewPool builds the pool [core] describes; the first upstream is the
 // primary.
 func NewPool(cfg Config) (*Pool, error) {
+	p := &Pool{}
+	if err := p.Reload(cfg); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Reload replaces the targets and the trusted sources with cfg's, for
+// the requests forwarded from now on; a cfg in error changes nothing.
+func (p *Pool) Reload(cfg Config) error {
+	set, err := newPoolSet(cfg)
+	if err != nil {
+		return err
+	}
+	p.set.Store(set)
+	return nil
+}
+
+func newPoolSet(cfg Config) (*poolSet, error) {
 	if len(cfg.Upstreams) == 0 {
 		return nil, errors.New("core.upstreams: no upstream configured")
 	}
-	p := &Pool{}
+	p := &poolSet{}
 	for _, s := range cfg.Upstreams {
 		t, err := ParseTarget(s)
 		if err != nil {
@@ -89,16 +114,16 @@ func NewPool(cfg Config) (*Pool, error) {
 
 // Pick returns the target for the next request. Failover among targets
 // is future work; today it is always the primary.
-func (p *Pool) Pick() Target { return p.targets[0] }
+func (p *Pool) Pick() Target { return p.set.Load().targets[0] }
 
 // Targets returns a copy of the configured targets.
-func (p *Pool) Targets() []Target { return append([]Target(nil), p.targets...) }
+func (p *Pool) Targets() []Target { return append([]Target(nil), p.set.Load().targets...) }
 
 // Trusts reports whether src may send requests to the core side: it is
 // a core, or inside core.trusted.
 func (p *Pool) Trusts(src netip.Addr) bool {
 	src = src.Unmap()
-	for _, pf := range p.trusted {
+	for _, pf := range p.set.Load().trusted {
 		if pf.Contains(src) {
 			return true
 		}

@@ -182,10 +182,7 @@ func (r *Registry) Apply(u Update) {
 // syncFlowLocked makes the flow table, the watches and the source count
 // match the bindings on f.
 func (r *Registry) syncFlowLocked(f nat.FlowKey) {
-	w := r.d.UDP
-	if f.Transport.Reliable() {
-		w = r.d.Stream
-	}
+	w := r.watcherOf(f)
 	if len(r.t.byFlow[f]) > 0 {
 		delete(r.recovered, f) // its bindings hold it now
 		r.d.Flows.Seen(f)
@@ -421,4 +418,24 @@ func (r *Registry) All() []Binding {
 	r.mu.Unlock()
 	sortByContact(out)
 	return out
+}
+
+// Rewatch watches every flow that holds a binding or was recovered
+// again: after keepalives were turned off and back on by a reload.
+func (r *Registry) Rewatch() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for f := range r.t.byFlow {
+		r.watcherOf(f).Watch(f)
+	}
+	for f := range r.recovered {
+		r.d.UDP.Watch(f)
+	}
+}
+
+func (r *Registry) watcherOf(f nat.FlowKey) Watcher {
+	if f.Transport.Reliable() {
+		return r.d.Stream
+	}
+	return r.d.UDP
 }
