@@ -96,7 +96,19 @@ func (d *drain) hurry() { d.hurried.Do(func() { close(d.hurryCh) }) }
 // retryAfter is RetryAfter ±50%, whole seconds.
 func (d *drain) retryAfter() time.Duration {
 	f := 0.5 + rand.Float64()
-	return max(time.Second, time.Duration(f*float64(d.cfg.RetryAfter)).Truncate(time.Second))
+	return max(time.Second, time.Duration(f*float64(d.config().RetryAfter)).Truncate(time.Second))
+}
+
+func (d *drain) config() DrainConfig {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg
+}
+
+func (d *drain) setConfig(c DrainConfig) {
+	d.mu.Lock()
+	d.cfg = c
+	d.mu.Unlock()
 }
 
 // closeSpread closes conns one by one, in random order, at even steps

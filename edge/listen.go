@@ -23,22 +23,38 @@ type Sockets struct {
 // Listen binds every address of [access] and the core-side socket.
 func Listen(access AccessConfig, coreListen string) (*Sockets, error) {
 	s := &Sockets{}
+	if err := s.bindAccess(access); err != nil {
+		s.Close()
+		return nil, err
+	}
+	var err error
+	if s.CoreUDP, err = net.ListenPacket("udp", coreListen); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("core.listen: %w", err)
+	}
+	bigBuffers(s.CoreUDP)
+	if s.CoreTCP, err = net.Listen("tcp", coreListen); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("core.listen: %w", err)
+	}
+	return s, nil
+}
+
+// bindAccess binds the access addresses into s; on error the caller
+// closes what was bound.
+func (s *Sockets) bindAccess(access AccessConfig) error {
 	var tlsConf *tls.Config
 	if len(access.TLS)+len(access.WSS) > 0 {
 		cert, err := tls.LoadX509KeyPair(access.TLSCert, access.TLSKey)
 		if err != nil {
-			return nil, fmt.Errorf("access.tls_cert: %w", err)
+			return fmt.Errorf("access.tls_cert: %w", err)
 		}
 		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	}
-	fail := func(key string, err error) (*Sockets, error) {
-		s.Close()
-		return nil, fmt.Errorf("%s: %w", key, err)
 	}
 	for _, a := range access.UDP {
 		c, err := net.ListenPacket("udp", a)
 		if err != nil {
-			return fail("access.udp", err)
+			return fmt.Errorf("access.udp: %w", err)
 		}
 		bigBuffers(c)
 		s.UDP = append(s.UDP, c)
@@ -58,7 +74,7 @@ func Listen(access AccessConfig, coreListen string) (*Sockets, error) {
 		for _, a := range st.addrs {
 			l, err := net.Listen("tcp", a)
 			if err != nil {
-				return fail(st.key, err)
+				return fmt.Errorf("%s: %w", st.key, err)
 			}
 			if st.tls {
 				l = tls.NewListener(l, tlsConf)
@@ -66,15 +82,7 @@ func Listen(access AccessConfig, coreListen string) (*Sockets, error) {
 			*st.dst = append(*st.dst, l)
 		}
 	}
-	var err error
-	if s.CoreUDP, err = net.ListenPacket("udp", coreListen); err != nil {
-		return fail("core.listen", err)
-	}
-	bigBuffers(s.CoreUDP)
-	if s.CoreTCP, err = net.Listen("tcp", coreListen); err != nil {
-		return fail("core.listen", err)
-	}
-	return s, nil
+	return nil
 }
 
 // udpBuffer is the socket buffer size asked for on UDP sockets: the

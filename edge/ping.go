@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/nat"
@@ -14,7 +15,7 @@ import (
 // datagram from the listening UDP socket, or an OPTIONS transaction over
 // the flow.
 type pinger struct {
-	udp     map[netip.AddrPort]*nat.PacketConn // access UDP sockets by address
+	udp     atomic.Pointer[map[netip.AddrPort]*nat.PacketConn] // access UDP sockets by address, replaced whole
 	flowLeg func(nat.FlowKey) leg
 }
 
@@ -24,7 +25,7 @@ func (p *pinger) Ping(ctx context.Context, k nat.FlowKey, mode nat.KeepaliveMode
 		if k.Transport != nat.UDP {
 			return errors.New("crlf pings are for UDP flows")
 		}
-		c, ok := p.udp[k.Local]
+		c, ok := (*p.udp.Load())[k.Local]
 		if !ok {
 			return fmt.Errorf("no socket %s", k.Local)
 		}

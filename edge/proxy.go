@@ -8,12 +8,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/dialog"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/ratelimit"
 )
 
 // allowed is the Allow header value of the edge's own answers.
@@ -39,7 +41,7 @@ type proxy struct {
 	// mintSlack is how long before its flow's creation a token may have
 	// been minted: the core timeout, plus a second of token resolution.
 	mintSlack time.Duration
-	peers     []netip.Prefix // [access] trusted: may send out of dialog without a binding
+	peers     atomic.Pointer[[]netip.Prefix] // [access] trusted: may send out of dialog without a binding
 	// A token minted since recoverFrom may name a UDP flow this process
 	// has no record of: one from before its start (the registry knows
 	// when that was) that the state it loaded, if any, did not hold. Such
@@ -101,8 +103,18 @@ func (p *proxy) current(tok nat.Token) bool {
 	return ok && !tok.Minted.Before(f.Created.Add(-p.mintSlack))
 }
 
+// setPeers replaces the trusted peers with those of [access] trusted.
+func (p *proxy) setPeers(cidrs []string) {
+	var peers []netip.Prefix
+	for _, c := range cidrs {
+		pf, _ := ratelimit.ParsePrefix(c) // validated
+		peers = append(peers, pf)
+	}
+	p.peers.Store(&peers)
+}
+
 func (p *proxy) peer(a netip.Addr) bool {
-	for _, pf := range p.peers {
+	for _, pf := range *p.peers.Load() {
 		if pf.Contains(a) {
 			return true
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -20,8 +21,7 @@ const defaultExpires = 3600
 // the endpoint back through this flow, forwards it, and hands what the
 // core accepted to the registry.
 type registrar struct {
-	cfg      RegistrationConfig
-	domains  map[string]bool // empty: any
+	policy   atomic.Pointer[regPolicy] // replaced whole by a reload
 	mode     upstream.Mode
 	flowTime struct{ udp, stream time.Duration } // Flow-Timer for outbound clients
 	now      func() time.Time
@@ -31,6 +31,20 @@ type registrar struct {
 	registry *registry.Registry
 	auth     auth
 	hide     func(*sip.Response) // topology hiding toward the phone, if on
+}
+
+// regPolicy is what [registration] says a REGISTER may ask for.
+type regPolicy struct {
+	cfg     RegistrationConfig
+	domains map[string]bool // empty: any
+}
+
+func newRegPolicy(cfg RegistrationConfig) *regPolicy {
+	p := &regPolicy{cfg: cfg, domains: make(map[string]bool)}
+	for _, dom := range cfg.Domains {
+		p.domains[strings.ToLower(dom)] = true
+	}
+	return p
 }
 
 // sentContact pairs a contact the endpoint sent with the URI the core saw.
@@ -43,15 +57,15 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 	if r.RegisterErr != nil {
 		return r.RegisterErr
 	}
-	reg := r.Register
-	if len(g.domains) > 0 && !g.domains[reg.Domain] {
+	reg, pol := r.Register, g.policy.Load()
+	if len(pol.domains) > 0 && !pol.domains[reg.Domain] {
 		return reject(403, "Domain Not Served")
 	}
-	if len(reg.Contacts) > g.cfg.MaxContacts {
+	if len(reg.Contacts) > pol.cfg.MaxContacts {
 		return reject(403, "Too Many Contacts")
 	}
-	minE := int(g.cfg.MinExpires / time.Second)
-	maxE := int(g.cfg.MaxExpires / time.Second)
+	minE := int(pol.cfg.MinExpires / time.Second)
+	maxE := int(pol.cfg.MaxExpires / time.Second)
 	for _, c := range reg.Contacts {
 		if e := reg.effectiveExpires(c, defaultExpires); e != 0 && e < minE {
 			return reject(423, "Interval Too Brief", sip.NewHeader("Min-Expires", strconv.Itoa(minE)))
@@ -145,7 +159,7 @@ func (g *registrar) update(r *Request, reg *registerRequest, sent []sentContact,
 					e, _ = parseSeconds(v)
 				}
 				if e == noExpires { // the core said nothing: what was asked, as the edge lowered it
-					e = min(reg.effectiveExpires(sc.reg, defaultExpires), int(g.cfg.MaxExpires/time.Second))
+					e = min(reg.effectiveExpires(sc.reg, defaultExpires), int(g.policy.Load().cfg.MaxExpires/time.Second))
 				}
 				break
 			}

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -18,19 +19,31 @@ type self struct {
 	signer    *nat.Signer
 	flows     *nat.FlowTable
 	now       func() time.Time
-	core      netip.AddrPort          // the core-side socket
-	advertise netip.Addr              // public address of the access side, if set
-	own       map[netip.AddrPort]bool // every access socket address
-	ports     map[uint16]bool         // their ports, for advertise matching
+	core      netip.AddrPort // the core-side socket
+	advertise netip.Addr     // public address of the access side, if set
+	access    atomic.Pointer[accessAddrs]
+}
+
+// accessAddrs are the access sockets' addresses, replaced whole when a
+// reload adds or removes a listener.
+type accessAddrs struct {
+	own   map[netip.AddrPort]bool // every access socket address
+	ports map[uint16]bool         // their ports, for advertise matching
 }
 
 func newSelf(signer *nat.Signer, flows *nat.FlowTable, now func() time.Time, core netip.AddrPort, advertise netip.Addr, access []netip.AddrPort) *self {
-	s := &self{signer: signer, flows: flows, now: now, core: core, advertise: advertise,
-		own: make(map[netip.AddrPort]bool), ports: make(map[uint16]bool)}
-	for _, a := range access {
-		s.own[a], s.ports[a.Port()] = true, true
-	}
+	s := &self{signer: signer, flows: flows, now: now, core: core, advertise: advertise}
+	s.setAccess(access)
 	return s
+}
+
+// setAccess records the access sockets' addresses.
+func (s *self) setAccess(access []netip.AddrPort) {
+	a := &accessAddrs{own: make(map[netip.AddrPort]bool), ports: make(map[uint16]bool)}
+	for _, ap := range access {
+		a.own[ap], a.ports[ap.Port()] = true, true
+	}
+	s.access.Store(a)
 }
 
 // accessAddr is the address phones use to reach the edge on flow f.
@@ -55,10 +68,11 @@ func (s *self) isOurs(u sip.Uri) bool {
 		}
 	}
 	ap := netip.AddrPortFrom(ip.Unmap(), port)
-	if ap == s.core || s.own[ap] {
+	acc := s.access.Load()
+	if ap == s.core || acc.own[ap] {
 		return true
 	}
-	return s.advertise.IsValid() && ip.Unmap() == s.advertise && s.ports[port]
+	return s.advertise.IsValid() && ip.Unmap() == s.advertise && acc.ports[port]
 }
 
 // uri is sip:[token@]host:port with ;transport= for anything but UDP.

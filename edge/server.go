@@ -10,10 +10,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"net/netip"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"time"
 
@@ -83,20 +81,27 @@ type Server struct {
 
 	accessUA, coreUA   *sipgo.UserAgent
 	accessSrv, coreSrv *sipgo.Server
-	udp                []*udpSocket // access sockets first, the core-side one last
+	coreUDP            *udpSocket
 	pinger             *pinger
+	self               *self
+	hooks              nat.StreamHooks // of every access stream listener
 
-	proxy   *proxy
-	limit   limit
-	relay   *relay
-	dialogs *dialog.Table
-	proofs  *proofs
+	proxy     *proxy
+	registrar *registrar
+	limit     limit
+	relay     *relay
+	dialogs   *dialog.Table
+	proofs    *proofs
 
 	ready   chan struct{}
 	serving sync.WaitGroup // listeners and the maintenance loop
 	stop    context.CancelFunc
 	drain   *drain
-	streams []*nat.Listener // the access side's, for the drain to close their connections
+
+	lmu     sync.Mutex   // guards the access sockets below, and socks, which a reload changes
+	udp     []*udpSocket // access UDP sockets being served
+	streams []*nat.Listener
+	bound   map[string]netip.AddrPort // "udp 127.0.0.1:0" -> the address it was bound to
 }
 
 // New builds a server on sockets the caller bound.
@@ -158,16 +163,14 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		}
 		return leg{Hop: h, toward: "phone", unreachable: func(error) error { return errFlowFailed }}
 	}
-	s.pinger = &pinger{udp: make(map[netip.AddrPort]*nat.PacketConn), flowLeg: flowLeg}
-	for _, c := range socks.UDP {
-		u := newUDPSocket(c)
-		s.pinger.udp[u.local] = u.guardAccess(d.Limiter, d.Flows)
-		s.udp = append(s.udp, u)
-	}
-	coreUDP := newUDPSocket(socks.CoreUDP)
-	coreUDP.guardCore(d.Limiter, d.Pool.Trusts)
-	s.udp = append(s.udp, coreUDP)
+	s.pinger = &pinger{flowLeg: flowLeg}
+	s.pinger.udp.Store(&map[netip.AddrPort]*nat.PacketConn{})
+	s.coreUDP = newUDPSocket(socks.CoreUDP)
+	s.coreUDP.guardCore(d.Limiter, d.Pool.Trusts)
+	s.self = self
+	s.hooks = streamHooks(s.log, d.Limiter, d.Flows, d.Conns, d.Registry.HasFlow, cfg.NAT.StreamLimits)
 
+	s.noteBound(cfg.Access, socks)
 	s.chains(self, coreLeg, flowLeg)
 	return s, nil
 }
@@ -187,18 +190,14 @@ func (s *Server) chains(self *self, coreLeg func() leg, flowLeg func(nat.FlowKey
 		// was saved may be newer than the save.
 		recoverFrom: d.StateSaved.Truncate(time.Second),
 		hide:        cfg.Access.HideTopology, server: cfg.Access.Server}
-	for _, p := range cfg.Access.Trusted {
-		pf, _ := ratelimit.ParsePrefix(p) // validated
-		s.proxy.peers = append(s.proxy.peers, pf)
-	}
-	reg := &registrar{cfg: cfg.Registration, domains: make(map[string]bool), mode: cfg.Core.Mode, now: d.Clock.Now,
+	s.proxy.setPeers(cfg.Access.Trusted)
+	reg := &registrar{mode: cfg.Core.Mode, now: d.Clock.Now,
 		self: self, relay: s.relay, core: coreLeg, registry: d.Registry, auth: au}
+	reg.policy.Store(newRegPolicy(cfg.Registration))
+	s.registrar = reg
 	reg.flowTime.udp, reg.flowTime.stream = cfg.NAT.FlowTimerUDP, cfg.NAT.FlowTimerStream
 	if cfg.Access.HideTopology {
 		reg.hide = func(res *sip.Response) { s.proxy.hideHeaders(res) }
-	}
-	for _, dom := range cfg.Registration.Domains {
-		reg.domains[strings.ToLower(dom)] = true
 	}
 	accessRoute := func(ctx context.Context, r *Request) error {
 		switch r.Method {
@@ -324,41 +323,11 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 // Start serves every socket and starts the maintenance loop; it returns
 // once sipgo has taken every UDP socket into service (or ctx ends).
 func (s *Server) Start(ctx context.Context) error {
-	serve := func(f func() error) {
-		s.serving.Go(func() {
-			if err := f(); err != nil && !errors.Is(err, net.ErrClosed) {
-				s.log.Error("listener stopped", "err", err) // it will not come back
-			}
-		})
-	}
-	for i, u := range s.udp {
-		srv := s.accessSrv
-		if i == len(s.udp)-1 {
-			srv = s.coreSrv
-		}
-		serve(func() error { return serveUDP(srv, u) })
-	}
-	// Stream listeners are wrapped so every connection is a flow: CRLF
-	// pings answered, close noticed at once.
-	hooks := streamHooks(s.log, s.d.Limiter, s.d.Flows, s.d.Conns, s.d.Registry.HasFlow, s.cfg.NAT.StreamLimits)
-	streams := []struct {
-		ls    []net.Listener
-		tp    nat.Transport
-		serve func(net.Listener) error
-	}{
-		{s.socks.TCP, nat.TCP, s.accessSrv.ServeTCP}, {s.socks.TLS, nat.TLS, s.accessSrv.ServeTLS},
-		{s.socks.WS, nat.WS, s.accessSrv.ServeWS}, {s.socks.WSS, nat.WSS, s.accessSrv.ServeWSS},
-	}
-	for _, st := range streams {
-		for _, l := range st.ls {
-			// WS and WSS get nat's WebSocket shim: RFC 6455/7118 done right
-			// under sipgo, handshakes off its accept loop.
-			nl := nat.NewWSListener(l, st.tp, hooks)
-			s.streams = append(s.streams, nl)
-			serve(func() error { return st.serve(nl) })
-		}
-	}
-	serve(func() error { return s.coreSrv.ServeTCP(nat.NewListener(s.socks.CoreTCP, nat.TCP, nat.StreamHooks{})) })
+	s.lmu.Lock()
+	s.serveAccess(s.socks)
+	s.lmu.Unlock()
+	s.serve(func() error { return serveUDP(s.coreSrv, s.coreUDP) })
+	s.serve(func() error { return s.coreSrv.ServeTCP(nat.NewListener(s.socks.CoreTCP, nat.TCP, nat.StreamHooks{})) })
 
 	mctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
@@ -366,12 +335,8 @@ func (s *Server) Start(ctx context.Context) error {
 	// cannot move before the loop listens.
 	t := s.d.Clock.NewTicker(maintainEvery)
 	s.serving.Go(func() { s.maintain(mctx, t) })
-	for _, u := range s.udp {
-		select {
-		case <-u.ready:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if err := s.udpReady(ctx, append(s.accessUDP(), s.coreUDP)); err != nil {
+		return err
 	}
 	close(s.ready)
 	return nil
@@ -417,7 +382,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("sipedge serving", "phones_udp", a.UDP, "phones_tcp", a.TCP, "phones_tls", a.TLS, "phones_ws", a.WS, "phones_wss", a.WSS,
 		"core_side", addrPortOf(s.socks.CoreUDP.LocalAddr()), "core", s.d.Pool.Targets(), "mode", s.cfg.Core.Mode)
 	<-ctx.Done()
-	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.Drain.Grace)
+	sctx, cancel := context.WithTimeout(context.Background(), s.drain.config().Grace)
 	defer cancel()
 	go func() {
 		select {
@@ -438,15 +403,19 @@ func (s *Server) Hurry() { s.drain.hurry() }
 // every goroutine the server started.
 func (s *Server) Shutdown(ctx context.Context) error {
 	var conns []*nat.Conn
+	s.lmu.Lock()
 	for _, l := range s.streams {
 		conns = append(conns, l.Open()...)
 	}
+	s.lmu.Unlock()
 	deadline, _ := ctx.Deadline()
 	s.log.Info("draining: REGISTERs and new dialogs get 503, calls in progress go on", "until", deadline, "stream_connections", len(conns))
 	s.drain.close()
+	s.lmu.Lock()
 	for _, l := range s.socks.listeners() {
 		_ = l.Close() // stop accepting; open connections finish their transactions
 	}
+	s.lmu.Unlock()
 	closed := make(chan struct{})
 	go func() { closeSpread(ctx, s.d.Clock, conns, time.Until(deadline)); close(closed) }()
 	done := make(chan struct{})
@@ -459,12 +428,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.stop != nil {
 		s.stop()
 	}
-	for _, u := range s.udp {
+	for _, u := range append(s.accessUDP(), s.coreUDP) {
 		u.stopping.Store(true)
 	}
 	_ = s.accessUA.Close()
 	_ = s.coreUA.Close()
+	s.lmu.Lock()
 	_ = s.socks.Close()
+	s.lmu.Unlock()
 	s.serving.Wait()
 	followUps := make(chan struct{})
 	go func() { s.drain.wait(context.Background()); s.relay.followUp.Wait(); close(followUps) }()

@@ -20,6 +20,7 @@ import (
 type app struct {
 	srv    *edge.Server
 	writer *state.Writer
+	reload *reloader // path, log and level set by the caller
 }
 
 // serve runs the server until ctx ends, writing state in batches
@@ -97,7 +98,8 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 	if err != nil {
 		return nil, err
 	}
-	return &app{srv: srv, writer: w}, nil
+	return &app{srv: srv, writer: w, reload: &reloader{srv: srv, pool: pool, limiter: limiter,
+		keepalive: keepalive, probe: probe, reg: reg, cur: cfg}}, nil
 }
 
 // restore loads what the store held: bindings still live, with their

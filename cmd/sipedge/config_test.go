@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Every shipped config must load: the examples in docs are tested.
@@ -118,5 +119,36 @@ func TestCLI(t *testing.T) {
 	}
 	if code := run(nil, &out, &errb); code != 2 {
 		t.Errorf("no command: code %d", code)
+	}
+}
+
+// The shipped systemd unit runs the edge the way the README says: state
+// directory, reload by SIGHUP, restart on failure, sandboxed, low ports
+// only, and a stop timeout above the drain's grace.
+func TestServiceUnit(t *testing.T) {
+	b, err := os.ReadFile("../../configs/sipedge.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := string(b)
+	for _, want := range []string{
+		"ExecStart=/usr/local/bin/sipedge run -config /etc/sipedge/sipedge.toml",
+		"ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "StateDirectory=sipedge",
+		"NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+		"AmbientCapabilities=CAP_NET_BIND_SERVICE", "TimeoutStopSec=30s",
+	} {
+		if !strings.Contains(unit, want) {
+			t.Errorf("configs/sipedge.service lacks %q", want)
+		}
+	}
+	if def := defaultConfig().Drain.Grace; def >= 30*time.Second {
+		t.Errorf("drain grace %v is not below the unit's stop timeout", def)
+	}
+	min, err := loadConfig("../../configs/minimal.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(min.Core.KeyFile, "/var/lib/sipedge/") || min.State.Dir != "/var/lib/sipedge" {
+		t.Errorf("minimal.toml keeps the key (%s) or state (%s) outside the unit's StateDirectory", min.Core.KeyFile, min.State.Dir)
 	}
 }

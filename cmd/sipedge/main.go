@@ -127,7 +127,7 @@ func serve(ctx context.Context, path string, freshState bool, logOut io.Writer, 
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log, logOut)
+	log, level := newLogger(cfg.Log, logOut)
 	// sipgo's process-wide knobs, set once here. UDP messages up to 64 KiB
 	// may leave; sipgo's default (1300 B) refuses INVITEs with large SDP.
 	sip.UDPMTUSize = 65535
@@ -164,33 +164,36 @@ func serve(ctx context.Context, path string, freshState bool, logOut io.Writer, 
 		socks.Close()
 		return err
 	}
+	a.reload.path, a.reload.log, a.reload.level = path, log, level
 	if sig != nil {
-		sig.hurry(a.srv.Hurry)
+		sig.on(a.srv.Hurry, a.reload.reload)
 	}
 	log.Info("sipedge starting", "version", version)
 	return a.serve(ctx)
 }
 
-func newLogger(c logConfig, w io.Writer) *slog.Logger {
-	var lv slog.Level
+// newLogger makes the process's logger; its level can change (reload).
+func newLogger(c logConfig, w io.Writer) (*slog.Logger, *slog.LevelVar) {
+	lv := new(slog.LevelVar)
 	_ = lv.UnmarshalText([]byte(c.Level))
 	opts := &slog.HandlerOptions{Level: lv}
 	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, opts)), lv
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, opts)), lv
 }
 
 // signals turns the process's signals into actions: the first SIGTERM
-// or SIGINT drains (ctx ends), the next cuts the drain short. SIGHUP
-// (logrotate, a closed terminal) never kills the edge.
+// or SIGINT drains (ctx ends), the next cuts the drain short; SIGHUP
+// reloads the config (and never kills the edge).
 type signals struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	ch     chan os.Signal
 
-	mu      sync.Mutex
-	hurryFn func()
+	mu       sync.Mutex
+	hurryFn  func()
+	reloadFn func()
 }
 
 func newSignals() *signals {
@@ -205,6 +208,12 @@ func (s *signals) watch() {
 	stops := 0
 	for sg := range s.ch {
 		if sg == syscall.SIGHUP {
+			s.mu.Lock()
+			f := s.reloadFn
+			s.mu.Unlock()
+			if f != nil {
+				f()
+			}
 			continue
 		}
 		if stops++; stops == 1 {
@@ -220,8 +229,12 @@ func (s *signals) watch() {
 	}
 }
 
-// hurry sets what a second stop signal does.
-func (s *signals) hurry(f func()) { s.mu.Lock(); s.hurryFn = f; s.mu.Unlock() }
+// on sets what a second stop signal and SIGHUP do.
+func (s *signals) on(hurry, reload func()) {
+	s.mu.Lock()
+	s.hurryFn, s.reloadFn = hurry, reload
+	s.mu.Unlock()
+}
 
 func (s *signals) stop() {
 	signal.Stop(s.ch)

@@ -259,10 +259,23 @@ min_expires = "60s"
 max_expires = "1h"
 max_contacts = 10
 
+[drain]
+grace = "2s"
+
 [log]
 level = %q
 format = "text"
-`, access, access, ws, core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.level) + o.extra
+`, access, access, ws, core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.level) + stateSection(dir, o.extra) + o.extra
+}
+
+// stateSection keeps sipedge's state in dir unless extra has a [state]
+// section of its own (the default, var/ in the working directory, would
+// be shared by every sipedge a test starts).
+func stateSection(dir, extra string) string {
+	if strings.Contains(extra, "[state]") {
+		return ""
+	}
+	return fmt.Sprintf("\n[state]\ndir = %q\n", filepath.Join(dir, "state"))
 }
 
 // writeSipedgeConfig writes cfg to dir/sipedge.toml and has bin check it;

@@ -49,6 +49,10 @@ type Config struct {
 	Drain        edge.DrainConfig
 }
 
+func (c Config) edge() edge.Config {
+	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain}
+}
+
 // Hooks let a test watch the edge and move its time.
 type Hooks struct {
 	OnEvent   func(registry.Event) // the registry's events
@@ -70,7 +74,12 @@ type Edge struct {
 	limiter      *ratelimit.Limiter
 	core         netip.AddrPort
 	stop         func()
+	cfg          edge.Config
 }
+
+// Config is the edge configuration it runs with, as a reload would take
+// it.
+func (e *Edge) Config() edge.Config { return e.cfg }
 
 // Stop shuts the edge down now, as its test's end would; the sockets are
 // free for another edge afterwards.
@@ -151,7 +160,7 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	case <-time.After(10 * time.Second):
 		t.Fatal("edge not ready within 10s")
 	}
-	e := &Edge{Server: srv, Signer: signer, registry: reg, limiter: limiter, stop: stop,
+	e := &Edge{Server: srv, Signer: signer, registry: reg, limiter: limiter, stop: stop, cfg: cfg.edge(),
 		core: netip.MustParseAddrPort(socks.CoreUDP.LocalAddr().String())}
 	e.addrs(socks)
 	return e
@@ -188,7 +197,7 @@ func build(t testing.TB, cfg Config, h Hooks, clk clock.Clock, socks *edge.Socke
 		Sources: limiter, StreamOpen: conns.Open, OnEvent: h.OnEvent, RecoverHold: cfg.Registration.MaxExpires})
 	must(err)
 	reg.Restore(h.Restore, time.Second)
-	srv, err := edge.New(edge.Config{Access: cfg.Access, Registration: cfg.Registration, Core: cfg.Core, NAT: cfg.NAT, Drain: cfg.Drain}, socks,
+	srv, err := edge.New(cfg.edge(), socks,
 		edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool, Limiter: limiter, Flows: flows,
 			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, StateSaved: h.StateSaved})
 	must(err)

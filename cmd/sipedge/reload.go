@@ -1,0 +1,82 @@
+package main
+
+import (
+	"log/slog"
+	"reflect"
+	"sync"
+
+	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/ratelimit"
+	"github.com/sipedge/sipedge/upstream"
+)
+
+// reloader applies the config file again on SIGHUP: what each part can
+// take live goes to it, what cannot is named in the log as waiting for a
+// restart. A file that does not load, or a listener that cannot be
+// bound, is refused with the reason, and the running config stays.
+type reloader struct {
+	path  string
+	log   *slog.Logger
+	level *slog.LevelVar
+
+	srv              *edge.Server
+	pool             *upstream.Pool
+	limiter          *ratelimit.Limiter
+	keepalive, probe *nat.Keepaliver
+	reg              *registry.Registry
+
+	mu  sync.Mutex // one reload at a time; guards cur
+	cur fileConfig
+}
+
+func (r *reloader) reload() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cfg, err := loadConfig(r.path)
+	if err != nil {
+		r.log.Error("reload refused, the running config stays", "err", err)
+		return
+	}
+	restart, err := r.srv.Reload(cfg.edge()) // binds new listeners first: may fail
+	if err != nil {
+		r.log.Error("reload refused, the running config stays", "file", r.path, "err", err)
+		return
+	}
+	// loadConfig validated every section: these cannot fail.
+	_ = r.pool.Reload(cfg.Core)
+	_ = r.limiter.Reload(cfg.RateLimit)
+	wasOff := r.cur.NAT.Mode == nat.KeepaliveOff
+	for _, k := range []struct {
+		ka  *nat.Keepaliver
+		cfg nat.KeepaliveConfig
+	}{{r.keepalive, cfg.NAT.KeepaliveConfig}, {r.probe, cfg.NAT.StreamProbe()}} {
+		pingCap, _ := ratelimit.NewRate(float64(k.cfg.MaxPerSecond), k.cfg.MaxPerSecond)
+		_ = k.ka.SetConfig(k.cfg, pingCap)
+	}
+	if wasOff && cfg.NAT.Mode != nat.KeepaliveOff {
+		r.reg.Rewatch()
+	}
+	_ = r.level.UnmarshalText([]byte(cfg.Log.Level))
+	if r.cur.Log.Format != cfg.Log.Format {
+		restart = append(restart, "log.format")
+	}
+	if r.cur.State != cfg.State {
+		restart = append(restart, "state")
+	}
+	r.log.Info("config reloaded", "file", r.path, "changed", changedSections(r.cur, cfg), "needs_restart", restart)
+	r.cur = cfg
+}
+
+// changedSections names the sections whose values differ.
+func changedSections(a, b fileConfig) []string {
+	var out []string
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	for i := range va.NumField() {
+		if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+			out = append(out, va.Type().Field(i).Tag.Get("toml"))
+		}
+	}
+	return out
+}

@@ -1,0 +1,81 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+
+	"github.com/sipedge/sipedge/nat"
+)
+
+// serve runs a listener's loop among the server's goroutines.
+func (s *Server) serve(f func() error) {
+	s.serving.Go(func() {
+		if err := f(); err != nil && !errors.Is(err, net.ErrClosed) {
+			s.log.Error("listener stopped", "err", err) // it will not come back
+		}
+	})
+}
+
+// serveAccess serves the access sockets of socks: at start, and those a
+// reload adds. s.lmu must be held.
+func (s *Server) serveAccess(socks *Sockets) {
+	udp := make(map[netip.AddrPort]*nat.PacketConn, len(s.udp)+len(socks.UDP))
+	for k, v := range *s.pinger.udp.Load() {
+		udp[k] = v
+	}
+	for _, c := range socks.UDP {
+		u := newUDPSocket(c)
+		udp[u.local] = u.guardAccess(s.d.Limiter, s.d.Flows)
+		s.udp = append(s.udp, u)
+		s.serve(func() error { return serveUDP(s.accessSrv, u) })
+	}
+	s.pinger.udp.Store(&udp)
+	streams := []struct {
+		ls    []net.Listener
+		tp    nat.Transport
+		serve func(net.Listener) error
+	}{
+		{socks.TCP, nat.TCP, s.accessSrv.ServeTCP}, {socks.TLS, nat.TLS, s.accessSrv.ServeTLS},
+		{socks.WS, nat.WS, s.accessSrv.ServeWS}, {socks.WSS, nat.WSS, s.accessSrv.ServeWSS},
+	}
+	for _, st := range streams {
+		for _, l := range st.ls {
+			// Stream listeners are wrapped so every connection is a flow:
+			// CRLF pings answered, close noticed at once. WS and WSS get
+			// nat's WebSocket shim: RFC 6455/7118 done right under sipgo,
+			// handshakes off its accept loop.
+			nl := nat.NewWSListener(l, st.tp, s.hooks)
+			s.streams = append(s.streams, nl)
+			s.serve(func() error { return st.serve(nl) })
+		}
+	}
+	if socks != s.socks {
+		s.socks.UDP = append(s.socks.UDP, socks.UDP...)
+		s.socks.TCP = append(s.socks.TCP, socks.TCP...)
+		s.socks.TLS = append(s.socks.TLS, socks.TLS...)
+		s.socks.WS = append(s.socks.WS, socks.WS...)
+		s.socks.WSS = append(s.socks.WSS, socks.WSS...)
+	}
+	s.self.setAccess(s.socks.addrs())
+}
+
+// accessUDP returns the access UDP sockets being served.
+func (s *Server) accessUDP() []*udpSocket {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	return append([]*udpSocket(nil), s.udp...)
+}
+
+// udpReady waits until sipgo has taken each of us into service.
+func (s *Server) udpReady(ctx context.Context, us []*udpSocket) error {
+	for _, u := range us {
+		select {
+		case <-u.ready:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
