@@ -74,16 +74,6 @@ func nlNeed(t *testing.T, tools ...string) {
 
 // ------------------------------------------------------------- processes
 
-// wait waits up to d for the process to exit by itself.
-func (p *proc) wait(d time.Duration) bool {
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
 // exitCode is the exit status once exited: -1 when it did not exit
 // normally.
 func (p *proc) exitCode() int {

@@ -214,6 +214,16 @@ func (p *proc) stop(t *testing.T) {
 	})
 }
 
+// wait waits up to d for the process to exit by itself.
+func (p *proc) wait(d time.Duration) bool {
+	select {
+	case <-p.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 func (p *proc) log() string {
 	b, _ := os.ReadFile(p.logPath)
 	return string(b)
@@ -259,13 +269,18 @@ min_expires = "60s"
 max_expires = "1h"
 max_contacts = 10
 
-[drain]
-grace = "2s"
-
 [log]
 level = %q
 format = "text"
-`, access, access, ws, core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.level) + stateSection(dir, o.extra) + o.extra
+`, access, access, ws, core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.level) + stateSection(dir, o.extra) + drainSection(o.extra) + o.extra
+}
+
+// drainSection makes stops quick (2 s) unless extra has its own.
+func drainSection(extra string) string {
+	if strings.Contains(extra, "[drain]") {
+		return ""
+	}
+	return "\n[drain]\ngrace = \"2s\"\n"
 }
 
 // stateSection keeps sipedge's state in dir unless extra has a [state]
