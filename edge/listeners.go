@@ -79,3 +79,44 @@ func (s *Server) udpReady(ctx context.Context, us []*udpSocket) error {
 	}
 	return nil
 }
+
+// holdsAccess reports whether this host holds the access addresses, and
+// logs when that changes. A standby of a pair binds the floating address
+// before it moves here (net.ipv4.ip_nonlocal_bind) and sends no
+// keepalives meanwhile: its pings would leave from an address whose
+// answers reach the active edge. Wildcard listeners always hold.
+func (s *Server) holdsAccess() bool {
+	held := true
+	if want := s.specificAccess(); len(want) > 0 {
+		held = false
+		if addrs, err := net.InterfaceAddrs(); err == nil {
+			for _, a := range addrs {
+				if pf, err := netip.ParsePrefix(a.String()); err == nil && want[pf.Addr().Unmap()] {
+					held = true
+					break
+				}
+			}
+		}
+	}
+	if was := s.holding.Swap(held); was != held || !s.roleLogged.Swap(true) {
+		if held {
+			s.log.Info("access address held here: active, keepalives on")
+		} else {
+			s.log.Info("access address not on this host: standby, keepalives held back until it moves here")
+		}
+	}
+	return held
+}
+
+// specificAccess is the set of non-wildcard access addresses.
+func (s *Server) specificAccess() map[netip.Addr]bool {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	want := map[netip.Addr]bool{}
+	for _, ap := range s.socks.addrs() {
+		if a := ap.Addr().Unmap(); !a.IsUnspecified() {
+			want[a] = true
+		}
+	}
+	return want
+}

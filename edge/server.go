@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -102,6 +103,8 @@ type Server struct {
 	udp     []*udpSocket // access UDP sockets being served
 	streams []*nat.Listener
 	bound   map[string]netip.AddrPort // "udp 127.0.0.1:0" -> the address it was bound to
+
+	holding, roleLogged atomic.Bool // the access addresses are on this host (holdsAccess)
 }
 
 // New builds a server on sockets the caller bound.
@@ -353,8 +356,10 @@ func (s *Server) maintain(ctx context.Context, t clock.Ticker) {
 			return
 		case now := <-t.C():
 			s.d.Registry.Expire()
-			s.d.Keepalive.Tick(ctx, s.pinger)
-			s.d.Probe.Tick(ctx, s.pinger)
+			if s.holdsAccess() {
+				s.d.Keepalive.Tick(ctx, s.pinger)
+				s.d.Probe.Tick(ctx, s.pinger)
+			}
 			if now.Sub(lastLimiter) >= limiterSweep {
 				s.d.Limiter.Sweep()
 				s.dialogs.Sweep()

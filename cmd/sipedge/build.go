@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/sipedge/sipedge/edge"
@@ -20,7 +21,8 @@ import (
 type app struct {
 	srv    *edge.Server
 	writer *state.Writer
-	reload *reloader // path, log and level set by the caller
+	follow func(context.Context) // shared state: other edges' changes, applied here (nil: none)
+	reload *reloader             // path, log and level set by the caller
 }
 
 // serve runs the server until ctx ends, writing state in batches
@@ -30,11 +32,14 @@ func (a *app) serve(ctx context.Context) error {
 		return a.srv.Serve(ctx)
 	}
 	wctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { a.writer.Run(wctx); close(done) }()
+	var bg sync.WaitGroup
+	bg.Go(func() { a.writer.Run(wctx) })
+	if a.follow != nil {
+		bg.Go(func() { a.follow(wctx) })
+	}
 	err := a.srv.Serve(ctx)
 	stop()
-	<-done
+	bg.Wait()
 	return err
 }
 
@@ -98,8 +103,20 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 	if err != nil {
 		return nil, err
 	}
-	return &app{srv: srv, writer: w, reload: &reloader{srv: srv, pool: pool, limiter: limiter,
-		keepalive: keepalive, probe: probe, reg: reg, cur: cfg}}, nil
+	a := &app{srv: srv, writer: w, reload: &reloader{srv: srv, pool: pool, limiter: limiter,
+		keepalive: keepalive, probe: probe, reg: reg, cur: cfg}}
+	if r, ok := store.(*state.Redis); ok {
+		// Other edges' bindings and bans, as they write them.
+		a.follow = func(ctx context.Context) {
+			r.Follow(ctx, func(b state.Batch) {
+				reg.Merge(b.Put, b.Delete)
+				if b.BansSet || b.Full {
+					limiter.RestoreBans(b.Bans)
+				}
+			})
+		}
+	}
+	return a, nil
 }
 
 // restore loads what the store held: bindings still live, with their

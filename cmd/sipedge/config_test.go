@@ -43,7 +43,7 @@ func TestAnnotatedConfigIsTheDefault(t *testing.T) {
 	if got, want := cfg.Drain, def.Drain; got != want {
 		t.Errorf("configs/sipedge.toml [drain] = %+v, defaults = %+v", got, want)
 	}
-	if got, want := cfg.State, def.State; got != want {
+	if got, want := cfg.State, def.State; !reflect.DeepEqual(got, want) {
 		t.Errorf("configs/sipedge.toml [state] = %+v, defaults = %+v", got, want)
 	}
 	if got, want := cfg.NAT, def.NAT; got != want {

@@ -16,7 +16,6 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge"
 	"github.com/sipedge/sipedge/edge/clock"
-	"github.com/sipedge/sipedge/edge/state"
 	"github.com/sipedge/sipedge/nat"
 )
 
@@ -146,14 +145,12 @@ func serve(ctx context.Context, path string, freshState bool, logOut io.Writer, 
 		// dialogs' Record-Routes sealed with the old key still open.
 		log.Info("flow token key rotated", "file", cfg.Core.KeyFile, "rotated", keys.Rotated, "previous_key_until", keys.Rotated.Add(cfg.Core.KeyGrace))
 	}
-	store, snap, err := openState(cfg.State, freshState, log)
+	st, snap, err := openState(cfg.State, freshState, log)
 	if err != nil {
 		return err
 	}
-	var st state.Store // a nil *state.Bolt must stay a nil Store
-	if store != nil {
-		st = store
-		defer store.Close()
+	if st != nil {
+		defer st.Close()
 	}
 	socks, err := edge.Listen(cfg.Access, cfg.Core.Listen)
 	if err != nil {

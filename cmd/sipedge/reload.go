@@ -62,7 +62,7 @@ func (r *reloader) reload() {
 	if r.cur.Log.Format != cfg.Log.Format {
 		restart = append(restart, "log.format")
 	}
-	if r.cur.State != cfg.State {
+	if !reflect.DeepEqual(r.cur.State, cfg.State) {
 		restart = append(restart, "state")
 	}
 	r.log.Info("config reloaded", "file", r.path, "changed", changedSections(r.cur, cfg), "needs_restart", restart)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/sipedge/sipedge/edge/state"
@@ -13,8 +14,12 @@ import (
 // openState opens the [state] store and loads it, or returns nil for
 // memory only. A damaged or unknown file is an error naming it unless
 // fresh is set: then it is moved aside, with a warning, and the edge
-// starts empty.
-func openState(cfg state.Config, fresh bool, log *slog.Logger) (*state.Bolt, state.Snapshot, error) {
+// starts empty. An unreachable Redis is not fatal: the edge serves from
+// memory, the writer retries and the change feed resynchronises.
+func openState(cfg state.Config, fresh bool, log *slog.Logger) (state.Store, state.Snapshot, error) {
+	if cfg.Backend == "redis" {
+		return openRedis(cfg, log)
+	}
 	if cfg.Dir == "" {
 		log.Info("state: memory only ([state] dir is empty); a restart forgets registrations and bans, UDP phones stay reachable by their tokens")
 		return nil, state.Snapshot{}, nil
@@ -38,6 +43,33 @@ func openState(cfg state.Config, fresh bool, log *slog.Logger) (*state.Bolt, sta
 	return s, snap, nil
 }
 
+func openRedis(cfg state.Config, log *slog.Logger) (state.Store, state.Snapshot, error) {
+	id := cfg.EdgeID
+	if id == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return nil, state.Snapshot{}, fmt.Errorf("state.edge_id: empty, and no host name: %w", err)
+		}
+		id = host
+	}
+	state.QuietRedis()
+	r, err := state.OpenRedis(cfg.Redis, id)
+	if r == nil {
+		return nil, state.Snapshot{}, err
+	}
+	r.SetLogger(log)
+	if err != nil {
+		log.Warn("state: redis unreachable at start; serving from memory until it returns", "err", err)
+		return r, state.Snapshot{}, nil
+	}
+	snap, err := r.Load()
+	if err != nil {
+		log.Warn("state: redis state unreadable at start; serving from memory, the change feed resynchronises", "err", err)
+		return r, state.Snapshot{}, nil
+	}
+	return r, snap, nil
+}
+
 func loadState(dir string) (*state.Bolt, state.Snapshot, error) {
 	s, err := state.OpenBolt(dir)
 	if err != nil {
@@ -53,6 +85,14 @@ func loadState(dir string) (*state.Bolt, state.Snapshot, error) {
 
 // dumpState prints the stored bindings and bans, one JSON object a line.
 func dumpState(cfg state.Config, w io.Writer) error {
+	if cfg.Backend == "redis" {
+		st, snap, err := openRedis(cfg, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		return state.Dump(w, snap)
+	}
 	if cfg.Dir == "" {
 		return errors.New("state.dir is empty: state is kept in memory only")
 	}

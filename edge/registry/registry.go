@@ -439,3 +439,35 @@ func (r *Registry) watcherOf(f nat.FlowKey) Watcher {
 	}
 	return r.d.UDP
 }
+
+// Merge applies changes another edge made to the state it shares with
+// this one (a Redis change feed): bindings put (live UDP ones only, their
+// flows adopted and watched) and deleted. It emits no events, so they
+// are not written back. A full resync only adds: what this edge holds
+// that the feed lacks expires by itself.
+func (r *Registry) Merge(put, del []Binding) {
+	now := r.d.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	touched := map[nat.FlowKey]bool{}
+	for _, b := range del {
+		if cur, ok := r.t.get(b.AOR, b.ID()); ok && cur.Flow == b.Flow && r.t.delete(cur) {
+			touched[cur.Flow] = true
+		}
+	}
+	for _, b := range put {
+		if !b.Expires.After(now) || b.Flow.Transport.Reliable() || !b.Flow.Valid() || b.AOR == "" {
+			continue
+		}
+		if !r.d.Flows.Adopt(b.Flow, b.FlowSince) {
+			continue
+		}
+		if old, replaced := r.t.put(b); replaced && old.Flow != b.Flow {
+			touched[old.Flow] = true
+		}
+		touched[b.Flow] = true
+	}
+	for f := range touched {
+		r.syncFlowLocked(f)
+	}
+}

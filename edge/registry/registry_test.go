@@ -405,3 +405,30 @@ func TestRestore(t *testing.T) {
 		t.Errorf("events %v, want [refresh]", k)
 	}
 }
+
+// Another edge's changes arrive without events; its deletes remove only
+// the binding it deleted, on the flow it named.
+func TestMerge(t *testing.T) {
+	g := newRig(t)
+	now, since := g.clk.Now(), g.clk.Now().Add(-time.Hour)
+	a := Binding{AOR: "sip:a@x", Contact: "sip:a@10.0.0.1", Flow: flow(1), FlowSince: since, Expires: now.Add(time.Hour)}
+	b := Binding{AOR: "sip:b@x", Contact: "sip:b@10.0.0.2", Flow: flow(2), FlowSince: since, Expires: now.Add(time.Hour)}
+	stale := Binding{AOR: "sip:c@x", Contact: "sip:c@10.0.0.3", Flow: flow(3), Expires: now}
+	g.r.Merge([]Binding{a, b, stale}, nil)
+	if g.r.Len() != 2 || !g.udp.has(flow(1)) || !g.r.HasFlow(flow(2)) {
+		t.Fatalf("after merge: %d bindings, flow 1 watched %v", g.r.Len(), g.udp.has(flow(1)))
+	}
+	if fl, _ := g.flows.Get(flow(1)); !fl.Created.Equal(since) {
+		t.Errorf("merged flow created %v, want %v", fl.Created, since)
+	}
+	if k := g.kinds(); len(k) != 0 {
+		t.Errorf("Merge emitted %v", k)
+	}
+	// A delete naming another flow (the binding moved here since) is ignored.
+	moved := a
+	moved.Flow = flow(9)
+	g.r.Merge(nil, []Binding{moved, b})
+	if g.r.Len() != 1 || g.r.HasFlow(flow(2)) {
+		t.Errorf("after deletes: %d bindings, flow 2 held %v", g.r.Len(), g.r.HasFlow(flow(2)))
+	}
+}

@@ -6,6 +6,7 @@
 package state
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/sipedge/sipedge/edge/registry"
@@ -40,13 +41,25 @@ type Batch struct {
 	Delete  []registry.Binding
 	Bans    []ratelimit.Ban
 	BansSet bool // Bans replaces the stored history (nil: none left)
+	// Full marks a batch that is the whole state rather than a change:
+	// Put holds every binding, Bans (with BansSet) every ban, and a
+	// binding not in Put is gone. Only Redis.Follow makes them, after
+	// each (re)subscription; a Store's Write ignores the flag.
+	Full bool
 }
 
 // Config is the [state] section.
 type Config struct {
+	// Backend is where state is kept: "bbolt" (a file in Dir, this edge
+	// alone) or "redis" (shared by several edges).
+	Backend string `toml:"backend"`
 	// Dir holds the state file (sipedge.db); empty keeps state in memory
-	// only, lost at exit.
+	// only, lost at exit. bbolt only.
 	Dir string `toml:"dir"`
+	// EdgeID names this edge in the shared change feed (redis); empty
+	// means the host name.
+	EdgeID string      `toml:"edge_id"`
+	Redis  RedisConfig `toml:"redis"`
 	// FlushInterval is how often changes are written: the durability
 	// window, since a crash loses at most the changes of the last one.
 	FlushInterval time.Duration `toml:"flush_interval"`
@@ -54,12 +67,21 @@ type Config struct {
 
 // DefaultConfig keeps state in var/ (beside the default key file),
 // written every second.
-func DefaultConfig() Config { return Config{Dir: "var", FlushInterval: time.Second} }
+func DefaultConfig() Config {
+	return Config{Backend: "bbolt", Dir: "var", FlushInterval: time.Second, Redis: DefaultRedisConfig()}
+}
 
 // Validate reports what is wrong with c.
 func (c Config) Validate() error {
 	if c.FlushInterval < 10*time.Millisecond || c.FlushInterval > time.Minute {
 		return &ConfigError{Key: "flush_interval", Msg: c.FlushInterval.String() + " is outside 10ms..1m"}
+	}
+	switch c.Backend {
+	case "bbolt":
+	case "redis":
+		return c.Redis.Validate()
+	default:
+		return &ConfigError{Key: "backend", Msg: fmt.Sprintf("%q is not bbolt or redis", c.Backend)}
 	}
 	return nil
 }
