@@ -32,7 +32,7 @@ type RedisConfig struct {
 }
 
 // DefaultRedisConfig has the default prefix and no server.
-func DefaultRedisConfig() RedisConfig { return RedisConfig{Prefix: "sipedge"} }
+func DefaultRedisConfig() RedisConfig { return RedisConfig{Prefix: "sipedge", Sentinels: []string{}} }
 
 // Validate reports what is wrong with c, for use when Redis is the store.
 func (c RedisConfig) Validate() error {
