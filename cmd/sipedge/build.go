@@ -110,9 +110,11 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 		a.follow = func(ctx context.Context) {
 			r.Follow(ctx, func(b state.Batch) {
 				reg.Merge(b.Put, b.Delete)
+				bans := 0
 				if b.BansSet || b.Full {
-					limiter.RestoreBans(b.Bans)
+					bans = limiter.RestoreBans(b.Bans)
 				}
+				log.Debug("state merged from the shared store", "put", len(b.Put), "delete", len(b.Delete), "bans", bans, "full", b.Full)
 			})
 		}
 	}
