@@ -25,7 +25,7 @@ func (s *Server) Reload(cfg Config) (restart []string, err error) {
 	}
 	s.lmu.Lock()
 	defer s.lmu.Unlock()
-	old := s.cfg
+	old := s.current
 	restart = restartKeys(old, cfg)
 	added := AccessConfig{TLSCert: cfg.Access.TLSCert, TLSKey: cfg.Access.TLSKey,
 		UDP: missing(cfg.Access.UDP, old.Access.UDP), TCP: missing(cfg.Access.TCP, old.Access.TCP),
@@ -55,9 +55,9 @@ func (s *Server) Reload(cfg Config) (restart []string, err error) {
 	s.registrar.policy.Store(newRegPolicy(cfg.Registration))
 	s.proxy.setPeers(cfg.Access.Trusted)
 	s.drain.setConfig(cfg.Drain)
-	s.cfg.Access = cfg.Access
-	s.cfg.Registration = cfg.Registration
-	s.cfg.Drain = cfg.Drain
+	s.current.Access = cfg.Access
+	s.current.Registration = cfg.Registration
+	s.current.Drain = cfg.Drain
 	return restart, nil
 }
 

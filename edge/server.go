@@ -103,6 +103,7 @@ type Server struct {
 	udp     []*udpSocket // access UDP sockets being served
 	streams []*nat.Listener
 	bound   map[string]netip.AddrPort // "udp 127.0.0.1:0" -> the address it was bound to
+	current Config                    // as reloaded (cfg stays as started)
 
 	holding, roleLogged atomic.Bool // the access addresses are on this host (holdsAccess)
 }
@@ -174,6 +175,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	s.hooks = streamHooks(s.log, d.Limiter, d.Flows, d.Conns, d.Registry.HasFlow, cfg.NAT.StreamLimits)
 
 	s.noteBound(cfg.Access, socks)
+	s.current = cfg
 	s.chains(self, coreLeg, flowLeg)
 	return s, nil
 }
