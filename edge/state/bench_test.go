@@ -70,3 +70,34 @@ func itoa(i int) string {
 		}
 	}
 }
+
+// BenchmarkRedisRefresh is BenchmarkBoltRefresh against a local
+// redis-server: one MULTI/EXEC (and its PUBLISH) per 1000 refreshes.
+func BenchmarkRedisRefresh(b *testing.B) {
+	srv := newTestRedis(b)
+	r := openRedis(b, srv.addr, "bench")
+	const n, batch = 100_000, 1000
+	bs := make([]registry.Binding, n)
+	for i := range bs {
+		bs[i] = binding(i, nat.UDP)
+		bs[i].AOR = "sip:user" + itoa(i) + "@example.com"
+	}
+	for i := 0; i < n; i += batch {
+		if err := r.Write(Batch{Saved: t0, Put: bs[i : i+batch]}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	w := NewWriter(r, time.Second, clock.Real{}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		bs[i%n].CSeq++
+		w.Observe(registry.Event{Kind: registry.Refreshed, Binding: bs[i%n]})
+		if i%batch == batch-1 {
+			if err := w.Flush(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	w.Flush()
+}

@@ -27,7 +27,7 @@ import (
 // testRedis is a redis-server of the test's own, on a free port, with
 // no persistence. stop kills it; start runs a new one on the same port.
 type testRedis struct {
-	t    *testing.T
+	t    testing.TB
 	bin  string
 	addr string
 	dir  string
@@ -35,7 +35,7 @@ type testRedis struct {
 	done chan struct{} // closed when cmd has exited
 }
 
-func newTestRedis(t *testing.T) *testRedis {
+func newTestRedis(t testing.TB) *testRedis {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -51,7 +51,7 @@ func newTestRedis(t *testing.T) *testRedis {
 }
 
 // freeAddr is a loopback address no one listens on (for now).
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -111,7 +111,7 @@ func (s *testRedis) stop() {
 	s.cmd = nil
 }
 
-func openRedis(t *testing.T, addr, edge string) *Redis {
+func openRedis(t testing.TB, addr, edge string) *Redis {
 	t.Helper()
 	r, err := OpenRedis(RedisConfig{Addr: addr, Prefix: "test"}, edge)
 	if err != nil {
