@@ -1,8 +1,9 @@
 //go:build interop
 
 // The border review's attacks, replayed against the built binary in front
-// of a real Kamailio, from the test's own addresses on 127.0.0.0/8 (the
-// spoofed ones sent with IP_PKTINFO). Each must now fail.
+// of a real Kamailio, from the test's own addresses on 127.0.0.0/8 inside
+// a network namespace the test makes (the spoofed ones forged with a raw
+// socket there). Each must now fail.
 package main
 
 import (
@@ -20,7 +21,6 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 	"github.com/icholy/digest"
-	"golang.org/x/net/ipv4"
 )
 
 // rawPhone is a UDP socket that speaks SIP text.
@@ -115,17 +115,26 @@ type attackLab struct {
 	k  *kamailio
 	e  *sipedge
 	ws string // the edge's WebSocket listener
+	ns string // the namespace everything runs in
 }
 
+// startAttackLab runs Kamailio and sipedge in a namespace of their own
+// and moves the calling goroutine into it (subtests call enter).
 func startAttackLab(t *testing.T) *attackLab {
 	needTools(t, "kamailio", "kamcmd")
-	k := startKamailio(t, kamOpts{users: 10, logCalls: true})
+	buildSipedge(t, buildRace) // outside the namespace
+	ns := newNetns(t, "atk")
+	enterNetns(t, ns)
+	k := startKamailio(t, kamOpts{users: 10, logCalls: true, netns: ns})
 	// Short stream limits, so the idle and slowloris rows take seconds.
 	ws := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	e := startSipedge(t, edgeOpts{mode: "path", upstream: "sip:" + k.addr() + ";transport=udp", level: "info", ws: ws,
+	e := startSipedge(t, edgeOpts{mode: "path", upstream: "sip:" + k.addr() + ";transport=udp", level: "info", ws: ws, netns: ns,
 		extra: "\n[nat]\nheader_timeout = \"1s\"\nidle_timeout = \"2s\"\n"})
-	return &attackLab{k: k, e: e, ws: ws}
+	return &attackLab{k: k, e: e, ws: ws, ns: ns}
 }
+
+// enter moves a subtest's goroutine into the lab's namespace.
+func (l *attackLab) enter(t *testing.T) { enterNetns(t, l.ns) }
 
 func TestInteropAttacks(t *testing.T) {
 	l := startAttackLab(t)
@@ -157,6 +166,7 @@ func TestInteropAttacks(t *testing.T) {
 	mallory := dialRaw(t, "127.0.0.2", l.e.udp)
 
 	t.Run("relay through the core", func(t *testing.T) {
+		l.enter(t)
 		for _, m := range []string{"MESSAGE", "OPTIONS"} {
 			mallory.send(inDialogTo(mallory.addr, m, "relay-"+m, fmt.Sprintf("<sip:%s;lr>", target.LocalAddr())))
 			if res := mallory.recv(3 * time.Second); res == nil || res.StatusCode != 403 {
@@ -169,6 +179,7 @@ func TestInteropAttacks(t *testing.T) {
 		}
 	})
 	t.Run("relay through the core over TCP", func(t *testing.T) {
+		l.enter(t)
 		c, err := net.Dial("tcp", l.e.tcp)
 		must(t, err)
 		defer c.Close()
@@ -183,6 +194,7 @@ func TestInteropAttacks(t *testing.T) {
 		}
 	})
 	t.Run("bad input", func(t *testing.T) {
+		l.enter(t)
 		p := dialRaw(t, "127.0.0.4", l.e.udp)
 		p.send(strings.Replace(p.register("1004", "v7", 1, ""), "SIP/2.0\n", "SIP/7.0\n", 1))
 		if res := p.recv(3 * time.Second); res == nil || res.StatusCode != 505 || res.SipVersion != "SIP/2.0" {
@@ -198,6 +210,7 @@ func TestInteropAttacks(t *testing.T) {
 		}
 	})
 	t.Run("token replay", func(t *testing.T) {
+		l.enter(t)
 		route := fmt.Sprintf("<sip:%s;lr>, <sip:%s@%s;lr>", l.k.addr(), token, l.e.core)
 		mallory.send(inDialogTo(mallory.addr, "MESSAGE", "replay", route))
 		if res := mallory.recv(3 * time.Second); res == nil || res.StatusCode != 403 {
@@ -208,6 +221,7 @@ func TestInteropAttacks(t *testing.T) {
 		}
 	})
 	t.Run("route bounce", func(t *testing.T) {
+		l.enter(t)
 		hop := fmt.Sprintf("<sip:%s;lr>, <sip:%s;lr>", l.k.addr(), l.e.udp)
 		mallory.send(inDialogTo(mallory.addr, "MESSAGE", "bounce", strings.Repeat(hop+", ", 10)+hop))
 		if res := mallory.recv(3 * time.Second); res == nil || res.StatusCode != 403 {
@@ -215,11 +229,16 @@ func TestInteropAttacks(t *testing.T) {
 		}
 	})
 	t.Run("lockout by a spoofed spray", func(t *testing.T) {
+		l.enter(t)
 		forged := `Authorization: Digest username="1001", realm="sipedge.test", nonce="forged", uri="sip:sipedge.test", response="0123456789abcdef0123456789abcdef"` + "\n"
+		sp := newSpoofer(t)
+		dst := netip.MustParseAddrPort(l.e.udp)
 		for i := range 25 {
-			s := dialRaw(t, fmt.Sprintf("127.0.5.%d", i+1), l.e.udp)
-			s.send(s.register("1001", fmt.Sprintf("spray-%d", i), 1, ""))
-			s.send(s.register("1001", fmt.Sprintf("spray-%d", i), 2, forged))
+			s := &rawPhone{addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 5, byte(i + 1)}), 5060)}
+			for cseq, auth := range []string{"", forged} {
+				msg := strings.ReplaceAll(s.register("1001", fmt.Sprintf("spray-%d", i), cseq+1, auth), "\n", "\r\n")
+				must(t, sp.send(s.addr, dst, []byte(msg)))
+			}
 		}
 		owner := dialRaw(t, "127.0.0.1", l.e.udp)
 		if code := owner.registerAuth("1001", "owner-reg"); code != 200 {
@@ -227,22 +246,23 @@ func TestInteropAttacks(t *testing.T) {
 		}
 	})
 	t.Run("ban a spoofed victim", func(t *testing.T) {
+		l.enter(t)
 		// From 127.0.6.1, forged: junk, a scanner's OPTIONS and failed
 		// passwords. The real 127.0.6.1 then registers as if nothing was.
-		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		sp := newSpoofer(t)
+		dst := netip.MustParseAddrPort(l.e.udp)
+		from := netip.MustParseAddrPort("127.0.6.1:5060")
+		// What the edge sends back to the forged source lands here: proof
+		// the forged datagrams reached it.
+		back, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(from))
 		must(t, err)
-		defer c.Close()
-		pc := ipv4.NewPacketConn(c)
-		cm := &ipv4.ControlMessage{Src: net.IPv4(127, 0, 6, 1)}
-		dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(l.e.udp))
+		defer back.Close()
 		spoof := func(msg string) {
-			_, err := pc.WriteTo([]byte(strings.ReplaceAll(msg, "\n", "\r\n")), cm, dst)
-			must(t, err)
+			must(t, sp.send(from, dst, []byte(strings.ReplaceAll(msg, "\n", "\r\n"))))
 		}
 		for range 12 {
 			spoof("\x16\x03\x01 junk that is not SIP at all\n\n")
 		}
-		from := netip.MustParseAddrPort("127.0.6.1:5060")
 		spoof(fmt.Sprintf("OPTIONS sip:x@sipedge.test SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-scan\nMax-Forwards: 70\n"+
 			"From: <sip:100@x>;tag=1\nTo: <sip:x@sipedge.test>\nCall-ID: scan\nCSeq: 1 OPTIONS\nUser-Agent: friendly-scanner\nContent-Length: 0\n\n", from))
 		bad := `Authorization: Digest username="1002", realm="sipedge.test", nonce="x", uri="sip:sipedge.test", response="0123456789abcdef0123456789abcdef"` + "\n"
@@ -250,12 +270,18 @@ func TestInteropAttacks(t *testing.T) {
 		for i := range 11 {
 			spoof(fake.register("1002", fmt.Sprintf("guess-%d", i), 2, bad))
 		}
+		back.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 65535)
+		if n, err := back.Read(buf); err != nil || !strings.HasPrefix(string(buf[:n]), "SIP/2.0 ") {
+			t.Fatalf("no answer reached the forged source (%v): the spoofed datagrams did not reach the edge", err)
+		}
 		real := dialRaw(t, "127.0.6.1", l.e.udp)
 		if code := real.registerAuth("1002", "real-reg"); code != 200 {
 			t.Fatalf("the spoofed victim got %d", code)
 		}
 	})
 	t.Run("idle connections and slowloris", func(t *testing.T) {
+		l.enter(t)
 		// From many addresses, each within its connection budget.
 		const idle = 300
 		conns := make([]net.Conn, 0, idle)
@@ -318,6 +344,7 @@ func TestInteropAttacks(t *testing.T) {
 		}
 	})
 	t.Run("WebSocket", func(t *testing.T) {
+		l.enter(t)
 		// An idle connection to the WS port holds up no one's upgrade; no
 		// sip subprotocol, no upgrade; a malformed message costs only
 		// itself; a REGISTER in a binary frame reaches the core.
@@ -345,6 +372,7 @@ func TestInteropAttacks(t *testing.T) {
 		}
 	})
 	t.Run("reflection", func(t *testing.T) {
+		l.enter(t)
 		// An INVITE "from" a victim who never ACKs gets one answer.
 		refl := dialRaw(t, "127.0.0.3", l.e.udp)
 		inv := fmt.Sprintf("INVITE sip:1000@sipedge.test SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-refl;rport\nMax-Forwards: 70\n"+
@@ -374,8 +402,10 @@ func TestInteropAttacks(t *testing.T) {
 // do: a backlog of the flood may still be read when it starts).
 func TestInteropAttackFloodRSS(t *testing.T) {
 	needTools(t, "kamailio", "kamcmd")
-	k := startKamailio(t, kamOpts{users: 10})
 	bin := buildSipedge(t, false)
+	ns := newNetns(t, "flood")
+	enterNetns(t, ns)
+	k := startKamailio(t, kamOpts{users: 10, netns: ns})
 	dir := t.TempDir()
 	access := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	core := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -384,7 +414,7 @@ func TestInteropAttackFloodRSS(t *testing.T) {
 	if err != nil {
 		t.Fatalf("check-config: %v\n%s", err, out)
 	}
-	p := runSipedge(t, procOpts{logPath: filepath.Join(dir, "sipedge.log")}, bin, cfgPath)
+	p := runSipedge(t, procOpts{logPath: filepath.Join(dir, "sipedge.log"), netns: ns}, bin, cfgPath)
 	waitSIP(t, p, access)
 	rss := func() int64 {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
@@ -413,25 +443,22 @@ func TestInteropAttackFloodRSS(t *testing.T) {
 			}
 		}
 	}()
-	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	must(t, err)
-	defer c.Close()
-	pc := ipv4.NewPacketConn(c)
-	cm := &ipv4.ControlMessage{}
+	sp := newSpoofer(t)
 	const n = 500_000
 	start := time.Now()
 	for _, side := range []struct {
 		dst  string
 		net8 byte
 	}{{access, 20}, {core, 60}} {
-		dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(side.dst))
+		dst := netip.MustParseAddrPort(side.dst)
 		for i := range n {
-			cm.Src = net.IPv4(127, side.net8+byte(i>>16), byte(i>>8), byte(i))
-			msg := fmt.Sprintf("OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP %s:5060;branch=z9hG4bK-f%d;rport\r\n"+
+			src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, side.net8 + byte(i>>16), byte(i >> 8), byte(i)}), 5060)
+			msg := fmt.Sprintf("OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-f%d;rport\r\n"+
 				"Max-Forwards: 70\r\nFrom: <sip:x@sipedge.test>;tag=%d\r\nTo: <sip:edge@127.0.0.1>\r\nCall-ID: flood-%d\r\n"+
-				"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", cm.Src, i, i, i)
-			_, err := pc.WriteTo([]byte(msg), cm, dst)
-			must(t, err)
+				"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", src, i, i, i)
+			if err := sp.send(src, dst, []byte(msg)); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	sent := time.Since(start)

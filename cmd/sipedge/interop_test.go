@@ -109,6 +109,7 @@ type kamOpts struct {
 	logCalls    bool // xlog where INVITE, MESSAGE, CANCEL, in-dialog requests go
 	shmMB       int
 	children    int
+	netns       string // run it there ("": the test's own)
 }
 
 func (k *kamailio) addr() string { return fmt.Sprintf("127.0.0.1:%d", k.port) }
@@ -141,7 +142,7 @@ func startKamailio(t *testing.T, o kamOpts) *kamailio {
 	if o.logCalls {
 		logCalls = 1
 	}
-	k := runKamailio(t, procOpts{}, filepath.Join(interopDir, "kamailio.cfg.tmpl"), freePort(t), o.users, o.shmMB,
+	k := runKamailio(t, procOpts{netns: o.netns}, filepath.Join(interopDir, "kamailio.cfg.tmpl"), freePort(t), o.users, o.shmMB,
 		map[string]any{"LogRegister": logReg, "LogCalls": logCalls, "Children": o.children})
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -200,7 +201,7 @@ func startSipedge(t *testing.T, o edgeOpts) *sipedge {
 	if err != nil {
 		t.Fatalf("sipedge check-config: %v\n%s\nconfig:\n%s", err, out, cfg)
 	}
-	e.p = runSipedge(t, procOpts{logPath: filepath.Join(dir, "sipedge.log")}, bin, cfgPath)
+	e.p = runSipedge(t, procOpts{logPath: filepath.Join(dir, "sipedge.log"), netns: o.netns}, bin, cfgPath)
 	waitSIP(t, e.p, e.udp)
 	return e
 }

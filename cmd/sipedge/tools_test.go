@@ -237,6 +237,7 @@ type edgeOpts struct {
 	level    string // default debug
 	extra    string // more TOML, appended to the config (e.g. a [ratelimit] section)
 	ws       string // a WebSocket listener's IP:port, if any
+	netns    string // run it there ("": the test's own)
 }
 
 // sipedgeConfig is sipedge's config with access address access (UDP and
