@@ -98,7 +98,8 @@ func (s *Server) holdsAccess() bool {
 			}
 		}
 	}
-	if was := s.holding.Swap(held); was != held || !s.roleLogged.Swap(true) {
+	first := !s.roleLogged.Swap(true)
+	if was := s.holding.Swap(held); first || was != held {
 		if held {
 			s.log.Info("access address held here: active, keepalives on")
 		} else {

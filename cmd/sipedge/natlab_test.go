@@ -19,7 +19,9 @@
 //
 // Needs root and: ip (iproute2), nft (nftables), sysctl (procps),
 // conntrack, tcpdump, kamailio + kamcmd (kamailio), sipp (sip-tester),
-// baresip. A missing tool skips, except under CI=true where it fails.
+// baresip, and for the Redis pair (natlab_pair_test.go, which adds the
+// namespaces nlea-* and nleb-* for its two edges) redis-server. A
+// missing tool skips, except under CI=true where it fails.
 package main
 
 import (
@@ -96,12 +98,18 @@ type natLabOpts struct {
 
 type natLab struct {
 	t             *testing.T
+	id            string // the namespaces' suffix: <PID>-<random>
 	pub, rtr, cli string // namespace names
 	dir           string
 	opts          natLabOpts
 	made          []string
 	mu            sync.Mutex
 	procs         []*proc
+	// coreHost is the address in pub that Kamailio listens on and the
+	// core-side sipp sends from and to; "" is pub's 127.0.0.1. A lab whose
+	// sipedges run in namespaces of their own sets it to an address they
+	// can reach (a 127.0.0.1 source cannot leave pub).
+	coreHost string
 }
 
 // newNATLab builds the three namespaces, their links, routes, the NAT and
@@ -116,7 +124,7 @@ func newNATLab(t *testing.T, o natLabOpts) *natLab {
 	// namespaces' owner is gone (see nlSweep).
 	id := fmt.Sprintf("%d-%04x", os.Getpid(), rand.IntN(1<<16))
 	l := &natLab{
-		t: t, opts: o, dir: t.TempDir(),
+		t: t, id: id, opts: o, dir: t.TempDir(),
 		pub: "nlpub-" + id, rtr: "nlrtr-" + id, cli: "nlcli-" + id,
 	}
 	// Registered first, so it runs last: after every process's stop.
@@ -180,7 +188,24 @@ func newNATLab(t *testing.T, o natLabOpts) *natLab {
 	return l
 }
 
-var nlNamespaceRE = regexp.MustCompile(`^nl(pub|rtr|cli)-([0-9]+)-[0-9a-f]{4}$`)
+var nlNamespaceRE = regexp.MustCompile(`^nl(pub|rtr|cli|ea|eb)-([0-9]+)-[0-9a-f]{4}$`)
+
+// addNamespace makes one more lab namespace, nl<role>-<the lab's id>
+// (role: one nlNamespaceRE knows, so that nlSweep finds it), with its
+// loopback up and no IPv6; teardown deletes it with the others, after
+// every process was stopped.
+func (l *natLab) addNamespace(role string) string {
+	l.t.Helper()
+	ns := "nl" + role + "-" + l.id
+	if !nlNamespaceRE.MatchString(ns) {
+		l.t.Fatalf("namespace name %q: nlSweep would not know it (nlNamespaceRE)", ns)
+	}
+	l.host("ip", "netns", "add", ns)
+	l.made = append(l.made, ns)
+	l.in(ns, "ip", "link", "set", "lo", "up")
+	l.in(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+	return ns
+}
 
 // nlSweep deletes lab namespaces that an earlier run of these tests left
 // behind when its process was killed before its cleanups ran (go test
@@ -369,11 +394,19 @@ func (l *natLab) phoneFlow(localPort int) (nlConn, bool) {
 
 // --------------------------------------------------------------- Kamailio
 
+// core is the address in pub of Kamailio and the core-side sipp.
+func (l *natLab) core() string {
+	if l.coreHost == "" {
+		return "127.0.0.1"
+	}
+	return l.coreHost
+}
+
 func (l *natLab) startKamailio() *kamailio {
 	t := l.t
 	t.Helper()
 	k := runKamailio(t, procOpts{netns: l.pub, lifetime: nlLifetime}, filepath.Join(natlabDir, "kamailio.cfg.tmpl"),
-		nlKamPort, 10, 64, nil, "-M", "8")
+		nlKamPort, 10, 64, map[string]any{"Host": l.core()}, "-M", "8")
 	l.track(k.p)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -461,9 +494,11 @@ type nlEdgeOpts struct {
 }
 
 // nlSipedge is a sipedge the lab runs: its binary, its config (dir holds
-// the flow key file) and the process of its latest run.
+// the flow key file), the namespace it runs in ("": pub) and the process
+// of its latest run.
 type nlSipedge struct {
 	bin, dir, cfgPath string
+	ns                string
 	p                 *proc
 	runs              int
 }
@@ -526,7 +561,11 @@ func (l *natLab) runEdge(e *nlSipedge) *proc {
 	t := l.t
 	t.Helper()
 	e.runs++
-	o := procOpts{dir: e.dir, netns: l.pub, lifetime: nlLifetime}
+	ns := e.ns
+	if ns == "" {
+		ns = l.pub
+	}
+	o := procOpts{dir: e.dir, netns: ns, lifetime: nlLifetime}
 	if e.runs > 1 {
 		o.logPath = filepath.Join(e.dir, fmt.Sprintf("sipedge-%d.log", e.runs))
 	}
@@ -598,15 +637,16 @@ func (l *natLab) sendMessage(to string) nlUAC { return l.coreUAC("core_message.x
 func (l *natLab) call(to string) nlUAC { return l.coreUAC("core_call.xml", to) }
 
 // coreUAC runs scenario (in testdata/natlab) with sipp in pub, sending to
-// Kamailio, until it ends; status is the last final response it got.
+// Kamailio (both on l.core()), until it ends; status is the last final
+// response it got.
 func (l *natLab) coreUAC(scenario, to string) nlUAC {
 	l.t.Helper()
 	dir := l.t.TempDir()
 	sf, err := filepath.Abs(filepath.Join(natlabDir, scenario))
 	must(l.t, err)
 	r := nlUAC{start: time.Now()}
-	out, err := runBounded(40*time.Second, "", inNetns(l.pub, "sipp", fmt.Sprintf("127.0.0.1:%d", nlKamPort),
-		"-sf", sf, "-key", "to", to, "-i", "127.0.0.1", "-p", strconv.Itoa(nlUACPort), "-t", "u1", "-m", "1",
+	out, err := runBounded(40*time.Second, "", inNetns(l.pub, "sipp", fmt.Sprintf("%s:%d", l.core(), nlKamPort),
+		"-sf", sf, "-key", "to", to, "-i", l.core(), "-p", strconv.Itoa(nlUACPort), "-t", "u1", "-m", "1",
 		"-timeout", "20", "-timeout_error", "-recv_timeout", "15000", "-nostdin",
 		"-trace_msg", "-message_file", filepath.Join(dir, "messages.log"),
 		"-trace_err", "-error_file", filepath.Join(dir, "errors.log"))...)
