@@ -358,6 +358,9 @@ func (s *Server) maintain(ctx context.Context, t clock.Ticker) {
 			return
 		case now := <-t.C():
 			s.d.Registry.Expire()
+			for _, u := range append(s.accessUDP(), s.coreUDP) {
+				u.recycleIfQuiet()
+			}
 			if s.holdsAccess() {
 				s.d.Keepalive.Tick(ctx, s.pinger)
 				s.d.Probe.Tick(ctx, s.pinger)

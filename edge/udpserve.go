@@ -39,11 +39,15 @@ type udpSocket struct {
 	raw            net.PacketConn // the socket the edge bound
 	local          netip.AddrPort
 	unknown        atomic.Int64 // datagrams from flowless sources since the last restart
-	recycle        atomic.Bool  // the next read ends sipgo's read loop
-	recycled       atomic.Bool  // the last read loop ended for a recycle
-	stopping       atomic.Bool
-	readyOnce      sync.Once
-	ready          chan struct{}
+	quiet          struct {     // maintenance's view of unknown, to recycle once a flood is over
+		last  int64
+		ticks int
+	}
+	recycle   atomic.Bool // the next read ends sipgo's read loop
+	recycled  atomic.Bool // the last read loop ended for a recycle
+	stopping  atomic.Bool
+	readyOnce sync.Once
+	ready     chan struct{}
 }
 
 func newUDPSocket(raw net.PacketConn) *udpSocket {
@@ -53,15 +57,51 @@ func newUDPSocket(raw net.PacketConn) *udpSocket {
 func (u *udpSocket) ReadFrom(b []byte) (int, net.Addr, error) {
 	u.readyOnce.Do(func() { close(u.ready) })
 	if u.recycle.CompareAndSwap(true, false) {
-		// sipgo forgets the sources of this read loop when it ends, and a
-		// request still being handled from one of them then makes it open
-		// a new socket toward the Via (and keep it). Reading nothing for a
-		// moment first lets those requests get past that point.
-		time.Sleep(recycleDrain)
-		u.recycled.Store(true)
-		return 0, nil, errRecycle
+		return u.restart()
 	}
-	return u.PacketConn.ReadFrom(b)
+	n, a, err := u.PacketConn.ReadFrom(b)
+	var ne net.Error
+	if err != nil && errors.As(err, &ne) && ne.Timeout() && u.recycle.CompareAndSwap(true, false) {
+		return u.restart() // woken by recycleIfQuiet
+	}
+	return n, a, err
+}
+
+// restart ends sipgo's read loop so that serveUDP starts a new one.
+func (u *udpSocket) restart() (int, net.Addr, error) {
+	_ = u.raw.SetReadDeadline(time.Time{})
+	// sipgo forgets the sources of this read loop when it ends, and a
+	// request still being handled from one of them then makes it open a
+	// new socket toward the Via (and keep it). Reading nothing for a
+	// moment first lets those requests get past that point.
+	time.Sleep(recycleDrain)
+	u.recycled.Store(true)
+	return 0, nil, errRecycle
+}
+
+// Quiet recycling: once at least quietMin unknown sources came through
+// since the last restart and none for quietTicks maintenance ticks, the
+// read loop restarts, so what sipgo remembers of a flood goes when the
+// flood does, not at the next flood.
+const (
+	quietMin   = 1000
+	quietTicks = 10
+)
+
+// recycleIfQuiet is called by the maintenance loop once a tick: it wakes
+// the read loop (a read deadline in the past) to restart it.
+func (u *udpSocket) recycleIfQuiet() {
+	n := u.unknown.Load()
+	if n != u.quiet.last {
+		u.quiet.last, u.quiet.ticks = n, 0
+		return
+	}
+	if u.quiet.ticks++; n >= quietMin && u.quiet.ticks >= quietTicks {
+		u.unknown.Store(0)
+		u.quiet.last, u.quiet.ticks = 0, 0
+		u.recycle.Store(true)
+		_ = u.raw.SetReadDeadline(time.Now())
+	}
 }
 
 // Close is what sipgo calls when its read loop ends; the socket itself

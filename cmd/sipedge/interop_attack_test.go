@@ -478,4 +478,8 @@ func TestInteropAttackFloodRSS(t *testing.T) {
 	if peak-idle > 64<<20 {
 		t.Errorf("RSS peaked %d MiB above idle", (peak-idle)>>20)
 	}
+	// What the process keeps is the Go runtime's: freed pages it returns
+	// to the system only slowly. The live heap going back to idle is
+	// checked in-process (edge: TestSpoofedOptionsFloodMemory).
+	t.Logf("RSS %+d MiB above idle once the phone registered", (rss()-idle)>>20)
 }
