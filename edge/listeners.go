@@ -121,3 +121,10 @@ func (s *Server) specificAccess() map[netip.Addr]bool {
 	}
 	return want
 }
+
+// Serves reports whether flow f arrived on one of this edge's access
+// sockets: another edge's flows (sharing state, on other addresses) are
+// its own to keep alive.
+func (s *Server) Serves(f nat.FlowKey) bool {
+	return s.self.access.Load().own[f.Local]
+}

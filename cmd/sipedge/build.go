@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -109,6 +110,9 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 		// Other edges' bindings and bans, as they write them.
 		a.follow = func(ctx context.Context) {
 			r.Follow(ctx, func(b state.Batch) {
+				// Only flows on this edge's own addresses: a pair's standby
+				// shares them; an edge on other addresses keeps its own.
+				b.Put = slices.DeleteFunc(b.Put, func(x registry.Binding) bool { return !srv.Serves(x.Flow) })
 				reg.Merge(b.Put, b.Delete)
 				bans := 0
 				if b.BansSet || b.Full {
