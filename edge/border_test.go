@@ -314,6 +314,10 @@ func TestDeclinedCallLeavesNoDialog(t *testing.T) {
 	}
 	c.phone.Respond(inv, 486, "Busy Here", "callee")
 	c.phone.MustRecvRequest("ACK", wait) // the edge's, for the 486: the transaction is over
+	// The 486 reaches the core after the edge ended the early dialog.
+	if res := c.core.MustRecvResponse(wait); res.StatusCode != 486 {
+		t.Fatalf("core got %d, want the 486", res.StatusCode)
+	}
 	c.phone.Send(inDialog(c.phone, "INFO", "call-declined", "callee", "caller", strings.Join(route, ", "), 3))
 	if res := c.phone.MustRecvResponse(wait); res.StatusCode != 403 {
 		t.Fatalf("INFO after the 486 got %d, want 403", res.StatusCode)
