@@ -36,7 +36,28 @@ type Config struct {
 	// Trusted lists the CIDRs allowed to send requests to the core side,
 	// besides the upstreams' own addresses (a core cluster, say).
 	Trusted []string `toml:"trusted"`
+
+	// HealthInterval is how often every core is probed; 0 turns probing
+	// off, and then only forwarding results move a core up or down.
+	HealthInterval time.Duration `toml:"health_interval"`
+	// HealthTimeout is how long a probe waits for an answer: below
+	// HealthInterval, so rounds do not overlap.
+	HealthTimeout time.Duration `toml:"health_timeout"`
+	// UpAfter and DownAfter are how many results in a row (probes or
+	// forwarded requests) bring a core back up or take it down: one lost
+	// datagram should not fail a core over.
+	UpAfter   int `toml:"up_after"`
+	DownAfter int `toml:"down_after"`
+	// TryTimeout is how long one core may take to answer before the
+	// request moves on to the next: the phone's patience (Timeout) is
+	// shared by every core tried. See PerTryTimeout.
+	TryTimeout time.Duration `toml:"try_timeout"`
 }
+
+// PerTryTimeout is how long one core gets: TryTimeout, but never more
+// than the whole Timeout. A try_timeout at or above timeout means one
+// core per request, failover only on errors that come quickly.
+func (c Config) PerTryTimeout() time.Duration { return min(c.TryTimeout, c.Timeout) }
 
 // DefaultConfig is a core on 127.0.0.1:5070 reached from 127.0.0.1:5062.
 func DefaultConfig() Config {
@@ -48,6 +69,12 @@ func DefaultConfig() Config {
 		RetryAfter: 30 * time.Second,
 		KeyFile:    "var/flow.key",
 		KeyGrace:   2 * time.Hour,
+
+		HealthInterval: 5 * time.Second,
+		HealthTimeout:  2 * time.Second,
+		UpAfter:        2,
+		DownAfter:      2,
+		TryTimeout:     2 * time.Second,
 	}
 }
 
@@ -65,10 +92,16 @@ func (c Config) Validate() error {
 	if len(c.Upstreams) == 0 {
 		bad("upstreams", "at least one core registrar is needed")
 	}
+	seen := make(map[string]bool, len(c.Upstreams))
 	for _, u := range c.Upstreams {
-		if _, err := ParseTarget(u); err != nil {
+		t, err := ParseTarget(u)
+		switch {
+		case err != nil:
 			bad("upstreams", "%v", err)
+		case seen[t.key]:
+			bad("upstreams", "%q is listed twice", u)
 		}
+		seen[t.key] = true
 	}
 	if c.Mode != ModePath && c.Mode != ModeRewrite {
 		bad("mode", "%q is neither \"path\" nor \"rewrite\"", c.Mode)
@@ -89,6 +122,25 @@ func (c Config) Validate() error {
 	}
 	if c.KeyGrace < 0 || c.KeyGrace > 30*24*time.Hour {
 		bad("key_grace", "%s is outside 0..720h", c.KeyGrace)
+	}
+	if c.HealthInterval != 0 && (c.HealthInterval < time.Second || c.HealthInterval > 5*time.Minute) {
+		bad("health_interval", "%s is neither 0 (no probing) nor within 1s..5m", c.HealthInterval)
+	}
+	if c.HealthTimeout < 100*time.Millisecond || c.HealthTimeout > time.Minute {
+		bad("health_timeout", "%s is outside 100ms..1m", c.HealthTimeout)
+	} else if c.HealthInterval > 0 && c.HealthTimeout >= c.HealthInterval {
+		bad("health_timeout", "%s must be below health_interval (%s)", c.HealthTimeout, c.HealthInterval)
+	}
+	if c.UpAfter < 1 || c.UpAfter > 100 {
+		bad("up_after", "%d is outside 1..100", c.UpAfter)
+	}
+	if c.DownAfter < 1 || c.DownAfter > 100 {
+		bad("down_after", "%d is outside 1..100", c.DownAfter)
+	}
+	// Not checked against timeout: PerTryTimeout caps it, and a timeout
+	// shortened alone (tests do) should not need try_timeout too.
+	if c.TryTimeout < 100*time.Millisecond || c.TryTimeout > 32*time.Second {
+		bad("try_timeout", "%s is outside 100ms..32s", c.TryTimeout)
 	}
 	return errors.Join(errs...)
 }

@@ -23,6 +23,9 @@ type Unreachable struct {
 }
 
 func (u *Unreachable) Error() string {
+	if !u.Dest.IsValid() {
+		return fmt.Sprintf("no core reachable: %v", u.Err)
+	}
 	return fmt.Sprintf("core %s unreachable: %v", u.Dest, u.Err)
 }
 
@@ -58,9 +61,11 @@ func NewForwarder(cfg Config, pool *Pool, d ForwarderDeps) (*Forwarder, error) {
 	return &Forwarder{pool: pool, client: d.Client, local: d.Local, admit: d.Admit, retryAfter: cfg.RetryAfter}, nil
 }
 
-// Hop is the way to the core that takes the next request.
-func (f *Forwarder) Hop() hop.Hop {
-	t := f.pool.Pick()
+// Hop is the way to the core that takes the next request: Pool.Pick's.
+func (f *Forwarder) Hop() hop.Hop { return f.HopTo(f.pool.Pick()) }
+
+// HopTo is the way to t, for a caller walking Pool.Order's targets.
+func (f *Forwarder) HopTo(t Target) hop.Hop {
 	h := hop.Hop{Client: f.client, Transport: t.Transport, Dest: t.Addr, SentBy: f.local}
 	if t.Transport == "UDP" {
 		h.Local = f.local
