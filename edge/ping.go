@@ -9,6 +9,8 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/upstream"
+	"github.com/sipedge/sipedge/upstream/hop"
 )
 
 // pinger sends keepalives for the keepalivers (nat.Pinger): a CRLF
@@ -38,7 +40,21 @@ func (p *pinger) Ping(ctx context.Context, k nat.FlowKey, mode nat.KeepaliveMode
 
 func (p *pinger) options(ctx context.Context, k nat.FlowKey) error {
 	h := p.flowLeg(k).Hop
-	uri := sip.Uri{Scheme: "sip", Host: k.Remote.Addr().String(), Port: int(k.Remote.Port())}
+	return h.Ask(ctx, optionsTo(h, k.Remote))
+}
+
+// coreProbe asks a core OPTIONS through fwd (health checks).
+func coreProbe(fwd *upstream.Forwarder) upstream.ProbeFunc {
+	return func(ctx context.Context, t upstream.Target) (int, error) {
+		h := fwd.HopTo(t)
+		return h.AskStatus(ctx, optionsTo(h, t.Addr))
+	}
+}
+
+// optionsTo is an OPTIONS from the edge to dst over h, for the far end
+// itself (a keepalive or a health probe).
+func optionsTo(h hop.Hop, dst netip.AddrPort) *sip.Request {
+	uri := sip.Uri{Scheme: "sip", Host: dst.Addr().String(), Port: int(dst.Port())}
 	req := sip.NewRequest(sip.OPTIONS, uri)
 	from := sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: "sipedge", Host: h.SentBy.Addr().String(), Port: int(h.SentBy.Port())}, Params: sip.NewParams()}
 	from.Params.Add("tag", sip.GenerateTagN(16))
@@ -53,5 +69,5 @@ func (p *pinger) options(ctx context.Context, k nat.FlowKey) error {
 	req.AppendHeader(&mf)
 	req.SetBody(nil)
 	h.Prepare(req, sip.GenerateBranch())
-	return h.Ask(ctx, req) // any answer proves the endpoint is there
+	return req
 }

@@ -25,19 +25,21 @@ const allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE
 // (whatever their Route says: the edge is no open relay), the core's to
 // the flow their signed token names.
 type proxy struct {
-	log       *slog.Logger
-	self      *self
-	relay     *relay
-	core      func() leg
-	flowLeg   func(nat.FlowKey) leg
-	usable    func(nat.FlowKey) bool // a live flow, with its connection for streams
-	registry  *registry.Registry
-	auth      auth
-	dialogs   *dialog.Table
-	flows     *nat.FlowTable
-	tableFull onceAWhile // dialogs refused for a full table, counted
-	hide      bool       // topology hiding toward phones
-	server    string     // Server header toward phones ("": none)
+	log   *slog.Logger
+	self  *self
+	relay *relay
+	core  func(key string) (leg, error) // the way to the cores for an AOR
+	// coreTransport is how the cores reach the edge back (the primary's).
+	coreTransport func() string
+	flowLeg       func(nat.FlowKey) leg
+	usable        func(nat.FlowKey) bool // a live flow, with its connection for streams
+	registry      *registry.Registry
+	auth          auth
+	dialogs       *dialog.Table
+	flows         *nat.FlowTable
+	tableFull     onceAWhile // dialogs refused for a full table, counted
+	hide          bool       // topology hiding toward phones
+	server        string     // Server header toward phones ("": none)
 	// mintSlack is how long before its flow's creation a token may have
 	// been minted: the core timeout, plus a second of token resolution.
 	mintSlack time.Duration
@@ -77,7 +79,10 @@ func (p *proxy) toCore(ctx context.Context, r *Request) error {
 			return reject(403, "Forbidden") // registered-only access
 		}
 	}
-	l := p.core()
+	l, err := p.core(aorOf(r.From().Address))
+	if err != nil {
+		return err
+	}
 	if dialogCreating(fwd) {
 		p.self.recordRoute(fwd, r.Flow, l.Transport, true)
 	}
@@ -244,7 +249,7 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 		return reject(404, "Not Found")
 	}
 	if dialogCreating(fwd) {
-		p.self.recordRoute(fwd, flow, p.core().Transport, false)
+		p.self.recordRoute(fwd, flow, p.coreTransport(), false)
 	}
 	if !p.hide {
 		return p.relay.forward(ctx, r, fwd, p.flowLeg(flow), func(res *sip.Response) {
@@ -347,7 +352,10 @@ func (p *proxy) ack(req *sip.Request, from nat.FlowKey, fromCore bool) {
 		if !p.dialogAllows(r, fwd) {
 			return
 		}
-		l = p.core()
+		var err error
+		if l, err = p.core(aorOf(req.From().Address)); err != nil {
+			return // no core up: the ACK has nowhere to go
+		}
 	}
 	p.relay.ack(fwd, l.Hop)
 }

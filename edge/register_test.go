@@ -314,13 +314,15 @@ func TestSymmetricResponseWithoutRport(t *testing.T) {
 	}
 }
 
-func TestCoreSilentGives408(t *testing.T) {
+// A core that never answers costs the phone one per-try timeout, then
+// 503 with Retry-After (not 408 after the whole transaction's time).
+func TestCoreSilentGives503(t *testing.T) {
 	core := upstreamtest.Start(t, upstreamtest.Options{Silent: true})
 	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) { c.Core.Timeout = time.Second })
 	phone := edgetest.Dial(t, "udp", e.UDP)
 	phone.Send(phone.Register(edgetest.Reg{User: "fay"}))
-	if res := phone.MustRecvResponse(wait); res.StatusCode != 408 {
-		t.Fatalf("got %d, want 408", res.StatusCode)
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 503 || res.GetHeader("Retry-After") == nil {
+		t.Fatalf("got %d (Retry-After %v), want 503 with Retry-After", res.StatusCode, res.GetHeader("Retry-After"))
 	}
 	if n := len(e.Bindings().All()); n != 0 {
 		t.Fatalf("%d bindings without a core answer", n)

@@ -27,7 +27,7 @@ type registrar struct {
 	now      func() time.Time
 	self     *self
 	relay    *relay
-	core     func() leg
+	core     func(key string) (leg, error) // the way to the cores for an AOR
 	registry *registry.Registry
 	auth     auth
 	hide     func(*sip.Response) // topology hiding toward the phone, if on
@@ -77,7 +77,10 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 	// core at someone else's flow, and the next hop is the edge's choice.
 	dropHeaders(fwd, "Path")
 	dropHeaders(fwd, "Route")
-	to := g.core()
+	to, err := g.core(reg.AOR)
+	if err != nil {
+		return err // no core up: 503 at once
+	}
 	token := g.self.token(r.Flow)
 	fwdContacts := contactsOf(fwd)
 	sent := make([]sentContact, len(reg.Contacts))

@@ -24,6 +24,12 @@ type leg struct {
 	admit func() (release func(), err error)
 	// unreachable is the answer when the hop cannot be reached at all.
 	unreachable func(err error) error
+	// Toward the cores: the next ones to try, in order, when a try gets
+	// no answer within tryTimeout, a 503, or cannot be sent; report
+	// tells the pool how try i went (status 0: no answer).
+	alts       []hop.Hop
+	tryTimeout time.Duration
+	report     func(i int, status int, err error)
 }
 
 // relay is the proxy mechanics both directions share: one forwarded
@@ -35,6 +41,7 @@ type relay struct {
 	timeout  time.Duration // a non-INVITE transaction's budget
 	self     *self
 	followUp sync.WaitGroup // CANCELs and hang-ups sent after their request ended
+	noCore   onceAWhile     // requests no core took, counted
 }
 
 // forward sends fwd (a clone of r's request, already adapted) over l and
@@ -46,7 +53,6 @@ func (rl *relay) forward(ctx context.Context, r *Request, fwd *sip.Request, l le
 	if err := decMaxForwards(fwd); err != nil {
 		return err
 	}
-	l.Prepare(fwd, loopBranch(r.Request))
 	if l.admit != nil {
 		release, err := l.admit()
 		defer release()
@@ -54,6 +60,10 @@ func (rl *relay) forward(ctx context.Context, r *Request, fwd *sip.Request, l le
 			return err
 		}
 	}
+	if l.report != nil && !fwd.IsInvite() {
+		return rl.failover(ctx, r, fwd, l, onResponse)
+	}
+	l.Prepare(fwd, loopBranch(r.Request))
 	timeout := rl.timeout
 	if fwd.IsInvite() {
 		timeout = inviteTimeout
@@ -93,7 +103,7 @@ func (rl *relay) forward(ctx context.Context, r *Request, fwd *sip.Request, l le
 		// RFC 6026: 2xx retransmissions are relayed, not absorbed.
 		tx.OnRetransmission(func(res *sip.Response) { send(rl.log, r, stripTopVia(res)) })
 	}
-	keepTx, err := rl.relayResponses(ctx, r, fwd, l, tx, &canceled, onResponse)
+	keepTx, err := rl.relayResponses(ctx, r, fwd, l, tx, &canceled, onResponse, nil)
 	if !keepTx {
 		tx.Terminate()
 	}
@@ -110,46 +120,129 @@ func (rl *relay) forward(ctx context.Context, r *Request, fwd *sip.Request, l le
 // errTimerC is the forward's own deadline passing without a final answer.
 var errTimerC = errors.New("no final answer in time")
 
+// errNoAnswer is a try at one core that got no response in time.
+var errNoAnswer = errors.New("no answer within the per-try timeout")
+
+// failover forwards a non-INVITE request to the cores in l's order: a
+// try that cannot be sent, gets no response within l.tryTimeout, or gets
+// 503 moves the request on to the next core, with a new branch; the
+// first other response commits it to that core (RFC 3263 §4.3). No
+// INVITE fails over here: it may have been answered provisionally.
+func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l leg, onResponse func(*sip.Response)) error {
+	ctx, cancel := context.WithTimeout(ctx, rl.timeout)
+	defer cancel()
+	hops := append([]hop.Hop{l.Hop}, l.alts...)
+	orig := fwd.Clone()
+	var last error
+	for i, h := range hops {
+		req := fwd
+		if i > 0 {
+			req = orig.Clone()
+		}
+		h.Prepare(req, loopBranch(r.Request))
+		tx, err := h.Start(ctx, req)
+		if err != nil {
+			l.report(i, 0, err)
+			last = err
+			continue
+		}
+		first, err := firstResponse(ctx, tx, l.tryTimeout)
+		retry := i < len(hops)-1 && (err != nil || first.StatusCode == 503)
+		switch {
+		case err != nil:
+			l.report(i, 0, err)
+		default:
+			l.report(i, first.StatusCode, nil)
+		}
+		if retry || err != nil {
+			tx.Terminate()
+			if err == nil {
+				err = errors.New("503 from the core")
+			}
+			rl.log.Debug("core did not take the request, trying the next", "dst", h.Dest, "method", r.Method, "err", err)
+			last = err
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		l.Hop = h
+		_, err = rl.relayResponses(ctx, r, req, l, tx, new(atomic.Bool), onResponse, first)
+		tx.Terminate()
+		if errors.Is(err, errTimerC) {
+			return reject(408, "Request Timeout")
+		}
+		return err
+	}
+	rl.noCore.note(rl.log, "requests no core took (each tried in turn): answered 503", "core.upstreams, core.try_timeout")
+	return l.unreachable(last)
+}
+
+// firstResponse waits up to d for tx's first response.
+func firstResponse(ctx context.Context, tx sip.ClientTransaction, d time.Duration) (*sip.Response, error) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case res := <-tx.Responses():
+		return res, nil
+	case <-tx.Done():
+		if err := tx.Err(); err != nil {
+			return nil, err
+		}
+		return nil, errNoAnswer
+	case <-t.C:
+		return nil, errNoAnswer
+	case <-ctx.Done():
+		return nil, errNoAnswer
+	}
+}
+
 // relayResponses relays tx's responses back on r's flow until the final
 // one. keepTx says the transaction must stay (an INVITE's 2xx: its
 // retransmission hook stays live until Timer M).
 func (rl *relay) relayResponses(ctx context.Context, r *Request, fwd *sip.Request, l leg, tx sip.ClientTransaction,
-	canceled *atomic.Bool, onResponse func(*sip.Response)) (keepTx bool, _ error) {
+	canceled *atomic.Bool, onResponse func(*sip.Response), first *sip.Response) (keepTx bool, _ error) {
+	responses := tx.Responses()
 	for {
-		select {
-		case res := <-tx.Responses():
-			if res.StatusCode == 100 {
-				continue // hop by hop
-			}
-			out := stripTopVia(res)
-			if onResponse != nil {
-				onResponse(out)
-			}
-			send(rl.log, r, out)
-			if res.StatusCode < 200 {
-				continue
-			}
-			if fwd.IsInvite() && res.StatusCode < 300 {
-				if canceled.Load() {
-					// Upstream already got 487; the call the callee just
-					// answered must not stay up (RFC 3261 §16.7 item 5 note).
-					rl.followUp.Go(func() { rl.hangUp(fwd, res, l.Hop) })
+		var res *sip.Response
+		if first != nil {
+			res, first = first, nil
+		} else {
+			select {
+			case res = <-responses:
+			case <-tx.Done():
+				if errors.Is(tx.Err(), sip.ErrTransactionTimeout) {
+					return false, reject(408, "Request Timeout")
 				}
-				return true, nil
+				if canceled.Load() {
+					return false, nil // sipgo already answered 487
+				}
+				rl.log.Warn("next hop failed", "dst", l.Dest, "toward", l.toward, "method", r.Method, "err", tx.Err())
+				return false, l.unreachable(tx.Err())
+			case <-ctx.Done():
+				return false, errTimerC
 			}
-			return false, nil
-		case <-tx.Done():
-			if errors.Is(tx.Err(), sip.ErrTransactionTimeout) {
-				return false, reject(408, "Request Timeout")
-			}
-			if canceled.Load() {
-				return false, nil // sipgo already answered 487
-			}
-			rl.log.Warn("next hop failed", "dst", l.Dest, "toward", l.toward, "method", r.Method, "err", tx.Err())
-			return false, l.unreachable(tx.Err())
-		case <-ctx.Done():
-			return false, errTimerC
 		}
+		if res.StatusCode == 100 {
+			continue // hop by hop
+		}
+		out := stripTopVia(res)
+		if onResponse != nil {
+			onResponse(out)
+		}
+		send(rl.log, r, out)
+		if res.StatusCode < 200 {
+			continue
+		}
+		if fwd.IsInvite() && res.StatusCode < 300 {
+			if canceled.Load() {
+				// Upstream already got 487; the call the callee just
+				// answered must not stay up (RFC 3261 §16.7 item 5 note).
+				rl.followUp.Go(func() { rl.hangUp(fwd, res, l.Hop) })
+			}
+			return true, nil
+		}
+		return false, nil
 	}
 }
 

@@ -116,6 +116,7 @@ func restartKeys(old, cfg Config) []string {
 	diff("core.mode", old.Core.Mode != cfg.Core.Mode)
 	diff("core.timeout", old.Core.Timeout != cfg.Core.Timeout)
 	diff("core.retry_after", old.Core.RetryAfter != cfg.Core.RetryAfter)
+	diff("core.try_timeout", old.Core.TryTimeout != cfg.Core.TryTimeout)
 	diff("core.key_file", old.Core.KeyFile != cfg.Core.KeyFile || old.Core.KeyGrace != cfg.Core.KeyGrace)
 	diff("nat.flow_timer", old.NAT.FlowTimerUDP != cfg.NAT.FlowTimerUDP || old.NAT.FlowTimerStream != cfg.NAT.FlowTimerStream)
 	diff("nat.max_flows", old.NAT.MaxFlows != cfg.NAT.MaxFlows)

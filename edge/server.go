@@ -84,6 +84,7 @@ type Server struct {
 	accessSrv, coreSrv *sipgo.Server
 	coreUDP            *udpSocket
 	pinger             *pinger
+	probe              upstream.ProbeFunc // health checks of the cores
 	self               *self
 	hooks              nat.StreamHooks // of every access stream listener
 
@@ -155,10 +156,22 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		return nil, err
 	}
 
-	coreLeg := func() leg {
-		h := fwd.Hop()
-		return leg{Hop: h, toward: "core", admit: fwd.Admit,
-			unreachable: func(err error) error { return fwd.Unreachable(h.Dest, err) }}
+	// The way to the cores for a request keyed by its AOR: the cores up,
+	// in the pool's order (priority, then the AOR's sticky weighted
+	// pick); none up is an answer at once (503 with Retry-After).
+	coreLeg := func(key string) (leg, error) {
+		targets := d.Pool.Order(key)
+		if len(targets) == 0 {
+			_, err := d.Pool.PickFor(key)
+			return leg{}, err
+		}
+		l := leg{Hop: fwd.HopTo(targets[0]), toward: "core", admit: fwd.Admit, tryTimeout: cfg.Core.PerTryTimeout(),
+			report: func(i int, status int, err error) { d.Pool.ReportAnswer(targets[i], status, err) }}
+		for _, t := range targets[1:] {
+			l.alts = append(l.alts, fwd.HopTo(t))
+		}
+		l.unreachable = func(err error) error { return fwd.Unreachable(netip.AddrPort{}, err) }
+		return l, nil
 	}
 	flowLeg := func(f nat.FlowKey) leg {
 		h := hop.Hop{Client: accessClient, Transport: f.Transport.String(), Dest: f.Remote, SentBy: self.accessAddr(f)}
@@ -168,6 +181,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		return leg{Hop: h, toward: "phone", unreachable: func(error) error { return errFlowFailed }}
 	}
 	s.pinger = &pinger{flowLeg: flowLeg}
+	s.probe = coreProbe(fwd)
 	s.pinger.udp.Store(&map[netip.AddrPort]*nat.PacketConn{})
 	s.coreUDP = newUDPSocket(socks.CoreUDP)
 	s.coreUDP.guardCore(d.Limiter, d.Pool.Trusts)
@@ -183,13 +197,14 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 // chains builds the stage chain of each side: the registrar and the
 // proxy behind sanity, parse, limit and observe for phones; trust and
 // sanity for the core.
-func (s *Server) chains(self *self, coreLeg func() leg, flowLeg func(nat.FlowKey) leg) {
+func (s *Server) chains(self *self, coreLeg func(string) (leg, error), flowLeg func(nat.FlowKey) leg) {
 	cfg, d := s.cfg, s.d
 	s.relay = &relay{log: d.Log, timeout: cfg.Core.Timeout, self: self}
 	s.limit = limit{log: d.Log, limiter: d.Limiter, registry: d.Registry, proven: s.proven}
 	au := auth{limiter: d.Limiter, proofs: s.proofs, proven: s.proven}
 	s.proxy = &proxy{log: d.Log, self: self, relay: s.relay, core: coreLeg, flowLeg: flowLeg,
-		usable: s.flowUsable, registry: d.Registry, auth: au, dialogs: s.dialogs,
+		coreTransport: func() string { return d.Pool.Pick().Transport },
+		usable:        s.flowUsable, registry: d.Registry, auth: au, dialogs: s.dialogs,
 		flows: d.Flows, mintSlack: cfg.Core.Timeout + time.Second,
 		// Tokens carry whole seconds: one minted in the second the state
 		// was saved may be newer than the save.
@@ -340,6 +355,7 @@ func (s *Server) Start(ctx context.Context) error {
 	// cannot move before the loop listens.
 	t := s.d.Clock.NewTicker(maintainEvery)
 	s.serving.Go(func() { s.maintain(mctx, t) })
+	s.serving.Go(func() { s.d.Pool.Probe(mctx, s.probe) })
 	if err := s.udpReady(ctx, append(s.accessUDP(), s.coreUDP)); err != nil {
 		return err
 	}

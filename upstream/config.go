@@ -69,6 +69,7 @@ func DefaultConfig() Config {
 		RetryAfter: 30 * time.Second,
 		KeyFile:    "var/flow.key",
 		KeyGrace:   2 * time.Hour,
+		Trusted:    []string{},
 
 		HealthInterval: 5 * time.Second,
 		HealthTimeout:  2 * time.Second,

@@ -33,8 +33,7 @@ func TestAnnotatedConfigIsTheDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := cfg.Core, def.Core; got.Listen != want.Listen || got.Timeout != want.Timeout ||
-		got.RetryAfter != want.RetryAfter || got.Mode != want.Mode || got.KeyFile != want.KeyFile {
+	if got, want := cfg.Core, def.Core; !reflect.DeepEqual(got, want) {
 		t.Errorf("configs/sipedge.toml [core] = %+v, defaults = %+v", got, want)
 	}
 	if got, want := cfg.RateLimit, def.RateLimit; !reflect.DeepEqual(got, want) {

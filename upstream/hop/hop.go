@@ -78,3 +78,28 @@ func (h Hop) Ask(ctx context.Context, req *sip.Request) error {
 		return ctx.Err()
 	}
 }
+
+// AskStatus is Ask returning the first final (or, failing that, any)
+// response's status: what a health probe needs.
+func (h Hop) AskStatus(ctx context.Context, req *sip.Request) (int, error) {
+	tx, err := h.Start(ctx, req)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Terminate()
+	for {
+		select {
+		case res := <-tx.Responses():
+			if res.StatusCode >= 200 {
+				return res.StatusCode, nil
+			}
+		case <-tx.Done():
+			if err := tx.Err(); err != nil {
+				return 0, err
+			}
+			return 0, errors.New("no answer")
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}

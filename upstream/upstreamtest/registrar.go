@@ -44,6 +44,9 @@ type Options struct {
 	RequirePath bool
 	// Silent makes the registrar record requests but never answer them.
 	Silent bool
+	// Refuse, if set, answers every request but OPTIONS with this status
+	// (an overloaded core's 503, say); OPTIONS still gets 200.
+	Refuse int
 	// DefaultExpires is the binding lifetime in seconds when the REGISTER
 	// gives none. Default 3600.
 	DefaultExpires int
@@ -382,6 +385,13 @@ func (r *Registrar) handle(req *sip.Request, tx sip.ServerTransaction) {
 	}
 
 	var res *sip.Response
+	if r.opts.Refuse != 0 && req.Method != sip.OPTIONS {
+		res = sip.NewResponseFromRequest(req, r.opts.Refuse, "Refused", nil)
+		if err := tx.Respond(res); err != nil {
+			r.opts.Logger.Warn("respond failed", "method", req.Method.String(), "status", res.StatusCode, "error", err)
+		}
+		return
+	}
 	switch req.Method {
 	case sip.ACK:
 		return

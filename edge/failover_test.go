@@ -1,0 +1,107 @@
+package edge_test
+
+import (
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/sipedge/sipedge/edge/edgetest"
+	"github.com/sipedge/sipedge/upstream/upstreamtest"
+)
+
+// twoCores starts an edge in front of cores a (the primary) and b.
+func twoCores(t *testing.T, a, b *upstreamtest.Registrar, mutate func(*edgetest.Config)) *edgetest.Edge {
+	t.Helper()
+	return edgetest.Start(t, a.URI("udp"), func(c *edgetest.Config) {
+		c.Core.Upstreams = []string{a.URI("udp"), b.URI("udp")}
+		c.Core.TryTimeout = 300 * time.Millisecond
+		c.Core.HealthInterval = 0 // only what forwarding sees
+		c.Core.DownAfter = 2
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+}
+
+// A primary that does not answer costs a REGISTER one per-try timeout,
+// then the backup takes it; once it is down, the backup at once.
+func TestFailoverOnSilence(t *testing.T) {
+	a := upstreamtest.Start(t, upstreamtest.Options{Silent: true})
+	b := upstreamtest.Start(t, upstreamtest.Options{})
+	e := twoCores(t, a, b, nil)
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	registersAt := func(r *upstreamtest.Registrar) (n int) {
+		for _, req := range r.Requests() {
+			if req.Method == "REGISTER" {
+				n++
+			}
+		}
+		return n
+	}
+	for i := 1; i <= 4; i++ {
+		phone.Send(phone.Register(edgetest.Reg{User: "ann", CSeq: i}))
+		if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+			t.Fatalf("REGISTER %d got %d, want 200 from the backup", i, res.StatusCode)
+		}
+	}
+	// The first two tried the primary (each a per-try timeout, then the
+	// backup); two misses mark it down, and the last two went straight
+	// to the backup.
+	if got := registersAt(a); got != 2 {
+		t.Errorf("the silent primary got %d REGISTERs, want 2 (then down)", got)
+	}
+	if got := registersAt(b); got != 4 {
+		t.Errorf("the backup got %d REGISTERs, want 4", got)
+	}
+	if len(b.Bindings("sip:ann@example.com")) != 1 {
+		t.Error("the backup holds no binding")
+	}
+}
+
+// A 503 moves the request on; with every core refusing, the phone gets
+// the last 503.
+func TestFailoverOn503(t *testing.T) {
+	a := upstreamtest.Start(t, upstreamtest.Options{Refuse: 503})
+	b := upstreamtest.Start(t, upstreamtest.Options{})
+	e := twoCores(t, a, b, nil)
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "bea"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("REGISTER got %d, want 200 from the backup", res.StatusCode)
+	}
+	c := upstreamtest.Start(t, upstreamtest.Options{Refuse: 503})
+	e2 := twoCores(t, a, c, nil)
+	p2 := edgetest.Dial(t, "udp", e2.UDP)
+	p2.Send(p2.Register(edgetest.Reg{User: "cid"}))
+	if res := p2.MustRecvResponse(wait); res.StatusCode != 503 {
+		t.Fatalf("REGISTER with both cores refusing got %d, want their 503", res.StatusCode)
+	}
+}
+
+// With every core down by health, a phone gets 503 with Retry-After at
+// once: no waiting for a timeout health already predicts.
+func TestNoCoreUpAnswersAtOnce(t *testing.T) {
+	a := upstreamtest.Start(t, upstreamtest.Options{Silent: true})
+	b := upstreamtest.Start(t, upstreamtest.Options{Silent: true})
+	e := twoCores(t, a, b, func(c *edgetest.Config) { c.Core.DownAfter = 1 })
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "dan"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 503 {
+		t.Fatalf("first REGISTER got %d, want 503 after both tries", res.StatusCode)
+	}
+	start := time.Now()
+	phone.Send(phone.Register(edgetest.Reg{User: "dan", CSeq: 2}))
+	res := phone.MustRecvResponse(wait)
+	took := time.Since(start)
+	ra := res.GetHeader("Retry-After")
+	if res.StatusCode != 503 || ra == nil {
+		t.Fatalf("with no core up got %d (Retry-After %v), want 503 with Retry-After", res.StatusCode, ra)
+	}
+	if s, _ := strconv.Atoi(ra.Value()); s < 1 {
+		t.Errorf("Retry-After %q", ra.Value())
+	}
+	if took > 50*time.Millisecond {
+		t.Errorf("503 took %v with no core up, want at once (under 50 ms)", took)
+	}
+	t.Logf("no core up: 503 with Retry-After %s in %v", ra.Value(), took.Round(time.Microsecond))
+}
