@@ -26,10 +26,10 @@ type leg struct {
 	unreachable func(err error) error
 	// Toward the cores: the next ones to try, in order, when a try gets
 	// no answer within tryTimeout, a 503, or cannot be sent; report
-	// tells the pool how try i went (status 0: no answer).
+	// tells the pool how try i, sent at started, went (status 0: none).
 	alts       []hop.Hop
 	tryTimeout time.Duration
-	report     func(i int, status int, err error)
+	report     func(i int, started time.Time, status int, err error)
 }
 
 // relay is the proxy mechanics both directions share: one forwarded
@@ -140,9 +140,10 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 			req = orig.Clone()
 		}
 		h.Prepare(req, loopBranch(r.Request))
+		started := time.Now()
 		tx, err := h.Start(ctx, req)
 		if err != nil {
-			l.report(i, 0, err)
+			l.report(i, started, 0, err)
 			last = err
 			continue
 		}
@@ -150,9 +151,9 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 		retry := i < len(hops)-1 && (err != nil || first.StatusCode == 503)
 		switch {
 		case err != nil:
-			l.report(i, 0, err)
+			l.report(i, started, 0, err)
 		default:
-			l.report(i, first.StatusCode, nil)
+			l.report(i, started, first.StatusCode, nil)
 		}
 		if retry || err != nil {
 			tx.Terminate()

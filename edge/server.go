@@ -166,7 +166,9 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 			return leg{}, err
 		}
 		l := leg{Hop: fwd.HopTo(targets[0]), toward: "core", admit: fwd.Admit, tryTimeout: cfg.Core.PerTryTimeout(),
-			report: func(i int, status int, err error) { d.Pool.ReportAnswer(targets[i], status, err) }}
+			report: func(i int, started time.Time, status int, err error) {
+				d.Pool.ReportTry(targets[i], started, status, err)
+			}}
 		for _, t := range targets[1:] {
 			l.alts = append(l.alts, fwd.HopTo(t))
 		}

@@ -3,6 +3,7 @@ package upstream
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // State is how a core seems from the edge.
@@ -42,19 +43,26 @@ type health struct {
 	state atomic.Uint32 // a State
 
 	mu         sync.Mutex
-	oks, fails int  // consecutive results of each kind
-	down       bool // marked down by down_after failures
-	busy       bool // the last success was a 5xx
+	oks, fails int       // consecutive results of each kind
+	down       bool      // marked down by down_after failures
+	busy       bool      // the last success was a 5xx
+	changed    time.Time // when the state last changed
 }
 
 func (h *health) load() State { return State(h.state.Load()) }
 
 // report records one result under the thresholds and says what the
 // state was before and is after.
-func (h *health) report(ok, busy bool, upAfter, downAfter int) (from, to State) {
+func (h *health) report(ok, busy bool, upAfter, downAfter int, started time.Time) (from, to State) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	from = h.load()
+	if !started.IsZero() && started.Before(h.changed) {
+		// A try sent before the last change says nothing new: after a
+		// core dies, the answers and timeouts of requests sent before
+		// would otherwise flip it up and down for a while.
+		return from, from
+	}
 	if ok {
 		h.fails = 0
 		h.oks = min(h.oks+1, upAfter) // saturate: only reaching the threshold matters
@@ -78,6 +86,9 @@ func (h *health) report(ok, busy bool, upAfter, downAfter int) (from, to State) 
 		to = StateUp
 	}
 	h.state.Store(uint32(to))
+	if to != from {
+		h.changed = time.Now()
+	}
 	return from, to
 }
 
@@ -87,13 +98,22 @@ func (h *health) report(ok, busy bool, upAfter, downAfter int) (from, to State) 
 // down after core.down_after failures in a row and up again after
 // core.up_after successes in a row. A target no longer configured is
 // ignored (a request that left before a reload).
-func (p *Pool) Report(t Target, ok bool, overloaded bool) {
+func (p *Pool) Report(t Target, ok bool, overloaded bool) { p.report(t, ok, overloaded, time.Time{}) }
+
+// ReportTry is ReportAnswer for a try that started at started: a try
+// older than t's last change of state is ignored.
+func (p *Pool) ReportTry(t Target, started time.Time, status int, err error) {
+	ok, busy := classify(status, err)
+	p.report(t, ok, busy, started)
+}
+
+func (p *Pool) report(t Target, ok bool, overloaded bool, started time.Time) {
 	s := p.set.Load()
 	i := s.index(t.id())
 	if i < 0 {
 		return
 	}
-	from, to := s.health[i].report(ok, ok && overloaded, s.upAfter, s.downAfter)
+	from, to := s.health[i].report(ok, ok && overloaded, s.upAfter, s.downAfter, started)
 	if from != to && p.onChange != nil {
 		p.onChange(s.targets[i], to)
 	}

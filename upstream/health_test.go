@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 // events records OnChange calls.
@@ -152,4 +153,42 @@ func TestOnChangeMayCallBack(t *testing.T) {
 		t.Error("State of an unknown target")
 	}
 	p.Report(Target{}, false, false) // not configured: ignored
+}
+
+// Tries sent before a core's last change of state do not count: after
+// it dies, the late answers and timeouts of what was sent before would
+// flip it up and down.
+func TestStaleTriesIgnored(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Upstreams = []string{"sip:10.0.0.1", "sip:10.0.0.2"}
+	cfg.UpAfter, cfg.DownAfter = 2, 2
+	p, err := NewPool(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := p.Targets()[0]
+	before := time.Now()
+	p.ReportTry(a, before, 0, errors.New("timeout"))
+	p.ReportTry(a, before, 0, errors.New("timeout"))
+	if got := stateOf(t, p, a); got != StateDown {
+		t.Fatalf("after two failures: %s", got)
+	}
+	// Answers to requests sent before it went down: ignored.
+	p.ReportTry(a, before, 200, nil)
+	p.ReportTry(a, before, 200, nil)
+	if got := stateOf(t, p, a); got != StateDown {
+		t.Fatalf("stale answers brought it %s", got)
+	}
+	after := time.Now()
+	p.ReportTry(a, after, 200, nil)
+	p.ReportTry(a, after, 200, nil)
+	if got := stateOf(t, p, a); got != StateUp {
+		t.Fatalf("fresh answers left it %s", got)
+	}
+	// Timeouts of tries sent while it was down: ignored.
+	p.ReportTry(a, before, 0, errors.New("timeout"))
+	p.ReportTry(a, before, 0, errors.New("timeout"))
+	if got := stateOf(t, p, a); got != StateUp {
+		t.Fatalf("stale timeouts took it %s", got)
+	}
 }

@@ -72,6 +72,7 @@ func (p *Pool) ProbeOnce(ctx context.Context, probe ProbeFunc) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
+			started := time.Now()
 			pctx, cancel := context.WithTimeout(ctx, s.timeout)
 			status, err := probe(pctx, t)
 			late := pctx.Err()
@@ -82,7 +83,7 @@ func (p *Pool) ProbeOnce(ctx context.Context, probe ProbeFunc) {
 			if err == nil && late != nil {
 				err = errors.New("upstream: probe answered after health_timeout")
 			}
-			p.ReportAnswer(t, status, err)
+			p.ReportTry(t, started, status, err)
 		}()
 	}
 	wg.Wait()
