@@ -133,6 +133,10 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 func restore(log *slog.Logger, store state.Store, snap state.Snapshot, reg *registry.Registry, limiter *ratelimit.Limiter, spread time.Duration) {
 	restored, dropped := reg.Restore(snap.Bindings, spread)
 	bans := limiter.RestoreBans(snap.Bans)
+	if snap.Saved.IsZero() {
+		log.Info("state loaded: none saved yet", "file", store.String())
+		return
+	}
 	log.Info("state loaded", "file", store.String(), "saved", snap.Saved, "bindings", restored,
 		"dropped", dropped, "bans", bans)
 }
