@@ -128,12 +128,23 @@ var errNoAnswer = errors.New("no answer within the per-try timeout")
 // 503 moves the request on to the next core, with a new branch; the
 // first other response commits it to that core (RFC 3263 §4.3). No
 // INVITE fails over here: it may have been answered provisionally.
+//
+// A core's silence counts against its health only once another core
+// answered the same request: when none does, the edge itself may be the
+// one in trouble (a flood using its CPU), and marking every core down
+// would turn slowness into refusals. Health probes decide then.
 func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l leg, onResponse func(*sip.Response)) error {
 	ctx, cancel := context.WithTimeout(ctx, rl.timeout)
 	defer cancel()
 	hops := append([]hop.Hop{l.Hop}, l.alts...)
 	orig := fwd.Clone()
 	var last error
+	type miss struct {
+		i       int
+		started time.Time
+		err     error
+	}
+	var misses []miss
 	for i, h := range hops {
 		req := fwd
 		if i > 0 {
@@ -143,17 +154,20 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 		started := time.Now()
 		tx, err := h.Start(ctx, req)
 		if err != nil {
-			l.report(i, started, 0, err)
+			misses = append(misses, miss{i, started, err})
 			last = err
 			continue
 		}
 		first, err := firstResponse(ctx, tx, l.tryTimeout)
 		retry := i < len(hops)-1 && (err != nil || first.StatusCode == 503)
-		switch {
-		case err != nil:
-			l.report(i, started, 0, err)
-		default:
+		if err != nil {
+			misses = append(misses, miss{i, started, err})
+		} else {
 			l.report(i, started, first.StatusCode, nil)
+			for _, m := range misses {
+				l.report(m.i, m.started, 0, m.err)
+			}
+			misses = nil
 		}
 		if retry || err != nil {
 			tx.Terminate()
