@@ -358,6 +358,7 @@ func (s *Server) Start(ctx context.Context) error {
 	t := s.d.Clock.NewTicker(maintainEvery)
 	s.serving.Go(func() { s.maintain(mctx, t) })
 	s.serving.Go(func() { s.d.Pool.Probe(mctx, s.probe) })
+	s.serving.Go(func() { s.d.Pool.Refresh(mctx) }) // cores given by name: DNS answers kept current
 	if err := s.udpReady(ctx, append(s.accessUDP(), s.coreUDP)); err != nil {
 		return err
 	}

@@ -52,6 +52,20 @@ type Config struct {
 	// request moves on to the next: the phone's patience (Timeout) is
 	// shared by every core tried. See PerTryTimeout.
 	TryTimeout time.Duration `toml:"try_timeout"`
+
+	// An upstream may name a host (sip:core.example.net): it is resolved
+	// by RFC 3263 (NAPTR, SRV, then A/AAAA) into targets, and Refresh
+	// keeps the answer current.
+	//
+	// DNSServers are the servers asked, "ip:port" or "ip" (port 53);
+	// empty means those of /etc/resolv.conf, or 127.0.0.1:53.
+	DNSServers []string `toml:"dns_servers"`
+	// DNSRefreshMin floors the TTLs: a name is asked again no sooner,
+	// and the refresher looks this often; 0 means 5s.
+	DNSRefreshMin time.Duration `toml:"dns_refresh_min"`
+	// DNSGrace is how long a name that stops resolving keeps its last
+	// good answer after that answer's TTL; 0 means 5m.
+	DNSGrace time.Duration `toml:"dns_grace"`
 }
 
 // PerTryTimeout is how long one core gets: TryTimeout, but never more
@@ -62,14 +76,17 @@ func (c Config) PerTryTimeout() time.Duration { return min(c.TryTimeout, c.Timeo
 // DefaultConfig is a core on 127.0.0.1:5070 reached from 127.0.0.1:5062.
 func DefaultConfig() Config {
 	return Config{
-		Listen:     "127.0.0.1:5062",
-		Upstreams:  []string{"sip:127.0.0.1:5070;transport=udp"},
-		Mode:       ModePath,
-		Timeout:    8 * time.Second,
-		RetryAfter: 30 * time.Second,
-		KeyFile:    "var/flow.key",
-		KeyGrace:   2 * time.Hour,
-		Trusted:    []string{},
+		Listen:        "127.0.0.1:5062",
+		Upstreams:     []string{"sip:127.0.0.1:5070;transport=udp"},
+		Mode:          ModePath,
+		Timeout:       8 * time.Second,
+		RetryAfter:    30 * time.Second,
+		KeyFile:       "var/flow.key",
+		KeyGrace:      2 * time.Hour,
+		Trusted:       []string{},
+		DNSServers:    []string{},
+		DNSRefreshMin: 5 * time.Second,
+		DNSGrace:      5 * time.Minute,
 
 		HealthInterval: 5 * time.Second,
 		HealthTimeout:  2 * time.Second,
@@ -95,14 +112,25 @@ func (c Config) Validate() error {
 	}
 	seen := make(map[string]bool, len(c.Upstreams))
 	for _, u := range c.Upstreams {
-		t, err := ParseTarget(u)
+		e, err := parseUpstream(u, 0)
 		switch {
 		case err != nil:
 			bad("upstreams", "%v", err)
-		case seen[t.key]:
+		case seen[e.key()]:
 			bad("upstreams", "%q is listed twice", u)
 		}
-		seen[t.key] = true
+		seen[e.key()] = true
+	}
+	for _, s := range c.DNSServers {
+		if _, err := parseDNSServer(s); err != nil {
+			bad("dns_servers", "%q is not IP:port", s)
+		}
+	}
+	if c.DNSRefreshMin != 0 && (c.DNSRefreshMin < time.Second || c.DNSRefreshMin > time.Hour) {
+		bad("dns_refresh_min", "%s is neither 0 (5s) nor within 1s..1h", c.DNSRefreshMin)
+	}
+	if c.DNSGrace != 0 && (c.DNSGrace < time.Second || c.DNSGrace > 24*time.Hour) {
+		bad("dns_grace", "%s is neither 0 (5m) nor within 1s..24h", c.DNSGrace)
 	}
 	if c.Mode != ModePath && c.Mode != ModeRewrite {
 		bad("mode", "%q is neither \"path\" nor \"rewrite\"", c.Mode)

@@ -50,7 +50,7 @@ func TestReloadKeepsHealth(t *testing.T) {
 	// A bad config changes nothing; a core that left and comes back
 	// starts afresh.
 	bad := cfg
-	bad.Upstreams = []string{"sip:nowhere.example"}
+	bad.Upstreams = []string{"sip:10.0.0.9;transport=sctp"}
 	if err := p.Reload(bad); err == nil {
 		t.Fatal("bad upstream accepted")
 	}

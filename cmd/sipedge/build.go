@@ -48,7 +48,7 @@ func (a *app) serve(ctx context.Context) error {
 // this is the one place that knows how sipedge is put together. store
 // (nil: memory only) keeps state across restarts; snap is what it held.
 func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Signer, clk clock.Clock, store state.Store, snap state.Snapshot) (*app, error) {
-	pool, err := upstream.NewPool(cfg.Core, upstream.WithOnChange(func(t upstream.Target, st upstream.State) {
+	pool, err := upstream.NewPool(cfg.Core, upstream.WithLogger(log), upstream.WithOnChange(func(t upstream.Target, st upstream.State) {
 		log.Info("core "+st.String(), "core", t) // up, overloaded (5xx: weight down) or down
 	}))
 	if err != nil {
