@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/upstream"
 	"github.com/sipedge/sipedge/upstream/hop"
 )
 
@@ -42,6 +43,7 @@ type relay struct {
 	self     *self
 	followUp sync.WaitGroup // CANCELs and hang-ups sent after their request ended
 	noCore   onceAWhile     // requests no core took, counted
+	badCert  onceAWhile     // cores whose TLS certificate failed verification
 }
 
 // forward sends fwd (a clone of r's request, already adapted) over l and
@@ -154,6 +156,10 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 		started := time.Now()
 		tx, err := h.Start(ctx, req)
 		if err != nil {
+			if upstream.IsCertError(err) {
+				// Never silently accepted: an error, and the next core.
+				rl.badCert.noteErr(rl.log, "a core's TLS certificate failed verification; trying the next core", "core.tls_ca, core.tls_server_name", h.Dest, err)
+			}
 			misses = append(misses, miss{i, started, err})
 			last = err
 			continue

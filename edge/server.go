@@ -8,6 +8,7 @@ package edge
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -70,6 +71,9 @@ type Deps struct {
 	// the server starts may name UDP flows it has no record of, which it
 	// then recovers (see proxy.recover).
 	StateSaved time.Time
+	// CoreTLS is how the edge talks TLS to the cores (nil: Go's defaults,
+	// the system's CAs).
+	CoreTLS *tls.Config
 }
 
 // Server is a running edge.
@@ -133,7 +137,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	self := newSelf(d.Signer, d.Flows, d.Clock.Now, coreAddr, advertise, socks.addrs())
 
 	var err error
-	if s.accessUA, s.coreUA, err = userAgents(d.Log); err != nil {
+	if s.accessUA, s.coreUA, err = userAgents(d.Log, d.CoreTLS); err != nil {
 		return nil, err
 	}
 	siplog := slog.New(quietSipgo{d.Log.Handler()})
@@ -245,7 +249,7 @@ func (s *Server) chains(self *self, coreLeg func(string) (leg, error), flowLeg f
 
 // userAgents makes the two sipgo user agents, one per side. The access
 // one never dials: phones' flows are theirs to open.
-func userAgents(log *slog.Logger) (access, core *sipgo.UserAgent, err error) {
+func userAgents(log *slog.Logger, coreTLS *tls.Config) (access, core *sipgo.UserAgent, err error) {
 	siplog := slog.New(quietSipgo{log.Handler()})
 	opts := []sipgo.UserAgentOption{
 		sipgo.WithUserAgent("sipedge"),
@@ -260,7 +264,11 @@ func userAgents(log *slog.Logger) (access, core *sipgo.UserAgent, err error) {
 	if access, err = sipgo.NewUA(accessOpts...); err != nil {
 		return nil, nil, err
 	}
-	if core, err = sipgo.NewUA(opts...); err != nil {
+	coreOpts := opts
+	if coreTLS != nil {
+		coreOpts = append(opts[:len(opts):len(opts)], sipgo.WithUserAgenTLSConfig(coreTLS))
+	}
+	if core, err = sipgo.NewUA(coreOpts...); err != nil {
 		return nil, nil, err
 	}
 	return access, core, nil

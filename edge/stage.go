@@ -176,6 +176,18 @@ type onceAWhile struct {
 	last atomic.Int64 // Unix ns of the last line
 }
 
+// noteErr is note at error level, with the latest case's address and
+// error.
+func (o *onceAWhile) noteErr(log *slog.Logger, msg, key string, dst netip.AddrPort, err error) {
+	n := o.n.Add(1)
+	now := time.Now().UnixNano()
+	last := o.last.Load()
+	if now-last < int64(time.Minute) || !o.last.CompareAndSwap(last, now) {
+		return
+	}
+	log.Error(msg, "count", n, "dst", dst, "err", err, "see", key)
+}
+
 func (o *onceAWhile) note(log *slog.Logger, msg string, key string) {
 	n := o.n.Add(1)
 	now := time.Now().UnixNano()

@@ -36,6 +36,16 @@ type Config struct {
 	// Trusted lists the CIDRs allowed to send requests to the core side,
 	// besides the upstreams' own addresses (a core cluster, say).
 	Trusted []string `toml:"trusted"`
+	// TLS toward cores reached with sips: or transport=tls. TLSCA is a
+	// PEM file of the CAs to trust ("": the system's); TLSServerName the
+	// name their certificates must carry ("": the address dialled, which
+	// then needs an IP SAN); TLSCert and TLSKey an optional client
+	// certificate. A certificate that fails verification fails that try:
+	// logged, and the request moves to the next core.
+	TLSCA         string `toml:"tls_ca"`
+	TLSServerName string `toml:"tls_server_name"`
+	TLSCert       string `toml:"tls_cert"`
+	TLSKey        string `toml:"tls_key"`
 
 	// HealthInterval is how often every core is probed; 0 turns probing
 	// off, and then only forwarding results move a core up or down.
@@ -120,6 +130,9 @@ func (c Config) Validate() error {
 			bad("upstreams", "%q is listed twice", u)
 		}
 		seen[e.key()] = true
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("tls_cert", "tls_cert and tls_key go together")
 	}
 	for _, s := range c.DNSServers {
 		if _, err := parseDNSServer(s); err != nil {

@@ -100,7 +100,11 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 		restore(log, store, snap, reg, limiter, cfg.NAT.Interval)
 		w = state.NewWriter(store, cfg.State.FlushInterval, clk, log, limiter.BanHistory)
 	}
-	srv, err := edge.New(cfg.edge(), socks, edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool,
+	coreTLS, err := cfg.Core.ClientTLS()
+	if err != nil {
+		return nil, err
+	}
+	srv, err := edge.New(cfg.edge(), socks, edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool, CoreTLS: coreTLS,
 		Limiter: limiter, Flows: flows, Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns,
 		StateSaved: snap.Saved})
 	if err != nil {

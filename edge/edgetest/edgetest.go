@@ -62,6 +62,10 @@ type Hooks struct {
 	// into the registry before the edge starts.
 	Restore    []registry.Binding
 	StateSaved time.Time
+	// CoreTLS is the TLS configuration toward TLS cores.
+	CoreTLS *tls.Config
+	// Log, if set, gets the edge's log lines too.
+	Log io.Writer
 }
 
 // Edge is a running edge.
@@ -135,7 +139,11 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	// SIPEDGE_TEST_LOG=debug shows sipgo's and the edge's debug lines.
 	level := slog.LevelInfo
 	_ = level.UnmarshalText([]byte(os.Getenv("SIPEDGE_TEST_LOG")))
-	log := slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: level}))
+	var out io.Writer = tw
+	if h.Log != nil {
+		out = io.MultiWriter(tw, h.Log)
+	}
+	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}))
 
 	srv, reg, limiter := build(t, cfg, h, clk, socks, signer, log)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -199,7 +207,7 @@ func build(t testing.TB, cfg Config, h Hooks, clk clock.Clock, socks *edge.Socke
 	reg.Restore(h.Restore, time.Second)
 	srv, err := edge.New(cfg.edge(), socks,
 		edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool, Limiter: limiter, Flows: flows,
-			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, StateSaved: h.StateSaved})
+			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, StateSaved: h.StateSaved, CoreTLS: h.CoreTLS})
 	must(err)
 	return srv, reg, limiter
 }

@@ -10,6 +10,7 @@ package upstreamtest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,6 +45,8 @@ type Options struct {
 	RequirePath bool
 	// Silent makes the registrar record requests but never answer them.
 	Silent bool
+	// TLS, if set, serves TLS instead of TCP on the stream port (URI("tls")).
+	TLS *tls.Config
 	// Refuse, if set, answers every request but OPTIONS with this status
 	// (an overloaded core's 503, say); OPTIONS still gets 200.
 	Refuse int
@@ -171,6 +174,10 @@ func start(opts Options) (*Registrar, error) {
 	}()
 	go func() {
 		defer r.serving.Done()
+		if opts.TLS != nil {
+			srv.ServeTLS(tls.NewListener(ln, opts.TLS))
+			return
+		}
 		srv.ServeTCP(ln)
 	}()
 	<-udp.ready
