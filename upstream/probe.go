@@ -23,6 +23,18 @@ const maxProbes = 16
 // targets start up. Ticks come from WithTicker's source, or the system
 // clock.
 func (p *Pool) Probe(ctx context.Context, probe ProbeFunc) {
+	p.every(ctx, func(s *poolSet) time.Duration { return s.interval }, func() {
+		p.ProbeOnce(ctx, probe)
+		if p.afterRound != nil {
+			p.afterRound()
+		}
+	})
+}
+
+// every runs round on a ticker of the period the current set asks for
+// (0: none) until ctx is done. A reload that changes the period takes
+// effect at once; one that keeps it keeps the ticker's phase.
+func (p *Pool) every(ctx context.Context, period func(*poolSet) time.Duration, round func()) {
 	var (
 		every time.Duration
 		tick  <-chan time.Time
@@ -31,10 +43,9 @@ func (p *Pool) Probe(ctx context.Context, probe ProbeFunc) {
 	defer func() { stop() }()
 	for {
 		s := p.set.Load()
-		if s.interval != every {
-			// A reload that keeps the interval keeps the ticker's phase.
+		if want := period(s); want != every {
 			stop()
-			every, tick, stop = s.interval, nil, func() {}
+			every, tick, stop = want, nil, func() {}
 			if every > 0 {
 				tick, stop = p.newTicker(every)
 			}
@@ -44,10 +55,7 @@ func (p *Pool) Probe(ctx context.Context, probe ProbeFunc) {
 			return
 		case <-s.replaced:
 		case <-tick:
-			p.ProbeOnce(ctx, probe)
-			if p.afterRound != nil {
-				p.afterRound()
-			}
+			round()
 		}
 	}
 }

@@ -320,36 +320,18 @@ func newAnswer(a Answer, now time.Time, floor time.Duration) *answer {
 // from WithTicker's source, or the system clock; a pool without names
 // waits for a reload that adds one.
 func (p *Pool) Refresh(ctx context.Context) {
-	var (
-		every time.Duration
-		tick  <-chan time.Time
-		stop  = func() {}
-	)
-	defer func() { stop() }()
-	for {
-		s := p.set.Load()
-		want := time.Duration(0)
-		if s.resolver != nil {
-			want = s.refresh
+	period := func(s *poolSet) time.Duration {
+		if s.resolver == nil {
+			return 0
 		}
-		if want != every {
-			stop()
-			every, tick, stop = want, nil, func() {}
-			if every > 0 {
-				tick, stop = p.newTicker(every)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.replaced:
-		case <-tick:
-			p.RefreshOnce(ctx)
-			if p.afterRefresh != nil {
-				p.afterRefresh()
-			}
-		}
+		return s.refresh
 	}
+	p.every(ctx, period, func() {
+		p.RefreshOnce(ctx)
+		if p.afterRefresh != nil {
+			p.afterRefresh()
+		}
+	})
 }
 
 // RefreshOnce re-resolves the names whose answers have expired and

@@ -50,17 +50,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	case "state-dump":
-		fs := flag.NewFlagSet("state-dump", flag.ContinueOnError)
-		fs.SetOutput(stderr)
-		path := fs.String("config", "", "config file (TOML)")
-		if err := fs.Parse(args[1:]); err != nil || fs.NArg() > 0 {
-			fmt.Fprint(stderr, usage)
-			return 2
-		}
-		cfg, err := loadConfig(*path)
-		if err != nil {
-			fmt.Fprintln(stderr, err)
-			return 1
+		cfg, code := configFlag(args, stderr)
+		if code != 0 {
+			return code
 		}
 		if err := dumpState(cfg.State, stdout); err != nil {
 			fmt.Fprintln(stderr, err)
@@ -79,17 +71,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, args[1]+": ok")
 		return 0
 	case "rotate-key":
-		fs := flag.NewFlagSet("rotate-key", flag.ContinueOnError)
-		fs.SetOutput(stderr)
-		path := fs.String("config", "", "config file (TOML)")
-		if err := fs.Parse(args[1:]); err != nil || fs.NArg() > 0 {
-			fmt.Fprint(stderr, usage)
-			return 2
-		}
-		cfg, err := loadConfig(*path)
-		if err != nil {
-			fmt.Fprintln(stderr, err)
-			return 1
+		cfg, code := configFlag(args, stderr)
+		if code != 0 {
+			return code
 		}
 		if _, err := nat.RotateKeys(cfg.Core.KeyFile, time.Now()); err != nil {
 			fmt.Fprintln(stderr, "core.key_file:", err)
@@ -119,6 +103,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprint(stderr, usage)
 	return 2
+}
+
+// configFlag reads the -config FILE of a command args[0] that takes
+// nothing else; a non-zero code is the exit status of a bad call (2) or
+// a bad file (1), already explained on stderr.
+func configFlag(args []string, stderr io.Writer) (fileConfig, int) {
+	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "config file (TOML)")
+	if err := fs.Parse(args[1:]); err != nil || fs.NArg() > 0 {
+		fmt.Fprint(stderr, usage)
+		return fileConfig{}, 2
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return cfg, 1
+	}
+	return cfg, 0
 }
 
 func serve(ctx context.Context, path string, freshState bool, logOut io.Writer, sig *signals) error {
