@@ -55,7 +55,10 @@ func (s *Server) Reload(cfg Config) (restart []string, err error) {
 	s.registrar.policy.Store(newRegPolicy(cfg.Registration))
 	s.proxy.setPeers(cfg.Access.Trusted)
 	s.drain.setConfig(cfg.Drain)
-	s.current.Access = cfg.Access
+	// Only what was applied: keys that wait for a restart keep being
+	// named until then.
+	a := &s.current.Access
+	a.UDP, a.TCP, a.TLS, a.WS, a.WSS, a.Trusted = cfg.Access.UDP, cfg.Access.TCP, cfg.Access.TLS, cfg.Access.WS, cfg.Access.WSS, cfg.Access.Trusted
 	s.current.Registration = cfg.Registration
 	s.current.Drain = cfg.Drain
 	return restart, nil

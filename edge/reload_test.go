@@ -43,6 +43,10 @@ func TestReload(t *testing.T) {
 	if len(restart) != 1 || restart[0] != "core.timeout" {
 		t.Errorf("needs restart %v, want [core.timeout]", restart)
 	}
+	// Still not applied at the next reload: still named.
+	if restart, err := e.Reload(cfg); err != nil || len(restart) != 1 {
+		t.Errorf("second reload: needs restart %v, %v; want [core.timeout] again", restart, err)
+	}
 	phone.Send(phone.Register(edgetest.Reg{User: "bob", CSeq: 2}))
 	if res := phone.MustRecvResponse(wait); res.StatusCode != 403 {
 		t.Fatalf("REGISTER for a domain no longer served got %d, want 403", res.StatusCode)
