@@ -56,6 +56,12 @@ func TestFailoverOnSilence(t *testing.T) {
 	if len(b.Bindings("sip:ann@example.com")) != 1 {
 		t.Error("the backup holds no binding")
 	}
+	// A retry carries one edge Via, not the first try's as well.
+	for _, req := range b.Requests() {
+		if req.Method == "REGISTER" && len(req.GetHeaders("Via")) != 2 {
+			t.Errorf("the backup got a REGISTER with %d Vias, want the phone's and the edge's", len(req.GetHeaders("Via")))
+		}
+	}
 }
 
 // A 503 moves the request on; with every core refusing, the phone gets

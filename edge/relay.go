@@ -139,7 +139,6 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 	ctx, cancel := context.WithTimeout(ctx, rl.timeout)
 	defer cancel()
 	hops := append([]hop.Hop{l.Hop}, l.alts...)
-	orig := fwd.Clone()
 	var last error
 	type miss struct {
 		i       int
@@ -150,7 +149,9 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 	for i, h := range hops {
 		req := fwd
 		if i > 0 {
-			req = orig.Clone()
+			// Only a retry pays for a copy: the first try's, less its Via.
+			req = fwd.Clone()
+			req.RemoveHeader("Via")
 		}
 		h.Prepare(req, loopBranch(r.Request))
 		started := time.Now()

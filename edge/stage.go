@@ -179,21 +179,22 @@ type onceAWhile struct {
 // noteErr is note at error level, with the latest case's address and
 // error.
 func (o *onceAWhile) noteErr(log *slog.Logger, msg, key string, dst netip.AddrPort, err error) {
-	n := o.n.Add(1)
-	now := time.Now().UnixNano()
-	last := o.last.Load()
-	if now-last < int64(time.Minute) || !o.last.CompareAndSwap(last, now) {
-		return
+	if n, due := o.count(); due {
+		log.Error(msg, "count", n, "dst", dst, "err", err, "see", key)
 	}
-	log.Error(msg, "count", n, "dst", dst, "err", err, "see", key)
 }
 
 func (o *onceAWhile) note(log *slog.Logger, msg string, key string) {
-	n := o.n.Add(1)
+	if n, due := o.count(); due {
+		log.Warn(msg, "count", n, "see", key)
+	}
+}
+
+// count counts one more case and says whether a line is due: the first
+// in a minute.
+func (o *onceAWhile) count() (n int64, due bool) {
+	n = o.n.Add(1)
 	now := time.Now().UnixNano()
 	last := o.last.Load()
-	if now-last < int64(time.Minute) || !o.last.CompareAndSwap(last, now) {
-		return
-	}
-	log.Warn(msg, "count", n, "see", key)
+	return n, now-last >= int64(time.Minute) && o.last.CompareAndSwap(last, now)
 }
