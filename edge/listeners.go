@@ -32,6 +32,11 @@ func (s *Server) serveAccess(socks *Sockets) {
 		s.serve(func() error { return serveUDP(s.accessSrv, u) })
 	}
 	s.pinger.udp.Store(&udp)
+	if socks != s.socks {
+		for _, c := range socks.UDP {
+			s.log.Info("listener opened", "transport", "UDP", "addr", addrPortOf(c.LocalAddr()))
+		}
+	}
 	streams := []struct {
 		ls    []net.Listener
 		tp    nat.Transport
@@ -47,6 +52,9 @@ func (s *Server) serveAccess(socks *Sockets) {
 			// nat's WebSocket shim: RFC 6455/7118 done right under sipgo,
 			// handshakes off its accept loop.
 			nl := nat.NewWSListener(l, st.tp, s.hooks)
+			if socks != s.socks {
+				s.log.Info("listener opened", "transport", st.tp.String(), "addr", addrPortOf(l.Addr()))
+			}
 			s.streams = append(s.streams, nl)
 			s.serve(func() error { return st.serve(nl) })
 		}
