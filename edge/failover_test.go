@@ -1,7 +1,11 @@
 package edge_test
 
 import (
+	"context"
 	"strconv"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
 	"testing"
 	"time"
 
@@ -115,5 +119,140 @@ func TestNoCoreUpAnswersAtOnce(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("503s still took %v after 10 s: the probes never marked the cores down", took)
 		}
+	}
+}
+
+// invite is an out-of-dialog INVITE from phone p (registered as user).
+func invite(p *edgetest.Phone, user, callID string) string {
+	return "INVITE sip:carol@example.com SIP/2.0\n" +
+		"Via: SIP/2.0/UDP " + p.Local.String() + ";branch=z9hG4bK-" + callID + ";rport\n" +
+		"Max-Forwards: 70\nFrom: <sip:" + user + "@example.com>;tag=f-" + callID + "\n" +
+		"To: <sip:carol@example.com>\nCall-ID: " + callID + "\nCSeq: 1 INVITE\n" +
+		"Contact: <sip:" + user + "@" + p.Local.String() + ">\nContent-Length: 0\n\n"
+}
+
+// finalTo waits for the final answer to the INVITE with callID.
+func finalTo(t *testing.T, p *edgetest.Phone, callID string) *sip.Response {
+	t.Helper()
+	for {
+		res := p.MustRecvResponse(wait)
+		if res.CallID().Value() == callID && res.StatusCode >= 200 {
+			return res
+		}
+	}
+}
+
+func invitesAt(r *upstreamtest.Registrar, callID string) (n int) {
+	for _, req := range r.Requests() {
+		if req.Method == sip.INVITE && req.CallID().Value() == callID {
+			n++
+		}
+	}
+	return n
+}
+
+// An INVITE fails over like any request while no core has answered it:
+// a silent core costs it one per-try timeout, a 503 nothing.
+func TestInviteFailsOverBeforeAnyAnswer(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		a    upstreamtest.Options
+	}{{"silent", upstreamtest.Options{Silent: true}}, {"503", upstreamtest.Options{Refuse: 503}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := upstreamtest.Start(t, tc.a)
+			b := upstreamtest.Start(t, upstreamtest.Options{})
+			e := twoCores(t, a, b, func(c *edgetest.Config) { c.Core.DownAfter = 100 })
+			phone := edgetest.Dial(t, "udp", e.UDP)
+			phone.Send(phone.Register(edgetest.Reg{User: "eve"}))
+			if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+				t.Fatalf("REGISTER got %d", res.StatusCode)
+			}
+			phone.Send(invite(phone, "eve", "inv-fo"))
+			if res := finalTo(t, phone, "inv-fo"); res.StatusCode != 200 {
+				t.Fatalf("INVITE got %d, want 200 from the backup", res.StatusCode)
+			}
+			if invitesAt(a, "inv-fo") != 1 || invitesAt(b, "inv-fo") != 1 {
+				t.Errorf("INVITEs at the primary %d, at the backup %d: want one each", invitesAt(a, "inv-fo"), invitesAt(b, "inv-fo"))
+			}
+		})
+	}
+}
+
+// Once a core has answered an INVITE provisionally it owns the call: a
+// later failure is the phone's answer, not a reason to ring elsewhere.
+func TestInviteStaysAfterAProvisional(t *testing.T) {
+	gate := make(chan struct{})
+	a := upstreamtest.Start(t, upstreamtest.Options{InviteAnswers: []int{180, 503}, InviteGate: gate})
+	b := upstreamtest.Start(t, upstreamtest.Options{})
+	e := twoCores(t, a, b, func(c *edgetest.Config) { c.Core.DownAfter = 100 })
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "fay"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("REGISTER got %d", res.StatusCode)
+	}
+	phone.Send(invite(phone, "fay", "inv-stay"))
+	for res := phone.MustRecvResponse(wait); res.StatusCode != 180; res = phone.MustRecvResponse(wait) {
+	}
+	close(gate) // the phone heard it ring: now the primary fails
+	if res := finalTo(t, phone, "inv-stay"); res.StatusCode != 503 {
+		t.Fatalf("INVITE got %d, want the primary's 503 after its 180 (primary %d, backup %d INVITEs)", res.StatusCode, invitesAt(a, "inv-stay"), invitesAt(b, "inv-stay"))
+	}
+	if n := invitesAt(b, "inv-stay"); n != 0 {
+		t.Errorf("the backup got %d INVITEs after the primary rang", n)
+	}
+}
+
+// A CANCEL while the first core has not answered ends the INVITE there:
+// it is not rung at the next core.
+func TestCancelStopsInviteFailover(t *testing.T) {
+	a := upstreamtest.Start(t, upstreamtest.Options{Silent: true})
+	b := upstreamtest.Start(t, upstreamtest.Options{})
+	e := twoCores(t, a, b, func(c *edgetest.Config) { c.Core.DownAfter = 100 })
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "gus"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("REGISTER got %d", res.StatusCode)
+	}
+	inv := invite(phone, "gus", "inv-cancel")
+	phone.Send(inv)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	for {
+		req, err := a.NextRequest(ctx)
+		if err != nil {
+			t.Fatal("the primary never got the INVITE")
+		}
+		if req.Method == sip.INVITE && req.CallID().Value() == "inv-cancel" {
+			break
+		}
+	}
+	phone.Send(strings.Replace(strings.Replace(inv, "INVITE sip:", "CANCEL sip:", 1), "CSeq: 1 INVITE", "CSeq: 1 CANCEL", 1))
+	got := map[string]int{}
+	for len(got) < 2 {
+		res := phone.MustRecvResponse(wait)
+		if res.CallID().Value() == "inv-cancel" && res.StatusCode >= 200 {
+			got[string(res.CSeq().MethodName)] = res.StatusCode
+		}
+	}
+	if got["CANCEL"] != 200 || got["INVITE"] != 487 {
+		t.Fatalf("phone got %v, want CANCEL 200 and INVITE 487", got)
+	}
+	for {
+		req, err := a.NextRequest(ctx)
+		if err != nil {
+			t.Fatal("the primary never got the CANCEL")
+		}
+		if req.Method == sip.CANCEL {
+			break
+		}
+	}
+	// A REGISTER now fails over from the silent primary after one per-try
+	// timeout: had the canceled INVITE gone on, it would be there first.
+	phone.Send(phone.Register(edgetest.Reg{User: "gus", CSeq: 2}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("REGISTER got %d", res.StatusCode)
+	}
+	if n := invitesAt(b, "inv-cancel"); n != 0 {
+		t.Errorf("the backup got the canceled INVITE %d times", n)
 	}
 }

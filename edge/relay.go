@@ -62,7 +62,7 @@ func (rl *relay) forward(ctx context.Context, r *Request, fwd *sip.Request, l le
 			return err
 		}
 	}
-	if l.report != nil && !fwd.IsInvite() {
+	if l.report != nil {
 		return rl.failover(ctx, r, fwd, l, onResponse)
 	}
 	l.Prepare(fwd, loopBranch(r.Request))
@@ -122,22 +122,54 @@ func (rl *relay) forward(ctx context.Context, r *Request, fwd *sip.Request, l le
 // errTimerC is the forward's own deadline passing without a final answer.
 var errTimerC = errors.New("no final answer in time")
 
-// errNoAnswer is a try at one core that got no response in time.
-var errNoAnswer = errors.New("no answer within the per-try timeout")
-
-// failover forwards a non-INVITE request to the cores in l's order: a
-// try that cannot be sent, gets no response within l.tryTimeout, or gets
-// 503 moves the request on to the next core, with a new branch; the
-// first other response commits it to that core (RFC 3263 §4.3). No
-// INVITE fails over here: it may have been answered provisionally.
+// failover forwards a request to the cores in l's order: a try that
+// cannot be sent, gets no response within l.tryTimeout, or gets 503
+// moves the request on to the next core, with a new branch; the first
+// other response, provisional or final, commits it to that core (RFC
+// 3263 §4.3). An INVITE is committed too once the phone cancels it:
+// the CANCEL goes to the core trying it.
 //
 // A core's silence counts against its health only once another core
 // answered the same request: when none does, the edge itself may be the
 // one in trouble (a flood using its CPU), and marking every core down
 // would turn slowness into refusals. Health probes decide then.
 func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l leg, onResponse func(*sip.Response)) error {
-	ctx, cancel := context.WithTimeout(ctx, rl.timeout)
+	invite := fwd.IsInvite()
+	timeout := rl.timeout
+	if invite {
+		timeout = inviteTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// The branch a CANCEL from the phone goes to: the try in progress.
+	var branch struct {
+		sync.Mutex
+		req      *sip.Request
+		hop      hop.Hop
+		canceled bool
+	}
+	canceledCh := make(chan struct{})
+	canceled := new(atomic.Bool)
+	if invite {
+		// sipgo answers a CANCEL (200) and the INVITE (487) upstream by
+		// itself; the edge's job is to cancel its branch downstream.
+		live := r.Tx.OnCancel(func(*sip.Request) {
+			branch.Lock()
+			defer branch.Unlock()
+			if branch.canceled {
+				return
+			}
+			branch.canceled = true
+			canceled.Store(true)
+			close(canceledCh)
+			if req, h := branch.req, branch.hop; req != nil {
+				rl.followUp.Go(func() { rl.cancelBranch(req, h) })
+			}
+		})
+		if !live {
+			return nil // canceled already; sipgo has answered
+		}
+	}
 	hops := append([]hop.Hop{l.Hop}, l.alts...)
 	var last error
 	type miss struct {
@@ -154,8 +186,18 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 			req.RemoveHeader("Via")
 		}
 		h.Prepare(req, loopBranch(r.Request))
+		branch.Lock()
+		if branch.canceled {
+			branch.Unlock()
+			return nil // canceled between tries: nothing to cancel downstream
+		}
+		branch.req, branch.hop = req, h
 		started := time.Now()
 		tx, err := h.Start(ctx, req)
+		if err != nil {
+			branch.req = nil
+		}
+		branch.Unlock()
 		if err != nil {
 			if upstream.IsCertError(err) {
 				// Never silently accepted: an error, and the next core.
@@ -165,9 +207,14 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 			last = err
 			continue
 		}
-		first, err := firstResponse(ctx, tx, l.tryTimeout)
-		retry := i < len(hops)-1 && (err != nil || first.StatusCode == 503)
-		if err != nil {
+		if invite {
+			// RFC 6026: 2xx retransmissions are relayed, not absorbed.
+			tx.OnRetransmission(func(res *sip.Response) { send(rl.log, r, stripTopVia(res)) })
+		}
+		first, err := firstResponse(ctx, tx, l.tryTimeout, canceledCh)
+		if errors.Is(err, errCanceled) {
+			err, first = nil, nil // the phone gave up: this core gets the CANCEL and answers it
+		} else if err != nil {
 			misses = append(misses, miss{i, started, err})
 		} else {
 			l.report(i, started, first.StatusCode, nil)
@@ -176,7 +223,10 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 			}
 			misses = nil
 		}
-		if retry || err != nil {
+		if err != nil || (first != nil && first.StatusCode == 503 && i < len(hops)-1) {
+			branch.Lock()
+			branch.req = nil // unanswered, or refused: nothing to cancel there
+			branch.Unlock()
 			tx.Terminate()
 			if err == nil {
 				err = errors.New("503 from the core")
@@ -189,19 +239,42 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 			continue
 		}
 		l.Hop = h
-		_, err = rl.relayResponses(ctx, r, req, l, tx, new(atomic.Bool), onResponse, first)
-		tx.Terminate()
+		keepTx, err := rl.relayResponses(ctx, r, req, l, tx, canceled, onResponse, first)
+		if !keepTx {
+			tx.Terminate()
+		}
 		if errors.Is(err, errTimerC) {
+			rl.log.Warn("no final answer", "dst", h.Dest, "toward", l.toward, "method", r.Method, "timeout", timeout)
+			if invite {
+				branch.Lock()
+				if !branch.canceled {
+					branch.canceled = true
+					canceled.Store(true)
+					rl.followUp.Go(func() { rl.cancelBranch(req, h) }) // Timer C: end the branch too
+				}
+				branch.Unlock()
+			}
 			return reject(408, "Request Timeout")
 		}
 		return err
+	}
+	if canceled.Load() {
+		return nil
 	}
 	rl.noCore.note(rl.log, "requests no core took (each tried in turn): answered 503", "core.upstreams, core.try_timeout")
 	return l.unreachable(last)
 }
 
-// firstResponse waits up to d for tx's first response.
-func firstResponse(ctx context.Context, tx sip.ClientTransaction, d time.Duration) (*sip.Response, error) {
+// errNoAnswer is a try at one core that got no response in time;
+// errCanceled one the phone canceled while it waited.
+var (
+	errNoAnswer = errors.New("no answer within the per-try timeout")
+	errCanceled = errors.New("canceled by the phone")
+)
+
+// firstResponse waits up to d for tx's first response, or until
+// canceled is closed.
+func firstResponse(ctx context.Context, tx sip.ClientTransaction, d time.Duration, canceled <-chan struct{}) (*sip.Response, error) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -212,6 +285,8 @@ func firstResponse(ctx context.Context, tx sip.ClientTransaction, d time.Duratio
 			return nil, err
 		}
 		return nil, errNoAnswer
+	case <-canceled:
+		return nil, errCanceled
 	case <-t.C:
 		return nil, errNoAnswer
 	case <-ctx.Done():

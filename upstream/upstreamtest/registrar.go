@@ -50,6 +50,12 @@ type Options struct {
 	// Refuse, if set, answers every request but OPTIONS with this status
 	// (an overloaded core's 503, say); OPTIONS still gets 200.
 	Refuse int
+	// InviteAnswers, if set, are the statuses an INVITE gets, in order
+	// (180 then 503, say: a core that rings and then fails).
+	InviteAnswers []int
+	// InviteGate, if set, holds the answers after the first until it is
+	// closed: the test decides when the core goes on.
+	InviteGate <-chan struct{}
 	// DefaultExpires is the binding lifetime in seconds when the REGISTER
 	// gives none. Default 3600.
 	DefaultExpires int
@@ -396,6 +402,17 @@ func (r *Registrar) handle(req *sip.Request, tx sip.ServerTransaction) {
 		res = sip.NewResponseFromRequest(req, r.opts.Refuse, "Refused", nil)
 		if err := tx.Respond(res); err != nil {
 			r.opts.Logger.Warn("respond failed", "method", req.Method.String(), "status", res.StatusCode, "error", err)
+		}
+		return
+	}
+	if req.IsInvite() && len(r.opts.InviteAnswers) > 0 {
+		for i, code := range r.opts.InviteAnswers {
+			if i == 1 && r.opts.InviteGate != nil {
+				<-r.opts.InviteGate
+			}
+			if err := tx.Respond(sip.NewResponseFromRequest(req, code, "Answer", nil)); err != nil {
+				r.opts.Logger.Warn("respond failed", "method", req.Method.String(), "status", code, "error", err)
+			}
 		}
 		return
 	}
