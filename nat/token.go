@@ -36,6 +36,11 @@ import (
 // distinct nonces unless 96-bit HMAC outputs collide. encKey and ivKey are
 // HMAC-SHA256 of fixed labels under the master key.
 //
+// A token may be bound to a scope, a tenant's name: the scope is part of
+// the additional data (after the version) and of the nonce's HMAC input
+// (after the plaintext), so a token opens only under the scope it was
+// sealed for, and the empty scope is exactly the format without scopes.
+//
 // The whole is unpadded base64url, which only uses characters allowed
 // unescaped in a SIP URI user part: 56 characters for two IPv4 addresses,
 // 72 for one of each family, 88 for two IPv6 addresses.
@@ -48,6 +53,8 @@ const (
 
 	// MinKeySize is the smallest key NewSigner accepts.
 	MinKeySize = 32
+	// MaxScopeSize is the longest scope EncodeFor and DecodeFor take.
+	MaxScopeSize = 64
 
 	nonceSize = 12
 	tagSize   = 12
@@ -80,6 +87,7 @@ var (
 	errTokenTransport = fmt.Errorf("%w: unknown transport", ErrBadToken)
 	errTokenFamily    = fmt.Errorf("%w: unknown address family", ErrBadToken)
 	errTokenMinted    = fmt.Errorf("%w: minted time out of range", ErrBadToken)
+	errTokenScope     = fmt.Errorf("%w: scope too long", ErrBadToken)
 )
 
 // Token is what a flow token carries: the flow it names and when it was
@@ -116,6 +124,7 @@ type tokenScratch struct {
 	raw   [maxRawSize]byte
 	enc   [maxTokenLen]byte
 	sum   [sha256.Size]byte
+	ad    [1 + MaxScopeSize]byte
 }
 
 // NewSigner returns a Signer for keys (see LoadOrCreateKeys). Tokens are
@@ -191,16 +200,28 @@ func (s *Signer) Format(f fmt.State, _ rune) { io.WriteString(f, s.String()) }
 // with the current key. Only a key for which k.Valid() holds, minted
 // after 1970 and before 2106 (uint32 Unix seconds), yields a token that
 // Decode accepts.
-func (s *Signer) Encode(k FlowKey, minted time.Time) string {
+func (s *Signer) Encode(k FlowKey, minted time.Time) string { return s.EncodeFor("", k, minted) }
+
+// EncodeFor is Encode for a scope (a tenant): the token opens only with
+// DecodeFor and the same scope. A scope longer than MaxScopeSize yields
+// a token nothing opens.
+func (s *Signer) EncodeFor(scope string, k FlowKey, minted time.Time) string {
 	c := s.cur
 	st := c.pool.Get().(*tokenScratch)
 	pt := appendPlain(st.plain[:0], k, minted)
+	ad := st.ad[:1]
+	ad[0] = tokenVersion
+	if len(scope) > MaxScopeSize {
+		scope, pt[0] = scope[:MaxScopeSize], 0 // transport 0: Decode rejects it
+	}
+	ad = append(ad, scope...)
 	b := append(st.raw[:0], tokenVersion)
 	st.mac.Reset()
 	st.mac.Write(b)
 	st.mac.Write(pt)
+	st.mac.Write(ad[1:])
 	b = append(b, st.mac.Sum(st.sum[:0])[:nonceSize]...)
-	b = c.aead.Seal(b, b[1:1+nonceSize], pt, b[:1])
+	b = c.aead.Seal(b, b[1:1+nonceSize], pt, ad)
 	n := tokenEncoding.EncodedLen(len(b))
 	tokenEncoding.Encode(st.enc[:], b)
 	tok := string(st.enc[:n])
@@ -211,11 +232,18 @@ func (s *Signer) Encode(k FlowKey, minted time.Time) string {
 // Decode returns the flow and minted time that tok was issued for. Any
 // token this Signer did not issue with its current key, or with its
 // previous key within the grace period, yields an error wrapping
-// ErrBadToken.
-func (s *Signer) Decode(tok string) (Token, error) {
+// ErrBadToken; so does one issued for a scope (EncodeFor).
+func (s *Signer) Decode(tok string) (Token, error) { return s.DecodeFor("", tok) }
+
+// DecodeFor is Decode for tokens sealed for scope: a token sealed for
+// any other scope yields an error wrapping ErrBadToken.
+func (s *Signer) DecodeFor(scope, tok string) (Token, error) {
 	// Check the length before decoding, so hostile input costs nothing.
 	if len(tok) < minTokenLen || len(tok) > maxTokenLen {
 		return Token{}, errTokenLength
+	}
+	if len(scope) > MaxScopeSize {
+		return Token{}, errTokenScope
 	}
 	st := s.cur.pool.Get().(*tokenScratch)
 	defer s.cur.pool.Put(st)
@@ -230,11 +258,13 @@ func (s *Signer) Decode(tok string) (Token, error) {
 	if b[0] != tokenVersion {
 		return Token{}, errTokenVersion
 	}
-	pt, err := s.cur.open(st.plain[:0], b)
+	ad := append(st.ad[:1], scope...)
+	ad[0] = tokenVersion
+	pt, err := s.cur.open(st.plain[:0], b, ad)
 	if err != nil && s.prev != nil && s.now().Before(s.prevUntil) {
 		pst := s.prev.pool.Get().(*tokenScratch)
 		defer s.prev.pool.Put(pst)
-		pt, err = s.prev.open(pst.plain[:0], b)
+		pt, err = s.prev.open(pst.plain[:0], b, ad)
 	}
 	if err != nil {
 		return Token{}, err
@@ -243,8 +273,8 @@ func (s *Signer) Decode(tok string) (Token, error) {
 }
 
 // open authenticates and decrypts the raw token b into dst.
-func (c *sealer) open(dst, b []byte) ([]byte, error) {
-	pt, err := c.aead.Open(dst, b[1:1+nonceSize], b[1+nonceSize:], b[:1])
+func (c *sealer) open(dst, b, ad []byte) ([]byte, error) {
+	pt, err := c.aead.Open(dst, b[1:1+nonceSize], b[1+nonceSize:], ad)
 	if err != nil {
 		return nil, errTokenMAC
 	}

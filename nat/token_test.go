@@ -289,7 +289,7 @@ func TestTokenOldVersionRefused(t *testing.T) {
 		}
 	}
 	good := s.Encode(testKeys()[0], testMinted)
-	pt, _ := s.cur.open(nil, mustRaw(t, good))
+	pt, _ := s.cur.open(nil, mustRaw(t, good), []byte{tokenVersion})
 	if _, err := s.Decode(sealRaw(s, 1, pt)); err != errTokenVersion {
 		t.Errorf("version 1 sealed like version 2: %v, want %v", err, errTokenVersion)
 	}
@@ -541,4 +541,33 @@ func BenchmarkEncodeDecodeParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// A token sealed for a scope (a tenant) opens under that scope only, and
+// the empty scope is the unscoped format.
+func TestTokenScopes(t *testing.T) {
+	s := newTestSigner(t, testKey)
+	k := testKeys()[0]
+	a, b := s.EncodeFor("acme", k, testMinted), s.EncodeFor("bolt", k, testMinted)
+	if a == b || a == s.Encode(k, testMinted) {
+		t.Fatal("scoped tokens equal each other or the unscoped one")
+	}
+	if s.EncodeFor("", k, testMinted) != s.Encode(k, testMinted) {
+		t.Error("the empty scope changes the token")
+	}
+	if got, err := s.DecodeFor("acme", a); err != nil || got.Flow != k {
+		t.Fatalf("DecodeFor(acme) = %v, %v", got, err)
+	}
+	for _, tc := range []struct{ scope, tok string }{{"bolt", a}, {"", a}, {"acme", b}, {"acme", s.Encode(k, testMinted)}, {"acm", a}, {"acmee", a}} {
+		if _, err := s.DecodeFor(tc.scope, tc.tok); !errors.Is(err, ErrBadToken) {
+			t.Errorf("DecodeFor(%q) of another scope's token: %v, want ErrBadToken", tc.scope, err)
+		}
+	}
+	long := strings.Repeat("x", MaxScopeSize+1)
+	if _, err := s.DecodeFor(long, s.EncodeFor(long, k, testMinted)); !errors.Is(err, ErrBadToken) {
+		t.Errorf("an over-long scope opened: %v", err)
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = s.DecodeFor("acme", a) }); n != 0 && !raceEnabled {
+		t.Errorf("DecodeFor allocates %v times", n)
+	}
 }
