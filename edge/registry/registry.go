@@ -305,6 +305,23 @@ func (r *Registry) HasFlow(f nat.FlowKey) bool {
 	return held || len(r.t.byFlow[f]) > 0
 }
 
+// HasFlowIn reports whether flow f holds a binding of tenant's, or was
+// recovered from a token (which the core of the tenant it was sealed for
+// sent) and awaits its endpoint's next registration.
+func (r *Registry) HasFlowIn(f nat.FlowKey, tenant string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, held := r.recovered[f]; held {
+		return true
+	}
+	for k := range r.t.byFlow[f] {
+		if r.t.byAOR[k.aor][k.id].Tenant == tenant {
+			return true
+		}
+	}
+	return false
+}
+
 // Recover brings back a UDP flow this process has no record of, named
 // by a token the edge may have minted before this process started (after a restart without
 // state, or one whose last changes were not yet stored): the core holds

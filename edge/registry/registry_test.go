@@ -432,3 +432,13 @@ func TestMerge(t *testing.T) {
 		t.Errorf("after deletes: %d bindings, flow 2 held %v", g.r.Len(), g.r.HasFlow(flow(2)))
 	}
 }
+
+// A flow holds bindings of the tenants its AORs belong to, no others.
+func TestHasFlowIn(t *testing.T) {
+	g := newRig(t)
+	f := flow(7000)
+	g.put(Binding{AOR: "sip:ann@acme.test", Tenant: "acme", Contact: "sip:ann@10.0.0.1", Flow: f, Expires: g.clk.Now().Add(time.Hour)})
+	if !g.r.HasFlowIn(f, "acme") || g.r.HasFlowIn(f, "bolt") || g.r.HasFlowIn(f, "") {
+		t.Errorf("HasFlowIn: acme %v, bolt %v, default %v; want true, false, false", g.r.HasFlowIn(f, "acme"), g.r.HasFlowIn(f, "bolt"), g.r.HasFlowIn(f, ""))
+	}
+}

@@ -13,6 +13,7 @@ import (
 // Binding is one contact of one AOR as the core accepted it.
 type Binding struct {
 	AOR         string      // sip:user@domain
+	Tenant      string      // whose domain it is ("": the default tenant)
 	Contact     string      // the endpoint's own Contact URI
 	CoreContact string      // the Contact URI the core stored (differs in rewrite mode)
 	Flow        nat.FlowKey // where the REGISTER came from

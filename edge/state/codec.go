@@ -16,6 +16,7 @@ import (
 // format does not change when the Go type does by accident.
 type bindingRecord struct {
 	AOR         string         `json:"aor"`
+	Tenant      string         `json:"tenant,omitempty"`
 	Contact     string         `json:"contact"`
 	CoreContact string         `json:"core_contact,omitempty"`
 	Transport   string         `json:"transport"`
@@ -36,7 +37,7 @@ func bindingKey(b registry.Binding) []byte { return []byte(b.AOR + "\x00" + b.ID
 
 func encodeBinding(b registry.Binding) ([]byte, error) {
 	return json.Marshal(bindingRecord{
-		AOR: b.AOR, Contact: b.Contact, CoreContact: b.CoreContact,
+		AOR: b.AOR, Tenant: b.Tenant, Contact: b.Contact, CoreContact: b.CoreContact,
 		Transport: b.Flow.Transport.String(), Local: b.Flow.Local, Remote: b.Flow.Remote, FlowSince: b.FlowSince,
 		Expires: b.Expires, CallID: b.CallID, CSeq: b.CSeq, UserAgent: b.UserAgent,
 		Instance: b.Instance, RegID: b.RegID, NAT: uint8(b.NAT), Updated: b.Updated,
@@ -53,7 +54,7 @@ func decodeBinding(v []byte) (registry.Binding, error) {
 		return registry.Binding{}, err
 	}
 	b := registry.Binding{
-		AOR: r.AOR, Contact: r.Contact, CoreContact: r.CoreContact,
+		AOR: r.AOR, Tenant: r.Tenant, Contact: r.Contact, CoreContact: r.CoreContact,
 		Flow:      nat.FlowKey{Transport: tp, Local: r.Local, Remote: r.Remote},
 		FlowSince: r.FlowSince, Expires: r.Expires, CallID: r.CallID, CSeq: r.CSeq, UserAgent: r.UserAgent,
 		Instance: r.Instance, RegID: r.RegID, NAT: nat.Evidence(r.NAT), Updated: r.Updated,

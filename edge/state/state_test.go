@@ -24,7 +24,7 @@ var t0 = time.Date(2026, 12, 3, 12, 0, 0, 123456789, time.UTC)
 
 func binding(i int, tp nat.Transport) registry.Binding {
 	return registry.Binding{
-		AOR: fmt.Sprintf("sip:%d@example.com", i), Contact: fmt.Sprintf("sip:%d@10.0.0.1:5060", i),
+		AOR: fmt.Sprintf("sip:%d@example.com", i), Tenant: "acme", Contact: fmt.Sprintf("sip:%d@10.0.0.1:5060", i),
 		Flow: nat.FlowKey{Transport: tp, Local: netip.MustParseAddrPort("192.0.2.1:5060"),
 			Remote: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.7"), uint16(1024+i))},
 		FlowSince: t0.Add(-time.Hour), Expires: t0.Add(time.Hour), CallID: fmt.Sprintf("call-%d", i), CSeq: 7,
