@@ -5,7 +5,6 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/nat"
-	"github.com/sipedge/sipedge/upstream"
 )
 
 // parse fills in the request view once (User-Agent, a REGISTER's AOR and
@@ -41,13 +40,13 @@ func observe(next Handler) Handler {
 	}
 }
 
-// trust lets only the cores (and core.trusted) ask the edge to reach a
-// phone.
-type trust struct{ pool *upstream.Pool }
+// trust lets only the cores (and the sources trusted with them) ask the
+// edge to reach a phone; which phones, the token's tenant says.
+type trust struct{ tenants *tenants }
 
 func (t trust) wrap(next Handler) Handler {
 	return func(ctx context.Context, r *Request) error {
-		if !t.pool.Trusts(r.Flow.Remote.Addr()) {
+		if !t.tenants.trusts(r.Flow.Remote.Addr()) {
 			return reject(403, "Forbidden")
 		}
 		return next(ctx, r)

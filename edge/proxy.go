@@ -27,11 +27,9 @@ const allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE
 type proxy struct {
 	log   *slog.Logger
 	self  *self
-	relay *relay
-	core  func(key string) (leg, error) // the way to the cores for an AOR
-	// coreTransport is how the cores reach the edge back (the primary's).
-	coreTransport func() string
-	flowLeg       func(nat.FlowKey) leg
+	relay   *relay
+	tenants *tenants // and the way to each one's cores
+	flowLeg func(nat.FlowKey) leg
 	usable        func(nat.FlowKey) bool // a live flow, with its connection for streams
 	registry      *registry.Registry
 	auth          auth
@@ -62,8 +60,9 @@ func (p *proxy) toCore(ctx context.Context, r *Request) error {
 	}
 	fwd := r.Clone()
 	inDialog := fwd.To() != nil && fwd.To().Params.Has("tag")
+	var t *tenant
 	if inDialog {
-		if !p.dialogAllows(r, fwd) {
+		if t = p.dialogAllows(r, fwd); t == nil {
 			p.log.Debug("in-dialog request outside a known dialog", "src", r.Flow.Remote, "method", r.Method)
 			return reject(403, "Forbidden")
 		}
@@ -75,16 +74,20 @@ func (p *proxy) toCore(ctx context.Context, r *Request) error {
 			reply(p.log, r, 200, "OK", sip.NewHeader("Allow", allowed))
 			return nil
 		}
-		if !p.registry.HasFlow(r.Flow) && !p.peer(r.Flow.Remote.Addr()) {
-			return reject(403, "Forbidden") // registered-only access
+		// The caller's domain picks the tenant, and the flow must hold
+		// one of that tenant's bindings: registered-only access, and no
+		// way into another tenant's cores.
+		if t = p.tenants.forDomain(domainOf(r.From().Address)); t == nil ||
+			!p.registry.HasFlowIn(r.Flow, t.name) && !p.peer(r.Flow.Remote.Addr()) {
+			return reject(403, "Forbidden")
 		}
 	}
-	l, err := p.core(aorOf(r.From().Address))
+	l, err := t.leg(aorOf(r.From().Address))
 	if err != nil {
 		return err
 	}
 	if dialogCreating(fwd) {
-		p.self.recordRoute(fwd, r.Flow, l.Transport, true)
+		p.self.recordRoute(fwd, r.Flow, t.name, l.Transport, true)
 	}
 	return p.relay.forward(ctx, r, fwd, l, func(res *sip.Response) {
 		if res.StatusCode >= 200 {
@@ -92,7 +95,7 @@ func (p *proxy) toCore(ctx context.Context, r *Request) error {
 		}
 		p.track(r, fwd, res, r.Flow, true)
 		if p.hide {
-			hideRecordRoute(p.self, res, r.Flow)
+			hideRecordRoute(p.self, res, r.Flow, t.name)
 			p.hideHeaders(res)
 		}
 	})
@@ -131,26 +134,28 @@ func (p *proxy) peer(a netip.Addr) bool {
 // edge's own Route entries from fwd: its top Route must be the edge's
 // access-side Record-Route with the token of the flow it arrived on, and
 // the dialog must be one the edge saw, with the same route set beyond.
-func (p *proxy) dialogAllows(r *Request, fwd *sip.Request) bool {
+// The token's tenant is the dialog's (nil: refused).
+func (p *proxy) dialogAllows(r *Request, fwd *sip.Request) *tenant {
 	top := fwd.Route()
 	if top == nil || !p.self.isOurs(top.Address) || top.Address.User == "" {
-		return false
+		return nil
 	}
 	token, ok := p.self.popOwnRoutes(fwd)
 	if !ok {
-		return false
+		return nil
 	}
-	tok, err := p.self.signer.Decode(token)
+	tok, name, err := p.self.open(token, p.tenants.names)
 	if err != nil || tok.Flow != r.Flow || !p.current(tok) {
-		return false
+		return nil
 	}
+	t := p.tenants.named(name)
 	id, ok := dialogID(fwd)
-	if !ok {
-		return false
+	if !ok || t == nil {
+		return nil
 	}
 	restore, ok := p.dialogs.Allow(id, r.Flow, routeSet(fwd.GetHeaders("Route")))
 	if !ok {
-		return false
+		return nil
 	}
 	for i := len(restore) - 1; i >= 0; i-- { // the route the edge hid from the phone
 		var u sip.Uri
@@ -161,7 +166,7 @@ func (p *proxy) dialogAllows(r *Request, fwd *sip.Request) bool {
 	if fwd.Method == sip.BYE {
 		p.dialogs.End(id) // in-dialog requests racing the BYE are refused: the call is over
 	}
-	return true
+	return t
 }
 
 // track remembers a dialog a response establishes: a dialog-creating
@@ -237,7 +242,7 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 		return reject(482, "Loop Detected")
 	}
 	fwd := r.Clone()
-	flow, found, err := p.endpointFlow(fwd)
+	flow, tenant, found, err := p.endpointFlow(fwd, r.Flow.Remote.Addr())
 	if err != nil {
 		return err
 	}
@@ -249,7 +254,7 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 		return reject(404, "Not Found")
 	}
 	if dialogCreating(fwd) {
-		p.self.recordRoute(fwd, flow, p.coreTransport(), false)
+		p.self.recordRoute(fwd, flow, tenant.name, tenant.pool.Pick().Transport, false)
 	}
 	if !p.hide {
 		return p.relay.forward(ctx, r, fwd, p.flowLeg(flow), func(res *sip.Response) {
@@ -271,7 +276,7 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 		rrs[i] = sip.HeaderClone(rrs[i])
 	}
 	dropHeaders(fwd, "Via")
-	hideRecordRoute(p.self, fwd, flow)
+	hideRecordRoute(p.self, fwd, flow, tenant.name)
 	p.hideHeaders(fwd)
 	return p.relay.forward(ctx, r, fwd, p.flowLeg(flow), func(res *sip.Response) {
 		dropHeaders(res, "Via")
@@ -296,14 +301,14 @@ func hideRecordRoute(s *self, m interface {
 	GetHeaders(string) []sip.Header
 	RemoveHeader(string) bool
 	AppendHeader(sip.Header)
-}, flow nat.FlowKey) {
+}, flow nat.FlowKey, tenant string) {
 	var keep []sip.Header
 	for _, h := range m.GetHeaders("Record-Route") {
 		rr, ok := h.(*sip.RecordRouteHeader)
 		if !ok || rr.Address.User == "" || !s.isOurs(rr.Address) {
 			continue
 		}
-		if tok, err := s.signer.Decode(rr.Address.User); err == nil && tok.Flow == flow {
+		if tok, err := s.signer.DecodeFor(tenant, rr.Address.User); err == nil && tok.Flow == flow {
 			keep = append(keep, sip.HeaderClone(h))
 		}
 	}
@@ -337,7 +342,7 @@ func (p *proxy) ack(req *sip.Request, from nat.FlowKey, fromCore bool) {
 	fwd := req.Clone()
 	var l leg
 	if fromCore {
-		flow, found, err := p.endpointFlow(fwd)
+		flow, _, found, err := p.endpointFlow(fwd, from.Remote.Addr())
 		if !found || err != nil {
 			return
 		}
@@ -349,11 +354,12 @@ func (p *proxy) ack(req *sip.Request, from nat.FlowKey, fromCore bool) {
 	} else {
 		// An ACK for a 2xx is in-dialog: the same policy, and no answer.
 		r := &Request{Request: req, Flow: from}
-		if !p.dialogAllows(r, fwd) {
+		t := p.dialogAllows(r, fwd)
+		if t == nil {
 			return
 		}
 		var err error
-		if l, err = p.core(aorOf(req.From().Address)); err != nil {
+		if l, err = t.leg(aorOf(req.From().Address)); err != nil {
 			return // no core up: the ACK has nowhere to go
 		}
 	}
@@ -364,41 +370,42 @@ func (p *proxy) ack(req *sip.Request, from nat.FlowKey, fromCore bool) {
 // token in a Route (path mode, or the edge's Record-Route) or in the
 // Request-URI (rewrite mode, where the endpoint's own Contact is put
 // back). It pops the edge's Routes from fwd. found is false when the
-// request names no endpoint at all.
-func (p *proxy) endpointFlow(fwd *sip.Request) (flow nat.FlowKey, found bool, _ error) {
+// request names no endpoint at all. The token must be sealed for a
+// tenant whose cores src speaks for: that is the request's tenant.
+func (p *proxy) endpointFlow(fwd *sip.Request, src netip.Addr) (flow nat.FlowKey, t *tenant, found bool, _ error) {
 	token, ok := p.self.popOwnRoutes(fwd)
 	if !ok {
 		p.log.Warn("request with two flow tokens in its route", "method", fwd.Method, "call", callID(fwd))
-		return flow, true, reject(403, "Forbidden")
+		return flow, nil, true, reject(403, "Forbidden")
 	}
 	rewritten := false
 	if token == "" && fwd.Recipient.User != "" && p.self.isOurs(fwd.Recipient) {
 		token, rewritten = fwd.Recipient.User, true
 	}
 	if token == "" {
-		return flow, false, nil
+		return flow, nil, false, nil
 	}
-	tok, err := p.self.signer.Decode(token)
-	if err != nil {
-		p.log.Warn("request with a bad flow token", "method", fwd.Method, "call", callID(fwd))
-		return flow, true, reject(403, "Forbidden")
+	tok, name, err := p.self.open(token, p.tenants.trusting(src))
+	if t = p.tenants.named(name); err != nil || t == nil {
+		p.log.Warn("request with a bad flow token, or another tenant's", "method", fwd.Method, "call", callID(fwd), "src", src)
+		return flow, nil, true, reject(403, "Forbidden")
 	}
 	flow = tok.Flow
 	if rewritten {
 		b, ok := p.registry.ByCore(fwd.Recipient.String())
 		var u sip.Uri
 		if !ok || b.Flow != flow || sip.ParseUri(b.Contact, &u) != nil {
-			return flow, true, reject(404, "Not Found")
+			return flow, t, true, reject(404, "Not Found")
 		}
 		fwd.Recipient = u
 	}
 	if !p.usable(flow) || !p.current(tok) {
 		if !p.recover(tok) {
 			p.flowFailed.note(p.log, "requests from the core for a dead or unknown flow (430)", "flow")
-			return flow, true, errFlowFailed
+			return flow, t, true, errFlowFailed
 		}
 	}
-	return flow, true, nil
+	return flow, t, true, nil
 }
 
 // recover brings back the UDP flow tok names if this process cannot know

@@ -4,7 +4,6 @@ import (
 	"context"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -21,13 +20,11 @@ const defaultExpires = 3600
 // the endpoint back through this flow, forwards it, and hands what the
 // core accepted to the registry.
 type registrar struct {
-	policy   atomic.Pointer[regPolicy] // replaced whole by a reload
-	mode     upstream.Mode
+	tenants  *tenants                            // the REGISTER's domain picks one: its cores, mode and policy
 	flowTime struct{ udp, stream time.Duration } // Flow-Timer for outbound clients
 	now      func() time.Time
 	self     *self
 	relay    *relay
-	core     func(key string) (leg, error) // the way to the cores for an AOR
 	registry *registry.Registry
 	auth     auth
 	hide     func(*sip.Response) // topology hiding toward the phone, if on
@@ -57,7 +54,12 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 	if r.RegisterErr != nil {
 		return r.RegisterErr
 	}
-	reg, pol := r.Register, g.policy.Load()
+	reg := r.Register
+	t := g.tenants.forDomain(reg.Domain)
+	if t == nil {
+		return reject(403, "Domain Not Served")
+	}
+	pol := t.policy.Load()
 	if len(pol.domains) > 0 && !pol.domains[reg.Domain] {
 		return reject(403, "Domain Not Served")
 	}
@@ -77,11 +79,11 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 	// core at someone else's flow, and the next hop is the edge's choice.
 	dropHeaders(fwd, "Path")
 	dropHeaders(fwd, "Route")
-	to, err := g.core(reg.AOR)
+	to, err := t.leg(reg.AOR)
 	if err != nil {
 		return err // no core up: 503 at once
 	}
-	token := g.self.token(r.Flow)
+	token := g.self.token(r.Flow, t.name)
 	fwdContacts := contactsOf(fwd)
 	sent := make([]sentContact, len(reg.Contacts))
 	for i, c := range reg.Contacts {
@@ -89,12 +91,12 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 		if reg.effectiveExpires(c, defaultExpires) > maxE {
 			fc.Params.Add("expires", strconv.Itoa(maxE))
 		}
-		if g.mode == upstream.ModeRewrite {
+		if t.mode == upstream.ModeRewrite {
 			fc.Address = g.coreContact(r, reg, c, token, to.Transport)
 		}
 		sent[i] = sentContact{reg: c, core: fc.Address}
 	}
-	if g.mode == upstream.ModePath {
+	if t.mode == upstream.ModePath {
 		// Ours is the topmost Path: right after the Vias.
 		fwd.AppendHeaderAfter(sip.NewHeader("Path", "<"+g.self.path(token, to.Transport)+">"), "Via")
 		if !reg.supports("path") {
@@ -116,8 +118,8 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 		}
 		g.auth.answered(r, res, reg.AOR)
 		if res.IsSuccess() {
-			g.registry.Apply(g.update(r, reg, sent, res, r.NAT))
-			g.restoreReply(reg, token, sent, res)
+			g.registry.Apply(g.update(r, reg, t, sent, res, r.NAT))
+			g.restoreReply(reg, t.mode, token, sent, res)
 			g.outbound(reg, r.Flow, res)
 		}
 	})
@@ -140,7 +142,7 @@ func (g *registrar) coreContact(r *Request, reg *registerRequest, c regContact, 
 
 // update is what the core's 2xx granted for the contacts this REGISTER
 // carried. Contacts the core did not list are gone.
-func (g *registrar) update(r *Request, reg *registerRequest, sent []sentContact, res *sip.Response, ev nat.Evidence) registry.Update {
+func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []sentContact, res *sip.Response, ev nat.Evidence) registry.Update {
 	u := registry.Update{AOR: reg.AOR, Flow: r.Flow, Star: reg.Star}
 	if reg.Star {
 		return u
@@ -162,7 +164,7 @@ func (g *registrar) update(r *Request, reg *registerRequest, sent []sentContact,
 					e, _ = parseSeconds(v)
 				}
 				if e == noExpires { // the core said nothing: what was asked, as the edge lowered it
-					e = min(reg.effectiveExpires(sc.reg, defaultExpires), int(g.policy.Load().cfg.MaxExpires/time.Second))
+					e = min(reg.effectiveExpires(sc.reg, defaultExpires), int(t.policy.Load().cfg.MaxExpires/time.Second))
 				}
 				break
 			}
@@ -172,6 +174,7 @@ func (g *registrar) update(r *Request, reg *registerRequest, sent []sentContact,
 			continue
 		}
 		u.Put = append(u.Put, registry.Binding{
+			Tenant:      t.name,
 			Contact:     sc.reg.Header.Address.String(),
 			CoreContact: sc.core.String(),
 			Expires:     now.Add(time.Duration(e) * time.Second),
@@ -189,13 +192,13 @@ func (g *registrar) update(r *Request, reg *registerRequest, sent []sentContact,
 // restoreReply makes the 2xx look as if the endpoint had talked to the
 // core directly: its own Contacts back (rewrite mode) and the edge's
 // core-side Path removed (topology hiding).
-func (g *registrar) restoreReply(reg *registerRequest, token string, sent []sentContact, res *sip.Response) {
+func (g *registrar) restoreReply(reg *registerRequest, mode upstream.Mode, token string, sent []sentContact, res *sip.Response) {
 	for _, h := range res.GetHeaders("Path") {
 		if strings.Contains(h.Value(), token) {
 			res.RemoveHeader(h.Name())
 		}
 	}
-	if g.mode != upstream.ModeRewrite {
+	if mode != upstream.ModeRewrite {
 		return
 	}
 next:

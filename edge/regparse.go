@@ -62,6 +62,9 @@ func aorOf(u sip.Uri) string {
 	return u.Scheme + ":" + u.User + "@" + host
 }
 
+// domainOf is the domain a URI names, lowercased: what picks a tenant.
+func domainOf(u sip.Uri) string { return strings.ToLower(u.Host) }
+
 // parseRegister reads what the registrar needs from a sane REGISTER.
 func parseRegister(req *sip.Request, userAgent string) (*registerRequest, *Error) {
 	to := req.To()

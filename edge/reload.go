@@ -20,7 +20,8 @@ import (
 // differ but only apply at a restart. The other sections' parts (the
 // pool, the limiter, the keepalivers) are reloaded by whoever made them.
 func (s *Server) Reload(cfg Config) (restart []string, err error) {
-	if err := errors.Join(cfg.Access.Validate(), cfg.Registration.Validate(), cfg.Core.Validate(), cfg.NAT.Validate(), cfg.Drain.Validate()); err != nil {
+	if err := errors.Join(cfg.Access.Validate(), cfg.Registration.Validate(), cfg.Core.Validate(), cfg.NAT.Validate(), cfg.Drain.Validate(),
+		ValidateTenants(cfg.Tenants, cfg.Core, cfg.Registration)); err != nil {
 		return nil, err
 	}
 	s.lmu.Lock()
@@ -52,7 +53,14 @@ func (s *Server) Reload(cfg Config) (restart []string, err error) {
 		}
 	}
 	s.self.setAccess(s.socks.addrs())
-	s.registrar.policy.Store(newRegPolicy(cfg.Registration))
+	sameTenants := tenantShape(old) == tenantShape(cfg)
+	for _, t := range s.tenants.all {
+		if t.name == "" {
+			t.policy.Store(newRegPolicy(cfg.Registration))
+		} else if i := slices.IndexFunc(cfg.Tenants, func(tc TenantConfig) bool { return tc.Name == t.name }); i >= 0 && sameTenants {
+			t.policy.Store(newRegPolicy(cfg.Tenants[i].Registration(cfg.Registration)))
+		}
+	}
 	s.proxy.setPeers(cfg.Access.Trusted)
 	s.drain.setConfig(cfg.Drain)
 	// Only what was applied: keys that wait for a restart keep being
@@ -60,6 +68,9 @@ func (s *Server) Reload(cfg Config) (restart []string, err error) {
 	a := &s.current.Access
 	a.UDP, a.TCP, a.TLS, a.WS, a.WSS, a.Trusted = cfg.Access.UDP, cfg.Access.TCP, cfg.Access.TLS, cfg.Access.WS, cfg.Access.WSS, cfg.Access.Trusted
 	s.current.Registration = cfg.Registration
+	if sameTenants {
+		s.current.Tenants = cfg.Tenants
+	}
 	s.current.Drain = cfg.Drain
 	return restart, nil
 }
@@ -124,7 +135,20 @@ func restartKeys(old, cfg Config) []string {
 	diff("nat.flow_timer", old.NAT.FlowTimerUDP != cfg.NAT.FlowTimerUDP || old.NAT.FlowTimerStream != cfg.NAT.FlowTimerStream)
 	diff("nat.max_flows", old.NAT.MaxFlows != cfg.NAT.MaxFlows)
 	diff("nat stream limits", old.NAT.StreamLimits != cfg.NAT.StreamLimits)
+	diff("tenant (names, domains, modes; or core.upstreams emptied or set)", tenantShape(old) != tenantShape(cfg))
 	return out
+}
+
+// tenantShape is what of the tenants a reload cannot change: which exist,
+// with which domains and mode. Their limits, cores and trusted sources
+// it can.
+func tenantShape(c Config) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "default=%v;", len(c.Core.Upstreams) > 0)
+	for _, t := range c.Tenants {
+		fmt.Fprintf(&b, "%s %q %s;", t.Name, t.Domains, t.Mode)
+	}
+	return b.String()
 }
 
 // listenAccess binds the access sockets of access only.

@@ -84,16 +84,28 @@ func uri(token string, at netip.AddrPort, transport string) sip.Uri {
 	return u
 }
 
-// token is flow f's sealed token, the user part of every URI below. It
-// is minted at the flow's creation, or now for a flow the core has not
-// accepted yet: the same for the flow's whole life, and never valid for
-// a later flow that reuses its addresses (see proxy.current).
-func (s *self) token(f nat.FlowKey) string {
+// token is flow f's token for tenant, the user part of every URI below.
+// It is minted at the flow's creation, or now for a flow the core has
+// not accepted yet: the same for the flow's whole life, and never valid
+// for a later flow that reuses its addresses (see proxy.current). Sealed
+// for the tenant, it opens only for the tenant's cores.
+func (s *self) token(f nat.FlowKey, tenant string) string {
 	minted := s.now()
 	if fl, ok := s.flows.Get(f); ok {
 		minted = fl.Created
 	}
-	return s.signer.Encode(f, minted)
+	return s.signer.EncodeFor(tenant, f, minted)
+}
+
+// open decodes tok as sealed for one of tenants, and says whose it is.
+func (s *self) open(tok string, tenants []string) (t nat.Token, tenant string, err error) {
+	err = nat.ErrBadToken
+	for _, name := range tenants {
+		if t, err = s.signer.DecodeFor(name, tok); err == nil {
+			return t, name, nil
+		}
+	}
+	return t, "", err
 }
 
 // coreContact is the Contact the core stores in rewrite mode: the edge's
@@ -121,8 +133,8 @@ func (s *self) path(token, coreTransport string) string {
 // one facing the next hop on top, the one facing the previous hop below.
 // The access-side entry carries the endpoint's flow token so in-dialog
 // requests from the core come back onto the same flow.
-func (s *self) recordRoute(fwd *sip.Request, flow nat.FlowKey, coreTransport string, towardCore bool) {
-	access := uri(s.token(flow), s.accessAddr(flow), flow.Transport.String())
+func (s *self) recordRoute(fwd *sip.Request, flow nat.FlowKey, tenant, coreTransport string, towardCore bool) {
+	access := uri(s.token(flow, tenant), s.accessAddr(flow), flow.Transport.String())
 	access.UriParams.Add("lr", "")
 	coreSide := uri("", s.core, coreTransport)
 	coreSide.UriParams.Add("lr", "")

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"runtime/debug"
@@ -52,6 +53,7 @@ type Config struct {
 	Core         upstream.Config // mode and timeout
 	NAT          nat.Config      // Flow-Timer values granted to outbound clients
 	Drain        DrainConfig
+	Tenants      []TenantConfig
 }
 
 // Deps are the parts the server is built from, made by the caller.
@@ -59,7 +61,9 @@ type Deps struct {
 	Log       *slog.Logger       // required
 	Clock     clock.Clock        // nil: the system clock
 	Signer    *nat.Signer        // required: signs flow tokens
-	Pool      *upstream.Pool     // required: the cores
+	// Pools are the cores, of the default tenant ([core] upstreams)
+	// and of each [[tenant]]: see NewPools.
+	Pools Pools
 	Limiter   *ratelimit.Limiter // required
 	Flows     *nat.FlowTable     // required
 	Keepalive *nat.Keepaliver    // required: keeps UDP flows open
@@ -88,10 +92,10 @@ type Server struct {
 	accessSrv, coreSrv *sipgo.Server
 	coreUDP            *udpSocket
 	pinger             *pinger
-	probe              upstream.ProbeFunc // health checks of the cores
 	self               *self
 	hooks              nat.StreamHooks // of every access stream listener
 
+	tenants   *tenants
 	proxy     *proxy
 	registrar *registrar
 	limit     limit
@@ -115,12 +119,21 @@ type Server struct {
 
 // New builds a server on sockets the caller bound.
 func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
-	if d.Log == nil || d.Signer == nil || d.Pool == nil || d.Limiter == nil || d.Flows == nil ||
+	if d.Log == nil || d.Signer == nil || d.Limiter == nil || d.Flows == nil ||
 		d.Keepalive == nil || d.Probe == nil || d.Registry == nil || d.Conns == nil {
-		return nil, errors.New("edge: Log, Signer, Pool, Limiter, Flows, Keepalive, Probe, Registry and Conns are required")
+		return nil, errors.New("edge: Log, Signer, Limiter, Flows, Keepalive, Probe, Registry and Conns are required")
 	}
-	if err := errors.Join(cfg.Access.Validate(), cfg.Registration.Validate(), cfg.Core.Validate(), cfg.NAT.Validate(), cfg.Drain.Validate()); err != nil {
+	if err := errors.Join(cfg.Access.Validate(), cfg.Registration.Validate(), cfg.Core.Validate(), cfg.NAT.Validate(), cfg.Drain.Validate(),
+		ValidateTenants(cfg.Tenants, cfg.Core, cfg.Registration)); err != nil {
 		return nil, err
+	}
+	if (d.Pools.Default == nil) != (len(cfg.Core.Upstreams) == 0) {
+		return nil, errors.New("edge: Pools.Default is required when core.upstreams is set, and only then")
+	}
+	for _, t := range cfg.Tenants {
+		if d.Pools.Tenants[t.Name] == nil {
+			return nil, fmt.Errorf("edge: no pool for tenant %q", t.Name)
+		}
 	}
 	if d.Clock == nil {
 		d.Clock = clock.Real{}
@@ -149,8 +162,8 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	fwd, err := upstream.NewForwarder(cfg.Core, d.Pool, upstream.ForwarderDeps{Client: coreClient, Local: coreAddr, Admit: d.Limiter.Inflight})
-	if err != nil {
+	fwdDeps := upstream.ForwarderDeps{Client: coreClient, Local: coreAddr, Admit: d.Limiter.Inflight}
+	if s.tenants, err = newTenants(cfg, d, fwdDeps); err != nil {
 		return nil, err
 	}
 	if s.accessSrv, err = sipgo.NewServer(s.accessUA); err != nil {
@@ -158,26 +171,6 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	}
 	if s.coreSrv, err = sipgo.NewServer(s.coreUA); err != nil {
 		return nil, err
-	}
-
-	// The way to the cores for a request keyed by its AOR: the cores up,
-	// in the pool's order (priority, then the AOR's sticky weighted
-	// pick); none up is an answer at once (503 with Retry-After).
-	coreLeg := func(key string) (leg, error) {
-		targets := d.Pool.Order(key)
-		if len(targets) == 0 {
-			_, err := d.Pool.PickFor(key)
-			return leg{}, err
-		}
-		l := leg{Hop: fwd.HopTo(targets[0]), toward: "core", admit: fwd.Admit, tryTimeout: cfg.Core.PerTryTimeout(),
-			report: func(i int, started time.Time, status int, err error) {
-				d.Pool.ReportTry(targets[i], started, status, err)
-			}}
-		for _, t := range targets[1:] {
-			l.alts = append(l.alts, fwd.HopTo(t))
-		}
-		l.unreachable = func(err error) error { return fwd.Unreachable(netip.AddrPort{}, err) }
-		return l, nil
 	}
 	flowLeg := func(f nat.FlowKey) leg {
 		h := hop.Hop{Client: accessClient, Transport: f.Transport.String(), Dest: f.Remote, SentBy: self.accessAddr(f)}
@@ -187,29 +180,27 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		return leg{Hop: h, toward: "phone", unreachable: func(error) error { return errFlowFailed }}
 	}
 	s.pinger = &pinger{flowLeg: flowLeg}
-	s.probe = coreProbe(fwd)
 	s.pinger.udp.Store(&map[netip.AddrPort]*nat.PacketConn{})
 	s.coreUDP = newUDPSocket(socks.CoreUDP)
-	s.coreUDP.guardCore(d.Limiter, d.Pool.Trusts)
+	s.coreUDP.guardCore(d.Limiter, s.tenants.trusts)
 	s.self = self
 	s.hooks = streamHooks(s.log, d.Limiter, d.Flows, d.Conns, d.Registry.HasFlow, cfg.NAT.StreamLimits)
 
 	s.noteBound(cfg.Access, socks)
 	s.current = cfg
-	s.chains(self, coreLeg, flowLeg)
+	s.chains(self, flowLeg)
 	return s, nil
 }
 
 // chains builds the stage chain of each side: the registrar and the
 // proxy behind sanity, parse, limit and observe for phones; trust and
 // sanity for the core.
-func (s *Server) chains(self *self, coreLeg func(string) (leg, error), flowLeg func(nat.FlowKey) leg) {
+func (s *Server) chains(self *self, flowLeg func(nat.FlowKey) leg) {
 	cfg, d := s.cfg, s.d
 	s.relay = &relay{log: d.Log, timeout: cfg.Core.Timeout, self: self}
 	s.limit = limit{log: d.Log, limiter: d.Limiter, registry: d.Registry, proven: s.proven}
 	au := auth{limiter: d.Limiter, proofs: s.proofs, proven: s.proven}
-	s.proxy = &proxy{log: d.Log, self: self, relay: s.relay, core: coreLeg, flowLeg: flowLeg,
-		coreTransport: func() string { return d.Pool.Pick().Transport },
+	s.proxy = &proxy{log: d.Log, self: self, relay: s.relay, tenants: s.tenants, flowLeg: flowLeg,
 		usable:        s.flowUsable, registry: d.Registry, auth: au, dialogs: s.dialogs,
 		flows: d.Flows, mintSlack: cfg.Core.Timeout + time.Second,
 		// Tokens carry whole seconds: one minted in the second the state
@@ -217,9 +208,7 @@ func (s *Server) chains(self *self, coreLeg func(string) (leg, error), flowLeg f
 		recoverFrom: d.StateSaved.Truncate(time.Second),
 		hide:        cfg.Access.HideTopology, server: cfg.Access.Server}
 	s.proxy.setPeers(cfg.Access.Trusted)
-	reg := &registrar{mode: cfg.Core.Mode, now: d.Clock.Now,
-		self: self, relay: s.relay, core: coreLeg, registry: d.Registry, auth: au}
-	reg.policy.Store(newRegPolicy(cfg.Registration))
+	reg := &registrar{now: d.Clock.Now, self: self, relay: s.relay, tenants: s.tenants, registry: d.Registry, auth: au}
 	s.registrar = reg
 	reg.flowTime.udp, reg.flowTime.stream = cfg.NAT.FlowTimerUDP, cfg.NAT.FlowTimerStream
 	if cfg.Access.HideTopology {
@@ -244,7 +233,7 @@ func (s *Server) chains(self *self, coreLeg func(string) (leg, error), flowLeg f
 		return s.proxy.toPhone(ctx, r)
 	}
 	s.accessSrv.OnNoRoute(s.handler(chain(accessRoute, sanity{d.Limiter, s.proven}.wrap, parse, s.limit.wrap, observe), false))
-	s.coreSrv.OnNoRoute(s.handler(chain(coreRoute, trust{d.Pool}.wrap, sanity{nil, nil}.wrap), true))
+	s.coreSrv.OnNoRoute(s.handler(chain(coreRoute, trust{s.tenants}.wrap, sanity{nil, nil}.wrap), true))
 }
 
 // userAgents makes the two sipgo user agents, one per side. The access
@@ -300,7 +289,7 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 		}
 		// A stranger on the core side (the trust stage answers its
 		// requests 403) gets nothing else either.
-		stranger := fromCore && !s.d.Pool.Trusts(flow.Remote.Addr())
+		stranger := fromCore && !s.tenants.trusts(flow.Remote.Addr())
 		if req.IsAck() {
 			// An ACK that reaches a handler matched no INVITE transaction:
 			// it acknowledges a 2xx and travels statelessly (sipgo may
@@ -365,8 +354,10 @@ func (s *Server) Start(ctx context.Context) error {
 	// cannot move before the loop listens.
 	t := s.d.Clock.NewTicker(maintainEvery)
 	s.serving.Go(func() { s.maintain(mctx, t) })
-	s.serving.Go(func() { s.d.Pool.Probe(mctx, s.probe) })
-	s.serving.Go(func() { s.d.Pool.Refresh(mctx) }) // cores given by name: DNS answers kept current
+	for _, t := range s.tenants.all {
+		s.serving.Go(func() { t.pool.Probe(mctx, t.probe) })
+		s.serving.Go(func() { t.pool.Refresh(mctx) }) // cores given by name: DNS answers kept current
+	}
 	if err := s.udpReady(ctx, append(s.accessUDP(), s.coreUDP)); err != nil {
 		return err
 	}
@@ -417,7 +408,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	a := s.cfg.Access
 	s.log.Info("sipedge serving", "phones_udp", a.UDP, "phones_tcp", a.TCP, "phones_tls", a.TLS, "phones_ws", a.WS, "phones_wss", a.WSS,
-		"core_side", addrPortOf(s.socks.CoreUDP.LocalAddr()), "core", s.d.Pool.Targets(), "mode", s.cfg.Core.Mode)
+		"core_side", addrPortOf(s.socks.CoreUDP.LocalAddr()))
+	for _, t := range s.tenants.all {
+		name := t.name
+		if name == "" {
+			name = "default"
+		}
+		s.log.Info("cores", "tenant", name, "targets", t.pool.Targets(), "mode", t.mode)
+	}
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), s.drain.config().Grace)
 	defer cancel()

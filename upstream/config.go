@@ -117,9 +117,8 @@ func (c Config) Validate() error {
 	} else if ap.Addr().IsUnspecified() {
 		bad("listen", "%q: Path and Record-Route point here, so it must be a real address", c.Listen)
 	}
-	if len(c.Upstreams) == 0 {
-		bad("upstreams", "at least one core registrar is needed")
-	}
+	// No upstreams is valid here: tenants may bring their own
+	// (edge.ValidateTenants says when none is anywhere).
 	seen := make(map[string]bool, len(c.Upstreams))
 	for _, u := range c.Upstreams {
 		e, err := parseUpstream(u, 0)

@@ -48,9 +48,15 @@ func (a *app) serve(ctx context.Context) error {
 // this is the one place that knows how sipedge is put together. store
 // (nil: memory only) keeps state across restarts; snap is what it held.
 func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Signer, clk clock.Clock, store state.Store, snap state.Snapshot) (*app, error) {
-	pool, err := upstream.NewPool(cfg.Core, upstream.WithLogger(log), upstream.WithOnChange(func(t upstream.Target, st upstream.State) {
-		log.Info("core "+st.String(), "core", t) // up, overloaded (5xx: weight down) or down
-	}))
+	pools, err := edge.NewPools(cfg.edge(), func(tenant string) []upstream.Option {
+		log := log
+		if tenant != "" {
+			log = log.With("tenant", tenant)
+		}
+		return []upstream.Option{upstream.WithLogger(log), upstream.WithOnChange(func(t upstream.Target, st upstream.State) {
+			log.Info("core "+st.String(), "core", t) // up, overloaded (5xx: weight down) or down
+		})}
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -104,13 +110,13 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 	if err != nil {
 		return nil, err
 	}
-	srv, err := edge.New(cfg.edge(), socks, edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool, CoreTLS: coreTLS,
+	srv, err := edge.New(cfg.edge(), socks, edge.Deps{Log: log, Clock: clk, Signer: signer, Pools: pools, CoreTLS: coreTLS,
 		Limiter: limiter, Flows: flows, Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns,
 		StateSaved: snap.Saved})
 	if err != nil {
 		return nil, err
 	}
-	a := &app{srv: srv, writer: w, reload: &reloader{srv: srv, pool: pool, limiter: limiter,
+	a := &app{srv: srv, writer: w, reload: &reloader{srv: srv, pools: pools, limiter: limiter,
 		keepalive: keepalive, probe: probe, reg: reg, cur: cfg}}
 	if r, ok := store.(*state.Redis); ok {
 		// Other edges' bindings and bans, as they write them.

@@ -25,6 +25,7 @@ type fileConfig struct {
 	State        state.Config            `toml:"state"`
 	Drain        edge.DrainConfig        `toml:"drain"`
 	Log          logConfig               `toml:"log"`
+	Tenants      []edge.TenantConfig     `toml:"tenant"`
 }
 
 type logConfig struct {
@@ -47,12 +48,13 @@ func defaultConfig() fileConfig {
 
 func (c fileConfig) validate() error {
 	return errors.Join(c.Access.Validate(), c.Core.Validate(), c.Registration.Validate(),
-		c.NAT.Validate(), c.RateLimit.Validate(), c.State.Validate(), c.Drain.Validate(), c.Log.validate())
+		c.NAT.Validate(), c.RateLimit.Validate(), c.State.Validate(), c.Drain.Validate(), c.Log.validate(),
+		edge.ValidateTenants(c.Tenants, c.Core, c.Registration))
 }
 
 // edge is what the edge server reads of the file.
 func (c fileConfig) edge() edge.Config {
-	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain}
+	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain, Tenants: c.Tenants}
 }
 
 func (l logConfig) validate() error {

@@ -79,6 +79,9 @@ func TestConfigErrors(t *testing.T) {
 		{"keepalive mode", "[nat]\nkeepalive = \"ping\"\n", "nat.keepalive"},
 		{"flow timer", "[nat]\nflow_timer = \"1500ms\"\n", "nat.flow_timer"},
 		{"stream flow timer", "[nat]\nflow_timer_stream = \"20m\"\n", "nat.flow_timer_stream"},
+		{"no core anywhere", "[core]\nupstreams = []\n", "core.upstreams: at least one"},
+		{"tenant without cores", "[[tenant]]\nname = \"acme\"\ndomains = [\"a.test\"]\n", `tenant "acme": upstreams`},
+		{"tenant key", "[[tenant]]\nname = \"acme\"\ndomain = [\"a.test\"]\n", "unknown key tenant.domain"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -91,6 +94,37 @@ func TestConfigErrors(t *testing.T) {
 				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// [[tenant]] blocks load, each over [core] and [registration].
+func TestTenantConfig(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.toml")
+	text := `[core]
+upstreams = []
+[registration]
+max_contacts = 3
+[[tenant]]
+name = "acme"
+domains = ["acme.test"]
+upstreams = ["sip:192.0.2.1:5060"]
+[[tenant]]
+name = "bolt"
+domains = ["bolt.test", "bolt.example"]
+upstreams = ["sip:192.0.2.2:5060"]
+mode = "rewrite"
+max_contacts = 1
+`
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Tenants) != 2 || cfg.Tenants[1].Registration(cfg.Registration).MaxContacts != 1 ||
+		cfg.Tenants[0].Registration(cfg.Registration).MaxContacts != 3 || cfg.Tenants[1].Core(cfg.Core).Mode != "rewrite" {
+		t.Errorf("tenants = %+v", cfg.Tenants)
 	}
 }
 

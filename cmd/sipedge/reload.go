@@ -9,7 +9,6 @@ import (
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
-	"github.com/sipedge/sipedge/upstream"
 )
 
 // reloader applies the config file again on SIGHUP: what each part can
@@ -22,7 +21,7 @@ type reloader struct {
 	level *slog.LevelVar
 
 	srv              *edge.Server
-	pool             *upstream.Pool
+	pools            edge.Pools
 	limiter          *ratelimit.Limiter
 	keepalive, probe *nat.Keepaliver
 	reg              *registry.Registry
@@ -45,7 +44,9 @@ func (r *reloader) reload() {
 		return
 	}
 	// loadConfig validated every section: these cannot fail.
-	_ = r.pool.Reload(cfg.Core)
+	if err := r.pools.Reload(cfg.edge()); err != nil {
+		r.log.Error("cores not reloaded", "err", err) // a new name that does not resolve
+	}
 	_ = r.limiter.Reload(cfg.RateLimit)
 	wasOff := r.cur.NAT.Mode == nat.KeepaliveOff
 	for _, k := range []struct {

@@ -47,10 +47,11 @@ type Config struct {
 	NAT          nat.Config
 	RateLimit    ratelimit.Config
 	Drain        edge.DrainConfig
+	Tenants      []edge.TenantConfig
 }
 
 func (c Config) edge() edge.Config {
-	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain}
+	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain, Tenants: c.Tenants}
 }
 
 // Hooks let a test watch the edge and move its time.
@@ -185,7 +186,7 @@ func build(t testing.TB, cfg Config, h Hooks, clk clock.Clock, socks *edge.Socke
 			t.Fatal(err)
 		}
 	}
-	pool, err := upstream.NewPool(cfg.Core)
+	pools, err := edge.NewPools(cfg.edge(), nil)
 	must(err)
 	limiter, err := ratelimit.New(cfg.RateLimit, clk.Now, h.RateLimit)
 	must(err)
@@ -206,7 +207,7 @@ func build(t testing.TB, cfg Config, h Hooks, clk clock.Clock, socks *edge.Socke
 	must(err)
 	reg.Restore(h.Restore, time.Second)
 	srv, err := edge.New(cfg.edge(), socks,
-		edge.Deps{Log: log, Clock: clk, Signer: signer, Pool: pool, Limiter: limiter, Flows: flows,
+		edge.Deps{Log: log, Clock: clk, Signer: signer, Pools: pools, Limiter: limiter, Flows: flows,
 			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, StateSaved: h.StateSaved, CoreTLS: h.CoreTLS})
 	must(err)
 	return srv, reg, limiter

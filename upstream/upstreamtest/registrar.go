@@ -66,6 +66,9 @@ type Options struct {
 	// Server, if set, is put in every response as a Server header, as
 	// real cores name their software.
 	Server string
+	// Host is the loopback address to listen on. Default 127.0.0.1; others
+	// of 127.0.0.0/8 tell cores apart by address, as trust does.
+	Host string
 	// Now is the clock for binding expiry and nonce lifetime. Default time.Now.
 	Now func() time.Time
 	// Logger receives sipgo's logs. Default: Warn and above to t.Log.
@@ -75,6 +78,9 @@ type Options struct {
 func (o *Options) setDefaults() {
 	if o.Realm == "" {
 		o.Realm = "sipedge.test"
+	}
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
 	}
 	if o.DefaultExpires <= 0 {
 		o.DefaultExpires = 3600
@@ -133,7 +139,7 @@ func start(opts Options) (*Registrar, error) {
 	if err != nil {
 		return nil, err
 	}
-	pc, ln, err := listenPair()
+	pc, ln, err := listenPair(opts.Host)
 	if err != nil {
 		return nil, err
 	}
@@ -233,15 +239,15 @@ func (c *readyPacketConn) ReadFrom(p []byte) (int, net.Addr, error) {
 
 // listenPair binds UDP on an ephemeral loopback port, then TCP on the same
 // port number, retrying when another process holds the TCP side.
-func listenPair() (net.PacketConn, net.Listener, error) {
+func listenPair(host string) (net.PacketConn, net.Listener, error) {
 	var lastErr error
 	for range 20 {
-		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		pc, err := net.ListenPacket("udp4", net.JoinHostPort(host, "0"))
 		if err != nil {
 			return nil, nil, fmt.Errorf("listen udp: %w", err)
 		}
 		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		ln, err := net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(port)))
 		if err == nil {
 			return pc, ln, nil
 		}
