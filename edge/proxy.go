@@ -25,19 +25,19 @@ const allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE
 // (whatever their Route says: the edge is no open relay), the core's to
 // the flow their signed token names.
 type proxy struct {
-	log   *slog.Logger
-	self  *self
-	relay   *relay
-	tenants *tenants // and the way to each one's cores
-	flowLeg func(nat.FlowKey) leg
-	usable        func(nat.FlowKey) bool // a live flow, with its connection for streams
-	registry      *registry.Registry
-	auth          auth
-	dialogs       *dialog.Table
-	flows         *nat.FlowTable
-	tableFull     onceAWhile // dialogs refused for a full table, counted
-	hide          bool       // topology hiding toward phones
-	server        string     // Server header toward phones ("": none)
+	log       *slog.Logger
+	self      *self
+	relay     *relay
+	tenants   *tenants // and the way to each one's cores
+	flowLeg   func(nat.FlowKey) leg
+	usable    func(nat.FlowKey) bool // a live flow, with its connection for streams
+	registry  *registry.Registry
+	auth      auth
+	dialogs   *dialog.Table
+	flows     *nat.FlowTable
+	tableFull onceAWhile // dialogs refused for a full table, counted
+	hide      bool       // topology hiding toward phones
+	server    string     // Server header toward phones ("": none)
 	// mintSlack is how long before its flow's creation a token may have
 	// been minted: the core timeout, plus a second of token resolution.
 	mintSlack time.Duration

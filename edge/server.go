@@ -58,12 +58,12 @@ type Config struct {
 
 // Deps are the parts the server is built from, made by the caller.
 type Deps struct {
-	Log       *slog.Logger       // required
-	Clock     clock.Clock        // nil: the system clock
-	Signer    *nat.Signer        // required: signs flow tokens
+	Log    *slog.Logger // required
+	Clock  clock.Clock  // nil: the system clock
+	Signer *nat.Signer  // required: signs flow tokens
 	// Pools are the cores, of the default tenant ([core] upstreams)
 	// and of each [[tenant]]: see NewPools.
-	Pools Pools
+	Pools     Pools
 	Limiter   *ratelimit.Limiter // required
 	Flows     *nat.FlowTable     // required
 	Keepalive *nat.Keepaliver    // required: keeps UDP flows open
@@ -201,7 +201,7 @@ func (s *Server) chains(self *self, flowLeg func(nat.FlowKey) leg) {
 	s.limit = limit{log: d.Log, limiter: d.Limiter, registry: d.Registry, proven: s.proven}
 	au := auth{limiter: d.Limiter, proofs: s.proofs, proven: s.proven}
 	s.proxy = &proxy{log: d.Log, self: self, relay: s.relay, tenants: s.tenants, flowLeg: flowLeg,
-		usable:        s.flowUsable, registry: d.Registry, auth: au, dialogs: s.dialogs,
+		usable: s.flowUsable, registry: d.Registry, auth: au, dialogs: s.dialogs,
 		flows: d.Flows, mintSlack: cfg.Core.Timeout + time.Second,
 		// Tokens carry whole seconds: one minted in the second the state
 		// was saved may be newer than the save.
