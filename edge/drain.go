@@ -60,6 +60,13 @@ func startsSomething(r *sip.Request) bool {
 	return r.Method == sip.REGISTER || to == nil || !to.Params.Has("tag")
 }
 
+// draining reports whether the drain has started.
+func (d *drain) draining() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closed
+}
+
 // close starts the drain.
 func (d *drain) close() {
 	d.mu.Lock()

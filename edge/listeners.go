@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"errors"
+	"github.com/sipedge/sipedge/edge/audit"
 	"net"
 	"net/netip"
 
@@ -110,8 +111,10 @@ func (s *Server) holdsAccess() bool {
 	if was := s.holding.Swap(held); first || was != held {
 		if held {
 			s.log.Info("access address held here: active, keepalives on")
+			s.d.Events(audit.Event{Kind: audit.ModeChange, Detail: "active"})
 		} else {
 			s.log.Info("access address not on this host: standby, keepalives held back until it moves here")
+			s.d.Events(audit.Event{Kind: audit.ModeChange, Detail: "standby"})
 		}
 	}
 	return held

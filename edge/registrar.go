@@ -2,11 +2,14 @@ package edge
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/upstream"
@@ -28,6 +31,8 @@ type registrar struct {
 	registry *registry.Registry
 	auth     auth
 	hide     func(*sip.Response) // topology hiding toward the phone, if on
+	events   func(audit.Event)   // what it refused, and the core's refusals and challenges
+	meter    Meter
 }
 
 // regPolicy is what [registration] says a REGISTER may ask for.
@@ -50,7 +55,86 @@ type sentContact struct {
 	core sip.Uri
 }
 
+// handle forwards a REGISTER, and records the edge's refusals of it.
 func (g *registrar) handle(ctx context.Context, r *Request) error {
+	err := g.register(ctx, r)
+	if err != nil {
+		code, why := codeOf(err)
+		if code != 0 {
+			e := g.audit(r, audit.Rejected, "")
+			e.Code, e.Reason = code, why
+			g.events(e)
+		}
+	}
+	return err
+}
+
+// audit is an event about REGISTER r, with what it says of itself.
+func (g *registrar) audit(r *Request, kind audit.Kind, tenant string) audit.Event {
+	e := audit.Event{Kind: kind, Tenant: tenant, Source: r.Flow.Remote, Transport: r.Flow.Transport.String(), Auth: "none"}
+	if hadCredentials(r.Request) {
+		e.Auth = "offered"
+	}
+	if reg := r.Register; reg != nil {
+		e.AOR, e.UserAgent = reg.AOR, reg.UserAgent
+		for _, c := range reg.Contacts {
+			e.Contacts = append(e.Contacts, c.Header.Address.String())
+			if e.Instance == "" {
+				e.Instance = c.Instance
+			}
+		}
+	}
+	return e
+}
+
+// answered records what the core said to a REGISTER other than 2xx.
+func (g *registrar) answered(r *Request, t *tenant, res *sip.Response) {
+	var e audit.Event
+	switch code := res.StatusCode; {
+	case code == 401 || code == 407:
+		e = g.audit(r, audit.Challenged, t.name)
+		if e.Auth == "offered" {
+			e.Reason = "credentials offered but challenged again (a stale nonce, or wrong ones)"
+		}
+		e.Auth = "challenged"
+	case code == 403 && hadCredentials(r.Request):
+		e = g.audit(r, audit.AuthFailure, t.name)
+		e.Auth, e.Severity = "failed", slog.LevelWarn
+	case code >= 300:
+		e = g.audit(r, audit.Rejected, t.name)
+		e.Detail = "by the core"
+	default:
+		return
+	}
+	e.Code = res.StatusCode
+	if e.Reason == "" {
+		e.Reason = res.Reason
+	}
+	g.events(e)
+}
+
+// codeOf is the status an error from a stage becomes (0: none, a drop).
+func codeOf(err error) (int, string) {
+	var se *Error
+	var down *upstream.Unreachable
+	switch {
+	case errors.As(err, &se):
+		return se.Code, se.Reason
+	case errors.Is(err, errDrop):
+		return 0, ""
+	case errors.Is(err, upstream.ErrNoCore):
+		return 503, "no core is up"
+	case errors.As(err, &down):
+		return 503, "no core took it"
+	case errors.Is(err, errOverLimit), errors.Is(err, upstream.ErrBusy):
+		return 503, "over a limit"
+	case errors.Is(err, errFlowFailed):
+		return 430, "Flow Failed"
+	}
+	return 500, "Server Internal Error"
+}
+
+func (g *registrar) register(ctx context.Context, r *Request) error {
 	if r.RegisterErr != nil {
 		return r.RegisterErr
 	}
@@ -109,6 +193,7 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 		}
 	}
 
+	sentAt := g.now()
 	return g.relay.forward(ctx, r, fwd, to, func(res *sip.Response) {
 		if g.hide != nil {
 			g.hide(res)
@@ -116,7 +201,9 @@ func (g *registrar) handle(ctx context.Context, r *Request) error {
 		if res.StatusCode < 200 {
 			return
 		}
+		g.meter.CoreRTT(t.name, g.now().Sub(sentAt))
 		g.auth.answered(r, res, reg.AOR)
+		g.answered(r, t, res)
 		if res.IsSuccess() {
 			g.registry.Apply(g.update(r, reg, t, sent, res, r.NAT))
 			g.restoreReply(reg, t.mode, token, sent, res)
@@ -143,7 +230,10 @@ func (g *registrar) coreContact(r *Request, reg *registerRequest, c regContact, 
 // update is what the core's 2xx granted for the contacts this REGISTER
 // carried. Contacts the core did not list are gone.
 func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []sentContact, res *sip.Response, ev nat.Evidence) registry.Update {
-	u := registry.Update{AOR: reg.AOR, Flow: r.Flow, Star: reg.Star}
+	u := registry.Update{AOR: reg.AOR, Flow: r.Flow, Star: reg.Star, Auth: "none"}
+	if hadCredentials(r.Request) {
+		u.Auth = "accepted"
+	}
 	if reg.Star {
 		return u
 	}

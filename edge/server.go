@@ -20,6 +20,7 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/clock"
 	"github.com/sipedge/sipedge/edge/dialog"
 	"github.com/sipedge/sipedge/edge/registry"
@@ -75,10 +76,34 @@ type Deps struct {
 	// the server starts may name UDP flows it has no record of, which it
 	// then recovers (see proxy.recover).
 	StateSaved time.Time
+	// Events receives the audit events the edge makes itself (nil:
+	// none): REGISTERs it or the core refused or challenged, and changes
+	// of mode. The registry's, the limiter's and the pools' are their own.
+	Events func(audit.Event)
+	// Meter counts requests and answers (nil: nothing counted).
+	Meter Meter
 	// CoreTLS is how the edge talks TLS to the cores (nil: Go's defaults,
 	// the system's CAs).
 	CoreTLS *tls.Config
 }
+
+// Meter counts what passes through the edge (edge/metrics has one).
+// Its methods are called on the hot path: they must be cheap.
+type Meter interface {
+	// Received counts a request, by side ("access" or "core").
+	Received(side string, method sip.RequestMethod)
+	// Answered counts the final status a request got from the edge,
+	// its own or relayed (0: none, a drop).
+	Answered(side string, method sip.RequestMethod, status int)
+	// CoreRTT is how long a REGISTER took through the core, of tenant.
+	CoreRTT(tenant string, d time.Duration)
+}
+
+type noMeter struct{}
+
+func (noMeter) Received(string, sip.RequestMethod)      {}
+func (noMeter) Answered(string, sip.RequestMethod, int) {}
+func (noMeter) CoreRTT(string, time.Duration)           {}
 
 // Server is a running edge.
 type Server struct {
@@ -137,6 +162,12 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	}
 	if d.Clock == nil {
 		d.Clock = clock.Real{}
+	}
+	if d.Events == nil {
+		d.Events = func(audit.Event) {}
+	}
+	if d.Meter == nil {
+		d.Meter = noMeter{}
 	}
 	var advertise netip.Addr
 	if cfg.Access.Advertise != "" {
@@ -208,7 +239,7 @@ func (s *Server) chains(self *self, flowLeg func(nat.FlowKey) leg) {
 		recoverFrom: d.StateSaved.Truncate(time.Second),
 		hide:        cfg.Access.HideTopology, server: cfg.Access.Server}
 	s.proxy.setPeers(cfg.Access.Trusted)
-	reg := &registrar{now: d.Clock.Now, self: self, relay: s.relay, tenants: s.tenants, registry: d.Registry, auth: au}
+	reg := &registrar{now: d.Clock.Now, self: self, relay: s.relay, tenants: s.tenants, registry: d.Registry, auth: au, events: d.Events, meter: d.Meter}
 	s.registrar = reg
 	reg.flowTime.udp, reg.flowTime.stream = cfg.NAT.FlowTimerUDP, cfg.NAT.FlowTimerStream
 	if cfg.Access.HideTopology {
@@ -281,6 +312,10 @@ func (s *Server) flowUsable(f nat.FlowKey) bool {
 // the drain gate, panic recovery, and the one place errors become
 // responses.
 func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
+	side := "access"
+	if fromCore {
+		side = "core"
+	}
 	return func(req *sip.Request, tx sip.ServerTransaction) {
 		flow, err := flowOf(req, tx)
 		if err != nil {
@@ -304,6 +339,7 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 			return
 		}
 		r := &Request{Request: req, Tx: tx, Flow: flow}
+		s.d.Meter.Received(side, req.Method)
 		if !s.drain.enter(req) {
 			// Draining: nothing new starts here; calls in progress go on.
 			var err error = &upstream.Unreachable{RetryAfter: s.drain.retryAfter(), Err: errors.New("draining")}
@@ -311,6 +347,7 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 				err = reject(403, "Forbidden") // strangers learn nothing, draining or not
 			}
 			s.rs.respond(r, err)
+			s.d.Meter.Answered(side, req.Method, int(r.status.Load()))
 			if flow.Transport == nat.UDP {
 				tx.Terminate()
 			}
@@ -326,6 +363,7 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 		if err := h(context.Background(), r); err != nil {
 			s.rs.respond(r, err)
 		}
+		s.d.Meter.Answered(side, req.Method, int(r.status.Load()))
 		if flow.Transport == nat.UDP && (stranger || !fromCore && !s.proven(r)) {
 			// Toward an address that may be spoofed: one request, one
 			// answer. Ending the transaction now means no final response
@@ -338,6 +376,32 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 
 // Ready is closed once the server can take and send requests.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Serving reports whether the edge takes new registrations: started, not
+// draining, and holding its access address (a standby does not).
+func (s *Server) Serving() bool {
+	select {
+	case <-s.ready:
+	default:
+		return false
+	}
+	return !s.drain.draining() && (s.holding.Load() || !s.roleLogged.Load())
+}
+
+// Cores lists every tenant's cores with their health.
+func (s *Server) Cores() []CoreState {
+	var out []CoreState
+	for _, t := range s.tenants.all {
+		for _, tg := range t.pool.Targets() {
+			st, _ := t.pool.State(tg)
+			out = append(out, CoreState{Tenant: t.name, Target: tg.String(), State: st.String()})
+		}
+	}
+	return out
+}
+
+// CoreState is one core and what health says of it.
+type CoreState struct{ Tenant, Target, State string }
 
 // Start serves every socket and starts the maintenance loop; it returns
 // once sipgo has taken every UDP socket into service (or ctx ends).
@@ -445,6 +509,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.lmu.Unlock()
 	deadline, _ := ctx.Deadline()
 	s.log.Info("draining: REGISTERs and new dialogs get 503, calls in progress go on", "until", deadline, "stream_connections", len(conns))
+	s.d.Events(audit.Event{Kind: audit.ModeChange, Detail: "draining", Count: len(conns)})
 	s.drain.close()
 	s.lmu.Lock()
 	for _, l := range s.socks.listeners() {

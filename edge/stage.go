@@ -31,7 +31,8 @@ type Request struct {
 	// NAT is what a REGISTER's path says about NAT (observe stage).
 	NAT nat.Evidence
 
-	proof int8 // whether the source proved itself: 0 not worked out yet, 1 yes, -1 no (Server.proven)
+	proof  int8         // whether the source proved itself: 0 not worked out yet, 1 yes, -1 no (Server.proven)
+	status atomic.Int32 // the final status sent, once sent (send)
 }
 
 // Handler handles a request. A returned error becomes the SIP response
@@ -126,6 +127,9 @@ func reply(log *slog.Logger, r *Request, code int, reason string, hdrs ...sip.He
 
 // send delivers res over the flow r came on.
 func send(log *slog.Logger, r *Request, res *sip.Response) {
+	if res.StatusCode >= 200 {
+		r.status.CompareAndSwap(0, int32(res.StatusCode))
+	}
 	res.SetDestination(r.Flow.Remote.String())
 	if err := r.Tx.Respond(res); err != nil {
 		log.Debug("response not sent", "status", res.StatusCode, "src", r.Flow.Remote, "err", err)

@@ -3,13 +3,17 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/edge/admin"
+	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/clock"
+	"github.com/sipedge/sipedge/edge/metrics"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/edge/state"
 	"github.com/sipedge/sipedge/nat"
@@ -21,6 +25,8 @@ import (
 // state (nil: memory only).
 type app struct {
 	srv    *edge.Server
+	admin  *adminServer // nil: [admin] off
+	log    *slog.Logger
 	writer *state.Writer
 	follow func(context.Context) // shared state: other edges' changes, applied here (nil: none)
 	reload *reloader             // path, log and level set by the caller
@@ -29,12 +35,14 @@ type app struct {
 // serve runs the server until ctx ends, writing state in batches
 // meanwhile, and flushes it once the server has drained.
 func (a *app) serve(ctx context.Context) error {
-	if a.writer == nil {
-		return a.srv.Serve(ctx)
-	}
 	wctx, stop := context.WithCancel(context.Background())
 	var bg sync.WaitGroup
-	bg.Go(func() { a.writer.Run(wctx) })
+	if a.admin != nil {
+		bg.Go(func() { a.admin.run(wctx, a.log) })
+	}
+	if a.writer != nil {
+		bg.Go(func() { a.writer.Run(wctx) })
+	}
 	if a.follow != nil {
 		bg.Go(func() { a.follow(wctx) })
 	}
@@ -47,7 +55,9 @@ func (a *app) serve(ctx context.Context) error {
 // build makes every part from the config and hands each to the next:
 // this is the one place that knows how sipedge is put together. store
 // (nil: memory only) keeps state across restarts; snap is what it held.
-func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Signer, clk clock.Clock, store state.Store, snap state.Snapshot) (*app, error) {
+func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Signer, clk clock.Clock, store state.Store, snap state.Snapshot, auditOut io.Writer) (*app, error) {
+	// Every event reaches the audit log, and the metrics once they exist.
+	obs := &observer{audit: audit.New(auditOut, node(cfg.Audit), clk.Now)}
 	pools, err := edge.NewPools(cfg.edge(), func(tenant string) []upstream.Option {
 		log := log
 		if tenant != "" {
@@ -55,6 +65,7 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 		}
 		return []upstream.Option{upstream.WithLogger(log), upstream.WithOnChange(func(t upstream.Target, st upstream.State) {
 			log.Info("core "+st.String(), "core", t) // up, overloaded (5xx: weight down) or down
+			obs.emit(coreEvent(tenant, t, st))
 		})}
 	})
 	if err != nil {
@@ -69,8 +80,16 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 	}
 	limiter, err := ratelimit.New(cfg.RateLimit, clk.Now, ratelimit.Events{
 		// Every ban and unban reaches the log with its evidence.
-		OnBan:   func(b ratelimit.Ban) { log.Info("source banned", "ban", b); bansChanged() },
-		OnUnban: func(b ratelimit.Ban) { log.Info("source unbanned", "ban", b); bansChanged() },
+		OnBan: func(b ratelimit.Ban) {
+			log.Info("source banned", "ban", b)
+			obs.emit(audit.FromBan(b, false))
+			bansChanged()
+		},
+		OnUnban: func(b ratelimit.Ban) {
+			log.Info("source unbanned", "ban", b)
+			obs.emit(audit.FromBan(b, true))
+			bansChanged()
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -92,7 +111,8 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 		return nil, fmt.Errorf("nat.flow_timer_stream: %w", err)
 	}
 	conns := edge.NewConns()
-	onEvent := logEvent(log)
+	logged := logEvent(log)
+	onEvent := func(e registry.Event) { logged(e); obs.emit(audit.FromRegistry(e)) }
 	if store != nil {
 		logged := onEvent
 		onEvent = func(e registry.Event) { logged(e); w.Observe(e) }
@@ -110,14 +130,39 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 	if err != nil {
 		return nil, err
 	}
-	srv, err := edge.New(cfg.edge(), socks, edge.Deps{Log: log, Clock: clk, Signer: signer, Pools: pools, CoreTLS: coreTLS,
+	var srv *edge.Server // the metrics read its cores once it serves
+	src := metrics.Sources{Registry: reg, Flows: flows, Limiter: limiter, Cores: func() []metrics.Core {
+		var out []metrics.Core
+		for _, c := range srv.Cores() {
+			out = append(out, metrics.Core{Tenant: c.Tenant, Target: c.Target, State: c.State})
+		}
+		return out
+	}}
+	if w != nil {
+		src.StoreOK = w.OK
+	}
+	obs.metrics = metrics.New(src)
+	srv, err = edge.New(cfg.edge(), socks, edge.Deps{Log: log, Clock: clk, Signer: signer, Pools: pools, CoreTLS: coreTLS,
 		Limiter: limiter, Flows: flows, Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns,
-		StateSaved: snap.Saved})
+		StateSaved: snap.Saved, Events: obs.emit, Meter: obs.metrics})
 	if err != nil {
 		return nil, err
 	}
-	a := &app{srv: srv, writer: w, reload: &reloader{srv: srv, pools: pools, limiter: limiter,
-		keepalive: keepalive, probe: probe, reg: reg, cur: cfg}}
+	rl := &reloader{srv: srv, pools: pools, limiter: limiter, keepalive: keepalive, probe: probe, reg: reg, cur: cfg, emit: obs.emit}
+	a := &app{srv: srv, writer: w, reload: rl, log: log}
+	if cfg.Admin.Listen != "" {
+		token, err := admin.LoadOrCreateToken(cfg.Admin.TokenFile)
+		if err != nil {
+			return nil, err
+		}
+		h := admin.Handler(admin.Deps{Token: token, Log: log, Registry: reg, Flows: flows, Limiter: limiter,
+			Cores: cores(srv), Metrics: obs.metrics.Handler(), Config: func() any { return rl.current().redacted() },
+			Reload: rl.reloadErr, Ready: srv.Serving})
+		if a.admin, err = listenAdmin(cfg.Admin, h); err != nil {
+			return nil, fmt.Errorf("admin.listen: %w", err)
+		}
+		log.Info("admin API listening", "addr", a.admin.ln.Addr(), "token_file", cfg.Admin.TokenFile)
+	}
 	if r, ok := store.(*state.Redis); ok {
 		// Other edges' bindings and bans, as they write them.
 		a.follow = func(ctx context.Context) {
@@ -180,4 +225,16 @@ func logEvent(log *slog.Logger) func(registry.Event) {
 			log.Debug("binding "+e.Kind.String(), "aor", e.Binding.AOR, "flow", e.Binding.Flow)
 		}
 	}
+}
+
+// coreEvent is the audit event of a core's change of health.
+func coreEvent(tenant string, t upstream.Target, st upstream.State) audit.Event {
+	e := audit.Event{Kind: audit.CoreUp, Tenant: tenant, Core: t.String()}
+	switch st {
+	case upstream.StateDown:
+		e.Kind, e.Severity = audit.CoreDown, slog.LevelWarn
+	case upstream.StateOverloaded:
+		e.Kind, e.Severity = audit.CoreOverload, slog.LevelWarn
+	}
+	return e
 }

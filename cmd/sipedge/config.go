@@ -4,10 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/BurntSushi/toml"
 	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/edge/admin"
+	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/state"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
@@ -26,6 +29,8 @@ type fileConfig struct {
 	Drain        edge.DrainConfig        `toml:"drain"`
 	Log          logConfig               `toml:"log"`
 	Tenants      []edge.TenantConfig     `toml:"tenant"`
+	Admin        admin.Config            `toml:"admin"`
+	Audit        audit.Config            `toml:"audit"`
 }
 
 type logConfig struct {
@@ -43,13 +48,29 @@ func defaultConfig() fileConfig {
 		State:        state.DefaultConfig(),
 		Drain:        edge.DefaultDrainConfig(),
 		Log:          logConfig{Level: "info", Format: "text"},
+		Admin:        admin.DefaultConfig(),
+		Audit:        audit.DefaultConfig(),
 	}
 }
 
 func (c fileConfig) validate() error {
 	return errors.Join(c.Access.Validate(), c.Core.Validate(), c.Registration.Validate(),
 		c.NAT.Validate(), c.RateLimit.Validate(), c.State.Validate(), c.Drain.Validate(), c.Log.validate(),
-		edge.ValidateTenants(c.Tenants, c.Core, c.Registration))
+		edge.ValidateTenants(c.Tenants, c.Core, c.Registration), c.Admin.Validate(c.accessAddrs()), c.Audit.Validate())
+}
+
+// accessAddrs are every access listener's address.
+func (c fileConfig) accessAddrs() []string {
+	a := c.Access
+	return slices.Concat(a.UDP, a.TCP, a.TLS, a.WS, a.WSS)
+}
+
+// redacted is the config as the admin API shows it: secrets blanked.
+func (c fileConfig) redacted() fileConfig {
+	if c.State.Redis.Password != "" {
+		c.State.Redis.Password = "(redacted)"
+	}
+	return c
 }
 
 // edge is what the edge server reads of the file.

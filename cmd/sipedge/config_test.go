@@ -45,6 +45,12 @@ func TestAnnotatedConfigIsTheDefault(t *testing.T) {
 	if got, want := cfg.State, def.State; !reflect.DeepEqual(got, want) {
 		t.Errorf("configs/sipedge.toml [state] = %+v, defaults = %+v", got, want)
 	}
+	if got, want := cfg.Admin, def.Admin; got != want {
+		t.Errorf("configs/sipedge.toml [admin] = %+v, defaults = %+v", got, want)
+	}
+	if got, want := cfg.Audit, def.Audit; got != want {
+		t.Errorf("configs/sipedge.toml [audit] = %+v, defaults = %+v", got, want)
+	}
 	if got, want := cfg.NAT, def.NAT; got != want {
 		t.Errorf("configs/sipedge.toml [nat] = %+v, defaults = %+v", got, want)
 	}
@@ -79,6 +85,8 @@ func TestConfigErrors(t *testing.T) {
 		{"keepalive mode", "[nat]\nkeepalive = \"ping\"\n", "nat.keepalive"},
 		{"flow timer", "[nat]\nflow_timer = \"1500ms\"\n", "nat.flow_timer"},
 		{"stream flow timer", "[nat]\nflow_timer_stream = \"20m\"\n", "nat.flow_timer_stream"},
+		{"admin on the access side", "[access]\nudp = [\"192.0.2.1:5060\"]\ntcp = []\n[admin]\nlisten = \"192.0.2.1:8060\"\n", "admin.listen"},
+		{"audit size", "[audit]\nmax_size_mb = 0\n", "audit.max_size_mb"},
 		{"no core anywhere", "[core]\nupstreams = []\n", "core.upstreams: at least one"},
 		{"tenant without cores", "[[tenant]]\nname = \"acme\"\ndomains = [\"a.test\"]\n", `tenant "acme": upstreams`},
 		{"tenant key", "[[tenant]]\nname = \"acme\"\ndomain = [\"a.test\"]\n", "unknown key tenant.domain"},

@@ -29,6 +29,8 @@ const usage = `usage:
   sipedge check-config FILE        validate a config file
   sipedge rotate-key -config FILE  new token key; the old one stays valid for core.key_grace
   sipedge state-dump -config FILE  print the saved bindings and bans (sipedge must be stopped)
+  sipedge ctl [-config FILE] regs|bans|ban|unban|cores|reload
+                                   ask a running sipedge (its admin API); sipedge ctl -h for more
   sipedge version, --version       print the version
   sipedge help, --help             print this
 `
@@ -81,6 +83,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "%s: new key; the previous one opens tokens for %s more (restart sipedge to use it)\n", cfg.Core.KeyFile, cfg.Core.KeyGrace)
 		return 0
+	case "ctl":
+		return ctl(args[1:], stdout, stderr)
 	case "run":
 		fs := flag.NewFlagSet("run", flag.ContinueOnError)
 		fs.SetOutput(stderr)
@@ -95,7 +99,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		sig := newSignals()
 		defer sig.stop()
-		if err := serve(sig.ctx, *path, *fresh, stderr, sig); err != nil {
+		if err := serve(sig.ctx, *path, *fresh, stderr, stdout, sig); err != nil {
 			fmt.Fprintln(stderr, "sipedge:", err)
 			return 1
 		}
@@ -124,7 +128,7 @@ func configFlag(args []string, stderr io.Writer) (fileConfig, int) {
 	return cfg, 0
 }
 
-func serve(ctx context.Context, path string, freshState bool, logOut io.Writer, sig *signals) error {
+func serve(ctx context.Context, path string, freshState bool, logOut, stdout io.Writer, sig *signals) error {
 	cfg, err := loadConfig(path)
 	if err != nil {
 		return err
@@ -159,7 +163,9 @@ func serve(ctx context.Context, path string, freshState bool, logOut io.Writer, 
 	if err != nil {
 		return err
 	}
-	a, err := build(cfg, socks, log, signer, clock.Real{}, st, snap)
+	auditOut := cfg.Audit.Output(stdout)
+	defer auditOut.Close()
+	a, err := build(cfg, socks, log, signer, clock.Real{}, st, snap, auditOut)
 	if err != nil {
 		socks.Close()
 		return err

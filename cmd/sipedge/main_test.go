@@ -31,11 +31,14 @@ listen = "127.0.0.1:0"
 key_file = "`+key+`"
 [state]
 dir = "`+filepath.Join(dir, "state")+`"
+[admin]
+listen = "127.0.0.1:0"
+token_file = "`+filepath.Join(dir, "state", "admin.token")+`"
 `), 0o600)
 	ctx, cancel := context.WithCancel(context.Background())
 	var logs bytes.Buffer
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, false, &logs, nil) }()
+	go func() { done <- serve(ctx, cfg, false, &logs, &logs, nil) }()
 	cancel()
 	select {
 	case err := <-done:
@@ -113,15 +116,17 @@ listen = "127.0.0.1:0"
 key_file = "`+filepath.Join(dir, "flow.key")+`"
 [state]
 dir = "`+stateDir+`"
+[admin]
+listen = ""
 `), 0o600)
 	var logs bytes.Buffer
-	err := serve(context.Background(), cfg, false, &logs, nil)
+	err := serve(context.Background(), cfg, false, &logs, &logs, nil)
 	if err == nil || !strings.Contains(err.Error(), db) || !strings.Contains(err.Error(), "-fresh-state") {
 		t.Fatalf("damaged state file: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := serve(ctx, cfg, true, &logs, nil); err != nil {
+	if err := serve(ctx, cfg, true, &logs, &logs, nil); err != nil {
 		t.Fatalf("-fresh-state: %v", err)
 	}
 	if !strings.Contains(logs.String(), "moved aside") {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"github.com/sipedge/sipedge/edge/audit"
 	"log/slog"
 	"reflect"
 	"sync"
@@ -26,22 +28,38 @@ type reloader struct {
 	keepalive, probe *nat.Keepaliver
 	reg              *registry.Registry
 
+	emit func(audit.Event)
+
 	mu  sync.Mutex // one reload at a time; guards cur
 	cur fileConfig
 }
 
-func (r *reloader) reload() {
+// current is the config as last applied.
+func (r *reloader) current() fileConfig {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur
+}
+
+// reload is SIGHUP's: reloadErr, its refusal logged there.
+func (r *reloader) reload() { _ = r.reloadErr() }
+
+// reloadErr reads the config file again and applies what can be
+// applied live; a file in error changes nothing.
+func (r *reloader) reloadErr() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cfg, err := loadConfig(r.path)
 	if err != nil {
 		r.log.Error("reload refused, the running config stays", "err", err)
-		return
+		r.emit(audit.Event{Kind: audit.ConfigReload, Severity: slog.LevelError, Reason: "refused", Detail: err.Error()})
+		return err
 	}
 	restart, err := r.srv.Reload(cfg.edge()) // binds new listeners first: may fail
 	if err != nil {
 		r.log.Error("reload refused, the running config stays", "file", r.path, "err", err)
-		return
+		r.emit(audit.Event{Kind: audit.ConfigReload, Severity: slog.LevelError, Reason: "refused", Detail: err.Error()})
+		return err
 	}
 	// loadConfig validated every section: these cannot fail.
 	if err := r.pools.Reload(cfg.edge()); err != nil {
@@ -66,8 +84,12 @@ func (r *reloader) reload() {
 	if !reflect.DeepEqual(r.cur.State, cfg.State) {
 		restart = append(restart, "state")
 	}
-	r.log.Info("config reloaded", "file", r.path, "changed", changedSections(r.cur, cfg), "needs_restart", restart)
+	changed := changedSections(r.cur, cfg)
+	r.log.Info("config reloaded", "file", r.path, "changed", changed, "needs_restart", restart)
+	r.emit(audit.Event{Kind: audit.ConfigReload, Reason: "applied",
+		Detail: fmt.Sprintf("changed %v; waiting for a restart %v", changed, restart)})
 	r.cur = cfg
+	return nil
 }
 
 // changedSections names the sections whose values differ.

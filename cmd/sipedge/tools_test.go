@@ -273,7 +273,17 @@ max_contacts = 10
 [log]
 level = %q
 format = "text"
-`, access, access, ws, core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.level) + stateSection(dir, o.extra) + drainSection(o.extra) + o.extra
+`, access, access, ws, core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.level) + stateSection(dir, o.extra) + drainSection(o.extra) + adminSection(dir, o.extra) + o.extra
+}
+
+// adminSection puts the admin API on a port of the kernel's choice (the
+// default, 8060, would be shared by every sipedge a test starts), its
+// token in dir, unless extra has an [admin] section of its own.
+func adminSection(dir, extra string) string {
+	if strings.Contains(extra, "[admin]") {
+		return ""
+	}
+	return fmt.Sprintf("\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = %q\n", filepath.Join(dir, "admin.token"))
 }
 
 // drainSection makes stops quick (2 s) unless extra has its own.

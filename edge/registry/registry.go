@@ -47,6 +47,9 @@ type Event struct {
 	Flow    nat.FlowKey // FlowDead, Recovered: the flow
 	Why     string      // FlowDead: why it died
 	Removed []Binding   // FlowDead: the bindings it took along
+	// Auth is the Update's: whether the REGISTER that made the change
+	// carried credentials ("accepted") or not ("none").
+	Auth string
 }
 
 // Watcher keeps flows open: the UDP keepaliver and the stream prober.
@@ -122,6 +125,9 @@ type Update struct {
 	Put []Binding
 	// Remove are the IDs (see ID) of bindings the core no longer holds.
 	Remove []string
+	// Auth is passed on to the events: "accepted" when the REGISTER
+	// carried credentials the core took, "none" when it took it without.
+	Auth string
 }
 
 // Apply records u. A stream flow whose connection closed already gets no
@@ -176,6 +182,9 @@ func (r *Registry) Apply(u Update) {
 		r.syncFlowLocked(f)
 	}
 	r.mu.Unlock()
+	for i := range evs {
+		evs[i].Auth = u.Auth
+	}
 	r.emit(evs)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sipedge/sipedge/edge/clock"
@@ -27,9 +28,10 @@ type Writer struct {
 	del     map[slot]registry.Binding
 	bansSet bool
 
-	flushMu sync.Mutex // one flush at a time
-	failing bool       // the last write failed (guarded by flushMu)
-	failed  int        // writes failed since the last success
+	flushMu sync.Mutex  // one flush at a time
+	failing bool        // the last write failed (guarded by flushMu)
+	failed  int         // writes failed since the last success
+	down    atomic.Bool // failing, for readers that must not wait for a flush
 	lastLog time.Time
 }
 
@@ -37,6 +39,11 @@ type Writer struct {
 type slot struct{ aor, id string }
 
 func slotOf(b registry.Binding) slot { return slot{b.AOR, b.ID()} }
+
+// OK reports whether the last write went through (true before any).
+func (w *Writer) OK() bool {
+	return !w.down.Load()
+}
 
 // NewWriter returns a Writer to store. bans lists the ban history to
 // save whenever BansChanged was called (nil: bans are not kept).
@@ -135,6 +142,7 @@ func (w *Writer) Flush() error {
 			w.log.Info("state store writes again", "store", w.store.String(), "failed_writes", w.failed)
 		}
 		w.failing, w.failed = false, 0
+		w.down.Store(false)
 		return nil
 	}
 	w.mu.Lock()
@@ -158,6 +166,7 @@ func (w *Writer) Flush() error {
 		w.lastLog = now
 	}
 	w.failing = true
+	w.down.Store(true)
 	return err
 }
 

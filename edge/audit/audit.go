@@ -1,0 +1,222 @@
+// Package audit is sipedge's record of what happened: one JSON line per
+// event an operator would want to know about (a phone registered, a
+// flow died, a source was banned, a core went down), with the same
+// fields every time. Credentials never reach it: events carry only what
+// is listed here, and Authorization values are not among it.
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/ratelimit"
+	"gopkg.in/natefinch/lumberjack.v2"
+)
+
+// Kind names an event; the names are the "event" field of each line.
+type Kind string
+
+const (
+	Register     Kind = "register"     // a new binding
+	Refresh      Kind = "refresh"      // the same binding, a new expiry
+	Unregister   Kind = "unregister"   // removed by the phone or dropped by the core
+	Expire       Kind = "expire"       // its expiry passed
+	FlowDead     Kind = "flow_dead"    // a flow died and took its bindings
+	FlowMoved    Kind = "flow_moved"   // a binding moved to another flow
+	FlowRecover  Kind = "flow_recover" // a UDP flow came back from its token
+	Rejected     Kind = "rejected"     // a REGISTER answered with an error
+	Challenged   Kind = "challenged"   // the core asked for credentials
+	AuthFailure  Kind = "auth_failure" // credentials the core refused
+	Ban          Kind = "ban"
+	Unban        Kind = "unban"
+	CoreUp       Kind = "core_up"
+	CoreDown     Kind = "core_down"
+	CoreOverload Kind = "core_overloaded"
+	ModeChange   Kind = "mode_change"   // draining, standby, active
+	ConfigReload Kind = "config_reload" // SIGHUP or the admin API
+	Alert        Kind = "alert"         // an anomaly (see Severity)
+	Summary      Kind = "summary"       // repeated problems, counted over a window
+)
+
+// Event is one audit record. Zero fields are left out of the line.
+type Event struct {
+	Time      time.Time
+	Kind      Kind
+	Severity  slog.Level // Info unless said otherwise
+	AOR       string
+	Tenant    string
+	Source    netip.AddrPort
+	Transport string
+	Contacts  []string
+	Expires   int // seconds granted
+	UserAgent string
+	Instance  string
+	Code      int          // the SIP response code
+	Reason    string       // why: a rejection's reason phrase, a flow's death, a ban's reason
+	Auth      string       // "none", "challenged", "accepted", "failed"
+	NAT       string       // the NAT evidence
+	Core      string       // core_* events: the core
+	Prefix    netip.Prefix // ban, unban: the source or network
+	Count     int          // how many: bindings a flow took along, problems in a summary
+	Detail    string       // anything else, in words
+}
+
+// Log writes events as JSON lines. Safe for concurrent use.
+type Log struct {
+	l    *slog.Logger
+	node string
+	now  func() time.Time
+}
+
+// Config is the [audit] section.
+type Config struct {
+	// File is where events go: "" for standard output, else a path,
+	// rotated when it reaches MaxSizeMB, keeping MaxFiles old ones.
+	File      string `toml:"file"`
+	MaxSizeMB int    `toml:"max_size_mb"`
+	MaxFiles  int    `toml:"max_files"`
+	// Node names this edge in every line ("": the host name).
+	Node string `toml:"node"`
+}
+
+// Validate names every invalid key and why.
+func (c Config) Validate() error {
+	var errs []error
+	if c.MaxSizeMB < 1 || c.MaxSizeMB > 100_000 {
+		errs = append(errs, fmt.Errorf("audit.max_size_mb: %d is outside 1..100000", c.MaxSizeMB))
+	}
+	if c.MaxFiles < 0 || c.MaxFiles > 10_000 {
+		errs = append(errs, fmt.Errorf("audit.max_files: %d is outside 0..10000", c.MaxFiles))
+	}
+	return errors.Join(errs...)
+}
+
+// DefaultConfig writes to standard output, files of 100 MB, 10 kept.
+func DefaultConfig() Config { return Config{MaxSizeMB: 100, MaxFiles: 10} }
+
+// Output opens where cfg says events go. The caller closes it.
+func (c Config) Output(stdout io.Writer) io.WriteCloser {
+	if c.File == "" {
+		return nopCloser{stdout}
+	}
+	return &lumberjack.Logger{Filename: c.File, MaxSize: c.MaxSizeMB, MaxBackups: c.MaxFiles}
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
+
+// New writes events to w, naming node in each; now is the clock.
+func New(w io.Writer, node string, now func() time.Time) *Log {
+	h := slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug, ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.MessageKey {
+			a.Key = "event"
+		}
+		return a
+	}})
+	if now == nil {
+		now = time.Now
+	}
+	return &Log{l: slog.New(h), node: node, now: now}
+}
+
+// Emit writes e as one line.
+func (a *Log) Emit(e Event) {
+	if e.Time.IsZero() {
+		e.Time = a.now()
+	}
+	attrs := make([]slog.Attr, 0, 20)
+	str := func(k, v string) {
+		if v != "" {
+			attrs = append(attrs, slog.String(k, v))
+		}
+	}
+	num := func(k string, v int) {
+		if v != 0 {
+			attrs = append(attrs, slog.Int(k, v))
+		}
+	}
+	str("node", a.node)
+	str("aor", e.AOR)
+	str("tenant", e.Tenant)
+	if e.Source.IsValid() {
+		str("source", e.Source.String())
+	}
+	str("transport", e.Transport)
+	if len(e.Contacts) > 0 {
+		attrs = append(attrs, slog.Any("contacts", e.Contacts))
+	}
+	num("expires", e.Expires)
+	str("user_agent", e.UserAgent)
+	str("instance", e.Instance)
+	num("code", e.Code)
+	str("reason", e.Reason)
+	str("auth", e.Auth)
+	str("nat", e.NAT)
+	str("core", e.Core)
+	if e.Prefix.IsValid() {
+		str("prefix", e.Prefix.String())
+	}
+	num("count", e.Count)
+	str("detail", e.Detail)
+	r := slog.NewRecord(e.Time, e.Severity, string(e.Kind), 0)
+	r.AddAttrs(attrs...)
+	_ = a.l.Handler().Handle(context.Background(), r)
+}
+
+// FromRegistry is the audit event of a registry change.
+func FromRegistry(e registry.Event) Event {
+	b := e.Binding
+	out := Event{AOR: b.AOR, Tenant: b.Tenant, Source: b.Flow.Remote, Instance: b.Instance,
+		UserAgent: b.UserAgent, NAT: b.NAT.String(), Auth: e.Auth}
+	if b.Flow.Valid() {
+		out.Transport = b.Flow.Transport.String()
+	}
+	if b.Contact != "" {
+		out.Contacts = []string{b.Contact}
+	}
+	if !b.Expires.IsZero() && !b.Updated.IsZero() {
+		out.Expires = int(b.Expires.Sub(b.Updated).Round(time.Second) / time.Second)
+	}
+	switch e.Kind {
+	case registry.Registered:
+		out.Kind, out.Code = Register, 200
+	case registry.Refreshed:
+		out.Kind, out.Code = Refresh, 200
+	case registry.Moved:
+		out.Kind, out.Code = FlowMoved, 200
+		out.Detail = "from " + e.Old.Flow.Transport.String() + " " + e.Old.Flow.Remote.String()
+	case registry.Unregistered:
+		out.Kind, out.Code, out.Expires = Unregister, 200, 0
+	case registry.Expired:
+		out.Kind, out.Expires = Expire, 0
+	case registry.FlowDead:
+		out = Event{Kind: FlowDead, Source: e.Flow.Remote, Transport: e.Flow.Transport.String(), Reason: e.Why, Count: len(e.Removed)}
+		for _, r := range e.Removed {
+			out.Contacts = append(out.Contacts, r.AOR)
+		}
+		if len(e.Removed) > 0 {
+			out.AOR, out.Tenant = e.Removed[0].AOR, e.Removed[0].Tenant
+		}
+	case registry.Recovered:
+		out = Event{Kind: FlowRecover, Source: e.Flow.Remote, Transport: e.Flow.Transport.String()}
+	}
+	return out
+}
+
+// FromBan is the audit event of a ban starting or being extended
+// (lifted false), or ending.
+func FromBan(b ratelimit.Ban, lifted bool) Event {
+	e := Event{Kind: Ban, Severity: slog.LevelWarn, Prefix: b.Addr, Reason: b.Reason.String(), Count: b.Count,
+		Detail: "until " + b.Until.UTC().Format(time.RFC3339)}
+	if lifted {
+		e.Kind, e.Severity, e.Detail = Unban, slog.LevelInfo, ""
+	}
+	return e
+}
