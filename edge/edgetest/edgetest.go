@@ -29,6 +29,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge"
+	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/clock"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
@@ -67,6 +68,9 @@ type Hooks struct {
 	CoreTLS *tls.Config
 	// Log, if set, gets the edge's log lines too.
 	Log io.Writer
+	// Events gets the edge's own audit events; Meter counts requests.
+	Events func(audit.Event)
+	Meter  edge.Meter
 }
 
 // Edge is a running edge.
@@ -77,6 +81,7 @@ type Edge struct {
 	Signer       *nat.Signer
 	registry     *registry.Registry
 	limiter      *ratelimit.Limiter
+	flows        *nat.FlowTable
 	core         netip.AddrPort
 	stop         func()
 	cfg          edge.Config
@@ -95,6 +100,9 @@ func (e *Edge) Bindings() *registry.Registry { return e.registry }
 
 // Limiter is the rate limiter and ban list.
 func (e *Edge) Limiter() *ratelimit.Limiter { return e.limiter }
+
+// Flows is the edge's flow table.
+func (e *Edge) Flows() *nat.FlowTable { return e.flows }
 
 // CoreAddr is the edge's core-side address (where Path points).
 func (e *Edge) CoreAddr() netip.AddrPort { return e.core }
@@ -146,7 +154,7 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	}
 	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}))
 
-	srv, reg, limiter := build(t, cfg, h, clk, socks, signer, log)
+	srv, reg, limiter, flows := build(t, cfg, h, clk, socks, signer, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
@@ -169,7 +177,7 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 	case <-time.After(10 * time.Second):
 		t.Fatal("edge not ready within 10s")
 	}
-	e := &Edge{Server: srv, Signer: signer, registry: reg, limiter: limiter, stop: stop, cfg: cfg.edge(),
+	e := &Edge{Server: srv, Signer: signer, registry: reg, limiter: limiter, flows: flows, stop: stop, cfg: cfg.edge(),
 		core: netip.MustParseAddrPort(socks.CoreUDP.LocalAddr().String())}
 	e.addrs(socks)
 	return e
@@ -177,7 +185,7 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 
 // build puts the parts together the way cmd/sipedge does, with the
 // test's clock and observers.
-func build(t testing.TB, cfg Config, h Hooks, clk clock.Clock, socks *edge.Sockets, signer *nat.Signer, log *slog.Logger) (*edge.Server, *registry.Registry, *ratelimit.Limiter) {
+func build(t testing.TB, cfg Config, h Hooks, clk clock.Clock, socks *edge.Sockets, signer *nat.Signer, log *slog.Logger) (*edge.Server, *registry.Registry, *ratelimit.Limiter, *nat.FlowTable) {
 	t.Helper()
 	must := func(err error) {
 		t.Helper()
@@ -208,9 +216,10 @@ func build(t testing.TB, cfg Config, h Hooks, clk clock.Clock, socks *edge.Socke
 	reg.Restore(h.Restore, time.Second)
 	srv, err := edge.New(cfg.edge(), socks,
 		edge.Deps{Log: log, Clock: clk, Signer: signer, Pools: pools, Limiter: limiter, Flows: flows,
-			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, StateSaved: h.StateSaved, CoreTLS: h.CoreTLS})
+			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, StateSaved: h.StateSaved, CoreTLS: h.CoreTLS,
+			Events: h.Events, Meter: h.Meter})
 	must(err)
-	return srv, reg, limiter
+	return srv, reg, limiter, flows
 }
 
 // addrs notes where each access listener is.

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -45,6 +46,7 @@ type Metrics struct {
 	responses *prometheus.CounterVec
 	coreRTT   *prometheus.HistogramVec
 	events    *prometheus.CounterVec
+	gauges    *gauges
 
 	mu   sync.RWMutex // guards the caches below
 	reqs map[reqKey]prometheus.Counter
@@ -61,7 +63,7 @@ type resKey struct {
 // New registers the collectors, the Go runtime's and the process's
 // included, and the scrape-time gauges of src.
 func New(src Sources) *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry(),
+	m := &Metrics{reg: prometheus.NewRegistry(), gauges: &gauges{},
 		reqs: map[reqKey]prometheus.Counter{}, ress: map[resKey]prometheus.Counter{}, rtts: map[string]prometheus.Observer{}}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sipedge_requests_total",
 		Help: "SIP requests received, by side (access: phones, core: the cores) and method."}, []string{"side", "method"})
@@ -75,9 +77,14 @@ func New(src Sources) *Metrics {
 		Help: "Audit events, by kind (register, refresh, flow_dead, rejected, ban, core_down, ...)."}, []string{"event"})
 	m.reg.MustRegister(m.requests, m.responses, m.coreRTT, m.events,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&gauges{src: src})
+		m.gauges)
+	m.gauges.src.Store(&src)
 	return m
 }
+
+// SetSources replaces what the gauges read (for parts made after the
+// metrics, as the edge the meter is handed to).
+func (m *Metrics) SetSources(src Sources) { m.gauges.src.Store(&src) }
 
 // Handler serves the metrics in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
@@ -142,7 +149,7 @@ func tenantLabel(t string) string {
 }
 
 // gauges reads the state of the parts at scrape time.
-type gauges struct{ src Sources }
+type gauges struct{ src atomic.Pointer[Sources] }
 
 var (
 	descBindings = prometheus.NewDesc("sipedge_bindings", "Registered bindings, by transport, tenant and NAT evidence.",
@@ -170,7 +177,7 @@ func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (g *gauges) Collect(ch chan<- prometheus.Metric) {
-	s := g.src
+	s := *g.src.Load()
 	if s.Registry != nil {
 		type key struct{ tp, tenant, nat string }
 		n := map[key]int{}
