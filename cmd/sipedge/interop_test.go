@@ -188,6 +188,7 @@ func (k *kamailio) coreRegisters() []string {
 type sipedge struct {
 	udp, tcp, core string
 	p              *proc
+	bin, cfg, dir  string // the binary, its config file and directory
 }
 
 func startSipedge(t *testing.T, o edgeOpts) *sipedge {
@@ -201,6 +202,7 @@ func startSipedge(t *testing.T, o edgeOpts) *sipedge {
 	if err != nil {
 		t.Fatalf("sipedge check-config: %v\n%s\nconfig:\n%s", err, out, cfg)
 	}
+	e.bin, e.cfg, e.dir = bin, cfgPath, dir
 	e.p = runSipedge(t, procOpts{logPath: filepath.Join(dir, "sipedge.log"), netns: o.netns}, bin, cfgPath)
 	waitSIP(t, e.p, e.udp)
 	return e
