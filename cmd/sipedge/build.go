@@ -11,6 +11,7 @@ import (
 
 	"github.com/sipedge/sipedge/edge"
 	"github.com/sipedge/sipedge/edge/admin"
+	"github.com/sipedge/sipedge/edge/alert"
 	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/clock"
 	"github.com/sipedge/sipedge/edge/metrics"
@@ -24,12 +25,13 @@ import (
 // app is a built sipedge: the server, and the writer that keeps its
 // state (nil: memory only).
 type app struct {
-	srv    *edge.Server
-	admin  *adminServer // nil: [admin] off
-	log    *slog.Logger
-	writer *state.Writer
-	follow func(context.Context) // shared state: other edges' changes, applied here (nil: none)
-	reload *reloader             // path, log and level set by the caller
+	srv     *edge.Server
+	admin   *adminServer   // nil: [admin] off
+	webhook *alert.Webhook // nil: none
+	log     *slog.Logger
+	writer  *state.Writer
+	follow  func(context.Context) // shared state: other edges' changes, applied here (nil: none)
+	reload  *reloader             // path, log and level set by the caller
 }
 
 // serve runs the server until ctx ends, writing state in batches
@@ -42,6 +44,9 @@ func (a *app) serve(ctx context.Context) error {
 	}
 	if a.writer != nil {
 		bg.Go(func() { a.writer.Run(wctx) })
+	}
+	if a.webhook != nil {
+		bg.Go(func() { a.webhook.Run(wctx) })
 	}
 	if a.follow != nil {
 		bg.Go(func() { a.follow(wctx) })
@@ -58,6 +63,10 @@ func (a *app) serve(ctx context.Context) error {
 func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Signer, clk clock.Clock, store state.Store, snap state.Snapshot, auditOut io.Writer) (*app, error) {
 	// Every event reaches the audit log, and the metrics once they exist.
 	obs := &observer{audit: audit.New(auditOut, node(cfg.Audit), clk.Now)}
+	obs.alerts = alert.New(cfg.Alerts, clk.Now, obs.emit)
+	if cfg.Alerts.Webhook != "" {
+		obs.webhook = alert.NewWebhook(cfg.Alerts.Webhook, node(cfg.Audit), cfg.Alerts.WebhookQueue, log)
+	}
 	pools, err := edge.NewPools(cfg.edge(), func(tenant string) []upstream.Option {
 		log := log
 		if tenant != "" {
@@ -149,7 +158,7 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 		return nil, err
 	}
 	rl := &reloader{srv: srv, pools: pools, limiter: limiter, keepalive: keepalive, probe: probe, reg: reg, cur: cfg, emit: obs.emit}
-	a := &app{srv: srv, writer: w, reload: rl, log: log}
+	a := &app{srv: srv, writer: w, reload: rl, log: log, webhook: obs.webhook}
 	if cfg.Admin.Listen != "" {
 		token, err := admin.LoadOrCreateToken(cfg.Admin.TokenFile)
 		if err != nil {

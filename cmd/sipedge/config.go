@@ -10,6 +10,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/sipedge/sipedge/edge"
 	"github.com/sipedge/sipedge/edge/admin"
+	"github.com/sipedge/sipedge/edge/alert"
 	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/state"
 	"github.com/sipedge/sipedge/nat"
@@ -31,6 +32,7 @@ type fileConfig struct {
 	Tenants      []edge.TenantConfig     `toml:"tenant"`
 	Admin        admin.Config            `toml:"admin"`
 	Audit        audit.Config            `toml:"audit"`
+	Alerts       alert.Config            `toml:"alerts"`
 }
 
 type logConfig struct {
@@ -50,13 +52,14 @@ func defaultConfig() fileConfig {
 		Log:          logConfig{Level: "info", Format: "text"},
 		Admin:        admin.DefaultConfig(),
 		Audit:        audit.DefaultConfig(),
+		Alerts:       alert.DefaultConfig(),
 	}
 }
 
 func (c fileConfig) validate() error {
 	return errors.Join(c.Access.Validate(), c.Core.Validate(), c.Registration.Validate(),
 		c.NAT.Validate(), c.RateLimit.Validate(), c.State.Validate(), c.Drain.Validate(), c.Log.validate(),
-		edge.ValidateTenants(c.Tenants, c.Core, c.Registration), c.Admin.Validate(c.accessAddrs()), c.Audit.Validate())
+		edge.ValidateTenants(c.Tenants, c.Core, c.Registration), c.Admin.Validate(c.accessAddrs()), c.Audit.Validate(), c.Alerts.Validate())
 }
 
 // accessAddrs are every access listener's address.
@@ -69,6 +72,9 @@ func (c fileConfig) accessAddrs() []string {
 func (c fileConfig) redacted() fileConfig {
 	if c.State.Redis.Password != "" {
 		c.State.Redis.Password = "(redacted)"
+	}
+	if c.Alerts.Webhook != "" { // its URL may carry a key
+		c.Alerts.Webhook = "(redacted)"
 	}
 	return c
 }

@@ -48,6 +48,9 @@ func TestAnnotatedConfigIsTheDefault(t *testing.T) {
 	if got, want := cfg.Admin, def.Admin; got != want {
 		t.Errorf("configs/sipedge.toml [admin] = %+v, defaults = %+v", got, want)
 	}
+	if got, want := cfg.Alerts, def.Alerts; got != want {
+		t.Errorf("configs/sipedge.toml [alerts] = %+v, defaults = %+v", got, want)
+	}
 	if got, want := cfg.Audit, def.Audit; got != want {
 		t.Errorf("configs/sipedge.toml [audit] = %+v, defaults = %+v", got, want)
 	}

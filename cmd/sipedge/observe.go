@@ -11,14 +11,18 @@ import (
 
 	"github.com/sipedge/sipedge/edge"
 	"github.com/sipedge/sipedge/edge/admin"
+	"github.com/sipedge/sipedge/edge/alert"
 	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/metrics"
 )
 
-// observer takes every audit event to the audit log and the metrics.
+// observer takes every audit event to the audit log, the metrics, the
+// alert watcher (whose alerts come back here) and the webhook.
 type observer struct {
 	audit   *audit.Log
 	metrics *metrics.Metrics
+	alerts  *alert.Watcher
+	webhook *alert.Webhook // nil: none
 }
 
 func (o *observer) emit(e audit.Event) {
@@ -26,6 +30,13 @@ func (o *observer) emit(e audit.Event) {
 	if o.metrics != nil { // made once the parts it reads exist
 		o.metrics.Event(e)
 	}
+	if e.Kind == audit.Alert {
+		if o.webhook != nil {
+			o.webhook.Send(e)
+		}
+		return
+	}
+	o.alerts.Observe(e)
 }
 
 // node is this edge's name in the audit log.

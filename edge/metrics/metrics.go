@@ -46,6 +46,7 @@ type Metrics struct {
 	responses *prometheus.CounterVec
 	coreRTT   *prometheus.HistogramVec
 	events    *prometheus.CounterVec
+	alerts    *prometheus.CounterVec
 	gauges    *gauges
 
 	mu   sync.RWMutex // guards the caches below
@@ -75,7 +76,9 @@ func New(src Sources) *Metrics {
 		Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10}}, []string{"tenant"})
 	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sipedge_events_total",
 		Help: "Audit events, by kind (register, refresh, flow_dead, rejected, ban, core_down, ...)."}, []string{"event"})
-	m.reg.MustRegister(m.requests, m.responses, m.coreRTT, m.events,
+	m.alerts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sipedge_alerts_total",
+		Help: "Alerts raised, by alert (mass_loss, user_agent_change, source_jump, auth_failure_burst, duplicate_identity)."}, []string{"alert"})
+	m.reg.MustRegister(m.requests, m.responses, m.coreRTT, m.events, m.alerts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.gauges)
 	m.gauges.src.Store(&src)
@@ -139,7 +142,12 @@ func (m *Metrics) CoreRTT(tenant string, d time.Duration) {
 }
 
 // Event counts an audit event.
-func (m *Metrics) Event(e audit.Event) { m.events.WithLabelValues(string(e.Kind)).Inc() }
+func (m *Metrics) Event(e audit.Event) {
+	m.events.WithLabelValues(string(e.Kind)).Inc()
+	if e.Kind == audit.Alert {
+		m.alerts.WithLabelValues(e.Reason).Inc()
+	}
+}
 
 func tenantLabel(t string) string {
 	if t == "" {

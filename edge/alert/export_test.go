@@ -1,0 +1,6 @@
+package alert
+
+import "time"
+
+// SetBackoff shortens the webhook's retry pause for tests.
+func SetBackoff(h *Webhook, d time.Duration) { h.backoff = d }
