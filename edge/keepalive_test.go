@@ -1,7 +1,9 @@
 package edge_test
 
 import (
+	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -277,5 +279,64 @@ func TestBindingExpiresOnTheEdgesClock(t *testing.T) {
 	}
 	if e.Bindings().Len() != 0 || e.Bindings().HasFlow(nat.FlowKey{Transport: nat.UDP, Local: e.UDP, Remote: phone.Local}) {
 		t.Fatal("expired binding or its flow still held")
+	}
+}
+
+// Auto keepalives: the phone that answers OPTIONS keeps getting them, the
+// one that does not gets CRLF after two tries and stays registered; each
+// flow says which works.
+func TestAutoKeepalivePerPhone(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	clk := fakeClock()
+	e := edgetest.StartWith(t, core.URI("udp"), func(c *edgetest.Config) {
+		c.NAT.Mode = nat.KeepaliveAuto
+		c.NAT.Interval = 2 * time.Second // each OPTIONS waits a second for its answer
+		c.NAT.Failures = 2
+	}, edgetest.Hooks{Clock: clk})
+	answers, silent := edgetest.Dial(t, "udp", e.UDP), edgetest.Dial(t, "udp", e.UDP)
+	for i, p := range []*edgetest.Phone{answers, silent} {
+		p.Send(p.Register(edgetest.Reg{User: fmt.Sprintf("ka%d", i)}))
+		if res := p.MustRecvResponse(wait); res.StatusCode != 200 {
+			t.Fatalf("got %d", res.StatusCode)
+		}
+	}
+	flowOf := func(p *edgetest.Phone) nat.Flow {
+		for _, f := range e.Flows().Snapshot() {
+			if f.Key.Remote == p.Local {
+				return f
+			}
+		}
+		t.Fatalf("no flow for %v", p.Local)
+		return nat.Flow{}
+	}
+	// Two rounds of OPTIONS: one phone answers them, the other does not.
+	for range 2 {
+		clk.Advance(2 * time.Second)
+		opt := answers.MustRecvRequest("OPTIONS", wait)
+		answers.Respond(opt, 200, "OK", "")
+		silent.MustRecvRequest("OPTIONS", wait)
+	}
+	// Then a CRLF for the silent one, OPTIONS again for the other.
+	deadline := time.Now().Add(wait)
+	for flowOf(silent).Keepalive != nat.KeepaliveCRLF || flowOf(answers).Keepalive != nat.KeepaliveOptions {
+		if time.Now().After(deadline) {
+			t.Fatalf("flows: answering %+v, silent %+v", flowOf(answers), flowOf(silent))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	clk.Advance(2 * time.Second)
+	for {
+		raw, from := silent.RecvRaw(wait) // past retransmissions of the unanswered OPTIONS
+		if strings.HasPrefix(string(raw), "OPTIONS ") {
+			continue
+		}
+		if string(raw) != "\r\n\r\n" || from != e.UDP {
+			t.Fatalf("silent phone got %q from %v, want a CRLF", raw, from)
+		}
+		break
+	}
+	answers.Respond(answers.MustRecvRequest("OPTIONS", wait), 200, "OK", "")
+	if n := len(e.Bindings().All()); n != 2 {
+		t.Errorf("%d bindings, want both phones still registered", n)
 	}
 }

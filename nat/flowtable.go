@@ -42,6 +42,10 @@ type Flow struct {
 	RTT      time.Duration // of the last answered keepalive
 	State    FlowState
 	Misses   int // keepalives unanswered in a row
+	// Keepalive is what keeps it open in auto mode: KeepaliveOptions
+	// once the endpoint answered one, KeepaliveCRLF once it was found
+	// not to; "" until known (or in the other modes).
+	Keepalive KeepaliveMode
 }
 
 // FlowEvents are optional callbacks of a FlowTable. They run on the
@@ -68,6 +72,7 @@ type flowEntry struct {
 	rtt                                 time.Duration
 	misses                              int32
 	state                               FlowState
+	keepalive                           kaKind // auto mode: what keeps it open (kaUnknown: not known yet)
 }
 
 // FlowTable tracks flows (RFC 5626 §3.3): when each last carried traffic
@@ -194,6 +199,16 @@ func (t *FlowTable) Pong(k FlowKey) {
 		}
 		e.lastPong = now
 		e.state, e.misses = FlowAlive, 0
+		t.m[k] = e
+	}
+	t.mu.Unlock()
+}
+
+// SetKeepalive records what keeps k open (auto mode).
+func (t *FlowTable) SetKeepalive(k FlowKey, m KeepaliveMode) {
+	t.mu.Lock()
+	if e, ok := t.m[k]; ok {
+		e.keepalive = kindOf(m)
 		t.m[k] = e
 	}
 	t.mu.Unlock()
@@ -363,14 +378,15 @@ func (e flowEntry) active() int64 { return max(e.created, e.lastIn, e.lastPong) 
 
 func (e flowEntry) flow(k FlowKey) Flow {
 	return Flow{
-		Key:      k,
-		Created:  timeOf(e.created),
-		LastIn:   timeOf(e.lastIn),
-		LastPing: timeOf(e.lastPing),
-		LastPong: timeOf(e.lastPong),
-		RTT:      e.rtt,
-		State:    e.state,
-		Misses:   int(e.misses),
+		Key:       k,
+		Created:   timeOf(e.created),
+		LastIn:    timeOf(e.lastIn),
+		LastPing:  timeOf(e.lastPing),
+		LastPong:  timeOf(e.lastPong),
+		RTT:       e.rtt,
+		State:     e.state,
+		Misses:    int(e.misses),
+		Keepalive: e.keepalive.mode(),
 	}
 }
 
@@ -379,4 +395,33 @@ func timeOf(ns int64) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, ns)
+}
+
+// kaKind is a KeepaliveMode in a byte, for the flow table's entries.
+type kaKind uint8
+
+const (
+	kaUnknown kaKind = iota
+	kaOptions
+	kaCRLF
+)
+
+func kindOf(m KeepaliveMode) kaKind {
+	switch m {
+	case KeepaliveOptions:
+		return kaOptions
+	case KeepaliveCRLF:
+		return kaCRLF
+	}
+	return kaUnknown
+}
+
+func (k kaKind) mode() KeepaliveMode {
+	switch k {
+	case kaOptions:
+		return KeepaliveOptions
+	case kaCRLF:
+		return KeepaliveCRLF
+	}
+	return ""
 }

@@ -24,7 +24,18 @@ const (
 	KeepaliveOptions KeepaliveMode = "options"
 	// KeepaliveOff sends nothing.
 	KeepaliveOff KeepaliveMode = "off"
+	// KeepaliveAuto sends OPTIONS, and keeps doing so on each flow whose
+	// endpoint answers (its answer is outbound traffic, which refreshes
+	// NATs that count only that, and its silence later means the flow
+	// died); a flow whose endpoint leaves its first autoProbes OPTIONS
+	// unanswered falls back to CRLF, and those misses do not count
+	// against it.
+	KeepaliveAuto KeepaliveMode = "auto"
 )
+
+// autoProbes is how many unanswered OPTIONS make auto mode fall back to
+// CRLF on a flow that never answered one.
+const autoProbes = 2
 
 // KeepaliveConfig is the keepalive part of the [nat] config section.
 type KeepaliveConfig struct {
@@ -47,11 +58,12 @@ type KeepaliveConfig struct {
 	FlowTimerStream time.Duration `toml:"flow_timer_stream"`
 }
 
-// DefaultKeepaliveConfig sends a CRLF every 25 s (under the 30 s that
-// the shortest common NAT UDP timeouts allow), at most 2000 a second.
+// DefaultKeepaliveConfig keeps flows open every 25 s (under the 30 s
+// that the shortest common NAT UDP timeouts allow) with OPTIONS where the
+// phone answers them and CRLF where it does not, at most 2000 a second.
 func DefaultKeepaliveConfig() KeepaliveConfig {
 	return KeepaliveConfig{
-		Mode:            KeepaliveCRLF,
+		Mode:            KeepaliveAuto,
 		Interval:        25 * time.Second,
 		Failures:        3,
 		MaxPerSecond:    2000,
@@ -67,9 +79,9 @@ func (c KeepaliveConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("nat.%s: %s", key, fmt.Sprintf(format, a...)))
 	}
 	switch c.Mode {
-	case KeepaliveCRLF, KeepaliveOptions, KeepaliveOff:
+	case KeepaliveCRLF, KeepaliveOptions, KeepaliveOff, KeepaliveAuto:
 	default:
-		bad("keepalive", "%q is not crlf, options or off", c.Mode)
+		bad("keepalive", "%q is not auto, crlf, options or off", c.Mode)
 	}
 	if c.Interval < time.Second || c.Interval > 10*time.Minute {
 		bad("keepalive_interval", "%s is outside 1s..10m", c.Interval)
@@ -153,9 +165,10 @@ type Keepaliver struct {
 	now   func() time.Time
 	cap   RateCap // nil: uncapped
 
-	tick sync.Mutex // serialises Tick; guards batch
-	// batch is the keys due this tick, reused across ticks.
-	batch []FlowKey
+	tick sync.Mutex // serialises Tick; guards batch and crlf
+	// batch is the keys due this tick, reused across ticks; in auto
+	// mode, crlf holds those of them that fell back to CRLF.
+	batch, crlf []FlowKey
 
 	mu    sync.Mutex // guards everything below, and calls to cap
 	rnd   *rand.Rand
@@ -174,6 +187,10 @@ type kaItem struct {
 	// or traffic that postponed a ping. Traffic after ref skips a ping.
 	ref  int64
 	gone bool
+	// Auto mode: what works on this flow (kaUnknown while probing), and
+	// the OPTIONS left unanswered while probing.
+	kind   kaKind
+	probed int8
 }
 
 // kaEntry is a heap entry: an item and its next ping, Unix ns.
@@ -301,22 +318,26 @@ func (k *Keepaliver) Tick(ctx context.Context, p Pinger) {
 	if k.cfg.Mode == KeepaliveOff || ctx.Err() != nil {
 		return
 	}
-	k.batch = k.take(k.now(), k.batch[:0])
+	k.batch, k.crlf = k.take(k.now(), k.batch[:0], k.crlf[:0])
+	crlf := k.crlf
 	if k.cfg.Mode == KeepaliveCRLF {
-		for _, key := range k.batch {
-			if ctx.Err() != nil {
-				break
-			}
-			k.ping(ctx, ctx, p, key)
-		}
+		crlf = k.batch
 	} else {
 		k.sendOptions(ctx, p, k.batch)
 	}
+	for _, key := range crlf {
+		if ctx.Err() != nil {
+			break
+		}
+		k.ping(ctx, ctx, p, key, KeepaliveCRLF)
+	}
 	clear(k.batch) // drop the keys' zone handles
+	clear(k.crlf)
 }
 
-// take moves the pings due at now into batch and reschedules them.
-func (k *Keepaliver) take(at time.Time, batch []FlowKey) []FlowKey {
+// take moves the pings due at now into batch (in auto mode, those of
+// flows that fell back to CRLF into crlf) and reschedules them.
+func (k *Keepaliver) take(at time.Time, batch, crlf []FlowKey) ([]FlowKey, []FlowKey) {
 	now := at.UnixNano()
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -346,9 +367,13 @@ func (k *Keepaliver) take(at time.Time, batch []FlowKey) []FlowKey {
 		}
 		it.ref, e.due = now, now+j
 		heap.Fix(&k.due, 0)
-		batch = append(batch, it.key)
+		if k.cfg.Mode == KeepaliveAuto && it.kind == kaCRLF {
+			crlf = append(crlf, it.key)
+		} else {
+			batch = append(batch, it.key)
+		}
 	}
-	return batch
+	return batch, crlf
 }
 
 // sendOptions pings every key in batch with up to pingWorkers at once,
@@ -371,7 +396,7 @@ func (k *Keepaliver) sendOptions(ctx context.Context, p Pinger, batch []FlowKey)
 					return
 				}
 				pctx, cancel := context.WithTimeout(ctx, timeout)
-				k.ping(ctx, pctx, p, batch[i])
+				k.ping(ctx, pctx, p, batch[i], KeepaliveOptions)
 				cancel()
 			}
 		})
@@ -383,21 +408,52 @@ func (k *Keepaliver) sendOptions(ctx context.Context, p Pinger, batch []FlowKey)
 // end is shutdown, not the flow's fault. The ping was recorded as sent
 // when it was taken; an OPTIONS ping records it again as it leaves, for
 // an accurate RTT.
-func (k *Keepaliver) ping(ctx, pctx context.Context, p Pinger, key FlowKey) {
-	if k.cfg.Mode == KeepaliveOptions {
+func (k *Keepaliver) ping(ctx, pctx context.Context, p Pinger, key FlowKey, mode KeepaliveMode) {
+	if mode == KeepaliveOptions {
 		k.flows.PingSent(key)
 	}
-	err := p.Ping(pctx, key, k.cfg.Mode)
+	err := p.Ping(pctx, key, mode)
+	auto := k.cfg.Mode == KeepaliveAuto && mode == KeepaliveOptions
 	switch {
 	case err == nil:
-		if k.cfg.Mode == KeepaliveOptions {
+		if mode == KeepaliveOptions {
 			k.flows.Pong(key)
+		}
+		if auto {
+			k.learned(key, true)
 		}
 	case ctx.Err() != nil:
 		// Shutting down: not the flow's fault.
+	case auto && k.learned(key, false):
+		// Still finding out whether it answers: no miss.
 	case k.flows.Missed(key, k.cfg.Failures):
 		k.Unwatch(key)
 	}
+}
+
+// learned records, in auto mode, whether key's endpoint answered an
+// OPTIONS. It reports whether a miss was part of the probing (the flow
+// never answered: after autoProbes of them it falls back to CRLF), so
+// that it does not count against the flow.
+func (k *Keepaliver) learned(key FlowKey, answered bool) (probing bool) {
+	k.mu.Lock()
+	it := k.items[key]
+	var now KeepaliveMode
+	switch {
+	case it == nil:
+	case answered && it.kind != kaOptions:
+		it.kind, now = kaOptions, KeepaliveOptions
+	case !answered && it.kind == kaUnknown:
+		probing = true
+		if it.probed++; it.probed >= autoProbes {
+			it.kind, now = kaCRLF, KeepaliveCRLF
+		}
+	}
+	k.mu.Unlock()
+	if now != "" {
+		k.flows.SetKeepalive(key, now)
+	}
+	return probing
 }
 
 // SetConfig applies cfg and the rate cap (nil: uncapped) from the next

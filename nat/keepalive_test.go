@@ -63,6 +63,7 @@ type kaHarness struct {
 func newKA(t *testing.T, mutate func(*KeepaliveConfig)) *kaHarness {
 	t.Helper()
 	cfg := DefaultKeepaliveConfig()
+	cfg.Mode = KeepaliveCRLF // the harness's tests are CRLF unless they say
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -148,7 +149,7 @@ func TestKeepaliveConfigDefaults(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("defaults invalid: %v", err)
 	}
-	want := KeepaliveConfig{Mode: KeepaliveCRLF, Interval: 25 * time.Second, Failures: 3, MaxPerSecond: 2000, FlowTimerUDP: 25 * time.Second, FlowTimerStream: 120 * time.Second}
+	want := KeepaliveConfig{Mode: KeepaliveAuto, Interval: 25 * time.Second, Failures: 3, MaxPerSecond: 2000, FlowTimerUDP: 25 * time.Second, FlowTimerStream: 120 * time.Second}
 	if c != want {
 		t.Errorf("defaults = %+v, want %+v", c, want)
 	}
@@ -159,7 +160,7 @@ func TestKeepaliveConfigValidate(t *testing.T) {
 		mutate func(*KeepaliveConfig)
 		want   string
 	}{
-		{func(c *KeepaliveConfig) { c.Mode = "stun" }, `nat.keepalive: "stun" is not crlf, options or off`},
+		{func(c *KeepaliveConfig) { c.Mode = "stun" }, `nat.keepalive: "stun" is not auto, crlf, options or off`},
 		{func(c *KeepaliveConfig) { c.Mode = "" }, `nat.keepalive: "" is not`},
 		{func(c *KeepaliveConfig) { c.Interval = 0 }, "nat.keepalive_interval: 0s is outside 1s..10m"},
 		{func(c *KeepaliveConfig) { c.Interval = time.Hour }, "nat.keepalive_interval: 1h0m0s is outside"},
@@ -958,4 +959,69 @@ func TestKeepaliveSetConfig(t *testing.T) {
 	if n := len(h.p.take()); n != 0 {
 		t.Errorf("%d pings with keepalives off", n)
 	}
+}
+
+// Auto mode: a flow whose endpoint answers OPTIONS keeps getting them and
+// dies after Failures misses in a row; one that never answers falls back
+// to CRLF after autoProbes tries, never counted as misses, and is not
+// killed for its silence.
+func TestKeepaliveAuto(t *testing.T) {
+	h := newKA(t, func(c *KeepaliveConfig) { c.Mode = KeepaliveAuto; c.Failures = 3 })
+	keys := h.watch(2)
+	answers, silent := keys[0], keys[1]
+	dead := false
+	modes := map[FlowKey][]KeepaliveMode{}
+	h.pinger = pingFunc(func(k FlowKey, mode KeepaliveMode) error {
+		modes[k] = append(modes[k], mode) // pings of one flow never overlap
+		if mode == KeepaliveOptions && (k == silent || dead && k == answers) {
+			return errors.New("408 timeout") // a CRLF is sent fine; nothing answers it
+		}
+		return nil
+	})
+	for range 6 * 25 {
+		h.tick(t, time.Second)
+	}
+	if m := modes[silent]; len(m) < 5 || m[0] != KeepaliveOptions || m[1] != KeepaliveOptions || m[2] != KeepaliveCRLF || m[len(m)-1] != KeepaliveCRLF {
+		t.Errorf("silent flow's pings: %v, want two OPTIONS then CRLF", m)
+	}
+	for _, m := range modes[answers] {
+		if m != KeepaliveOptions {
+			t.Fatalf("answering flow got %q", m)
+		}
+	}
+	if f := mustGet(t, h.flows, silent); f.Keepalive != KeepaliveCRLF || f.State == FlowDead {
+		t.Errorf("silent flow: %+v, want alive on CRLF", f)
+	}
+	if f := mustGet(t, h.flows, answers); f.Keepalive != KeepaliveOptions || f.LastPong.IsZero() {
+		t.Errorf("answering flow: %+v, want OPTIONS answered", f)
+	}
+	if ev := h.rec.take(); len(ev) != 0 {
+		t.Fatalf("flows died: %v", ev)
+	}
+	// The endpoint that answered goes away: three misses and it is dead.
+	dead = true
+	for range 4 * 25 {
+		h.tick(t, time.Second)
+	}
+	if ev := h.rec.take(); len(ev) != 1 || ev[0] != (deadEvent{answers, "keepalive"}) {
+		t.Fatalf("OnDead events %v, want the flow that stopped answering", ev)
+	}
+	if !h.ka.Watching(silent) {
+		t.Error("the CRLF flow is no longer watched")
+	}
+}
+
+// funcPinger is a Pinger made of a function, called one ping at a time
+// (OPTIONS pings come from several goroutines).
+type funcPinger struct {
+	mu sync.Mutex
+	f  func(FlowKey, KeepaliveMode) error
+}
+
+func pingFunc(f func(FlowKey, KeepaliveMode) error) *funcPinger { return &funcPinger{f: f} }
+
+func (p *funcPinger) Ping(_ context.Context, k FlowKey, mode KeepaliveMode) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.f(k, mode)
 }

@@ -173,13 +173,14 @@ var (
 	descCoreUp    = prometheus.NewDesc("sipedge_core_up", "1 if the core takes requests (up or overloaded), 0 if down.", []string{"tenant", "core", "state"}, nil)
 	descStoreOK   = prometheus.NewDesc("sipedge_store_ok", "1 if the state store took the last write, 0 if it is failing.", nil, nil)
 	descRTT       = prometheus.NewDesc("sipedge_keepalive_rtt_seconds", "Round-trip time of the last answered keepalive (OPTIONS) of each flow: quantiles over the flows.", []string{"quantile"}, nil)
+	descKeepKind  = prometheus.NewDesc("sipedge_flows_keepalive", "Flows by what keeps them open in auto mode: options (the phone answers), crlf (it does not), unknown (not found out yet, or another mode).", []string{"keepalive"}, nil)
 	descKeepMiss  = prometheus.NewDesc("sipedge_flows_missing_keepalives", "Flows whose last keepalive went unanswered.", nil, nil)
 	descPingsSeen = prometheus.NewDesc("sipedge_flows_answering_keepalives", "Flows that answered a keepalive.", nil, nil)
 )
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBindings, descFlows, descFlowRefused, descDecisions, descAllowed, descBans,
-		descSources, descInflight, descCoreUp, descStoreOK, descRTT, descKeepMiss, descPingsSeen} {
+		descSources, descInflight, descCoreUp, descStoreOK, descRTT, descKeepKind, descKeepMiss, descPingsSeen} {
 		ch <- d
 	}
 }
@@ -197,11 +198,16 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	if s.Flows != nil {
-		by := map[string]int{}
+		by, kinds := map[string]int{}, map[string]int{}
 		var rtts []time.Duration
 		missing, answering := 0, 0
 		for _, f := range s.Flows.Snapshot() {
 			by[f.Key.Transport.String()]++
+			kind := string(f.Keepalive)
+			if kind == "" {
+				kind = "unknown"
+			}
+			kinds[kind]++
 			if f.Misses > 0 {
 				missing++
 			}
@@ -212,6 +218,9 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 		}
 		for tp, v := range by {
 			ch <- prometheus.MustNewConstMetric(descFlows, prometheus.GaugeValue, float64(v), tp)
+		}
+		for k, v := range kinds {
+			ch <- prometheus.MustNewConstMetric(descKeepKind, prometheus.GaugeValue, float64(v), k)
 		}
 		ch <- prometheus.MustNewConstMetric(descFlowRefused, prometheus.CounterValue, float64(s.Flows.Stats().Refused))
 		ch <- prometheus.MustNewConstMetric(descKeepMiss, prometheus.GaugeValue, float64(missing))
