@@ -62,7 +62,7 @@ func (a *app) serve(ctx context.Context) error {
 // (nil: memory only) keeps state across restarts; snap is what it held.
 func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Signer, clk clock.Clock, store state.Store, snap state.Snapshot, auditOut io.Writer) (*app, error) {
 	// Every event reaches the audit log, and the metrics once they exist.
-	obs := &observer{audit: audit.New(auditOut, node(cfg.Audit), clk.Now)}
+	obs := &observer{audit: audit.New(auditOut, node(cfg.Audit), clk.Now), feed: admin.NewFeed(clk.Now)}
 	obs.alerts = alert.New(cfg.Alerts, clk.Now, obs.emit)
 	if cfg.Alerts.Webhook != "" {
 		obs.webhook = alert.NewWebhook(cfg.Alerts.Webhook, node(cfg.Audit), cfg.Alerts.WebhookQueue, log)
@@ -166,7 +166,7 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 		}
 		h := admin.Handler(admin.Deps{Token: token, Log: log, Registry: reg, Flows: flows, Limiter: limiter,
 			Cores: cores(srv), Metrics: obs.metrics.Handler(), Config: func() any { return rl.current().redacted() },
-			Reload: rl.reloadErr, Ready: srv.Serving})
+			Reload: rl.reloadErr, Ready: srv.Serving, Dashboard: obs.feed})
 		if a.admin, err = listenAdmin(cfg.Admin, h); err != nil {
 			return nil, fmt.Errorf("admin.listen: %w", err)
 		}

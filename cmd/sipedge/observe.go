@@ -23,10 +23,12 @@ type observer struct {
 	metrics *metrics.Metrics
 	alerts  *alert.Watcher
 	webhook *alert.Webhook // nil: none
+	feed    *admin.Feed    // the dashboard's (nil-safe)
 }
 
 func (o *observer) emit(e audit.Event) {
 	o.audit.Emit(e)
+	o.feed.Emit(e)
 	if o.metrics != nil { // made once the parts it reads exist
 		o.metrics.Event(e)
 	}
@@ -65,11 +67,13 @@ func listenAdmin(cfg admin.Config, h http.Handler) (*adminServer, error) {
 	return &adminServer{ln: ln, srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}}, nil
 }
 
-// run serves until ctx ends, then closes, giving requests a second.
+// run serves until ctx ends, then closes, giving requests a second;
+// the dashboard's event streams end with ctx.
 func (a *adminServer) run(ctx context.Context, log *slog.Logger) {
 	if a == nil {
 		return
 	}
+	a.srv.BaseContext = func(net.Listener) context.Context { return ctx }
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

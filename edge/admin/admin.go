@@ -1,9 +1,10 @@
 // Package admin is sipedge's operator interface over HTTP: the JSON API
 // (registrations, flows, bans, cores, the running config, reload), the
-// Prometheus metrics, and liveness and readiness for orchestrators. It
-// listens on its own address, 127.0.0.1 by default and never on the
-// access side, and every path but /healthz and /readyz wants the bearer
-// token from the token file.
+// Prometheus metrics, the live dashboard, and liveness and readiness for
+// orchestrators. It listens on its own address, 127.0.0.1 by default and
+// never on the access side, and every path but /healthz, /readyz and
+// /login wants the bearer token from the token file (or the cookie that
+// /login sets, for browsers).
 package admin
 
 import (
@@ -14,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/netip"
 	"os"
@@ -120,8 +122,12 @@ type Deps struct {
 	// Ready reports whether the edge serves phones (started, not
 	// draining, holding its access address).
 	Ready func() bool
-	// Extra are more handlers, by pattern (the dashboard's).
+	// Extra are more handlers, by pattern, each behind the token.
 	Extra map[string]http.Handler
+	// Dashboard, if set, turns on the live dashboard (see Dashboard),
+	// fed by this feed, and GET /login, which gives a browser the token
+	// as a cookie.
+	Dashboard *Feed
 }
 
 // Handler is the admin HTTP handler.
@@ -145,7 +151,17 @@ func Handler(d Deps) http.Handler {
 	if d.Metrics != nil {
 		mux.Handle("GET /metrics", a.auth(d.Metrics.ServeHTTP))
 	}
-	for p, h := range d.Extra {
+	extra := d.Extra
+	if d.Dashboard != nil {
+		extra = maps.Clone(extra)
+		if extra == nil {
+			extra = map[string]http.Handler{}
+		}
+		maps.Copy(extra, Dashboard(d, d.Dashboard))
+		// Not behind the token: it is where a browser shows the token.
+		mux.Handle("GET /login", login(d.Token))
+	}
+	for p, h := range extra {
 		mux.Handle(p, a.auth(h.ServeHTTP))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { writeError(w, 404, "no such endpoint") })
@@ -199,6 +215,9 @@ type Registration struct {
 	Updated     time.Time `json:"updated"`
 	FlowSince   time.Time `json:"flow_since"`
 	CoreContact string    `json:"core_contact,omitempty"`
+	// Keepalive is what keeps the flow open in auto mode: "options" (the
+	// phone answers them), "crlf" (it does not), "" (not known yet).
+	Keepalive string `json:"keepalive,omitempty"`
 }
 
 // Page is one page of a list.
@@ -224,14 +243,30 @@ func (a *api) registrations(w http.ResponseWriter, r *http.Request) {
 	var out []Registration
 	for _, b := range a.d.Registry.All() {
 		if match(b) {
-			out = append(out, Registration{AOR: b.AOR, Tenant: b.Tenant, Contact: b.Contact, Transport: b.Flow.Transport.String(),
-				Source: b.Flow.Remote.String(), Local: b.Flow.Local.String(), UserAgent: b.UserAgent, Instance: b.Instance,
-				RegID: b.RegID, NAT: b.NAT.String(), Expires: b.Expires, Updated: b.Updated, FlowSince: b.FlowSince,
-				CoreContact: b.CoreContact})
+			out = append(out, registration(b, a.d.Flows))
 		}
 	}
-	slices.SortFunc(out, func(x, y Registration) int { return strings.Compare(x.AOR+x.Contact, y.AOR+y.Contact) })
+	sortRegistrations(out)
 	page(w, r, out)
+}
+
+// registration is b as the API shows it, with what keeps its flow open
+// (flows may be nil).
+func registration(b registry.Binding, flows *nat.FlowTable) Registration {
+	r := Registration{AOR: b.AOR, Tenant: b.Tenant, Contact: b.Contact, Transport: b.Flow.Transport.String(),
+		Source: b.Flow.Remote.String(), Local: b.Flow.Local.String(), UserAgent: b.UserAgent, Instance: b.Instance,
+		RegID: b.RegID, NAT: b.NAT.String(), Expires: b.Expires, Updated: b.Updated, FlowSince: b.FlowSince,
+		CoreContact: b.CoreContact}
+	if flows != nil {
+		if f, ok := flows.Get(b.Flow); ok {
+			r.Keepalive = string(f.Keepalive)
+		}
+	}
+	return r
+}
+
+func sortRegistrations(rs []Registration) {
+	slices.SortFunc(rs, func(x, y Registration) int { return strings.Compare(x.AOR+x.Contact, y.AOR+y.Contact) })
 }
 
 // Flow is a flow as the API shows it.
@@ -245,6 +280,7 @@ type Flow struct {
 	LastPong  time.Time `json:"last_pong,omitzero"`
 	RTTMillis float64   `json:"rtt_ms,omitempty"`
 	Misses    int       `json:"misses,omitempty"`
+	Keepalive string    `json:"keepalive,omitempty"`
 }
 
 func (a *api) flows(w http.ResponseWriter, r *http.Request) {
@@ -256,7 +292,7 @@ func (a *api) flows(w http.ResponseWriter, r *http.Request) {
 	for _, f := range a.d.Flows.Snapshot() {
 		out = append(out, Flow{Transport: f.Key.Transport.String(), Local: f.Key.Local.String(), Remote: f.Key.Remote.String(),
 			Created: f.Created, LastIn: f.LastIn, LastPing: f.LastPing, LastPong: f.LastPong,
-			RTTMillis: float64(f.RTT) / float64(time.Millisecond), Misses: f.Misses})
+			RTTMillis: float64(f.RTT) / float64(time.Millisecond), Misses: f.Misses, Keepalive: string(f.Keepalive)})
 	}
 	slices.SortFunc(out, func(x, y Flow) int { return strings.Compare(x.Remote, y.Remote) })
 	page(w, r, out)
@@ -279,9 +315,13 @@ func (a *api) bans(w http.ResponseWriter, r *http.Request) {
 	}
 	var out []BanView
 	for _, b := range a.d.Limiter.Bans() {
-		out = append(out, BanView{Prefix: b.Addr.String(), Reason: b.Reason.String(), Since: b.Since, Until: b.Until, Count: b.Count, Manual: b.Manual})
+		out = append(out, banView(b))
 	}
 	page(w, r, out)
+}
+
+func banView(b ratelimit.Ban) BanView {
+	return BanView{Prefix: b.Addr.String(), Reason: b.Reason.String(), Since: b.Since, Until: b.Until, Count: b.Count, Manual: b.Manual}
 }
 
 // BanRequest is the body of POST /api/bans.
@@ -315,7 +355,7 @@ func (a *api) ban(w http.ResponseWriter, r *http.Request) {
 	a.d.Limiter.Ban(p, ratelimit.ReasonManual, d)
 	for _, b := range a.d.Limiter.Bans() {
 		if b.Addr.Contains(p.Addr()) {
-			writeJSON(w, 201, BanView{Prefix: b.Addr.String(), Reason: b.Reason.String(), Since: b.Since, Until: b.Until, Count: b.Count, Manual: b.Manual})
+			writeJSON(w, 201, banView(b))
 			return
 		}
 	}

@@ -15,7 +15,10 @@ import (
 	"time"
 
 	"github.com/sipedge/sipedge/edge/admin"
+	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/edgetest"
+	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/ratelimit"
 	"github.com/sipedge/sipedge/upstream/upstreamtest"
 )
 
@@ -31,15 +34,27 @@ type rig struct {
 	reload error
 }
 
-func start(t *testing.T) *rig {
+func start(t *testing.T) *rig { return startWith(t, nil) }
+
+// startWith is start with the dashboard on, fed by feed, when feed is
+// not nil: every event of the edge reaches it, as in cmd/sipedge.
+func startWith(t *testing.T, feed *admin.Feed) *rig {
 	t.Helper()
 	core := upstreamtest.Start(t, upstreamtest.Options{})
-	g := &rig{e: edgetest.Start(t, core.URI("udp"), nil), ready: true}
+	var hooks edgetest.Hooks
+	if feed != nil {
+		hooks = edgetest.Hooks{OnEvent: func(e registry.Event) { feed.Emit(audit.FromRegistry(e)) }, Events: feed.Emit,
+			RateLimit: ratelimit.Events{
+				OnBan:   func(b ratelimit.Ban) { feed.Emit(audit.FromBan(b, false)) },
+				OnUnban: func(b ratelimit.Ban) { feed.Emit(audit.FromBan(b, true)) }}}
+	}
+	g := &rig{e: edgetest.StartWith(t, core.URI("udp"), nil, hooks), ready: true}
 	h := admin.Handler(admin.Deps{Token: token, Registry: g.e.Bindings(), Flows: g.e.Flows(), Limiter: g.e.Limiter(),
-		Cores:  func() []admin.Core { return []admin.Core{{Target: core.URI("udp"), State: "up"}} },
-		Config: func() any { return map[string]string{"mode": "path"} },
-		Reload: func() error { return g.reload },
-		Ready:  func() bool { return g.ready }})
+		Cores:     func() []admin.Core { return []admin.Core{{Target: core.URI("udp"), State: "up"}} },
+		Config:    func() any { return map[string]string{"mode": "path"} },
+		Reload:    func() error { return g.reload },
+		Ready:     func() bool { return g.ready },
+		Dashboard: feed})
 	g.srv = httptest.NewServer(h)
 	t.Cleanup(g.srv.Close)
 	for i, network := range []string{"udp", "udp", "tcp"} {
