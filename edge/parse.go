@@ -34,7 +34,7 @@ func observe(next Handler) Handler {
 			for i, c := range reg.Contacts {
 				contacts[i] = nat.HostPort{Host: c.Header.Address.Host, Port: c.Header.Address.Port}
 			}
-			r.NAT = nat.Detect(r.Flow.Remote, r.Flow.Transport, nat.HostPort{Host: via.Host, Port: via.Port}, contacts)
+			r.NAT = nat.Detect(r.Flow.Remote, r.Flow.Transport, nat.HostPort{Host: via.Host, Port: via.Port}, contacts, reg.CallID)
 		}
 		return next(ctx, r)
 	}

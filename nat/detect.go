@@ -21,8 +21,11 @@ const (
 	// port than the source port (UDP only).
 	ContactPortDiffers
 	// ALGSuspected: Via and Contact already carry the public source
-	// address while the ports disagree: a router's SIP ALG rewrote the
-	// addresses it saw but not the NAT's port mapping.
+	// address, yet the request shows it came from behind a NAT: the ports
+	// disagree (a router's SIP ALG rewrote the addresses it saw but not
+	// the NAT's port mapping), or the Call-ID still names the private
+	// address the phone put there (an ALG rewrites Via and Contact,
+	// Linux's nf_nat_sip among them, but leaves the Call-ID alone).
 	ALGSuspected
 )
 
@@ -54,8 +57,8 @@ type HostPort struct {
 }
 
 // Detect classifies the path of a request that arrived from src over t,
-// with the given top Via sent-by and Contact addresses.
-func Detect(src netip.AddrPort, t Transport, via HostPort, contacts []HostPort) Evidence {
+// with the given top Via sent-by, Contact addresses and Call-ID.
+func Detect(src netip.AddrPort, t Transport, via HostPort, contacts []HostPort, callID string) Evidence {
 	var e Evidence
 	srcIP := src.Addr().Unmap()
 	viaIP, viaIsIP := parseIP(via.Host)
@@ -82,10 +85,26 @@ func Detect(src netip.AddrPort, t Transport, via HostPort, contacts []HostPort) 
 			publicInHeaders = false
 		}
 	}
-	if publicInHeaders && len(contacts) > 0 && !isPrivate(srcIP) && e&(ViaPortDiffers|ContactPortDiffers) != 0 {
+	if publicInHeaders && len(contacts) > 0 && !isPrivate(srcIP) &&
+		(e&(ViaPortDiffers|ContactPortDiffers) != 0 || privateCallID(callID)) {
 		e |= ALGSuspected
 	}
 	return e
+}
+
+// privateCallID reports whether a Call-ID ends in "@" and a private
+// address, as many phones make theirs (sipp, Yealink, Grandstream).
+func privateCallID(callID string) bool {
+	i := strings.LastIndexByte(callID, '@')
+	if i < 0 {
+		return false
+	}
+	host := callID[i+1:]
+	if h, _, ok := strings.Cut(host, ":"); ok && !strings.HasPrefix(host, "[") {
+		host = h
+	}
+	ip, ok := parseIP(host)
+	return ok && isPrivate(ip) && !ip.IsLoopback() && !ip.IsUnspecified()
 }
 
 func parseIP(host string) (netip.Addr, bool) {

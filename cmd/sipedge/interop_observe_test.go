@@ -43,7 +43,7 @@ func TestInteropObserve(t *testing.T) {
 	if err != nil || !strings.Contains(out, fmt.Sprintf("(%d of %d)", phones, phones)) || !strings.Contains(out, "sip:1000@") {
 		t.Fatalf("ctl regs: %v\n%s", err, out)
 	}
-	t.Logf("sipedge ctl regs (head):\n%s", head(out, 4))
+	t.Logf("sipedge ctl regs (head):\n%s", firstLines(out, 4))
 	out, err = ctl("-json", "regs", "1003")
 	var page struct {
 		Total int
@@ -139,7 +139,7 @@ func TestInteropObserve(t *testing.T) {
 	t.Logf("audit events: %v", count)
 }
 
-func head(s string, n int) string {
+func firstLines(s string, n int) string {
 	lines := strings.SplitN(s, "\n", n+1)
 	return strings.Join(lines[:min(n, len(lines))], "\n")
 }
