@@ -27,6 +27,7 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -94,6 +95,10 @@ func (p *proc) exitCode() int {
 type natLabOpts struct {
 	fullyRandom bool // masquerade fully-random: a symmetric NAT
 	udpTimeout  int  // conntrack UDP timeouts in the router, seconds
+	// sipALG attaches Linux's SIP helper (nf_conntrack_sip with nf_nat_sip,
+	// a SIP ALG) to the phones' SIP to sipedge's port: it rewrites their Via
+	// and Contact to the NAT's public address and port.
+	sipALG bool
 }
 
 type natLab struct {
@@ -154,11 +159,24 @@ func newNATLab(t *testing.T, o natLabOpts) *natLab {
 	if o.fullyRandom {
 		masq = "masquerade fully-random"
 	}
-	// No "ct helper" anywhere: since Linux 6.0 helpers are only attached by
-	// explicit rules, so nf_conntrack_sip (a SIP ALG) cannot touch the lab's
-	// SIP on port 5060. The test checks the conntrack entry has no helper.
+	// No "ct helper" unless asked: since Linux 6.0 helpers are only
+	// attached by explicit rules, so nf_conntrack_sip (a SIP ALG) cannot
+	// touch the lab's SIP on port 5060. The tests check the conntrack entry
+	// has no helper (or, with sipALG, that it has).
+	alg := ""
+	if o.sipALG {
+		alg = fmt.Sprintf(`	ct helper sip-udp {
+		type "sip" protocol udp;
+		l3proto ip;
+	}
+	chain prerouting {
+		type filter hook prerouting priority filter; policy accept;
+		iifname "rlan0" udp dport %d ct helper set "sip-udp"
+	}
+`, nlSIPPort)
+	}
 	ruleset := fmt.Sprintf(`table ip natlab {
-	chain postrouting {
+%s	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		oifname "rwan0" %s
 	}
@@ -168,7 +186,7 @@ func newNATLab(t *testing.T, o natLabOpts) *natLab {
 		iifname "rlan0" oifname "rwan0" ip daddr 198.18.0.0/24 accept
 	}
 }
-`, masq)
+`, alg, masq)
 	rules := filepath.Join(l.dir, "rtr.nft")
 	must(t, os.WriteFile(rules, []byte(ruleset), 0o644))
 	l.in(l.rtr, "nft", "-f", rules)
@@ -1435,5 +1453,55 @@ func TestNATLabIdleCallee(t *testing.T) {
 	}
 	if strings.Join(got, ", ") != strings.Join(want, ", ") {
 		t.Errorf("the dialog on the phone's link was %v, want %v", got, want)
+	}
+}
+
+// A SIP ALG on the phone's router (Linux's nf_nat_sip) rewrites the
+// phone's Via and Contact, ports and all, to the NAT's public mapping, so
+// they look like a phone on a public address; the Call-ID sipp builds
+// from its private address gives it away. The device shows "alg"; the
+// same phone without the ALG shows the private addresses instead.
+func TestNATLabSIPALG(t *testing.T) {
+	nlNeed(t, "sipp")
+	for _, alg := range []bool{true, false} {
+		t.Run(fmt.Sprintf("alg=%v", alg), func(t *testing.T) {
+			l := newNATLab(t, natLabOpts{sipALG: alg})
+			k := l.startKamailio()
+			edge := l.startSipedge(nlEdgeOpts{keepalive: "auto"})
+			phone, _ := l.startPhone("1000", "phone_ooc.xml", false)
+			ct, _ := k.waitRegistered(t, phone, "1000", "")
+			m, ok := l.phoneFlow(nlPhonePort)
+			if !ok {
+				t.Fatalf("no conntrack entry for the phone:\n%v", l.conntrack())
+			}
+			t.Logf("Kamailio holds contact %s; conntrack: %s", ct.Address, m.raw)
+			if (m.helper == "sip") != alg {
+				t.Fatalf("conntrack helper %q, want the SIP ALG %v", m.helper, alg)
+			}
+			var reg map[string]any
+			deadline := time.Now().Add(10 * time.Second)
+			for reg == nil {
+				for _, line := range strings.Split(edge.log(), "\n") {
+					var ev map[string]any
+					if json.Unmarshal([]byte(line), &ev) == nil && ev["event"] == "register" && ev["aor"] == "sip:1000@sipedge.test" {
+						reg = ev
+					}
+				}
+				if reg == nil && time.Now().After(deadline) {
+					t.Fatalf("no register event in sipedge's audit log:\n%s", tail(edge.log(), 40))
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			nat, _ := reg["nat"].(string)
+			contacts := fmt.Sprint(reg["contacts"])
+			t.Logf("audit: register from %v, contacts %s, nat %q", reg["source"], contacts, nat)
+			if alg {
+				if !strings.Contains(nat, "alg") || strings.Contains(contacts, nlPhoneIP) {
+					t.Errorf("behind the ALG: nat %q, contacts %s; want alg detected and the contact rewritten", nat, contacts)
+				}
+			} else if strings.Contains(nat, "alg") || !strings.Contains(nat, "private-contact") {
+				t.Errorf("without an ALG: nat %q, want the private contact and no alg", nat)
+			}
+		})
 	}
 }

@@ -290,6 +290,10 @@ func TestRedisOutage(t *testing.T) {
 	if n := s.Outages(); n != 1 {
 		t.Errorf("%d outages, want 1", n)
 	}
+	// The return is logged once the resync was applied: just after.
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(log.String(), "redis is back") && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	l := log.String()
 	t.Log(l)
 	if strings.Count(l, "redis lost") != 1 || strings.Count(l, "redis is back") != 1 {
