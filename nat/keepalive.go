@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -175,7 +176,16 @@ type Keepaliver struct {
 	items map[FlowKey]*kaItem
 	due   kaHeap
 	stale int // entries in due of unwatched items
+	// short are the NATs (public addresses) found to forget a mapping
+	// sooner than the interval, with the interval their flows get.
+	short map[netip.Addr]time.Duration
 }
+
+// Shortest interval Shorten goes down to, and how many NATs it keeps.
+const (
+	minLearnedInterval = 5 * time.Second
+	maxShortNATs       = 100_000
+)
 
 // kaItem is a watched flow. Unwatch only marks it gone: its heap entry
 // is dropped when it comes due, or when gone entries make up half the
@@ -226,11 +236,60 @@ func NewKeepaliver(cfg KeepaliveConfig, d KeepaliverDeps) (*Keepaliver, error) {
 	}, nil
 }
 
-// jitter returns the interval times a random factor in [0.8, 1.0).
+// jitter returns key's interval times a random factor in [0.8, 1.0).
 // Call with mu held.
-func (k *Keepaliver) jitter() int64 {
+func (k *Keepaliver) jitter(key FlowKey) int64 {
 	f := jitterMin + (jitterMax-jitterMin)*k.rnd.Float64()
-	return int64(f * float64(k.cfg.Interval))
+	d := k.cfg.Interval
+	if len(k.short) > 0 {
+		d = k.intervalLocked(key.Remote.Addr().Unmap())
+	}
+	return int64(f * float64(d))
+}
+
+func (k *Keepaliver) intervalLocked(nat netip.Addr) time.Duration {
+	if d, ok := k.short[nat]; ok && d < k.cfg.Interval {
+		return d
+	}
+	return k.cfg.Interval
+}
+
+// Interval is the keepalive interval of flows from the public address
+// nat: the configured one, or shorter if that NAT was found to forget.
+func (k *Keepaliver) Interval(nat netip.Addr) time.Duration {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.intervalLocked(nat.Unmap())
+}
+
+// Shorten halves the interval of flows from the public address nat (down
+// to 5 s): that NAT forgot a mapping the keepalives were meant to keep,
+// so its mappings live shorter than the interval. Flows from it already
+// waiting get their next keepalive within the new interval. It returns
+// the new interval.
+func (k *Keepaliver) Shorten(nat netip.Addr) time.Duration {
+	nat = nat.Unmap()
+	now := k.now().UnixNano()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	d := max(k.intervalLocked(nat)/2, min(minLearnedInterval, k.cfg.Interval))
+	if k.short == nil {
+		k.short = make(map[netip.Addr]time.Duration)
+	}
+	if _, known := k.short[nat]; !known && len(k.short) >= maxShortNATs {
+		for a := range k.short { // full: forget one at random
+			delete(k.short, a)
+			break
+		}
+	}
+	k.short[nat] = d
+	for i := range k.due {
+		if it := k.due[i].it; !it.gone && it.key.Remote.Addr().Unmap() == nat {
+			k.due[i].due = min(k.due[i].due, now+k.jitter(it.key))
+		}
+	}
+	heap.Init(&k.due)
+	return d
 }
 
 // Watch starts keeping key open; the first ping is due 0.8 to 1.0
@@ -255,7 +314,7 @@ func (k *Keepaliver) watch(key FlowKey, within time.Duration) {
 	}
 	it := &kaItem{key: key, ref: now}
 	k.items[key] = it
-	first := k.jitter()
+	first := k.jitter(key)
 	if within > 0 {
 		first = k.rnd.Int64N(int64(within))
 	}
@@ -349,7 +408,7 @@ func (k *Keepaliver) take(at time.Time, batch, crlf []FlowKey) ([]FlowKey, []Flo
 			k.stale--
 			continue
 		}
-		j := k.jitter()
+		j := k.jitter(it.key)
 		lastIn, prevPing, ping := k.flows.pingDue(it.key, it.ref, now, j)
 		if !ping {
 			// Traffic since the last ping (other than the answer to
@@ -475,7 +534,7 @@ func (k *Keepaliver) SetConfig(cfg KeepaliveConfig, cap RateCap) error {
 	if shorter {
 		now := k.now().UnixNano()
 		for i := range k.due {
-			k.due[i].due = min(k.due[i].due, now+k.jitter())
+			k.due[i].due = min(k.due[i].due, now+k.jitter(k.due[i].it.key))
 		}
 		heap.Init(&k.due)
 	}

@@ -121,7 +121,8 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 	}
 	conns := edge.NewConns()
 	logged := logEvent(log)
-	onEvent := func(e registry.Event) { logged(e); obs.emit(audit.FromRegistry(e)) }
+	learn := learnNATs(nat.NewForgetting(keepalive, clk.Now, cfg.Registration.MaxExpires), obs.emit)
+	onEvent := func(e registry.Event) { logged(e); obs.emit(audit.FromRegistry(e)); learn(e) }
 	if store != nil {
 		logged := onEvent
 		onEvent = func(e registry.Event) { logged(e); w.Observe(e) }
@@ -246,4 +247,29 @@ func coreEvent(tenant string, t upstream.Target, st upstream.State) audit.Event 
 		e.Kind, e.Severity = audit.CoreOverload, slog.LevelWarn
 	}
 	return e
+}
+
+// learnNATs feeds the registry's events to f: flows that died of
+// unanswered keepalives, and the registrations that show their phones
+// were still there (their NAT forgot). Each NAT found out is an event.
+func learnNATs(f *nat.Forgetting, emit func(audit.Event)) func(registry.Event) {
+	return func(e registry.Event) {
+		switch e.Kind {
+		case registry.FlowDead:
+			if e.Why == "keepalive" {
+				aors := make([]string, len(e.Removed))
+				for i, b := range e.Removed {
+					aors[i] = b.AOR
+				}
+				f.Died(e.Flow, aors)
+			}
+		case registry.Registered, registry.Moved:
+			b := e.Binding
+			if d := f.Registered(b.Flow, b.AOR); d > 0 {
+				emit(audit.Event{Kind: audit.KeepaliveAdapted, Severity: slog.LevelWarn, AOR: b.AOR, Tenant: b.Tenant,
+					Source: b.Flow.Remote, Transport: b.Flow.Transport.String(), Reason: "the NAT forgot a mapping between keepalives",
+					Detail: fmt.Sprintf("keepalives to %s every %s from now on", b.Flow.Remote.Addr(), d)})
+			}
+		}
+	}
 }

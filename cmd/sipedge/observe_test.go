@@ -3,11 +3,15 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/sipedge/sipedge/edge/admin"
 	"github.com/sipedge/sipedge/edge/alert"
 	"github.com/sipedge/sipedge/edge/audit"
+	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/upstream"
 )
 
@@ -34,5 +38,37 @@ func TestCoreEvents(t *testing.T) {
 		if m["event"] != w.event || m["level"] != w.level || m["tenant"] != "acme" || m["core"] != target.String() || m["node"] != "n1" {
 			t.Errorf("got %v, want %s at %s for acme's %s", m, w.event, w.level, target)
 		}
+	}
+}
+
+// A phone whose flow died of unanswered keepalives and that registers
+// again from behind the same NAT halves that NAT's interval, an event.
+func TestLearnNATs(t *testing.T) {
+	flows, err := nat.NewFlowTable(100, nil, nat.FlowEvents{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ka, err := nat.NewKeepaliver(nat.DefaultKeepaliveConfig(), nat.KeepaliverDeps{Flows: flows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []audit.Event
+	learn := learnNATs(nat.NewForgetting(ka, nil, time.Hour), func(e audit.Event) { got = append(got, e) })
+	old := nat.FlowKey{Transport: nat.UDP, Local: netip.MustParseAddrPort("198.18.0.1:5060"), Remote: netip.MustParseAddrPort("198.18.0.2:5080")}
+	again := old
+	again.Remote = netip.MustParseAddrPort("198.18.0.2:61000")
+	learn(registry.Event{Kind: registry.FlowDead, Flow: old, Why: "keepalive", Removed: []registry.Binding{{AOR: "sip:1000@x"}}})
+	learn(registry.Event{Kind: registry.Registered, Binding: registry.Binding{AOR: "sip:1000@x", Flow: again}})
+	if len(got) != 1 || got[0].Kind != audit.KeepaliveAdapted || got[0].Detail != "keepalives to 198.18.0.2 every 12.5s from now on" {
+		t.Fatalf("events %+v", got)
+	}
+	if d := ka.Interval(netip.MustParseAddr("198.18.0.2")); d != 12500*time.Millisecond {
+		t.Errorf("interval %v", d)
+	}
+	// A phone that unregistered, then came back: nothing learned.
+	learn(registry.Event{Kind: registry.FlowDead, Flow: old, Why: "closed", Removed: []registry.Binding{{AOR: "sip:1001@x"}}})
+	learn(registry.Event{Kind: registry.Registered, Binding: registry.Binding{AOR: "sip:1001@x", Flow: again}})
+	if len(got) != 1 {
+		t.Errorf("learned from a flow that did not die of keepalives: %+v", got)
 	}
 }

@@ -40,6 +40,9 @@ const (
 	CoreOverload Kind = "core_overloaded"
 	ModeChange   Kind = "mode_change"   // draining, standby, active
 	ConfigReload Kind = "config_reload" // SIGHUP or the admin API
+	// KeepaliveAdapted: a NAT forgot a mapping between keepalives, so its
+	// flows get a shorter interval.
+	KeepaliveAdapted Kind = "keepalive_adapted"
 	Alert        Kind = "alert"         // an anomaly (see Severity)
 	Summary      Kind = "summary"       // repeated problems, counted over a window
 )
