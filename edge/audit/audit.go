@@ -43,8 +43,8 @@ const (
 	// KeepaliveAdapted: a NAT forgot a mapping between keepalives, so its
 	// flows get a shorter interval.
 	KeepaliveAdapted Kind = "keepalive_adapted"
-	Alert        Kind = "alert"         // an anomaly (see Severity)
-	Summary      Kind = "summary"       // repeated problems, counted over a window
+	Alert            Kind = "alert"   // an anomaly (see Severity)
+	Summary          Kind = "summary" // repeated problems, counted over a window
 )
 
 // Event is one audit record. Zero fields are left out of the line.
