@@ -124,6 +124,12 @@ func TestInteropObserve(t *testing.T) {
 			t.Fatalf("audit line %q: %v", l, err)
 		}
 		count[m["event"].(string)]++
+		if m["event"] == "config_reload" && (m["reason"] != "applied" || !strings.HasPrefix(fmt.Sprint(m["detail"]), "changed ")) {
+			t.Errorf("config_reload event: %s", l)
+		}
+		if m["event"] == "register" && (m["auth"] != "accepted" || m["code"] != 200.0 || m["transport"] != "UDP" || m["expires"] == nil) {
+			t.Errorf("register event: %s", l)
+		}
 		if m["node"] != "edge-a" {
 			t.Errorf("audit line without the node: %s", l)
 		}
