@@ -37,6 +37,15 @@ type RegistrationConfig struct {
 	MinExpires  time.Duration `toml:"min_expires"`
 	MaxExpires  time.Duration `toml:"max_expires"`
 	MaxContacts int           `toml:"max_contacts"`
+	// Offload absorbs refreshes: the core is registered for CoreExpires,
+	// phones are granted PhoneExpires (±10%, so a mass reboot does not
+	// come back in waves), and a refresh that changes nothing (same flow,
+	// Call-ID, contacts, a higher CSeq, the core's registration good for
+	// a while yet) is answered by the edge. Anything else goes to the
+	// core, which authenticates it.
+	Offload      bool          `toml:"offload"`
+	PhoneExpires time.Duration `toml:"phone_expires"`
+	CoreExpires  time.Duration `toml:"core_expires"`
 }
 
 // DefaultAccessConfig has phones on 127.0.0.1:5060, UDP and TCP.
@@ -46,7 +55,8 @@ func DefaultAccessConfig() AccessConfig {
 
 // DefaultRegistrationConfig serves any domain, 60 s to 1 h, 10 contacts.
 func DefaultRegistrationConfig() RegistrationConfig {
-	return RegistrationConfig{MinExpires: 60 * time.Second, MaxExpires: time.Hour, MaxContacts: 10}
+	return RegistrationConfig{MinExpires: 60 * time.Second, MaxExpires: time.Hour, MaxContacts: 10,
+		PhoneExpires: 60 * time.Second, CoreExpires: time.Hour}
 }
 
 // Validate names every invalid key and why.
@@ -109,6 +119,12 @@ func (r RegistrationConfig) Validate() error {
 	}
 	if r.MaxContacts < 1 {
 		bad("max_contacts", "%d is below 1", r.MaxContacts)
+	}
+	if r.PhoneExpires < 10*time.Second || r.PhoneExpires > time.Hour {
+		bad("phone_expires", "%s is outside 10s..1h", r.PhoneExpires)
+	}
+	if r.CoreExpires < 3*r.PhoneExpires || r.CoreExpires > 24*time.Hour {
+		bad("core_expires", "%s is not within 3 × phone_expires (%s) .. 24h", r.CoreExpires, r.PhoneExpires)
 	}
 	return errors.Join(errs...)
 }

@@ -51,8 +51,9 @@ func newRegPolicy(cfg RegistrationConfig) *regPolicy {
 
 // sentContact pairs a contact the endpoint sent with the URI the core saw.
 type sentContact struct {
-	reg  regContact
-	core sip.Uri
+	reg   regContact
+	core  sip.Uri
+	grant int // offload: the seconds the phone is granted (0: as the core said)
 }
 
 // handle forwards a REGISTER, and records the edge's refusals of it.
@@ -158,6 +159,13 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		}
 	}
 
+	if pol.cfg.Offload {
+		if mine, ok := g.absorbable(r, reg, t, pol.cfg); ok {
+			g.absorb(r, reg, t, pol.cfg, mine)
+			return nil
+		}
+	}
+
 	fwd := r.Clone()
 	// The edge is the first hop: a Path from a phone could only point the
 	// core at someone else's flow, and the next hop is the edge's choice.
@@ -172,7 +180,11 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 	sent := make([]sentContact, len(reg.Contacts))
 	for i, c := range reg.Contacts {
 		fc := fwdContacts[i]
-		if reg.effectiveExpires(c, defaultExpires) > maxE {
+		switch e := reg.effectiveExpires(c, defaultExpires); {
+		case pol.cfg.Offload && e != 0:
+			// The core keeps it long; the edge answers the phone's refreshes.
+			fc.Params.Add("expires", strconv.Itoa(int(pol.cfg.CoreExpires/time.Second)))
+		case e > maxE:
 			fc.Params.Add("expires", strconv.Itoa(maxE))
 		}
 		if t.mode == upstream.ModeRewrite {
@@ -207,6 +219,7 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		if res.IsSuccess() {
 			g.registry.Apply(g.update(r, reg, t, sent, res, r.NAT))
 			g.restoreReply(reg, t.mode, token, sent, res)
+			grantPhone(sent, res)
 			g.outbound(reg, r.Flow, res)
 		}
 	})
@@ -245,7 +258,7 @@ func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []s
 		}
 	}
 	now := g.now()
-	for _, sc := range sent {
+	for i, sc := range sent {
 		e := 0
 		for _, gr := range granted {
 			if sameURI(gr.Address, sc.core) {
@@ -263,11 +276,17 @@ func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []s
 			u.Remove = append(u.Remove, registry.ID(sc.core.String(), sc.reg.Instance, sc.reg.RegID))
 			continue
 		}
+		coreEnd, phoneEnd := now.Add(time.Duration(e)*time.Second), now.Add(time.Duration(e)*time.Second)
+		if cfg := t.policy.Load().cfg; cfg.Offload {
+			grant := min(phoneGrant(cfg.PhoneExpires), time.Duration(e)*time.Second)
+			sent[i].grant, phoneEnd = int(grant/time.Second), now.Add(grant)
+		}
 		u.Put = append(u.Put, registry.Binding{
 			Tenant:      t.name,
 			Contact:     sc.reg.Header.Address.String(),
 			CoreContact: sc.core.String(),
-			Expires:     now.Add(time.Duration(e) * time.Second),
+			Expires:     phoneEnd,
+			CoreExpires: coreEnd,
 			CallID:      reg.CallID,
 			CSeq:        reg.CSeq,
 			UserAgent:   reg.UserAgent,
@@ -372,5 +391,22 @@ func dropHeaders(m interface {
 }, name string) {
 	for _, h := range m.GetHeaders(name) {
 		m.RemoveHeader(h.Name())
+	}
+}
+
+// grantPhone gives the phone, in the core's 2xx, the interval the edge
+// granted each contact it sent (offload), not the core's.
+func grantPhone(sent []sentContact, res *sip.Response) {
+	offload := false
+	for _, gr := range contactsOf(res) {
+		for _, sc := range sent {
+			if sc.grant > 0 && sameURI(gr.Address, sc.reg.Header.Address) {
+				gr.Params.Add("expires", strconv.Itoa(sc.grant))
+				offload = true
+			}
+		}
+	}
+	if offload {
+		res.RemoveHeader("Expires") // each contact says its own
 	}
 }

@@ -97,6 +97,8 @@ type Meter interface {
 	Answered(side string, method sip.RequestMethod, status int)
 	// CoreRTT is how long a REGISTER took through the core, of tenant.
 	CoreRTT(tenant string, d time.Duration)
+	// Absorbed counts a refresh the edge answered itself (offload).
+	Absorbed(tenant string)
 }
 
 type noMeter struct{}
@@ -104,6 +106,7 @@ type noMeter struct{}
 func (noMeter) Received(string, sip.RequestMethod)      {}
 func (noMeter) Answered(string, sip.RequestMethod, int) {}
 func (noMeter) CoreRTT(string, time.Duration)           {}
+func (noMeter) Absorbed(string)                         {}
 
 // Server is a running edge.
 type Server struct {

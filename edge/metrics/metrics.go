@@ -47,6 +47,7 @@ type Metrics struct {
 	coreRTT   *prometheus.HistogramVec
 	events    *prometheus.CounterVec
 	alerts    *prometheus.CounterVec
+	absorbed  *prometheus.CounterVec
 	gauges    *gauges
 
 	mu   sync.RWMutex // guards the caches below
@@ -78,7 +79,9 @@ func New(src Sources) *Metrics {
 		Help: "Audit events, by kind (register, refresh, flow_dead, rejected, ban, core_down, ...)."}, []string{"event"})
 	m.alerts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sipedge_alerts_total",
 		Help: "Alerts raised, by alert (mass_loss, user_agent_change, source_jump, auth_failure_burst, duplicate_identity)."}, []string{"alert"})
-	m.reg.MustRegister(m.requests, m.responses, m.coreRTT, m.events, m.alerts,
+	m.absorbed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sipedge_register_absorbed_total",
+		Help: "Refreshes the edge answered itself (registration offload), by tenant."}, []string{"tenant"})
+	m.reg.MustRegister(m.requests, m.responses, m.coreRTT, m.events, m.alerts, m.absorbed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.gauges)
 	m.gauges.src.Store(&src)
@@ -140,6 +143,9 @@ func (m *Metrics) CoreRTT(tenant string, d time.Duration) {
 	}
 	o.Observe(d.Seconds())
 }
+
+// Absorbed counts a refresh answered by the edge (edge.Meter).
+func (m *Metrics) Absorbed(tenant string) { m.absorbed.WithLabelValues(tenantLabel(tenant)).Inc() }
 
 // Event counts an audit event.
 func (m *Metrics) Event(e audit.Event) {

@@ -18,7 +18,8 @@ type Binding struct {
 	CoreContact string      // the Contact URI the core stored (differs in rewrite mode)
 	Flow        nat.FlowKey // where the REGISTER came from
 	FlowSince   time.Time   // when that flow was first seen: what its tokens carry
-	Expires     time.Time   // as granted by the core
+	Expires     time.Time   // as granted to the phone: by the core, or by the edge when offloading
+	CoreExpires time.Time   // when the core's registration ends (the same as Expires without offload)
 	CallID      string
 	CSeq        uint32
 	UserAgent   string

@@ -24,6 +24,7 @@ type bindingRecord struct {
 	Remote      netip.AddrPort `json:"remote"`
 	FlowSince   time.Time      `json:"flow_since"`
 	Expires     time.Time      `json:"expires"`
+	CoreExpires time.Time      `json:"core_expires,omitzero"`
 	CallID      string         `json:"call_id"`
 	CSeq        uint32         `json:"cseq"`
 	UserAgent   string         `json:"user_agent,omitempty"`
@@ -39,7 +40,7 @@ func encodeBinding(b registry.Binding) ([]byte, error) {
 	return json.Marshal(bindingRecord{
 		AOR: b.AOR, Tenant: b.Tenant, Contact: b.Contact, CoreContact: b.CoreContact,
 		Transport: b.Flow.Transport.String(), Local: b.Flow.Local, Remote: b.Flow.Remote, FlowSince: b.FlowSince,
-		Expires: b.Expires, CallID: b.CallID, CSeq: b.CSeq, UserAgent: b.UserAgent,
+		Expires: b.Expires, CoreExpires: b.CoreExpires, CallID: b.CallID, CSeq: b.CSeq, UserAgent: b.UserAgent,
 		Instance: b.Instance, RegID: b.RegID, NAT: uint8(b.NAT), Updated: b.Updated,
 	})
 }
@@ -56,7 +57,7 @@ func decodeBinding(v []byte) (registry.Binding, error) {
 	b := registry.Binding{
 		AOR: r.AOR, Tenant: r.Tenant, Contact: r.Contact, CoreContact: r.CoreContact,
 		Flow:      nat.FlowKey{Transport: tp, Local: r.Local, Remote: r.Remote},
-		FlowSince: r.FlowSince, Expires: r.Expires, CallID: r.CallID, CSeq: r.CSeq, UserAgent: r.UserAgent,
+		FlowSince: r.FlowSince, Expires: r.Expires, CoreExpires: r.CoreExpires, CallID: r.CallID, CSeq: r.CSeq, UserAgent: r.UserAgent,
 		Instance: r.Instance, RegID: r.RegID, NAT: nat.Evidence(r.NAT), Updated: r.Updated,
 	}
 	if b.AOR == "" || b.Contact == "" || !b.Flow.Valid() {

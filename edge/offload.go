@@ -1,0 +1,100 @@
+package edge
+
+import (
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/registry"
+)
+
+// Refresh absorption ([registration] offload): phones are granted short
+// registrations that suit their NATs, the core a long one, and the
+// refreshes in between that change nothing are answered here. An
+// absorbed refresh proves nothing new (the core never sees its
+// credentials), so it may only repeat exactly what the core accepted, on
+// the flow the core's last 200 went to.
+
+// offloadMargin is how long the core's registration must still run for a
+// refresh to be absorbed: two phone intervals and half a minute, so the
+// phone's next refresh after this one still finds it valid, and the one
+// after that goes to the core in time.
+func offloadMargin(c RegistrationConfig) time.Duration { return 2*c.PhoneExpires + 30*time.Second }
+
+// absorbable returns the bindings a refresh would renew, if it may be
+// answered here: every contact it carries is one the core accepted for
+// this AOR and tenant on this very flow, with this Call-ID and a lower
+// CSeq, no binding of the AOR on this flow is left out, none is being
+// removed, and the core's registration runs past the margin.
+func (g *registrar) absorbable(r *Request, reg *registerRequest, t *tenant, cfg RegistrationConfig) ([]registry.Binding, bool) {
+	if reg.Star || len(reg.Contacts) == 0 {
+		return nil, false
+	}
+	now := g.now()
+	var mine []registry.Binding
+	for _, b := range g.registry.Lookup(reg.AOR) {
+		if b.Flow == r.Flow {
+			mine = append(mine, b)
+		}
+	}
+	if len(mine) != len(reg.Contacts) {
+		return nil, false
+	}
+	for _, c := range reg.Contacts {
+		if reg.effectiveExpires(c, defaultExpires) == 0 {
+			return nil, false
+		}
+		contact, found := c.Header.Address.String(), false
+		for _, b := range mine {
+			if b.Contact != contact || b.Instance != c.Instance || b.RegID != c.RegID {
+				continue
+			}
+			if b.Tenant != t.name || b.CallID != reg.CallID || reg.CSeq <= b.CSeq || b.CoreExpires.Sub(now) <= offloadMargin(cfg) {
+				return nil, false
+			}
+			found = true
+			break
+		}
+		if !found {
+			return nil, false
+		}
+	}
+	return mine, true
+}
+
+// absorb answers a refresh from the edge: 200 with the AOR's contacts
+// the core accepted, the refreshed ones renewed for a phone interval.
+func (g *registrar) absorb(r *Request, reg *registerRequest, t *tenant, cfg RegistrationConfig, mine []registry.Binding) {
+	now := g.now()
+	u := registry.Update{AOR: reg.AOR, Flow: r.Flow, Auth: "cached"}
+	for _, b := range mine {
+		grant := min(phoneGrant(cfg.PhoneExpires), b.CoreExpires.Sub(now))
+		b.Expires, b.CSeq, b.UserAgent, b.NAT = now.Add(grant), reg.CSeq, reg.UserAgent, r.NAT
+		u.Put = append(u.Put, b)
+	}
+	g.registry.Apply(u)
+	res := sip.NewResponseFromRequest(r.Request, 200, "OK", nil)
+	for _, b := range g.registry.Lookup(reg.AOR) {
+		var uri sip.Uri
+		if sip.ParseUri(b.Contact, &uri) != nil {
+			continue
+		}
+		c := &sip.ContactHeader{Address: uri, Params: sip.NewParams()}
+		c.Params.Add("expires", strconv.Itoa(max(1, int(b.Expires.Sub(now).Round(time.Second)/time.Second))))
+		if b.Instance != "" {
+			c.Params.Add("+sip.instance", b.Instance)
+			c.Params.Add("reg-id", strconv.Itoa(b.RegID))
+		}
+		res.AppendHeader(c)
+	}
+	g.outbound(reg, r.Flow, res)
+	g.meter.Absorbed(t.name)
+	send(g.relay.log, r, res)
+}
+
+// phoneGrant is the phone interval jittered by ±10%, so phones that
+// registered together spread their refreshes out.
+func phoneGrant(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64())).Round(time.Second)
+}
