@@ -218,6 +218,8 @@ type sippRun struct {
 	rate      int
 	limit     time.Duration // sipp -timeout (then it fails)
 	traceMsg  bool
+	scenario  string   // in testdata/interop ("": register_auth.xml)
+	args      []string // more sipp arguments (-set ...)
 }
 
 type sippResult struct {
@@ -238,7 +240,10 @@ func runSipp(t *testing.T, s sippRun) sippResult {
 	t.Helper()
 	dir := t.TempDir()
 	res := sippResult{dir: dir, port: freePort(t)}
-	abs, err := filepath.Abs(filepath.Join(interopDir, "register_auth.xml"))
+	if s.scenario == "" {
+		s.scenario = "register_auth.xml"
+	}
+	abs, err := filepath.Abs(filepath.Join(interopDir, s.scenario))
 	must(t, err)
 	csv, err := filepath.Abs(s.csv)
 	must(t, err)
@@ -258,6 +263,7 @@ func runSipp(t *testing.T, s sippRun) sippResult {
 	if s.traceMsg {
 		args = append(args, "-trace_msg", "-message_file", filepath.Join(dir, "messages.log"))
 	}
+	args = append(args, s.args...)
 	ctx, cancel := context.WithTimeout(context.Background(), s.limit+20*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)

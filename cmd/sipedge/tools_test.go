@@ -236,8 +236,10 @@ type edgeOpts struct {
 	upstream string // sip:127.0.0.1:PORT;transport=udp|tcp
 	level    string // default debug
 	extra    string // more TOML, appended to the config (e.g. a [ratelimit] section)
-	ws       string // a WebSocket listener's IP:port, if any
-	netns    string // run it there ("": the test's own)
+	// registration is more TOML for the [registration] section.
+	registration string
+	ws           string // a WebSocket listener's IP:port, if any
+	netns        string // run it there ("": the test's own)
 }
 
 // sipedgeConfig is sipedge's config with access address access (UDP and
@@ -269,11 +271,11 @@ domains = []
 min_expires = "60s"
 max_expires = "1h"
 max_contacts = 10
-
+%s
 [log]
 level = %q
 format = "text"
-`, access, access, ws, core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.level) + stateSection(dir, o.extra) + drainSection(o.extra) + adminSection(dir, o.extra) + o.extra
+`, access, access, ws, core, o.upstream, o.mode, filepath.Join(dir, "flow.key"), o.registration, o.level) + stateSection(dir, o.extra) + drainSection(o.extra) + adminSection(dir, o.extra) + o.extra
 }
 
 // adminSection puts the admin API on a port of the kernel's choice (the
