@@ -100,9 +100,22 @@ func (m *Metrics) Handler() http.Handler {
 // Registry is where the collectors are, for tests and other handlers.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
+// methods are the method labels: anything else is "other", so that a
+// stranger inventing method names cannot grow the metrics.
+var methods = map[sip.RequestMethod]bool{sip.INVITE: true, sip.ACK: true, sip.CANCEL: true, sip.BYE: true,
+	sip.REGISTER: true, sip.OPTIONS: true, sip.SUBSCRIBE: true, sip.NOTIFY: true, sip.REFER: true, sip.INFO: true,
+	sip.MESSAGE: true, sip.PRACK: true, sip.UPDATE: true, sip.PUBLISH: true}
+
+func methodLabel(m sip.RequestMethod) string {
+	if methods[m] {
+		return string(m)
+	}
+	return "other"
+}
+
 // Received counts a request (edge.Meter).
 func (m *Metrics) Received(side string, method sip.RequestMethod) {
-	k := reqKey{side, string(method)}
+	k := reqKey{side, methodLabel(method)}
 	m.mu.RLock()
 	c := m.reqs[k]
 	m.mu.RUnlock()
@@ -117,7 +130,7 @@ func (m *Metrics) Received(side string, method sip.RequestMethod) {
 
 // Answered counts a request's final status (edge.Meter).
 func (m *Metrics) Answered(side string, method sip.RequestMethod, status int) {
-	k := resKey{side, string(method), status}
+	k := resKey{side, methodLabel(method), status}
 	m.mu.RLock()
 	c := m.ress[k]
 	m.mu.RUnlock()

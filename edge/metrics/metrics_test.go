@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -152,5 +153,25 @@ func TestMeterAllocs(t *testing.T) {
 		m.CoreRTT("", time.Millisecond)
 	}); n != 0 {
 		t.Errorf("%v allocations per request counted", n)
+	}
+}
+
+// Method names a stranger invents all count as "other": the series stay
+// bounded.
+func TestInventedMethodsStayBounded(t *testing.T) {
+	m := metrics.New(metrics.Sources{})
+	for i := range 100 {
+		m.Received("access", sip.RequestMethod(fmt.Sprintf("X%dJUNK", i)))
+		m.Answered("access", sip.RequestMethod(fmt.Sprintf("X%dJUNK", i)), 405)
+	}
+	m.Received("access", sip.REGISTER)
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	fams := scrape(t, srv.URL)
+	if n := len(fams["sipedge_requests_total"].GetMetric()); n != 2 {
+		t.Errorf("%d request series, want REGISTER and other", n)
+	}
+	if got, _ := value(fams, "sipedge_requests_total", map[string]string{"method": "other"}); got != 100 {
+		t.Errorf("other = %v", got)
 	}
 }
