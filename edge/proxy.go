@@ -400,7 +400,7 @@ func (p *proxy) endpointFlow(fwd *sip.Request, src netip.Addr) (flow nat.FlowKey
 		fwd.Recipient = u
 	}
 	if !p.usable(flow) || !p.current(tok) {
-		if !p.recover(tok) {
+		if !p.recover(tok, t.name) {
 			p.flowFailed.note(p.log, "requests from the core for a dead or unknown flow (430)", "flow")
 			return flow, t, true, errFlowFailed
 		}
@@ -412,14 +412,14 @@ func (p *proxy) endpointFlow(fwd *sip.Request, src netip.Addr) (flow nat.FlowKey
 // its fate: unknown to it, and minted before it started but after the
 // state it loaded. The token is authenticated, so only a flow this edge
 // registered can come back, and only from the core.
-func (p *proxy) recover(tok nat.Token) bool {
+func (p *proxy) recover(tok nat.Token, tenant string) bool {
 	if tok.Minted.Before(p.recoverFrom) {
 		return false
 	}
 	if _, known := p.flows.Get(tok.Flow); known {
 		return false // its generation decides (current)
 	}
-	return p.registry.Recover(tok.Flow, tok.Minted) && p.usable(tok.Flow)
+	return p.registry.Recover(tok.Flow, tok.Minted, tenant) && p.usable(tok.Flow)
 }
 
 // dialogCreating reports whether req may create a dialog and so needs the

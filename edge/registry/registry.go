@@ -89,7 +89,7 @@ type Registry struct {
 	t  table
 	// recovered are flows brought back by Recover that no binding holds
 	// yet, with when they are let go.
-	recovered map[nat.FlowKey]time.Time
+	recovered map[nat.FlowKey]recovery
 	// buried are flows from before this process started that it saw go
 	// (dead, unregistered), with when the core can no longer hold a
 	// registration on them: their tokens must not bring them back.
@@ -110,7 +110,7 @@ func New(d Deps) (*Registry, error) {
 	if d.RecoverHold <= 0 {
 		d.RecoverHold = time.Hour
 	}
-	return &Registry{d: d, t: newTable(), recovered: make(map[nat.FlowKey]time.Time),
+	return &Registry{d: d, t: newTable(), recovered: make(map[nat.FlowKey]recovery),
 		buried: make(map[nat.FlowKey]time.Time), preStart: d.Now().Truncate(time.Second).Add(time.Second)}, nil
 }
 
@@ -237,8 +237,8 @@ func (r *Registry) Expire() []Binding {
 		r.t.delete(b)
 		touched[b.Flow] = true
 	}
-	for f, until := range r.recovered {
-		if !until.After(now) {
+	for f, rc := range r.recovered {
+		if !rc.until.After(now) {
 			delete(r.recovered, f)
 			touched[f] = true
 		}
@@ -314,14 +314,21 @@ func (r *Registry) HasFlow(f nat.FlowKey) bool {
 	return held || len(r.t.byFlow[f]) > 0
 }
 
+// recovery is a recovered flow: until when it is held without a
+// binding, and the tenant whose token brought it back.
+type recovery struct {
+	until  time.Time
+	tenant string
+}
+
 // HasFlowIn reports whether flow f holds a binding of tenant's, or was
-// recovered from a token (which the core of the tenant it was sealed for
-// sent) and awaits its endpoint's next registration.
+// recovered from a token sealed for tenant and awaits its endpoint's
+// next registration.
 func (r *Registry) HasFlowIn(f nat.FlowKey, tenant string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, held := r.recovered[f]; held {
-		return true
+	if rc, held := r.recovered[f]; held {
+		return rc.tenant == tenant // its token was sealed for that tenant only
 	}
 	for k := range r.t.byFlow[f] {
 		if r.t.byAOR[k.aor][k.id].Tenant == tenant {
@@ -340,7 +347,7 @@ func (r *Registry) HasFlowIn(f nat.FlowKey, tenant string) bool {
 // reports whether the flow is usable now; stream flows never are, their
 // connections died with the process, and neither is one from before the
 // start that this process saw go.
-func (r *Registry) Recover(f nat.FlowKey, minted time.Time) bool {
+func (r *Registry) Recover(f nat.FlowKey, minted time.Time, tenant string) bool {
 	if f.Transport.Reliable() || !f.Valid() || !minted.Before(r.preStart) {
 		return false
 	}
@@ -358,7 +365,7 @@ func (r *Registry) Recover(f nat.FlowKey, minted time.Time) bool {
 		r.mu.Unlock()
 		return false // table full
 	}
-	r.recovered[f] = now.Add(r.d.RecoverHold)
+	r.recovered[f] = recovery{until: now.Add(r.d.RecoverHold), tenant: tenant}
 	r.d.UDP.Watch(f)
 	r.mu.Unlock()
 	r.emit([]Event{{Kind: Recovered, Flow: f, Why: "token"}})

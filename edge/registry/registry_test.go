@@ -315,7 +315,7 @@ func TestRecover(t *testing.T) {
 	g := newRig(t)
 	f := flow(4000)
 	minted := g.clk.Now().Add(-10 * time.Minute)
-	if !g.r.Recover(f, minted) {
+	if !g.r.Recover(f, minted, "") {
 		t.Fatal("Recover refused a UDP flow")
 	}
 	if fl, ok := g.flows.Get(f); !ok || !fl.Created.Equal(minted) {
@@ -327,10 +327,10 @@ func TestRecover(t *testing.T) {
 	if k := g.kinds(); !equalKinds(k, Recovered) {
 		t.Fatalf("events %v, want [flow recovered]", k)
 	}
-	if g.r.Recover(tcpFlow(4000), minted) {
+	if g.r.Recover(tcpFlow(4000), minted, "") {
 		t.Error("a stream flow was recovered")
 	}
-	if g.r.Recover(flow(4009), g.clk.Now().Add(time.Second)) {
+	if g.r.Recover(flow(4009), g.clk.Now().Add(time.Second), "") {
 		t.Error("a token minted after the start (this process's own) recovered a flow")
 	}
 	// Its endpoint registers: the binding holds the flow, with the token's time.
@@ -344,12 +344,12 @@ func TestRecover(t *testing.T) {
 	}
 	// This process saw it go: its token no longer brings it back, until
 	// the core cannot hold a registration on it any more.
-	if g.r.Recover(f, minted) {
+	if g.r.Recover(f, minted, "") {
 		t.Error("a flow that went after the start came back from its token")
 	}
 	// Without a registration, it is let go after the hold.
 	f2 := flow(4001)
-	g.r.Recover(f2, minted)
+	g.r.Recover(f2, minted, "")
 	g.clk.Add(time.Hour - time.Second)
 	g.r.Expire()
 	if !g.r.HasFlow(f2) {
@@ -362,7 +362,7 @@ func TestRecover(t *testing.T) {
 	}
 	// A recovered flow that dies is gone at once.
 	f3 := flow(4002)
-	g.r.Recover(f3, minted)
+	g.r.Recover(f3, minted, "")
 	g.r.FlowDead(f3, "keepalive")
 	if g.r.HasFlow(f3) || g.udp.has(f3) {
 		t.Error("dead recovered flow kept")
@@ -440,5 +440,18 @@ func TestHasFlowIn(t *testing.T) {
 	g.put(Binding{AOR: "sip:ann@acme.test", Tenant: "acme", Contact: "sip:ann@10.0.0.1", Flow: f, Expires: g.clk.Now().Add(time.Hour)})
 	if !g.r.HasFlowIn(f, "acme") || g.r.HasFlowIn(f, "bolt") || g.r.HasFlowIn(f, "") {
 		t.Errorf("HasFlowIn: acme %v, bolt %v, default %v; want true, false, false", g.r.HasFlowIn(f, "acme"), g.r.HasFlowIn(f, "bolt"), g.r.HasFlowIn(f, ""))
+	}
+}
+
+// A flow recovered from a token sealed for one tenant holds nothing for
+// another.
+func TestRecoveredFlowKeepsItsTenant(t *testing.T) {
+	g := newRig(t)
+	f := flow(4100)
+	if !g.r.Recover(f, g.clk.Now().Add(-time.Minute), "acme") {
+		t.Fatal("not recovered")
+	}
+	if !g.r.HasFlowIn(f, "acme") || g.r.HasFlowIn(f, "bolt") || g.r.HasFlowIn(f, "") {
+		t.Error("a recovered flow counts for tenants other than its token's")
 	}
 }
