@@ -22,12 +22,16 @@ import (
 	"github.com/sipedge/sipedge/upstream"
 )
 
+// auditQueue is how many audit events may wait for the disk.
+const auditQueue = 8192
+
 // app is a built sipedge: the server, and the writer that keeps its
 // state (nil: memory only).
 type app struct {
 	srv     *edge.Server
 	admin   *adminServer   // nil: [admin] off
 	webhook *alert.Webhook // nil: none
+	audit   *audit.Log     // closed (its queue written) once the server stopped
 	log     *slog.Logger
 	writer  *state.Writer
 	follow  func(context.Context) // shared state: other edges' changes, applied here (nil: none)
@@ -54,15 +58,22 @@ func (a *app) serve(ctx context.Context) error {
 	err := a.srv.Serve(ctx)
 	stop()
 	bg.Wait()
+	a.audit.Close()
 	return err
 }
 
 // build makes every part from the config and hands each to the next:
 // this is the one place that knows how sipedge is put together. store
 // (nil: memory only) keeps state across restarts; snap is what it held.
-func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Signer, clk clock.Clock, store state.Store, snap state.Snapshot, auditOut io.Writer) (*app, error) {
+func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Signer, clk clock.Clock, store state.Store, snap state.Snapshot, auditOut io.Writer) (_ *app, err error) {
 	// Every event reaches the audit log, and the metrics once they exist.
-	obs := &observer{audit: audit.New(auditOut, node(cfg.Audit), clk.Now), feed: admin.NewFeed(clk.Now)}
+	// The log is written by a goroutine of its own: SIP never waits for it.
+	obs := &observer{audit: audit.New(auditOut, node(cfg.Audit), clk.Now).Async(auditQueue), feed: admin.NewFeed(clk.Now)}
+	defer func() {
+		if err != nil {
+			obs.audit.Close()
+		}
+	}()
 	obs.alerts = alert.New(cfg.Alerts, clk.Now, obs.emit)
 	if cfg.Alerts.Webhook != "" {
 		obs.webhook = alert.NewWebhook(cfg.Alerts.Webhook, node(cfg.Audit), cfg.Alerts.WebhookQueue, log)
@@ -159,7 +170,7 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 		return nil, err
 	}
 	rl := &reloader{srv: srv, pools: pools, limiter: limiter, keepalive: keepalive, probe: probe, reg: reg, cur: cfg, emit: obs.emit}
-	a := &app{srv: srv, writer: w, reload: rl, log: log, webhook: obs.webhook}
+	a := &app{srv: srv, writer: w, reload: rl, log: log, webhook: obs.webhook, audit: obs.audit}
 	if cfg.Admin.Listen != "" {
 		token, err := admin.LoadOrCreateToken(cfg.Admin.TokenFile)
 		if err != nil {

@@ -12,6 +12,8 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sipedge/sipedge/edge/registry"
@@ -75,7 +77,46 @@ type Log struct {
 	l    *slog.Logger
 	node string
 	now  func() time.Time
+
+	// Async: events wait in q for the writer goroutine; when q is full
+	// they are dropped and counted, never waited for (a stalled disk or
+	// pipe must not hold up SIP).
+	q       chan Event
+	done    chan struct{}
+	closing sync.Once
+	dropped atomic.Uint64
 }
+
+// Async makes Emit queue events (at most queue) for a goroutine of the
+// log's own to write; Close writes what is queued and stops it.
+func (a *Log) Async(queue int) *Log {
+	a.q, a.done = make(chan Event, queue), make(chan struct{})
+	go func() {
+		defer close(a.done)
+		var told uint64
+		for e := range a.q {
+			a.write(e)
+			if n := a.dropped.Load(); n > told {
+				a.write(Event{Time: a.now(), Kind: Summary, Severity: slog.LevelWarn, Count: int(n - told),
+					Detail: "audit events dropped: the log could not keep up"})
+				told = n
+			}
+		}
+	}()
+	return a
+}
+
+// Close writes the queued events and stops the writer (Async only).
+func (a *Log) Close() {
+	if a.q == nil {
+		return
+	}
+	a.closing.Do(func() { close(a.q) })
+	<-a.done
+}
+
+// Dropped is how many events a full queue dropped.
+func (a *Log) Dropped() uint64 { return a.dropped.Load() }
 
 // Config is the [audit] section.
 type Config struct {
@@ -129,11 +170,23 @@ func New(w io.Writer, node string, now func() time.Time) *Log {
 	return &Log{l: slog.New(h), node: node, now: now}
 }
 
-// Emit writes e as one line.
+// Emit writes e as one line, or queues it (Async).
 func (a *Log) Emit(e Event) {
 	if e.Time.IsZero() {
 		e.Time = a.now()
 	}
+	if a.q != nil {
+		select {
+		case a.q <- e:
+		default:
+			a.dropped.Add(1)
+		}
+		return
+	}
+	a.write(e)
+}
+
+func (a *Log) write(e Event) {
 	attrs := make([]slog.Attr, 0, 20)
 	str := func(k, v string) {
 		if v != "" {

@@ -70,3 +70,33 @@ func TestFileRotates(t *testing.T) {
 		t.Error("max_size_mb 0 passed")
 	}
 }
+
+// blocked is a writer that waits until released: a stalled disk.
+type blocked struct {
+	release chan struct{}
+	buf     bytes.Buffer
+}
+
+func (b *blocked) Write(p []byte) (int, error) {
+	<-b.release
+	return b.buf.Write(p)
+}
+
+// An async log never makes Emit wait: with the writer stuck, events past
+// the queue are dropped, counted, and said so once it writes again.
+func TestAsyncNeverBlocks(t *testing.T) {
+	w := &blocked{release: make(chan struct{})}
+	l := New(w, "n1", nil).Async(4)
+	for range 100 {
+		l.Emit(Event{Kind: Register, AOR: "sip:a@x"})
+	}
+	if l.Dropped() < 90 {
+		t.Errorf("dropped %d of 100 with a stuck writer and a queue of 4", l.Dropped())
+	}
+	close(w.release)
+	l.Close()
+	out := w.buf.String()
+	if !strings.Contains(out, `"event":"summary"`) || !strings.Contains(out, "audit events dropped") {
+		t.Errorf("no summary of the drops:\n%s", out)
+	}
+}
