@@ -232,8 +232,10 @@ func (g *registrar) coreContact(r *Request, reg *registerRequest, c regContact, 
 	phone := c.Header.Address.String()
 	for _, b := range g.registry.Lookup(reg.AOR) {
 		var u sip.Uri
+		// Only while it carries today's token: after a key rotation or a
+		// move to another tenant the core must learn the new one.
 		if b.Flow == r.Flow && b.Contact == phone && b.Instance == c.Instance && b.RegID == c.RegID &&
-			sip.ParseUri(b.CoreContact, &u) == nil {
+			sip.ParseUri(b.CoreContact, &u) == nil && u.User == token {
 			return u
 		}
 	}
