@@ -178,7 +178,10 @@ func (a *api) auth(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok {
-			if c, err := r.Cookie("sipedge_token"); err == nil {
+			// A browser sends the cookie to this host from any page, on
+			// any port: a change made with it must come from the
+			// dashboard's own page.
+			if c, err := r.Cookie("sipedge_token"); err == nil && (r.Method == http.MethodGet || sameOrigin(r)) {
 				got, ok = c.Value, true
 			}
 		}
@@ -189,6 +192,16 @@ func (a *api) auth(h http.HandlerFunc) http.Handler {
 		}
 		h(w, r)
 	})
+}
+
+// sameOrigin reports whether a browser says r comes from a page of this
+// listener itself (Sec-Fetch-Site, or an Origin naming this host:port).
+func sameOrigin(r *http.Request) bool {
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" {
+		return site == "same-origin"
+	}
+	o := r.Header.Get("Origin")
+	return o != "" && (o == "http://"+r.Host || o == "https://"+r.Host)
 }
 
 func (a *api) ready(w http.ResponseWriter, _ *http.Request) {
@@ -333,6 +346,10 @@ type BanRequest struct {
 func (a *api) ban(w http.ResponseWriter, r *http.Request) {
 	if a.d.Limiter == nil {
 		writeError(w, 404, "no limiter")
+		return
+	}
+	if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); strings.TrimSpace(ct) != "application/json" {
+		writeError(w, 415, "the body must be application/json")
 		return
 	}
 	var req BanRequest

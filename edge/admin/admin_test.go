@@ -78,6 +78,9 @@ func (g *rig) call(t *testing.T, method, path, tok, body string, out any) int {
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -242,3 +245,44 @@ func TestTokenFile(t *testing.T) {
 }
 
 func netipAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// The dashboard's cookie may read from any page, but change something
+// only from the dashboard's own: another site (or another port on this
+// host) cannot ban or unban with it. A ban must be JSON.
+func TestCookieCannotChangeFromElsewhere(t *testing.T) {
+	g := start(t)
+	do := func(method, path, body string, hdr map[string]string) int {
+		req, _ := http.NewRequest(method, g.srv.URL+path, strings.NewReader(body))
+		req.AddCookie(&http.Cookie{Name: "sipedge_token", Value: token})
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+
+	if code := do("GET", "/api/bans", "", map[string]string{"Sec-Fetch-Site": "cross-site"}); code != 200 {
+		t.Errorf("GET with the cookie: %d", code)
+	}
+	for _, hdr := range []map[string]string{{"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}, {"Origin": "http://127.0.0.1:1"}, {}} {
+		hdr["Content-Type"] = "application/json"
+		if code := do("POST", "/api/bans", `{"prefix":"0.0.0.0/0"}`, hdr); code != 401 {
+			t.Errorf("POST with the cookie from %v: %d, want 401", hdr, code)
+		}
+	}
+	if code := do("DELETE", "/api/bans?prefix=1.2.3.4", "", map[string]string{"Sec-Fetch-Site": "cross-site"}); code != 401 {
+		t.Errorf("DELETE with the cookie from another site: %d", code)
+	}
+	same := map[string]string{"Sec-Fetch-Site": "same-origin", "Content-Type": "application/json"}
+	if code := do("POST", "/api/bans", `{"prefix":"203.0.113.9"}`, same); code != 201 {
+		t.Errorf("POST from the dashboard itself: %d", code)
+	}
+	if code := do("POST", "/api/bans", `{"prefix":"203.0.113.8"}`, map[string]string{"Sec-Fetch-Site": "same-origin", "Content-Type": "text/plain"}); code != 415 {
+		t.Errorf("a text/plain ban: %d, want 415", code)
+	}
+
+}

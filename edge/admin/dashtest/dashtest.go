@@ -296,6 +296,9 @@ func (a *apiClient) call(method, path, body string, out any) int {
 		a.t.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+a.token)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	res, err := a.c.Do(req)
 	if err != nil {
 		a.t.Fatalf("%s %s: %v", method, path, err)
