@@ -92,10 +92,14 @@ func (g *registrar) audit(r *Request, kind audit.Kind, tenant string) audit.Even
 func (g *registrar) answered(r *Request, t *tenant, res *sip.Response) {
 	var e audit.Event
 	switch code := res.StatusCode; {
+	case (code == 401 || code == 407) && hadCredentials(r.Request) && !staleChallenge(res):
+		// Most cores answer a wrong password with a new challenge.
+		e = g.audit(r, audit.AuthFailure, t.name)
+		e.Auth, e.Severity, e.Reason = "failed", slog.LevelWarn, "credentials refused, challenged again"
 	case code == 401 || code == 407:
 		e = g.audit(r, audit.Challenged, t.name)
 		if e.Auth == "offered" {
-			e.Reason = "credentials offered but challenged again (a stale nonce, or wrong ones)"
+			e.Reason = "the nonce went stale"
 		}
 		e.Auth = "challenged"
 	case code == 403 && hadCredentials(r.Request):
@@ -112,6 +116,20 @@ func (g *registrar) answered(r *Request, t *tenant, res *sip.Response) {
 		e.Reason = res.Reason
 	}
 	g.events(e)
+}
+
+// staleChallenge reports whether a 401/407 says only that the nonce the
+// credentials used went stale (RFC 2617 stale=true), not that they were
+// wrong.
+func staleChallenge(res *sip.Response) bool {
+	for _, name := range []string{"WWW-Authenticate", "Proxy-Authenticate"} {
+		for _, h := range res.GetHeaders(name) {
+			if strings.Contains(strings.ToLower(strings.ReplaceAll(h.Value(), " ", "")), "stale=true") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // codeOf is the status an error from a stage becomes (0: none, a drop).
