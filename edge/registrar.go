@@ -79,7 +79,7 @@ func (g *registrar) audit(r *Request, kind audit.Kind, tenant string) audit.Even
 	if reg := r.Register; reg != nil {
 		e.AOR, e.UserAgent = reg.AOR, reg.UserAgent
 		for _, c := range reg.Contacts {
-			e.Contacts = append(e.Contacts, c.Header.Address.String())
+			e.Contacts = append(e.Contacts, audit.Redact(c.Header.Address.String()))
 			if e.Instance == "" {
 				e.Instance = c.Instance
 			}

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
@@ -266,7 +267,7 @@ func (a *api) registrations(w http.ResponseWriter, r *http.Request) {
 // registration is b as the API shows it, with what keeps its flow open
 // (flows may be nil).
 func registration(b registry.Binding, flows *nat.FlowTable) Registration {
-	r := Registration{AOR: b.AOR, Tenant: b.Tenant, Contact: b.Contact, Transport: b.Flow.Transport.String(),
+	r := Registration{AOR: b.AOR, Tenant: b.Tenant, Contact: audit.Redact(b.Contact), Transport: b.Flow.Transport.String(),
 		Source: b.Flow.Remote.String(), Local: b.Flow.Local.String(), UserAgent: b.UserAgent, Instance: b.Instance,
 		RegID: b.RegID, NAT: b.NAT.String(), Expires: b.Expires, Updated: b.Updated, FlowSince: b.FlowSince,
 		CoreContact: b.CoreContact}

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -226,6 +227,24 @@ func (a *Log) write(e Event) {
 	_ = a.l.Handler().Handle(context.Background(), r)
 }
 
+// Redact drops the password a URI's user part may carry
+// (sip:user:password@host): a misconfigured phone's Contact must not
+// put it in the log, the API or the dashboard.
+func Redact(uri string) string {
+	at := strings.IndexByte(uri, '@')
+	if at < 0 {
+		return uri
+	}
+	scheme := strings.IndexByte(uri, ':')
+	if scheme < 0 || scheme > at {
+		return uri
+	}
+	if pw := strings.IndexByte(uri[scheme+1:at], ':'); pw >= 0 {
+		return uri[:scheme+1+pw] + uri[at:]
+	}
+	return uri
+}
+
 // FromRegistry is the audit event of a registry change.
 func FromRegistry(e registry.Event) Event {
 	b := e.Binding
@@ -235,7 +254,7 @@ func FromRegistry(e registry.Event) Event {
 		out.Transport = b.Flow.Transport.String()
 	}
 	if b.Contact != "" {
-		out.Contacts = []string{b.Contact}
+		out.Contacts = []string{Redact(b.Contact)}
 	}
 	if !b.Expires.IsZero() && !b.Updated.IsZero() {
 		out.Expires = int(b.Expires.Sub(b.Updated).Round(time.Second) / time.Second)

@@ -100,3 +100,16 @@ func TestAsyncNeverBlocks(t *testing.T) {
 		t.Errorf("no summary of the drops:\n%s", out)
 	}
 }
+
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"sip:ann:s3cret@10.0.0.1:5060;transport=udp": "sip:ann@10.0.0.1:5060;transport=udp",
+		"sip:ann@10.0.0.1":                           "sip:ann@10.0.0.1",
+		"sip:10.0.0.1:5060":                          "sip:10.0.0.1:5060",
+		"sips:bob:pw@example.com":                    "sips:bob@example.com",
+	} {
+		if got := Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
