@@ -94,6 +94,8 @@ func ValidateTenants(ts []TenantConfig, core upstream.Config, reg RegistrationCo
 			bad("name must be 1 to 32 of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
 		case names[t.Name]:
 			bad("name is used twice")
+		case t.Name == "default":
+			bad(`name "default" is the [core] tenant's, as logs and metrics show it`)
 		}
 		names[t.Name] = true
 		if len(t.Domains) == 0 {

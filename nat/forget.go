@@ -8,9 +8,10 @@ import (
 
 // Forgetting learns which NATs forget a mapping sooner than the
 // keepalive interval. A UDP flow that died of unanswered keepalives, whose
-// endpoint registers again from the same public address soon after, was
-// not left by its phone (it is still there): its NAT dropped the mapping
-// between two keepalives. That NAT's flows then get a shorter interval
+// endpoint registers again from the same public address, as the same
+// running phone (the caller's identity includes what a reboot changes,
+// such as the Call-ID), was not left by its phone: its NAT dropped the
+// mapping between two keepalives. That NAT's flows then get a shorter interval
 // (Keepaliver.Shorten), halved each time it happens again, so the
 // interval comes down to what the NAT keeps. Nothing is probed: the
 // measurement costs no phone its reachability beyond the loss that

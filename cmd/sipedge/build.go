@@ -268,15 +268,15 @@ func learnNATs(f *nat.Forgetting, emit func(audit.Event)) func(registry.Event) {
 		switch e.Kind {
 		case registry.FlowDead:
 			if e.Why == "keepalive" {
-				aors := make([]string, len(e.Removed))
+				ids := make([]string, len(e.Removed))
 				for i, b := range e.Removed {
-					aors[i] = b.AOR
+					ids[i] = deviceID(b)
 				}
-				f.Died(e.Flow, aors)
+				f.Died(e.Flow, ids)
 			}
 		case registry.Registered, registry.Moved:
 			b := e.Binding
-			if d := f.Registered(b.Flow, b.AOR); d > 0 {
+			if d := f.Registered(b.Flow, deviceID(b)); d > 0 {
 				emit(audit.Event{Kind: audit.KeepaliveAdapted, Severity: slog.LevelWarn, AOR: b.AOR, Tenant: b.Tenant,
 					Source: b.Flow.Remote, Transport: b.Flow.Transport.String(), Reason: "the NAT forgot a mapping between keepalives",
 					Detail: fmt.Sprintf("keepalives to %s every %s from now on", b.Flow.Remote.Addr(), d)})
@@ -284,3 +284,8 @@ func learnNATs(f *nat.Forgetting, emit func(audit.Event)) func(registry.Event) {
 		}
 	}
 }
+
+// deviceID names a phone across its flows for learnNATs: its AOR and its
+// Call-ID, which a phone keeps while it runs and changes when it
+// reboots, so a phone that was switched off teaches nothing.
+func deviceID(b registry.Binding) string { return b.AOR + "\x00" + b.CallID }

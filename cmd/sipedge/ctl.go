@@ -12,6 +12,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/sipedge/sipedge/edge/admin"
 )
@@ -170,7 +171,8 @@ func printCtl(w io.Writer, v any) {
 	case *admin.Page[admin.Registration]:
 		fmt.Fprintln(tw, "AOR\tTENANT\tCONTACT\tTRANSPORT\tSOURCE\tNAT\tUSER AGENT\tEXPIRES IN")
 		for _, r := range v.Items {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.AOR, r.Tenant, r.Contact, r.Transport, r.Source, r.NAT, r.UserAgent, ago(r.Expires))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", printable(r.AOR), printable(r.Tenant), printable(r.Contact),
+				r.Transport, r.Source, r.NAT, printable(r.UserAgent), ago(r.Expires))
 		}
 		fmt.Fprintf(tw, "(%d of %d)\n", len(v.Items), v.Total)
 	case *admin.Page[admin.BanView]:
@@ -203,4 +205,15 @@ func readToken(path string) (string, error) {
 		return "", err
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// printable replaces control characters (a phone's User-Agent may carry
+// terminal escapes) and tabs, which would break the table.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, s)
 }

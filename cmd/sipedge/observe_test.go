@@ -72,3 +72,18 @@ func TestLearnNATs(t *testing.T) {
 		t.Errorf("learned from a flow that did not die of keepalives: %+v", got)
 	}
 }
+
+// A phone that rebooted (a new Call-ID) after its flow died teaches
+// nothing about its NAT.
+func TestLearnNATsNotFromReboots(t *testing.T) {
+	flows, _ := nat.NewFlowTable(100, nil, nat.FlowEvents{})
+	ka, _ := nat.NewKeepaliver(nat.DefaultKeepaliveConfig(), nat.KeepaliverDeps{Flows: flows})
+	var got []audit.Event
+	learn := learnNATs(nat.NewForgetting(ka, nil, time.Hour), func(e audit.Event) { got = append(got, e) })
+	old := nat.FlowKey{Transport: nat.UDP, Local: netip.MustParseAddrPort("198.18.0.1:5060"), Remote: netip.MustParseAddrPort("198.18.0.2:5080")}
+	learn(registry.Event{Kind: registry.FlowDead, Flow: old, Why: "keepalive", Removed: []registry.Binding{{AOR: "sip:1000@x", CallID: "before"}}})
+	learn(registry.Event{Kind: registry.Registered, Binding: registry.Binding{AOR: "sip:1000@x", CallID: "after-reboot", Flow: old}})
+	if len(got) != 0 || ka.Interval(netip.MustParseAddr("198.18.0.2")) != 25*time.Second {
+		t.Errorf("learned from a reboot: %+v", got)
+	}
+}

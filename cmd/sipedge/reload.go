@@ -84,6 +84,22 @@ func (r *reloader) reloadErr() error {
 	if !reflect.DeepEqual(r.cur.State, cfg.State) {
 		restart = append(restart, "state")
 	}
+	// Built once at start: what the file says of them waits for a
+	// restart, and the running values stay what the API shows.
+	for _, sec := range []struct {
+		name    string
+		differ  bool
+		keepOld func()
+	}{
+		{"admin", r.cur.Admin != cfg.Admin, func() { cfg.Admin = r.cur.Admin }},
+		{"audit", r.cur.Audit != cfg.Audit, func() { cfg.Audit = r.cur.Audit }},
+		{"alerts", r.cur.Alerts != cfg.Alerts, func() { cfg.Alerts = r.cur.Alerts }},
+	} {
+		if sec.differ {
+			restart = append(restart, sec.name)
+			sec.keepOld()
+		}
+	}
 	changed := changedSections(r.cur, cfg)
 	r.log.Info("config reloaded", "file", r.path, "changed", changed, "needs_restart", restart)
 	r.emit(audit.Event{Kind: audit.ConfigReload, Reason: "applied",

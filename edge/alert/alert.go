@@ -95,7 +95,7 @@ func (c Config) Validate() error {
 		bad("max_devices", "%d is negative", c.MaxDevices)
 	}
 	if c.Webhook != "" && !strings.HasPrefix(c.Webhook, "http://") && !strings.HasPrefix(c.Webhook, "https://") {
-		bad("webhook", "%q is not an http(s) URL", c.Webhook)
+		bad("webhook", "is not an http(s) URL") // not quoted: it may carry a key
 	}
 	if c.WebhookQueue < 1 || c.WebhookQueue > 100_000 {
 		bad("webhook_queue", "%d is outside 1..100000", c.WebhookQueue)

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"sync/atomic"
 	"time"
 
@@ -108,6 +110,10 @@ func (h *Webhook) post(ctx context.Context, body []byte) error {
 	req.Header.Set("Content-Type", "application/json")
 	res, err := h.client.Do(req)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) { // its URL may carry a key: name the host only
+			return fmt.Errorf("%s: %w", req.URL.Host, ue.Err)
+		}
 		return err
 	}
 	res.Body.Close()

@@ -136,8 +136,8 @@ func (c Config) Validate() error {
 	if c.MaxSizeMB < 1 || c.MaxSizeMB > 100_000 {
 		errs = append(errs, fmt.Errorf("audit.max_size_mb: %d is outside 1..100000", c.MaxSizeMB))
 	}
-	if c.MaxFiles < 0 || c.MaxFiles > 10_000 {
-		errs = append(errs, fmt.Errorf("audit.max_files: %d is outside 0..10000", c.MaxFiles))
+	if c.MaxFiles < 1 || c.MaxFiles > 10_000 { // 0 would keep every file (lumberjack)
+		errs = append(errs, fmt.Errorf("audit.max_files: %d is outside 1..10000", c.MaxFiles))
 	}
 	return errors.Join(errs...)
 }
