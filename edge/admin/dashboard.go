@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -98,6 +99,22 @@ func secure(h http.Handler) http.Handler {
 type dash struct {
 	d    Deps
 	feed *Feed
+
+	// The last snapshot, shared by every open page for a second: each
+	// one walks the whole registry under its lock.
+	mu     sync.Mutex
+	last   Snapshot
+	lastAt time.Time
+}
+
+// shared is a snapshot at most a second old.
+func (s *dash) shared() Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now := time.Now(); now.Sub(s.lastAt) >= time.Second {
+		s.last, s.lastAt = s.snapshot(), now
+	}
+	return s.last
 }
 
 func (s *dash) page(w http.ResponseWriter, _ *http.Request) {
@@ -207,7 +224,7 @@ func (s *dash) stream(w http.ResponseWriter, r *http.Request) {
 	if _, err := fmt.Fprint(w, "retry: 2000\n\n"); err != nil {
 		return
 	}
-	if write("snapshot", s.snapshot()) != nil || rc.Flush() != nil {
+	if write("snapshot", s.shared()) != nil || rc.Flush() != nil {
 		return
 	}
 	tick := time.NewTicker(snapshotEvery)
@@ -218,7 +235,7 @@ func (s *dash) stream(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			return
 		case <-tick.C:
-			err = write("snapshot", s.snapshot())
+			err = write("snapshot", s.shared())
 		case e := <-sub.ch:
 			err = write("audit", e)
 			for n := len(sub.ch); n > 0 && err == nil; n-- { // a burst: one flush
