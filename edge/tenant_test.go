@@ -231,6 +231,7 @@ func TestValidateTenants(t *testing.T) {
 		want string
 	}{
 		{"bad name", []edge.TenantConfig{{Name: "Acme Corp", Domains: ok.Domains, Upstreams: ok.Upstreams}}, "name must be"},
+		{"default", []edge.TenantConfig{{Name: "default", Domains: ok.Domains, Upstreams: ok.Upstreams}}, `"default" is the [core] tenant's`},
 		{"twice", []edge.TenantConfig{ok, {Name: "acme", Domains: []string{"b.test"}, Upstreams: ok.Upstreams}}, "used twice"},
 		{"shared domain", []edge.TenantConfig{ok, {Name: "bolt", Domains: []string{"ACME.test"}, Upstreams: ok.Upstreams}}, `"acme.test" is already`},
 		{"no domains", []edge.TenantConfig{{Name: "acme", Upstreams: ok.Upstreams}}, "at least one"},
