@@ -114,8 +114,10 @@ func (p *Pool) report(t Target, ok bool, overloaded bool, started time.Time) {
 		return
 	}
 	from, to := s.health[i].report(ok, ok && overloaded, s.upAfter, s.downAfter, started)
-	if from != to && p.onChange != nil {
-		p.onChange(s.targets[i], to)
+	if from != to {
+		for _, f := range *p.onChange.Load() {
+			f(s.targets[i], to)
+		}
 	}
 }
 

@@ -208,7 +208,7 @@ type Pool struct {
 	set atomic.Pointer[poolSet]
 	mu  sync.Mutex // serialises Reload and the refresher's swaps
 
-	onChange  func(Target, State)
+	onChange  atomic.Pointer[[]func(Target, State)] // replaced whole by OnChange
 	newTicker func(time.Duration) (<-chan time.Time, func())
 	log       *slog.Logger
 	now       func() time.Time // the clock of DNS expiry; tests set it
@@ -250,7 +250,16 @@ type Option func(*Pool)
 // the change and with no lock held, so f may call back into the Pool.
 // Calls may come from several goroutines at once (forwarders, the
 // prober); whoever needs the latest state asks State.
-func WithOnChange(f func(Target, State)) Option { return func(p *Pool) { p.onChange = f } }
+func WithOnChange(f func(Target, State)) Option { return func(p *Pool) { p.OnChange(f) } }
+
+// OnChange adds f to those called on every change of a target's state,
+// as WithOnChange does; for parts built after the pool.
+func (p *Pool) OnChange(f func(Target, State)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fs := append(append([]func(Target, State){}, *p.onChange.Load()...), f)
+	p.onChange.Store(&fs)
+}
 
 // WithTicker makes Probe's and Refresh's ticks come from newTicker
 // instead of the system clock; it returns the tick channel and a stop
@@ -274,6 +283,7 @@ func systemTicker(d time.Duration) (<-chan time.Time, func()) {
 // has answered. Refresh keeps the names' answers current.
 func NewPool(cfg Config, opts ...Option) (*Pool, error) {
 	p := &Pool{newTicker: systemTicker, now: time.Now}
+	p.onChange.Store(&[]func(Target, State){})
 	for _, o := range opts {
 		o(p)
 	}

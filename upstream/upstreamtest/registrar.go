@@ -292,6 +292,13 @@ func (r *Registrar) URI(transport string) string {
 // UDP retransmissions are therefore recorded as separate requests.
 func (r *Registrar) SetSilent(silent bool) { r.silent.Store(silent) }
 
+// Forget drops every binding: a core restarted without persistence.
+func (r *Registrar) Forget() {
+	r.table.mu.Lock()
+	r.table.aors = make(map[string][]*binding)
+	r.table.mu.Unlock()
+}
+
 // Requests returns clones of every request received so far, in order.
 func (r *Registrar) Requests() []*sip.Request { return r.log.all() }
 
