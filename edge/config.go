@@ -46,6 +46,17 @@ type RegistrationConfig struct {
 	Offload      bool          `toml:"offload"`
 	PhoneExpires time.Duration `toml:"phone_expires"`
 	CoreExpires  time.Duration `toml:"core_expires"`
+	// CoreRate caps the REGISTERs sent to each core per second (0: no
+	// cap), shared fairly between sources; a REGISTER waits at most a
+	// second for its turn. Beyond it a refresh the edge can answer from
+	// what the core last accepted is answered so, and anything else gets
+	// 503 with a spread Retry-After.
+	CoreRate int `toml:"core_rate"`
+	// RepopulateRate paces telling a core again what it may have lost
+	// (it went down, or a 200 left out bindings the edge holds): per
+	// tenant, re-registrations per second. Refreshes over it are
+	// answered from cache and try again next time.
+	RepopulateRate int `toml:"repopulate_rate"`
 }
 
 // DefaultAccessConfig has phones on 127.0.0.1:5060, UDP and TCP.
@@ -56,7 +67,7 @@ func DefaultAccessConfig() AccessConfig {
 // DefaultRegistrationConfig serves any domain, 60 s to 1 h, 10 contacts.
 func DefaultRegistrationConfig() RegistrationConfig {
 	return RegistrationConfig{MinExpires: 60 * time.Second, MaxExpires: time.Hour, MaxContacts: 10,
-		PhoneExpires: 60 * time.Second, CoreExpires: time.Hour}
+		PhoneExpires: 60 * time.Second, CoreExpires: time.Hour, RepopulateRate: 100}
 }
 
 // Validate names every invalid key and why.
@@ -126,6 +137,12 @@ func (r RegistrationConfig) Validate() error {
 	if r.CoreExpires < 3*r.PhoneExpires || r.CoreExpires > 24*time.Hour {
 		bad("core_expires", "%s is not within 3 × phone_expires (%s) .. 24h", r.CoreExpires, r.PhoneExpires)
 	}
+	if r.CoreRate < 0 || r.CoreRate > 1_000_000 {
+		bad("core_rate", "%d is outside 0..1000000", r.CoreRate)
+	}
+	if r.RepopulateRate < 1 || r.RepopulateRate > 1_000_000 {
+		bad("repopulate_rate", "%d is outside 1..1000000", r.RepopulateRate)
+	}
 	return errors.Join(errs...)
 }
 
@@ -155,4 +172,23 @@ func (c DrainConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("drain.retry_after: %s is outside 2s..1h", c.RetryAfter))
 	}
 	return errors.Join(errs...)
+}
+
+// SurvivalConfig is the [survival] section: a branch that keeps working
+// while every core of its tenant is down.
+type SurvivalConfig struct {
+	// Grace is how long after the last core of a tenant went down the
+	// edge keeps answering the refreshes of phones it knows, on their own
+	// flows, from what the core last accepted, and routes calls and
+	// messages between phones registered here straight over their flows.
+	// New phones get 503 meanwhile. 0: off (everything gets 503).
+	Grace time.Duration `toml:"grace"`
+}
+
+// Validate names every invalid key and why.
+func (c SurvivalConfig) Validate() error {
+	if c.Grace < 0 || c.Grace > 7*24*time.Hour {
+		return fmt.Errorf("survival.grace: %s is outside 0..168h", c.Grace)
+	}
+	return nil
 }

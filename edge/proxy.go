@@ -62,9 +62,13 @@ func (p *proxy) toCore(ctx context.Context, r *Request) error {
 	inDialog := fwd.To() != nil && fwd.To().Params.Has("tag")
 	var t *tenant
 	if inDialog {
-		if t = p.dialogAllows(r, fwd); t == nil {
+		var peer nat.FlowKey
+		if t, peer = p.dialogAllows(r, fwd); t == nil {
 			p.log.Debug("in-dialog request outside a known dialog", "src", r.Flow.Remote, "method", r.Method)
 			return reject(403, "Forbidden")
+		}
+		if peer.Valid() { // a call the edge routed alone: to the other phone
+			return p.toFlow(ctx, r, fwd, peer, t.name, nil)
 		}
 	} else {
 		// A phone has no business pre-loading a route past the edge
@@ -84,6 +88,9 @@ func (p *proxy) toCore(ctx context.Context, r *Request) error {
 	}
 	l, err := t.leg(aorOf(r.From().Address))
 	if err != nil {
+		if !inDialog && t.watch.surviving() {
+			return p.survive(ctx, r, fwd, t, err)
+		}
 		return err
 	}
 	if dialogCreating(fwd) {
@@ -135,27 +142,29 @@ func (p *proxy) peer(a netip.Addr) bool {
 // access-side Record-Route with the token of the flow it arrived on, and
 // the dialog must be one the edge saw, with the same route set beyond.
 // The token's tenant is the dialog's (nil: refused).
-func (p *proxy) dialogAllows(r *Request, fwd *sip.Request) *tenant {
+func (p *proxy) dialogAllows(r *Request, fwd *sip.Request) (*tenant, nat.FlowKey) {
+	var none nat.FlowKey
 	top := fwd.Route()
 	if top == nil || !p.self.isOurs(top.Address) || top.Address.User == "" {
-		return nil
+		return nil, none
 	}
-	token, ok := p.self.popOwnRoutes(fwd)
-	if !ok {
-		return nil
-	}
+	// The top entry is this phone's; a call the edge routed alone between
+	// two phones has the other phone's next (unless hidden), and the
+	// dialog table knows that flow.
+	token := top.Address.User
+	p.self.popOwnRoutes(fwd)
 	tok, name, err := p.self.open(token, p.tenants.names)
 	if err != nil || tok.Flow != r.Flow || !p.current(tok) {
-		return nil
+		return nil, none
 	}
 	t := p.tenants.named(name)
 	id, ok := dialogID(fwd)
 	if !ok || t == nil {
-		return nil
+		return nil, none
 	}
-	restore, ok := p.dialogs.Allow(id, r.Flow, routeSet(fwd.GetHeaders("Route")))
+	restore, peer, ok := p.dialogs.Allow(id, r.Flow, routeSet(fwd.GetHeaders("Route")))
 	if !ok {
-		return nil
+		return nil, none
 	}
 	for i := len(restore) - 1; i >= 0; i-- { // the route the edge hid from the phone
 		var u sip.Uri
@@ -166,7 +175,7 @@ func (p *proxy) dialogAllows(r *Request, fwd *sip.Request) *tenant {
 	if fwd.Method == sip.BYE {
 		p.dialogs.End(id) // in-dialog requests racing the BYE are refused: the call is over
 	}
-	return t
+	return t, peer
 }
 
 // track remembers a dialog a response establishes: a dialog-creating
@@ -256,14 +265,23 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 	if dialogCreating(fwd) {
 		p.self.recordRoute(fwd, flow, tenant.name, tenant.pool.Pick().Transport, false)
 	}
-	if !p.hide {
-		return p.relay.forward(ctx, r, fwd, p.flowLeg(flow), func(res *sip.Response) {
-			p.track(r, fwd, res, flow, false)
-		})
+	return p.toFlow(ctx, r, fwd, flow, tenant.name, func(res *sip.Response) {
+		p.track(r, fwd, res, flow, false)
+	})
+}
+
+// toFlow forwards fwd to the phone on flow and relays its responses
+// back, with onResponse (nil: none) seeing each first. With topology
+// hiding the phone sees only the edge: the Vias and every Record-Route
+// but the edge's access-side one for flow stay here, and are put back
+// on the responses.
+func (p *proxy) toFlow(ctx context.Context, r *Request, fwd *sip.Request, flow nat.FlowKey, tenant string, onResponse func(*sip.Response)) error {
+	if onResponse == nil {
+		onResponse = func(*sip.Response) {}
 	}
-	// Topology hiding: the phone sees only the edge. The core's Vias and
-	// every Record-Route but the edge's access-side one stay here, and are
-	// put back on the responses toward the core.
+	if !p.hide {
+		return p.relay.forward(ctx, r, fwd, p.flowLeg(flow), onResponse)
+	}
 	vias := fwd.GetHeaders("Via")
 	for i := range vias {
 		vias[i] = sip.HeaderClone(vias[i])
@@ -276,7 +294,7 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 		rrs[i] = sip.HeaderClone(rrs[i])
 	}
 	dropHeaders(fwd, "Via")
-	hideRecordRoute(p.self, fwd, flow, tenant.name)
+	hideRecordRoute(p.self, fwd, flow, tenant)
 	p.hideHeaders(fwd)
 	return p.relay.forward(ctx, r, fwd, p.flowLeg(flow), func(res *sip.Response) {
 		dropHeaders(res, "Via")
@@ -289,7 +307,7 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 				res.AppendHeader(sip.HeaderClone(rr))
 			}
 		}
-		p.track(r, fwd, res, flow, false)
+		onResponse(res)
 	})
 }
 
@@ -354,13 +372,21 @@ func (p *proxy) ack(req *sip.Request, from nat.FlowKey, fromCore bool) {
 	} else {
 		// An ACK for a 2xx is in-dialog: the same policy, and no answer.
 		r := &Request{Request: req, Flow: from}
-		t := p.dialogAllows(r, fwd)
-		if t == nil {
+		t, peer := p.dialogAllows(r, fwd)
+		switch {
+		case t == nil:
 			return
-		}
-		var err error
-		if l, err = t.leg(aorOf(req.From().Address)); err != nil {
-			return // no core up: the ACK has nowhere to go
+		case peer.Valid(): // a call the edge routed alone: to the other phone
+			l = p.flowLeg(peer)
+			if p.hide {
+				dropHeaders(fwd, "Via")
+				p.hideHeaders(fwd)
+			}
+		default:
+			var err error
+			if l, err = t.leg(aorOf(req.From().Address)); err != nil {
+				return // no core up: the ACK has nowhere to go
+			}
 		}
 	}
 	p.relay.ack(fwd, l.Hop)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -177,11 +178,40 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		}
 	}
 
-	if pol.cfg.Offload {
-		if mine, ok := g.absorbable(r, reg, t, pol.cfg); ok {
-			g.absorb(r, reg, t, pol.cfg, mine)
+	cfg := pol.cfg
+	mine, v := g.classify(r, reg, t, cfg)
+	if v == cached && cfg.Offload {
+		g.absorb(r, reg, t, cacheGrant(cfg, mine, g.now()), mine)
+		return nil
+	}
+	to, err := t.leg(reg.AOR)
+	if err != nil {
+		// No core up. A branch in survival keeps the phones it knows.
+		if v != toCore && t.watch.surviving() {
+			g.absorb(r, reg, t, phoneGrant(cfg.PhoneExpires), mine)
 			return nil
 		}
+		return err // 503 at once
+	}
+	// The cache answers what the core need not hear now: a binding the
+	// core lost waits for its turn at repopulate_rate, and over core_rate
+	// a repeat goes no further while the core still holds it.
+	fromCache := func() bool {
+		grant := cacheGrant(cfg, mine, g.now())
+		if v != stale || !cfg.Offload || grant <= 0 {
+			return false
+		}
+		g.absorb(r, reg, t, grant, mine)
+		return true
+	}
+	if v == stale && cfg.Offload && anyLost(mine) && !t.watch.repopulate(cfg.RepopulateRate) && fromCache() {
+		return nil
+	}
+	if cfg.CoreRate > 0 && !t.watch.gate(to.Dest.String(), cfg.CoreRate).Take(ctx, r.Flow.Remote.Addr().String()) {
+		if fromCache() {
+			return nil
+		}
+		return reject(503, "Core Busy", retryAfter(spread(t.retryAfter)))
 	}
 
 	fwd := r.Clone()
@@ -189,10 +219,6 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 	// core at someone else's flow, and the next hop is the edge's choice.
 	dropHeaders(fwd, "Path")
 	dropHeaders(fwd, "Route")
-	to, err := t.leg(reg.AOR)
-	if err != nil {
-		return err // no core up: 503 at once
-	}
 	token := g.self.token(r.Flow, t.name)
 	fwdContacts := contactsOf(fwd)
 	sent := make([]sentContact, len(reg.Contacts))
@@ -236,11 +262,40 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		g.answered(r, t, res)
 		if res.IsSuccess() {
 			g.registry.Apply(g.update(r, reg, t, sent, res, r.NAT))
+			if cfg.Offload {
+				g.noteMissing(r, reg, t, res)
+			}
 			g.restoreReply(reg, t.mode, token, sent, res)
 			grantPhone(sent, res)
 			g.outbound(reg, r.Flow, res)
 		}
 	})
+}
+
+// noteMissing marks the AOR's other bindings that the core's 200 left
+// out, though the edge answers their refreshes as the core's: the core
+// lost them (it restarted empty), so their next refreshes go to it.
+func (g *registrar) noteMissing(r *Request, reg *registerRequest, t *tenant, res *sip.Response) {
+	if reg.Star {
+		return
+	}
+	granted := contactsOf(res)
+	var ids []string
+	for _, b := range g.registry.Lookup(reg.AOR) {
+		if b.Tenant != t.name || b.CoreLost() || b.Flow == r.Flow {
+			continue
+		}
+		var u sip.Uri
+		if sip.ParseUri(b.CoreContact, &u) != nil {
+			continue
+		}
+		if !slices.ContainsFunc(granted, func(c *sip.ContactHeader) bool { return sameURI(c.Address, u) }) {
+			ids = append(ids, b.ID())
+		}
+	}
+	if len(ids) > 0 {
+		t.watch.lost(g.registry.ForgetAtCore(t.name, reg.AOR, ids...), "a 200 left out bindings the edge holds")
+	}
 }
 
 // coreContact is the Contact the core stores for c in rewrite mode: the

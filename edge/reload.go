@@ -135,6 +135,7 @@ func restartKeys(old, cfg Config) []string {
 	diff("nat.flow_timer", old.NAT.FlowTimerUDP != cfg.NAT.FlowTimerUDP || old.NAT.FlowTimerStream != cfg.NAT.FlowTimerStream)
 	diff("nat.max_flows", old.NAT.MaxFlows != cfg.NAT.MaxFlows)
 	diff("nat stream limits", old.NAT.StreamLimits != cfg.NAT.StreamLimits)
+	diff("survival.grace", old.Survival.Grace != cfg.Survival.Grace)
 	diff("tenant (names, domains, modes; or core.upstreams emptied or set)", tenantShape(old) != tenantShape(cfg))
 	return out
 }

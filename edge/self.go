@@ -146,6 +146,14 @@ func (s *self) recordRoute(fwd *sip.Request, flow nat.FlowKey, tenant, coreTrans
 	fwd.PrependHeader(&sip.RecordRouteHeader{Address: second})
 }
 
+// recordRouteFlow adds one access-side Record-Route entry for flow on
+// top: a call the edge routes between two of its phones has one for each.
+func (s *self) recordRouteFlow(fwd *sip.Request, flow nat.FlowKey, tenant string) {
+	access := uri(s.token(flow, tenant), s.accessAddr(flow), flow.Transport.String())
+	access.UriParams.Add("lr", "")
+	fwd.PrependHeader(&sip.RecordRouteHeader{Address: access})
+}
+
 // popOwnRoutes removes the Route entries at the top of req that name this
 // edge (loose routing, RFC 3261 §16.4) and returns the flow token they
 // carried, if any. Two different tokens mean someone stacked a second

@@ -54,6 +54,7 @@ type Config struct {
 	Core         upstream.Config // mode and timeout
 	NAT          nat.Config      // Flow-Timer values granted to outbound clients
 	Drain        DrainConfig
+	Survival     SurvivalConfig
 	Tenants      []TenantConfig
 }
 
@@ -152,7 +153,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		return nil, errors.New("edge: Log, Signer, Limiter, Flows, Keepalive, Probe, Registry and Conns are required")
 	}
 	if err := errors.Join(cfg.Access.Validate(), cfg.Registration.Validate(), cfg.Core.Validate(), cfg.NAT.Validate(), cfg.Drain.Validate(),
-		ValidateTenants(cfg.Tenants, cfg.Core, cfg.Registration)); err != nil {
+		cfg.Survival.Validate(), ValidateTenants(cfg.Tenants, cfg.Core, cfg.Registration)); err != nil {
 		return nil, err
 	}
 	if (d.Pools.Default == nil) != (len(cfg.Core.Upstreams) == 0) {
@@ -443,6 +444,9 @@ func (s *Server) maintain(ctx context.Context, t clock.Ticker) {
 			return
 		case now := <-t.C():
 			s.d.Registry.Expire()
+			for _, t := range s.tenants.all {
+				t.watch.tick()
+			}
 			for _, u := range append(s.accessUDP(), s.coreUDP) {
 				u.recycleIfQuiet()
 			}

@@ -32,6 +32,12 @@ type TenantConfig struct {
 	MinExpires  time.Duration `toml:"min_expires"`
 	MaxExpires  time.Duration `toml:"max_expires"`
 	MaxContacts int           `toml:"max_contacts"`
+	// Offload and its intervals and rates; absent: [registration]'s.
+	Offload        *bool         `toml:"offload"`
+	PhoneExpires   time.Duration `toml:"phone_expires"`
+	CoreExpires    time.Duration `toml:"core_expires"`
+	CoreRate       int           `toml:"core_rate"`
+	RepopulateRate int           `toml:"repopulate_rate"`
 }
 
 // tenantName keeps names short and printable: they appear in logs and
@@ -64,6 +70,21 @@ func (t TenantConfig) Registration(base RegistrationConfig) RegistrationConfig {
 	}
 	if t.MaxContacts != 0 {
 		r.MaxContacts = t.MaxContacts
+	}
+	if t.Offload != nil {
+		r.Offload = *t.Offload
+	}
+	if t.PhoneExpires != 0 {
+		r.PhoneExpires = t.PhoneExpires
+	}
+	if t.CoreExpires != 0 {
+		r.CoreExpires = t.CoreExpires
+	}
+	if t.CoreRate != 0 {
+		r.CoreRate = t.CoreRate
+	}
+	if t.RepopulateRate != 0 {
+		r.RepopulateRate = t.RepopulateRate
 	}
 	return r
 }
@@ -130,6 +151,9 @@ type tenant struct {
 	// leg is the way to the tenant's cores for a request keyed by AOR.
 	leg   func(key string) (leg, error)
 	probe upstream.ProbeFunc // health checks of its cores
+	watch *coreWatch         // survival, re-population, core_rate
+	// retryAfter is what phones refused for a busy core are told (±50%).
+	retryAfter time.Duration
 }
 
 // tenants finds a request's tenant: by domain for what phones send, by
@@ -208,9 +232,11 @@ func newTenants(cfg Config, d Deps, fd upstream.ForwarderDeps) (*tenants, error)
 		if err != nil {
 			return err
 		}
-		t := &tenant{name: name, pool: pool, mode: core.Mode, probe: coreProbe(fwd)}
+		t := &tenant{name: name, pool: pool, mode: core.Mode, probe: coreProbe(fwd), retryAfter: core.RetryAfter}
 		t.policy.Store(newRegPolicy(reg))
 		t.leg = coreLeg(core, pool, fwd)
+		t.watch = newCoreWatch(t, d.Registry, cfg.Survival.Grace, d.Clock.Now, d.Events, d.Log)
+		pool.OnChange(t.watch.changed)
 		ts.add(t, reg.Domains)
 		return nil
 	}

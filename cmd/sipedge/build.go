@@ -147,11 +147,11 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 		restore(log, store, snap, reg, limiter, cfg.NAT.Interval)
 		w = state.NewWriter(store, cfg.State.FlushInterval, clk, log, limiter.BanHistory)
 	}
+	var srv *edge.Server // the metrics read its cores once it serves
 	coreTLS, err := cfg.Core.ClientTLS()
 	if err != nil {
 		return nil, err
 	}
-	var srv *edge.Server // the metrics read its cores once it serves
 	src := metrics.Sources{Registry: reg, Flows: flows, Limiter: limiter, Cores: func() []metrics.Core {
 		var out []metrics.Core
 		for _, c := range srv.Cores() {

@@ -28,6 +28,7 @@ type fileConfig struct {
 	RateLimit    ratelimit.Config        `toml:"ratelimit"`
 	State        state.Config            `toml:"state"`
 	Drain        edge.DrainConfig        `toml:"drain"`
+	Survival     edge.SurvivalConfig     `toml:"survival"`
 	Log          logConfig               `toml:"log"`
 	Tenants      []edge.TenantConfig     `toml:"tenant"`
 	Admin        admin.Config            `toml:"admin"`
@@ -58,7 +59,7 @@ func defaultConfig() fileConfig {
 
 func (c fileConfig) validate() error {
 	return errors.Join(c.Access.Validate(), c.Core.Validate(), c.Registration.Validate(),
-		c.NAT.Validate(), c.RateLimit.Validate(), c.State.Validate(), c.Drain.Validate(), c.Log.validate(),
+		c.NAT.Validate(), c.RateLimit.Validate(), c.State.Validate(), c.Drain.Validate(), c.Survival.Validate(), c.Log.validate(),
 		edge.ValidateTenants(c.Tenants, c.Core, c.Registration), c.Admin.Validate(c.accessAddrs()), c.Audit.Validate(), c.Alerts.Validate())
 }
 
@@ -81,7 +82,7 @@ func (c fileConfig) redacted() fileConfig {
 
 // edge is what the edge server reads of the file.
 func (c fileConfig) edge() edge.Config {
-	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain, Tenants: c.Tenants}
+	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain, Survival: c.Survival, Tenants: c.Tenants}
 }
 
 func (l logConfig) validate() error {

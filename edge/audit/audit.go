@@ -41,8 +41,11 @@ const (
 	CoreUp       Kind = "core_up"
 	CoreDown     Kind = "core_down"
 	CoreOverload Kind = "core_overloaded"
-	ModeChange   Kind = "mode_change"   // draining, standby, active
-	ConfigReload Kind = "config_reload" // SIGHUP or the admin API
+	ModeChange   Kind = "mode_change" // draining, standby, active, survival
+	// CoreRepopulate: a core may have lost bindings the edge holds; their
+	// next refreshes tell it again (started, progress, done).
+	CoreRepopulate Kind = "core_repopulate"
+	ConfigReload   Kind = "config_reload" // SIGHUP or the admin API
 	// KeepaliveAdapted: a NAT forgot a mapping between keepalives, so its
 	// flows get a shorter interval.
 	KeepaliveAdapted Kind = "keepalive_adapted"

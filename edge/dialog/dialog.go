@@ -33,8 +33,16 @@ type Dialog struct {
 	Route []string
 	// Confirmed is false for an early dialog (a 1xx with a To-tag).
 	Confirmed bool
-	expires   time.Time
+	// Peer, for a call the edge routed between two of its phones alone
+	// (survival), is the other phone's flow: in-dialog requests go there,
+	// not to the core. Zero otherwise.
+	Peer    nat.FlowKey
+	expires time.Time
 }
+
+// perDialog bounds the phones one dialog may hold: two for a call
+// between two phones behind the edge, a few more for forks.
+const perDialog = 4
 
 // EarlyTTL is how long an early dialog (a 1xx with a To-tag) is kept
 // unless confirmed: an INVITE transaction's Timer C.
@@ -47,28 +55,39 @@ type Table struct {
 	max int
 
 	mu sync.Mutex
-	m  map[ID]Dialog
+	m  map[ID][]Dialog // one per phone flow taking part
 }
 
 // New returns a table of at most max dialogs, each forgotten after ttl
 // without use.
 func New(max int, ttl time.Duration, now func() time.Time) *Table {
-	return &Table{now: now, ttl: ttl, max: max, m: make(map[ID]Dialog)}
+	return &Table{now: now, ttl: ttl, max: max, m: make(map[ID][]Dialog)}
 }
 
-// Establish records d as id. A confirmed dialog is never downgraded to
-// early; an early one lives EarlyTTL unless confirmed. It reports false
-// if the table is full.
+// Establish records d as id's for d.Flow (a dialog between two phones
+// behind the edge has one record for each). A confirmed dialog is never
+// downgraded to early; an early one lives EarlyTTL unless confirmed. It
+// reports false if the table is full.
 func (t *Table) Establish(id ID, d Dialog) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if old, ok := t.m[id]; ok {
-		d.Confirmed = d.Confirmed || old.Confirmed
-	} else if len(t.m) >= t.max {
+	ds, ok := t.m[id]
+	if !ok && len(t.m) >= t.max {
 		return false
 	}
+	i := slices.IndexFunc(ds, func(o Dialog) bool { return o.Flow == d.Flow })
+	switch {
+	case i >= 0:
+		d.Confirmed = d.Confirmed || ds[i].Confirmed
+	case len(ds) >= perDialog:
+		return false
+	default:
+		ds = append(ds, Dialog{})
+		i = len(ds) - 1
+	}
 	d.expires = t.now().Add(t.ttlOf(d))
-	t.m[id] = d
+	ds[i] = d
+	t.m[id] = ds
 	return true
 }
 
@@ -83,25 +102,26 @@ func (t *Table) ttlOf(d Dialog) time.Duration {
 // flow with route set beyond the edge's own entries, belongs to it, and
 // keeps the dialog alive if so. The route set must be the dialog's, or
 // empty when the edge hid it from the phone: restore is then what the
-// request must carry onward.
-func (t *Table) Allow(id ID, flow nat.FlowKey, route []string) (restore []string, ok bool) {
+// request must carry onward. peer is the dialog's Peer for flow.
+func (t *Table) Allow(id ID, flow nat.FlowKey, route []string) (restore []string, peer nat.FlowKey, ok bool) {
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	d, ok := t.m[id]
-	if !ok || !d.expires.After(now) || d.Flow != flow {
-		return nil, false
+	ds := t.m[id]
+	i := slices.IndexFunc(ds, func(d Dialog) bool { return d.Flow == flow })
+	if i < 0 || !ds[i].expires.After(now) {
+		return nil, peer, false
 	}
+	d := &ds[i]
 	switch {
 	case slices.Equal(d.Route, route):
 	case len(route) == 0:
 		restore = d.Route
 	default:
-		return nil, false
+		return nil, peer, false
 	}
-	d.expires = now.Add(t.ttlOf(d))
-	t.m[id] = d
-	return restore, true
+	d.expires = now.Add(t.ttlOf(*d))
+	return restore, d.Peer, true
 }
 
 // End forgets id (the dialog's BYE was answered).
@@ -117,10 +137,13 @@ func (t *Table) Sweep() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
-	for id, d := range t.m {
-		if !d.expires.After(now) {
+	for id, ds := range t.m {
+		live := slices.DeleteFunc(ds, func(d Dialog) bool { return !d.expires.After(now) })
+		if len(live) == 0 {
 			delete(t.m, id)
 			n++
+		} else {
+			t.m[id] = live
 		}
 	}
 	return n

@@ -23,16 +23,16 @@ func TestDialogTable(t *testing.T) {
 	if !tab.Establish(id, Dialog{Flow: a, Route: route}) {
 		t.Fatal("not established")
 	}
-	if _, ok := tab.Allow(id, b, route); ok {
+	if _, _, ok := tab.Allow(id, b, route); ok {
 		t.Fatal("another flow allowed")
 	}
-	if _, ok := tab.Allow(id, a, []string{"sip:elsewhere;lr"}); ok {
+	if _, _, ok := tab.Allow(id, a, []string{"sip:elsewhere;lr"}); ok {
 		t.Fatal("another route set allowed")
 	}
-	if r, ok := tab.Allow(id, a, route); !ok || r != nil {
+	if r, _, ok := tab.Allow(id, a, route); !ok || r != nil {
 		t.Fatal("the dialog's own route set refused")
 	}
-	if r, ok := tab.Allow(id, a, nil); !ok || len(r) != 1 {
+	if r, _, ok := tab.Allow(id, a, nil); !ok || len(r) != 1 {
 		t.Fatal("a hidden route set is not restored")
 	}
 	tab.Establish(NewID("c2", "1", "2"), Dialog{Flow: a})
@@ -40,7 +40,7 @@ func TestDialogTable(t *testing.T) {
 		t.Fatal("a full table took a new dialog")
 	}
 	now = now.Add(2 * time.Hour)
-	if _, ok := tab.Allow(id, a, route); ok {
+	if _, _, ok := tab.Allow(id, a, route); ok {
 		t.Fatal("an idle dialog outlived its ttl")
 	}
 	if n := tab.Sweep(); n != 2 || tab.Len() != 0 {
@@ -48,7 +48,7 @@ func TestDialogTable(t *testing.T) {
 	}
 	tab.Establish(id, Dialog{Flow: a})
 	tab.End(id)
-	if _, ok := tab.Allow(id, a, nil); ok {
+	if _, _, ok := tab.Allow(id, a, nil); ok {
 		t.Fatal("an ended dialog allowed")
 	}
 }
@@ -64,10 +64,10 @@ func TestEarlyDialogExpires(t *testing.T) {
 	tab.Establish(confirmed, Dialog{Flow: f})
 	tab.Establish(confirmed, Dialog{Flow: f, Confirmed: true})
 	now = now.Add(EarlyTTL + time.Second)
-	if _, ok := tab.Allow(early, f, nil); ok {
+	if _, _, ok := tab.Allow(early, f, nil); ok {
 		t.Fatal("an early dialog outlived EarlyTTL")
 	}
-	if _, ok := tab.Allow(confirmed, f, nil); !ok {
+	if _, _, ok := tab.Allow(confirmed, f, nil); !ok {
 		t.Fatal("a confirmed dialog was forgotten after EarlyTTL")
 	}
 }

@@ -48,11 +48,12 @@ type Config struct {
 	NAT          nat.Config
 	RateLimit    ratelimit.Config
 	Drain        edge.DrainConfig
+	Survival     edge.SurvivalConfig
 	Tenants      []edge.TenantConfig
 }
 
 func (c Config) edge() edge.Config {
-	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain, Tenants: c.Tenants}
+	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain, Survival: c.Survival, Tenants: c.Tenants}
 }
 
 // Hooks let a test watch the edge and move its time.

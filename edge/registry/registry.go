@@ -504,3 +504,50 @@ func (r *Registry) Merge(put, del []Binding) {
 		r.syncFlowLocked(f)
 	}
 }
+
+// ForgetAtCore marks bindings the core may no longer hold (it restarted,
+// or the AOR moved to another core): their next refreshes must reach it
+// again (see Binding.CoreLost). Every binding of tenant when aor is
+// empty; else those of aor with the given IDs. It returns how many it
+// marked. The mark is not an event: a restart of the edge forgets it.
+func (r *Registry) ForgetAtCore(tenant, aor string, ids ...string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	mark := func(m map[string]Binding, id string) {
+		if b, ok := m[id]; ok && b.Tenant == tenant && !b.CoreLost() {
+			b.CoreExpires = time.Time{}
+			m[id] = b
+			n++
+		}
+	}
+	if aor != "" {
+		for _, id := range ids {
+			mark(r.t.byAOR[aor], id)
+		}
+		return n
+	}
+	for _, m := range r.t.byAOR {
+		for id := range m {
+			mark(m, id)
+		}
+	}
+	return n
+}
+
+// LostAtCore counts tenant's live bindings marked by ForgetAtCore that no
+// core has accepted since.
+func (r *Registry) LostAtCore(tenant string) int {
+	now := r.d.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.t.byAOR {
+		for _, b := range m {
+			if b.Tenant == tenant && b.CoreLost() && b.Expires.After(now) {
+				n++
+			}
+		}
+	}
+	return n
+}

@@ -39,6 +39,10 @@ func ID(coreContact, instance string, regID int) string {
 	return coreContact + "|" + instance + "|" + strconv.Itoa(regID)
 }
 
+// CoreLost reports whether the core may not hold b: marked by
+// ForgetAtCore, and not accepted by a core since.
+func (b Binding) CoreLost() bool { return b.CoreExpires.IsZero() }
+
 // ID is the binding's name within its AOR.
 func (b Binding) ID() string {
 	cc := b.CoreContact
