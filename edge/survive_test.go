@@ -282,6 +282,23 @@ func TestSurvivalKeepsABranchWorking(t *testing.T) {
 		}
 	}
 
+	// A stranger (no binding on its flow) cannot use survival to reach a
+	// phone: the border policy stands.
+	stranger.Send(strings.NewReplacer("local-call", "stranger-call", "local1", "stranger1",
+		alice.Local.String(), stranger.Local.String()).Replace(inv))
+	for {
+		res := stranger.MustRecvResponse(wait)
+		if res.CallID().Value() == "stranger-call" {
+			if res.StatusCode != 403 {
+				t.Errorf("a stranger's INVITE in survival got %d, want 403", res.StatusCode)
+			}
+			break
+		}
+	}
+	if b := bob.Silent(100 * time.Millisecond); b != nil {
+		t.Errorf("bob got something from a stranger:\n%s", b)
+	}
+
 	// A message to someone not registered here gets 503.
 	alice.Send("MESSAGE sip:dave@example.com SIP/2.0\nVia: SIP/2.0/UDP " + alice.Local.String() + ";branch=z9hG4bK-away;rport\n" +
 		"Max-Forwards: 70\nFrom: <sip:alice@example.com>;tag=m2\nTo: <sip:dave@example.com>\nCall-ID: msg-dave\nCSeq: 1 MESSAGE\nContent-Length: 0\n\n")
