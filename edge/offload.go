@@ -71,6 +71,11 @@ func (g *registrar) classify(r *Request, reg *registerRequest, t *tenant, cfg Re
 			if b.Tenant != t.name || b.CallID != reg.CallID || reg.CSeq <= b.CSeq {
 				return nil, toCore
 			}
+			if since := g.flowSince(r.Flow); !since.IsZero() && !since.Equal(b.FlowSince) {
+				// The flow died and came back (a phone woken by push on its
+				// old NAT mapping): the core's token for it is stale.
+				return nil, toCore
+			}
 			if b.CoreLost() || b.CoreExpires.Sub(now) <= offloadMargin(cfg) {
 				v = stale
 			}
@@ -123,6 +128,10 @@ func (g *registrar) absorb(r *Request, reg *registerRequest, t *tenant, grant ti
 		res.AppendHeader(c)
 	}
 	g.outbound(reg, r.Flow, res)
+	g.featureCaps(reg, res)
+	for _, b := range u.Put {
+		g.waker.registered(b)
+	}
 	g.meter.Absorbed(t.name)
 	send(g.relay.log, r, res)
 }

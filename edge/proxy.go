@@ -2,12 +2,14 @@ package edge
 
 import (
 	"context"
+	"errors"
 	"hash/fnv"
 	"log/slog"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,6 +50,7 @@ type proxy struct {
 	// a flow is recovered.
 	recoverFrom time.Time
 	flowFailed  onceAWhile // 430s toward the core, counted
+	waker       *waker     // sleeping phones woken by push (nil: none)
 }
 
 // toCore forwards a phone's request to the core, under the border
@@ -252,6 +255,9 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 	}
 	fwd := r.Clone()
 	flow, tenant, found, err := p.endpointFlow(fwd, r.Flow.Remote.Addr())
+	if errors.Is(err, errFlowFailed) {
+		flow, err = p.wake(ctx, r, fwd, flow)
+	}
 	if err != nil {
 		return err
 	}
@@ -309,6 +315,38 @@ func (p *proxy) toFlow(ctx context.Context, r *Request, fwd *sip.Request, flow n
 		}
 		onResponse(res)
 	})
+}
+
+// wake holds a request for a phone asleep on dead flow until a push has
+// woken it and it registered again, and returns its new flow; without a
+// binding there a push can wake, the flow failed (430).
+func (p *proxy) wake(ctx context.Context, r *Request, fwd *sip.Request, flow nat.FlowKey) (nat.FlowKey, error) {
+	var b registry.Binding
+	for _, x := range p.registry.Asleep(flow) {
+		if p.waker.wakes(x) {
+			b = x
+			break
+		}
+	}
+	if b.AOR == "" {
+		return flow, errFlowFailed
+	}
+	canceled := make(chan struct{})
+	var once sync.Once
+	if !r.Tx.OnCancel(func(*sip.Request) { once.Do(func() { close(canceled) }) }) {
+		return flow, errDrop // canceled already: sipgo answered
+	}
+	woke, contact, err := p.waker.hold(ctx, b, fwd, canceled)
+	if err != nil {
+		return flow, err
+	}
+	if fwd.Recipient.String() == b.Contact { // the contact as it was on the old flow
+		var u sip.Uri
+		if sip.ParseUri(contact, &u) == nil {
+			fwd.Recipient = u
+		}
+	}
+	return woke, nil
 }
 
 // hideRecordRoute keeps only the edge's access-side Record-Route entry

@@ -24,16 +24,18 @@ const defaultExpires = 3600
 // the endpoint back through this flow, forwards it, and hands what the
 // core accepted to the registry.
 type registrar struct {
-	tenants  *tenants                            // the REGISTER's domain picks one: its cores, mode and policy
-	flowTime struct{ udp, stream time.Duration } // Flow-Timer for outbound clients
-	now      func() time.Time
-	self     *self
-	relay    *relay
-	registry *registry.Registry
-	auth     auth
-	hide     func(*sip.Response) // topology hiding toward the phone, if on
-	events   func(audit.Event)   // what it refused, and the core's refusals and challenges
-	meter    Meter
+	tenants   *tenants                            // the REGISTER's domain picks one: its cores, mode and policy
+	flowTime  struct{ udp, stream time.Duration } // Flow-Timer for outbound clients
+	now       func() time.Time
+	self      *self
+	relay     *relay
+	registry  *registry.Registry
+	auth      auth
+	hide      func(*sip.Response) // topology hiding toward the phone, if on
+	events    func(audit.Event)   // what it refused, and the core's refusals and challenges
+	meter     Meter
+	waker     *waker                      // phones woken by push (nil: no push)
+	flowSince func(nat.FlowKey) time.Time // when the flow table first saw a flow (zero: unknown)
 }
 
 // regPolicy is what [registration] says a REGISTER may ask for.
@@ -261,7 +263,13 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		g.auth.answered(r, res, reg.AOR)
 		g.answered(r, t, res)
 		if res.IsSuccess() {
-			g.registry.Apply(g.update(r, reg, t, sent, res, r.NAT))
+			u := g.update(r, reg, t, sent, res, r.NAT)
+			g.registry.Apply(u)
+			for _, b := range u.Put {
+				b.AOR, b.Flow = reg.AOR, r.Flow
+				g.waker.registered(b)
+			}
+			g.featureCaps(reg, res)
 			if cfg.Offload {
 				g.noteMissing(r, reg, t, res)
 			}
@@ -368,6 +376,7 @@ func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []s
 			Instance:    sc.reg.Instance,
 			RegID:       sc.reg.RegID,
 			NAT:         ev,
+			Push:        sc.reg.Push,
 		})
 	}
 	return u
@@ -399,6 +408,24 @@ next:
 				gr.Address = u
 			}
 		}
+	}
+}
+
+// featureCaps tells a phone registering with RFC 8599 push parameters
+// that the edge will push it (RFC 8599 §5.2: +sip.pns in the 2xx's
+// Feature-Caps, RFC 6809), for each provider it can push through.
+func (g *registrar) featureCaps(reg *registerRequest, res *sip.Response) {
+	if g.waker == nil {
+		return
+	}
+	var said []string
+	for _, c := range reg.Contacts {
+		p := c.Push.Provider
+		if !c.Push.Wakes() || slices.Contains(said, p) || !g.waker.pusher.Supports(p) {
+			continue
+		}
+		said = append(said, p)
+		res.AppendHeader(sip.NewHeader("Feature-Caps", `*;+sip.pns="`+p+`"`))
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/registry"
 )
 
 // noExpires marks an absent expires value.
@@ -29,6 +30,7 @@ type regContact struct {
 	Expires  int                // expires param, noExpires if absent
 	Instance string             // +sip.instance, quotes kept
 	RegID    int                // reg-id, 0 if absent
+	Push     registry.Push      // RFC 8599 pn-* URI parameters, if any
 }
 
 // effectiveExpires is what the contact asks for, with the registrar's
@@ -131,6 +133,10 @@ func parseRegister(req *sip.Request, userAgent string) (*registerRequest, *Error
 			}
 			c.RegID = n
 		}
+		var err *Error
+		if c.Push, err = pushParams(ch.Address); err != nil {
+			return nil, err
+		}
 		r.Contacts = append(r.Contacts, c)
 	}
 	// RFC 3261 §10.3 step 6: "*" only alone and only with Expires: 0.
@@ -138,6 +144,30 @@ func parseRegister(req *sip.Request, userAgent string) (*registerRequest, *Error
 		return nil, reject(400, "Invalid Wildcard Contact")
 	}
 	return r, nil
+}
+
+// maxPushParam bounds each RFC 8599 parameter: device tokens are a few
+// hundred characters (FCM's the longest).
+const maxPushParam = 1024
+
+// pushParams reads the RFC 8599 parameters of a Contact URI: pn-provider
+// and pn-prid make a push binding; pn-param is provider-specific.
+func pushParams(u sip.Uri) (registry.Push, *Error) {
+	var p registry.Push
+	if u.UriParams == nil {
+		return p, nil
+	}
+	p.Provider, _ = u.UriParams.Get("pn-provider")
+	p.PRID, _ = u.UriParams.Get("pn-prid")
+	p.Param, _ = u.UriParams.Get("pn-param")
+	if p.Provider == "" && p.PRID == "" {
+		return registry.Push{}, nil
+	}
+	if p.Provider == "" || p.PRID == "" || len(p.Provider) > 32 || len(p.PRID) > maxPushParam || len(p.Param) > maxPushParam {
+		return p, reject(400, "Bad Push Parameters")
+	}
+	p.Provider = strings.ToLower(p.Provider)
+	return p, nil
 }
 
 // parseSeconds parses a delta-seconds value, capped like RFC 3261 §20.19

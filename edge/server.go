@@ -55,6 +55,7 @@ type Config struct {
 	NAT          nat.Config      // Flow-Timer values granted to outbound clients
 	Drain        DrainConfig
 	Survival     SurvivalConfig
+	Wake         WakeConfig // [push]: holding requests for sleeping phones
 	Tenants      []TenantConfig
 }
 
@@ -86,6 +87,18 @@ type Deps struct {
 	// CoreTLS is how the edge talks TLS to the cores (nil: Go's defaults,
 	// the system's CAs).
 	CoreTLS *tls.Config
+	// Pusher wakes sleeping phones (RFC 8599); nil: no push. The
+	// registry's Wakes must agree with it.
+	Pusher Pusher
+}
+
+// wakeValid checks [push]'s holding, which is zero (unused) without a
+// Pusher.
+func (c Config) wakeValid() error {
+	if c.Wake == (WakeConfig{}) {
+		return nil
+	}
+	return c.Wake.Validate()
 }
 
 // Meter counts what passes through the edge (edge/metrics has one).
@@ -100,6 +113,9 @@ type Meter interface {
 	CoreRTT(tenant string, d time.Duration)
 	// Absorbed counts a refresh the edge answered itself (offload).
 	Absorbed(tenant string)
+	// Pushed counts a push's fate (sent, answered, unanswered, failed);
+	// took is from the push to the phone's registration, or to giving up.
+	Pushed(result string, took time.Duration)
 }
 
 type noMeter struct{}
@@ -108,6 +124,7 @@ func (noMeter) Received(string, sip.RequestMethod)      {}
 func (noMeter) Answered(string, sip.RequestMethod, int) {}
 func (noMeter) CoreRTT(string, time.Duration)           {}
 func (noMeter) Absorbed(string)                         {}
+func (noMeter) Pushed(string, time.Duration)            {}
 
 // Server is a running edge.
 type Server struct {
@@ -153,7 +170,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		return nil, errors.New("edge: Log, Signer, Limiter, Flows, Keepalive, Probe, Registry and Conns are required")
 	}
 	if err := errors.Join(cfg.Access.Validate(), cfg.Registration.Validate(), cfg.Core.Validate(), cfg.NAT.Validate(), cfg.Drain.Validate(),
-		cfg.Survival.Validate(), ValidateTenants(cfg.Tenants, cfg.Core, cfg.Registration)); err != nil {
+		cfg.Survival.Validate(), cfg.wakeValid(), ValidateTenants(cfg.Tenants, cfg.Core, cfg.Registration)); err != nil {
 		return nil, err
 	}
 	if (d.Pools.Default == nil) != (len(cfg.Core.Upstreams) == 0) {
@@ -243,7 +260,16 @@ func (s *Server) chains(self *self, flowLeg func(nat.FlowKey) leg) {
 		recoverFrom: d.StateSaved.Truncate(time.Second),
 		hide:        cfg.Access.HideTopology, server: cfg.Access.Server}
 	s.proxy.setPeers(cfg.Access.Trusted)
-	reg := &registrar{now: d.Clock.Now, self: self, relay: s.relay, tenants: s.tenants, registry: d.Registry, auth: au, events: d.Events, meter: d.Meter}
+	var wk *waker
+	if d.Pusher != nil {
+		wk = newWaker(d.Pusher, cfg.Wake, d.Clock.Now, d.Events, d.Meter, d.Log)
+	}
+	s.proxy.waker = wk
+	reg := &registrar{now: d.Clock.Now, self: self, relay: s.relay, tenants: s.tenants, registry: d.Registry, auth: au,
+		events: d.Events, meter: d.Meter, waker: wk, flowSince: func(f nat.FlowKey) time.Time {
+			fl, _ := d.Flows.Get(f)
+			return fl.Created
+		}}
 	s.registrar = reg
 	reg.flowTime.udp, reg.flowTime.stream = cfg.NAT.FlowTimerUDP, cfg.NAT.FlowTimerStream
 	if cfg.Access.HideTopology {

@@ -45,7 +45,10 @@ const (
 	// CoreRepopulate: a core may have lost bindings the edge holds; their
 	// next refreshes tell it again (started, progress, done).
 	CoreRepopulate Kind = "core_repopulate"
-	ConfigReload   Kind = "config_reload" // SIGHUP or the admin API
+	// Push: a sleeping phone woken for a request (detail: sent, answered,
+	// unanswered, failed).
+	Push         Kind = "push"
+	ConfigReload Kind = "config_reload" // SIGHUP or the admin API
 	// KeepaliveAdapted: a NAT forgot a mapping between keepalives, so its
 	// flows get a shorter interval.
 	KeepaliveAdapted Kind = "keepalive_adapted"

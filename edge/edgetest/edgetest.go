@@ -49,11 +49,12 @@ type Config struct {
 	RateLimit    ratelimit.Config
 	Drain        edge.DrainConfig
 	Survival     edge.SurvivalConfig
+	Wake         edge.WakeConfig
 	Tenants      []edge.TenantConfig
 }
 
 func (c Config) edge() edge.Config {
-	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain, Survival: c.Survival, Tenants: c.Tenants}
+	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain, Survival: c.Survival, Wake: c.Wake, Tenants: c.Tenants}
 }
 
 // Hooks let a test watch the edge and move its time.
@@ -72,6 +73,8 @@ type Hooks struct {
 	// Events gets the edge's own audit events; Meter counts requests.
 	Events func(audit.Event)
 	Meter  edge.Meter
+	// Pusher wakes phones registered with RFC 8599 parameters (nil: none).
+	Pusher edge.Pusher
 }
 
 // Edge is a running edge.
@@ -125,6 +128,7 @@ func StartWith(t testing.TB, core string, mutate func(*Config), h Hooks) *Edge {
 		NAT:          nat.DefaultConfig(),
 		RateLimit:    ratelimit.DefaultConfig(),
 		Drain:        edge.DrainConfig{Grace: time.Second, RetryAfter: 30 * time.Second},
+		Wake:         edge.DefaultWakeConfig(),
 	}
 	cfg.Core.Listen = "127.0.0.1:0"
 	cfg.Core.Upstreams = []string{core}
@@ -212,13 +216,16 @@ func build(t testing.TB, cfg Config, h Hooks, clk clock.Clock, socks *edge.Socke
 	keepalive, probe := keepaliver(cfg.NAT.KeepaliveConfig), keepaliver(cfg.NAT.StreamProbe())
 	conns := edge.NewConns()
 	reg, err = registry.New(registry.Deps{Now: clk.Now, Flows: flows, UDP: keepalive, Stream: probe,
-		Sources: limiter, StreamOpen: conns.Open, OnEvent: h.OnEvent, RecoverHold: cfg.Registration.MaxExpires})
+		Sources: limiter, StreamOpen: conns.Open, OnEvent: h.OnEvent, RecoverHold: cfg.Registration.MaxExpires,
+		Wakes: func(b registry.Binding) bool {
+			return h.Pusher != nil && b.Push.Wakes() && h.Pusher.Supports(b.Push.Provider)
+		}})
 	must(err)
 	reg.Restore(h.Restore, time.Second)
 	srv, err := edge.New(cfg.edge(), socks,
 		edge.Deps{Log: log, Clock: clk, Signer: signer, Pools: pools, Limiter: limiter, Flows: flows,
 			Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns, StateSaved: h.StateSaved, CoreTLS: h.CoreTLS,
-			Events: h.Events, Meter: h.Meter})
+			Events: h.Events, Meter: h.Meter, Pusher: h.Pusher})
 	must(err)
 	return srv, reg, limiter, flows
 }

@@ -48,6 +48,8 @@ type Metrics struct {
 	events    *prometheus.CounterVec
 	alerts    *prometheus.CounterVec
 	absorbed  *prometheus.CounterVec
+	pushes    *prometheus.CounterVec
+	pushWake  prometheus.Histogram
 	gauges    *gauges
 
 	mu   sync.RWMutex // guards the caches below
@@ -81,6 +83,12 @@ func New(src Sources) *Metrics {
 		Help: "Alerts raised, by alert (mass_loss, user_agent_change, source_jump, auth_failure_burst, duplicate_identity)."}, []string{"alert"})
 	m.absorbed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sipedge_register_absorbed_total",
 		Help: "Refreshes the edge answered itself (registration offload), by tenant."}, []string{"tenant"})
+	m.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sipedge_pushes_total",
+		Help: "Pushes to sleeping phones by result: sent, answered (the phone registered again), unanswered, failed."}, []string{"result"})
+	m.pushWake = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "sipedge_push_wake_seconds",
+		Help:    "Time from a push to the phone's registration on a new flow.",
+		Buckets: []float64{.1, .25, .5, 1, 2, 3, 5, 8, 13, 20}})
+	m.reg.MustRegister(m.pushes, m.pushWake)
 	m.reg.MustRegister(m.requests, m.responses, m.coreRTT, m.events, m.alerts, m.absorbed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.gauges)
@@ -159,6 +167,19 @@ func (m *Metrics) CoreRTT(tenant string, d time.Duration) {
 
 // Absorbed counts a refresh answered by the edge (edge.Meter).
 func (m *Metrics) Absorbed(tenant string) { m.absorbed.WithLabelValues(tenantLabel(tenant)).Inc() }
+
+// Pushed counts a push's fate; an answered one's wake time is observed.
+func (m *Metrics) Pushed(result string, took time.Duration) {
+	switch result {
+	case "sent", "answered", "unanswered", "failed":
+	default:
+		result = "other"
+	}
+	m.pushes.WithLabelValues(result).Inc()
+	if result == "answered" {
+		m.pushWake.Observe(took.Seconds())
+	}
+}
 
 // Event counts an audit event.
 func (m *Metrics) Event(e audit.Event) {

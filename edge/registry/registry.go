@@ -47,6 +47,7 @@ type Event struct {
 	Flow    nat.FlowKey // FlowDead, Recovered: the flow
 	Why     string      // FlowDead: why it died
 	Removed []Binding   // FlowDead: the bindings it took along
+	Asleep  int         // FlowDead: bindings it left for a push to wake
 	// Auth is the Update's: whether the REGISTER that made the change
 	// carried credentials ("accepted") or not ("none").
 	Auth string
@@ -80,6 +81,10 @@ type Deps struct {
 	// without a binding: the longest registration the core may hold for
 	// it. Default one hour.
 	RecoverHold time.Duration
+	// Wakes reports whether a binding's phone can be woken by a push
+	// (RFC 8599): such a binding outlives its flow, until it expires,
+	// and the flow stays known as dead (no keepalives). nil: none can.
+	Wakes func(Binding) bool
 }
 
 // Registry is the registration state. Safe for concurrent use.
@@ -94,6 +99,8 @@ type Registry struct {
 	// (dead, unregistered), with when the core can no longer hold a
 	// registration on them: their tokens must not bring them back.
 	buried map[nat.FlowKey]time.Time
+	// asleep are dead flows still holding bindings a push can wake.
+	asleep map[nat.FlowKey]bool
 	// preStart: a token minted before it may be from an earlier process
 	// (tokens carry whole seconds, so it is the second after the start).
 	preStart time.Time
@@ -111,7 +118,7 @@ func New(d Deps) (*Registry, error) {
 		d.RecoverHold = time.Hour
 	}
 	return &Registry{d: d, t: newTable(), recovered: make(map[nat.FlowKey]recovery),
-		buried: make(map[nat.FlowKey]time.Time), preStart: d.Now().Truncate(time.Second).Add(time.Second)}, nil
+		buried: make(map[nat.FlowKey]time.Time), asleep: make(map[nat.FlowKey]bool), preStart: d.Now().Truncate(time.Second).Add(time.Second)}, nil
 }
 
 // Update is what one REGISTER's 2xx says about an AOR's bindings on one
@@ -154,6 +161,7 @@ func (r *Registry) Apply(u Update) {
 		}
 	}
 	if len(u.Put) > 0 {
+		delete(r.asleep, u.Flow) // the same flow, alive again
 		// Seen before the check: a close after it finds the flow alive and
 		// reports it dead, which waits for this lock.
 		r.d.Flows.Seen(u.Flow)
@@ -192,7 +200,14 @@ func (r *Registry) Apply(u Update) {
 // match the bindings on f.
 func (r *Registry) syncFlowLocked(f nat.FlowKey) {
 	w := r.watcherOf(f)
-	if len(r.t.byFlow[f]) > 0 {
+	if len(r.t.byFlow[f]) == 0 {
+		delete(r.asleep, f)
+	}
+	if r.asleep[f] {
+		// Bindings waiting for a push: the flow itself is gone.
+		w.Unwatch(f)
+		r.d.Flows.Remove(f)
+	} else if len(r.t.byFlow[f]) > 0 {
 		delete(r.recovered, f) // its bindings hold it now
 		r.d.Flows.Seen(f)
 		w.Watch(f)
@@ -216,15 +231,41 @@ func (r *Registry) syncFlowLocked(f nat.FlowKey) {
 // OnDead) along with the flow itself.
 func (r *Registry) FlowDead(f nat.FlowKey, why string) {
 	r.mu.Lock()
-	gone := r.t.ofFlow(f)
-	for _, b := range gone {
+	var gone, asleep []Binding
+	for _, b := range r.t.ofFlow(f) {
+		if r.d.Wakes != nil && r.d.Wakes(b) {
+			asleep = append(asleep, b) // a push wakes it: not lost
+			continue
+		}
 		r.t.delete(b)
+		gone = append(gone, b)
+	}
+	if len(asleep) > 0 {
+		r.asleep[f] = true
 	}
 	delete(r.recovered, f)
 	r.syncFlowLocked(f)
 	r.mu.Unlock()
 	sortByContact(gone)
-	r.emit([]Event{{Kind: FlowDead, Flow: f, Why: why, Removed: gone}})
+	r.emit([]Event{{Kind: FlowDead, Flow: f, Why: why, Removed: gone, Asleep: len(asleep)}})
+}
+
+// Asleep returns the bindings on flow f, dead, that a push can wake.
+func (r *Registry) Asleep(f nat.FlowKey) []Binding {
+	now := r.d.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.asleep[f] {
+		return nil
+	}
+	var out []Binding
+	for _, b := range r.t.ofFlow(f) {
+		if b.Expires.After(now) {
+			out = append(out, b)
+		}
+	}
+	sortByContact(out)
+	return out
 }
 
 // Expire removes every binding whose expiry has passed and returns them.

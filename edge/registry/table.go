@@ -27,7 +27,19 @@ type Binding struct {
 	RegID       int    // reg-id, 0 if none
 	NAT         nat.Evidence
 	Updated     time.Time
+	// Push is how to wake the phone (RFC 8599) when its flow is gone:
+	// such a binding outlives its flow, until it expires.
+	Push Push
 }
+
+// Push is a contact's RFC 8599 parameters: pn-provider (apns, fcm, ...),
+// pn-prid (the device token: never logged whole) and pn-param.
+type Push struct {
+	Provider, PRID, Param string
+}
+
+// Wakes reports whether the binding can be woken by a push.
+func (p Push) Wakes() bool { return p.Provider != "" && p.PRID != "" }
 
 // ID names a binding within its AOR: the contact the core holds, and for
 // an RFC 5626 outbound client its instance and reg-id too, since one

@@ -32,6 +32,9 @@ type bindingRecord struct {
 	RegID       int            `json:"reg_id,omitempty"`
 	NAT         uint8          `json:"nat,omitempty"`
 	Updated     time.Time      `json:"updated"`
+	PNProvider  string         `json:"pn_provider,omitempty"`
+	PNPRID      string         `json:"pn_prid,omitempty"`
+	PNParam     string         `json:"pn_param,omitempty"`
 }
 
 func bindingKey(b registry.Binding) []byte { return []byte(b.AOR + "\x00" + b.ID()) }
@@ -42,6 +45,7 @@ func encodeBinding(b registry.Binding) ([]byte, error) {
 		Transport: b.Flow.Transport.String(), Local: b.Flow.Local, Remote: b.Flow.Remote, FlowSince: b.FlowSince,
 		Expires: b.Expires, CoreExpires: b.CoreExpires, CallID: b.CallID, CSeq: b.CSeq, UserAgent: b.UserAgent,
 		Instance: b.Instance, RegID: b.RegID, NAT: uint8(b.NAT), Updated: b.Updated,
+		PNProvider: b.Push.Provider, PNPRID: b.Push.PRID, PNParam: b.Push.Param,
 	})
 }
 
@@ -59,6 +63,7 @@ func decodeBinding(v []byte) (registry.Binding, error) {
 		Flow:      nat.FlowKey{Transport: tp, Local: r.Local, Remote: r.Remote},
 		FlowSince: r.FlowSince, Expires: r.Expires, CoreExpires: r.CoreExpires, CallID: r.CallID, CSeq: r.CSeq, UserAgent: r.UserAgent,
 		Instance: r.Instance, RegID: r.RegID, NAT: nat.Evidence(r.NAT), Updated: r.Updated,
+		Push: registry.Push{Provider: r.PNProvider, PRID: r.PNPRID, Param: r.PNParam},
 	}
 	if b.AOR == "" || b.Contact == "" || !b.Flow.Valid() {
 		return registry.Binding{}, fmt.Errorf("incomplete binding %q", r.AOR)

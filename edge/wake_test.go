@@ -1,0 +1,206 @@
+package edge_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/audit"
+	"github.com/sipedge/sipedge/edge/edgetest"
+	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/upstream/upstreamtest"
+)
+
+// fakePusher records pushes and runs wake for each, as a push service and
+// the phone's app would.
+type fakePusher struct {
+	mu     sync.Mutex
+	pushes []registry.Push
+	wake   func(registry.Push)
+	fail   error
+}
+
+func (f *fakePusher) Supports(provider string) bool { return provider == "apns" }
+
+func (f *fakePusher) Push(_ context.Context, to registry.Push, method, callID, from string) error {
+	f.mu.Lock()
+	f.pushes = append(f.pushes, to)
+	wake, fail := f.wake, f.fail
+	f.mu.Unlock()
+	if fail != nil {
+		return fail
+	}
+	if wake != nil {
+		go wake(to)
+	}
+	return nil
+}
+
+func (f *fakePusher) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.pushes)
+}
+
+const mobileInstance = `"<urn:uuid:00000000-0000-4000-8000-00000000beef>"`
+
+// mobileReg is a REGISTER from a push-capable phone over TCP.
+func mobileReg(p *edgetest.Phone, cseq int) string {
+	return p.Register(edgetest.Reg{User: "mob", CSeq: cseq, CallID: "mob-reg",
+		Contact: fmt.Sprintf("<sip:mob@%s;transport=tcp;pn-provider=apns;pn-prid=ab12cd34ef56;pn-param=TEAM1.com.example.phone.voip>;+sip.instance=%s;reg-id=1",
+			p.Local, mobileInstance)})
+}
+
+type pushLab struct {
+	e      *edgetest.Edge
+	core   *upstreamtest.Registrar
+	coreSk *edgetest.Phone // the core's raw socket
+	pusher *fakePusher
+	path   string
+	events events
+}
+
+func startPushLab(t *testing.T, hold time.Duration) *pushLab {
+	t.Helper()
+	l := &pushLab{core: upstreamtest.Start(t, upstreamtest.Options{}), pusher: &fakePusher{}, events: make(events, 256)}
+	l.e = edgetest.StartWith(t, l.core.URI("udp"), func(c *edgetest.Config) { c.Wake.Hold = hold },
+		edgetest.Hooks{Pusher: l.pusher, Events: l.events.hook})
+	phone := edgetest.Dial(t, "tcp", l.e.TCP)
+	phone.Send(mobileReg(phone, 1))
+	res := phone.MustRecvResponse(wait)
+	if res.StatusCode != 200 {
+		t.Fatalf("REGISTER got %d", res.StatusCode)
+	}
+	if fc := res.GetHeader("Feature-Caps"); fc == nil || !strings.Contains(fc.Value(), `+sip.pns="apns"`) {
+		t.Errorf("the 200 does not say the edge pushes (Feature-Caps %v)", fc)
+	}
+	bs := l.core.Bindings("sip:mob@example.com")
+	if len(bs) != 1 || len(bs[0].Path) != 1 {
+		t.Fatalf("core bindings %+v", bs)
+	}
+	l.path = bs[0].Path[0]
+	// The app is suspended: its connection goes.
+	phone.Close()
+	for deadline := time.Now().Add(wait); l.e.Flows().Len() > 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the closed connection's flow is still there")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if bs := l.e.Bindings().Lookup("sip:mob@example.com"); len(bs) != 1 {
+		t.Fatalf("the sleeping phone's binding went with its flow: %+v", bs)
+	}
+	l.coreSk = edgetest.Dial(t, "udp", l.e.CoreAddr())
+	return l
+}
+
+func (l *pushLab) invite(callID string) string {
+	c := &callSetup{core: l.coreSk}
+	return c.request("INVITE", "sip:mob@example.com", l.path, callID, 1, "")
+}
+
+// A phone asleep (its connection gone) is woken by one push when the core
+// calls; it registers again on a new connection and the held INVITE goes
+// out there. Nothing secret of the push reaches the audit events.
+func TestPushWakesASleepingPhone(t *testing.T) {
+	l := startPushLab(t, 5*time.Second)
+	woken := make(chan *edgetest.Phone, 1)
+	l.pusher.wake = func(registry.Push) {
+		p := edgetest.Dial(t, "tcp", l.e.TCP)
+		p.Send(mobileReg(p, 2))
+		woken <- p
+	}
+	start := time.Now()
+	l.coreSk.Send(l.invite("wake-1"))
+	var p *edgetest.Phone
+	select {
+	case p = <-woken:
+	case <-time.After(wait):
+		t.Fatal("no push")
+	}
+	if res := p.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("the woken phone's REGISTER got %d", res.StatusCode)
+	}
+	inv := p.MustRecvRequest("INVITE", wait)
+	t.Logf("push to INVITE on the new connection: %v", time.Since(start).Round(time.Millisecond))
+	p.Respond(inv, 200, "OK", "mob")
+	for {
+		res := l.coreSk.MustRecvResponse(wait)
+		if res.StatusCode >= 200 {
+			if res.StatusCode != 200 {
+				t.Fatalf("the core's INVITE got %d", res.StatusCode)
+			}
+			break
+		}
+	}
+	if n := l.pusher.count(); n != 1 {
+		t.Errorf("%d pushes, want 1", n)
+	}
+	for {
+		e := l.events.waitFor(t, audit.Push, "", wait)
+		if strings.Contains(fmt.Sprint(e), "ab12cd34ef56") {
+			t.Errorf("the device token reached the audit log: %+v", e)
+		}
+		if e.Detail == "answered" {
+			break
+		}
+	}
+}
+
+// Without the phone coming back the core gets 480 when the hold ends; a
+// CANCEL ends the hold at once; requests waiting together cost one push.
+func TestPushHoldEnds(t *testing.T) {
+	l := startPushLab(t, time.Second)
+	l.coreSk.Send(l.invite("nobody-1"))
+	l.coreSk.Send(l.invite("nobody-2"))
+	got := map[string]int{}
+	for len(got) < 2 {
+		res := l.coreSk.MustRecvResponse(3 * time.Second)
+		if res.StatusCode >= 200 {
+			got[res.CallID().Value()] = res.StatusCode
+		}
+	}
+	if got["nobody-1"] != 480 || got["nobody-2"] != 480 {
+		t.Errorf("held INVITEs got %v, want 480 each", got)
+	}
+	if n := l.pusher.count(); n != 1 {
+		t.Errorf("two INVITEs held together sent %d pushes, want 1", n)
+	}
+
+	l.coreSk.Send(l.invite("cancel-1"))
+	for l.pusher.count() < 2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	c := &callSetup{core: l.coreSk}
+	l.coreSk.Send(strings.Replace(c.request("CANCEL", "sip:mob@example.com", l.path, "cancel-1", 1, ""), "-cancel;", "-invite;", 1))
+	codes := map[sip.RequestMethod]int{}
+	for len(codes) < 2 {
+		res := l.coreSk.MustRecvResponse(wait)
+		if res.StatusCode >= 200 {
+			codes[res.CSeq().MethodName] = res.StatusCode
+		}
+	}
+	if codes[sip.CANCEL] != 200 || codes[sip.INVITE] != 487 {
+		t.Errorf("CANCEL during the hold: %v, want CANCEL 200 and INVITE 487", codes)
+	}
+
+	// A push that fails ends the hold at once.
+	l.pusher.mu.Lock()
+	l.pusher.fail = fmt.Errorf("BadDeviceToken")
+	l.pusher.mu.Unlock()
+	start := time.Now()
+	l.coreSk.Send(l.invite("failed-1"))
+	for {
+		res := l.coreSk.MustRecvResponse(wait)
+		if res.StatusCode >= 200 {
+			if res.StatusCode != 480 || time.Since(start) > 500*time.Millisecond {
+				t.Errorf("a failed push: %d after %v, want 480 at once", res.StatusCode, time.Since(start))
+			}
+			break
+		}
+	}
+}
