@@ -229,6 +229,8 @@ type Registration struct {
 	Updated     time.Time `json:"updated"`
 	FlowSince   time.Time `json:"flow_since"`
 	CoreContact string    `json:"core_contact,omitempty"`
+	// Push is the RFC 8599 provider that can wake the phone ("": none).
+	Push string `json:"push,omitempty"`
 	// Keepalive is what keeps the flow open in auto mode: "options" (the
 	// phone answers them), "crlf" (it does not), "" (not known yet).
 	Keepalive string `json:"keepalive,omitempty"`
@@ -270,7 +272,7 @@ func registration(b registry.Binding, flows *nat.FlowTable) Registration {
 	r := Registration{AOR: b.AOR, Tenant: b.Tenant, Contact: audit.Redact(b.Contact), Transport: b.Flow.Transport.String(),
 		Source: b.Flow.Remote.String(), Local: b.Flow.Local.String(), UserAgent: b.UserAgent, Instance: b.Instance,
 		RegID: b.RegID, NAT: b.NAT.String(), Expires: b.Expires, Updated: b.Updated, FlowSince: b.FlowSince,
-		CoreContact: b.CoreContact}
+		CoreContact: audit.Redact(b.CoreContact), Push: b.Push.Provider}
 	if flows != nil {
 		if f, ok := flows.Get(b.Flow); ok {
 			r.Keepalive = string(f.Keepalive)

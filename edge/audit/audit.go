@@ -234,9 +234,10 @@ func (a *Log) write(e Event) {
 }
 
 // Redact drops the password a URI's user part may carry
-// (sip:user:password@host): a misconfigured phone's Contact must not
-// put it in the log, the API or the dashboard.
+// (sip:user:password@host), and shortens a push device token (pn-prid):
+// a Contact must not put them in the log, the API or the dashboard.
 func Redact(uri string) string {
+	uri = redactPRID(uri)
 	at := strings.IndexByte(uri, '@')
 	if at < 0 {
 		return uri
@@ -249,6 +250,19 @@ func Redact(uri string) string {
 		return uri[:scheme+1+pw] + uri[at:]
 	}
 	return uri
+}
+
+// redactPRID shortens an RFC 8599 device token (pn-prid) to its first
+// four characters: enough to tell devices apart, useless to push with.
+func redactPRID(uri string) string {
+	i := strings.Index(strings.ToLower(uri), "pn-prid=")
+	if i < 0 {
+		return uri
+	}
+	start := i + len("pn-prid=")
+	end := start + strings.IndexAny(uri[start:]+";", ";>?&")
+	keep := min(end, start+4)
+	return uri[:keep] + "…" + redactPRID(uri[end:])
 }
 
 // FromRegistry is the audit event of a registry change.

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
@@ -112,6 +113,10 @@ func Dump(w io.Writer, snap Snapshot) error {
 			return err
 		}
 		m["flow"] = b.Flow.String()
+		if b.Push.PRID != "" { // a device token is as good as the phone's number to a spammer
+			m["pn_prid"] = b.Push.PRID[:min(4, len(b.Push.PRID))] + "…"
+			m["contact"], m["core_contact"] = audit.Redact(b.Contact), audit.Redact(b.CoreContact)
+		}
 		if err := enc.Encode(m); err != nil {
 			return err
 		}
