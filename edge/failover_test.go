@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -254,5 +255,31 @@ func TestCancelStopsInviteFailover(t *testing.T) {
 	}
 	if n := invitesAt(b, "inv-cancel"); n != 0 {
 		t.Errorf("the backup got the canceled INVITE %d times", n)
+	}
+}
+
+// An INVITE's first answer is often a 100 Trying: a sign of life, not a
+// failure. Calls in a row must not take the core down (they once did,
+// at the second call).
+func TestRingingCoreStaysUp(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{InviteAnswers: []int{180, 486}})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) { c.Core.HealthInterval = 0 })
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "ring"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("REGISTER got %d", res.StatusCode)
+	}
+	for i := range 4 {
+		id := fmt.Sprintf("ring-%d", i)
+		phone.Send(invite(phone, "ring", id))
+		if res := finalTo(t, phone, id); res.StatusCode != 486 {
+			t.Fatalf("call %d got %d, want the core's 486", i, res.StatusCode)
+		}
+		phone.Send(strings.Replace(strings.Replace(invite(phone, "ring", id), "INVITE sip:", "ACK sip:", 1), "1 INVITE", "1 ACK", 1))
+	}
+	for _, c := range e.Cores() {
+		if c.State != "up" {
+			t.Errorf("after 4 calls the core is %s", c.State)
+		}
 	}
 }

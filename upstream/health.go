@@ -122,10 +122,10 @@ func (p *Pool) report(t Target, ok bool, overloaded bool, started time.Time) {
 }
 
 // ReportAnswer records how t answered: err for no answer (a timeout, a
-// transport error), else the final status. Any final answer is a sign
-// of life: 200-499 and 600-699 are successes, 500-599 a success that
-// marks t overloaded. A status outside 200..699 is no final answer and
-// counts as a failure.
+// transport error), else the status: the final one, or the first
+// provisional one of an INVITE. Any answer is a sign of life: 100-499 and
+// 600-699 are successes, 500-599 a success that marks t overloaded. A
+// status outside 100..699 is no answer and counts as a failure.
 func (p *Pool) ReportAnswer(t Target, status int, err error) {
 	ok, busy := classify(status, err)
 	p.Report(t, ok, busy)
@@ -137,7 +137,7 @@ func classify(status int, err error) (ok, overloaded bool) {
 		return false, false
 	case status >= 500 && status <= 599:
 		return true, true
-	case status >= 200 && status <= 699:
+	case status >= 100 && status <= 699:
 		return true, false
 	}
 	return false, false

@@ -120,7 +120,7 @@ func TestHealthOverload(t *testing.T) {
 	}{
 		{200, nil, true, false}, {404, nil, true, false}, {408, nil, true, false}, {483, nil, true, false},
 		{603, nil, true, false}, {500, nil, true, true}, {503, nil, true, true}, {599, nil, true, true},
-		{100, nil, false, false}, {0, nil, false, false}, {700, nil, false, false},
+		{100, nil, true, false}, {180, nil, true, false}, {99, nil, false, false}, {0, nil, false, false}, {700, nil, false, false},
 		{200, errors.New("timeout"), false, false},
 	} {
 		if ok, busy := classify(tc.status, tc.err); ok != tc.ok || busy != tc.busy {
