@@ -44,9 +44,10 @@ interop: ## real Kamailio core and sipp phones through the built binary (needs k
 natlab: ## real Linux NAT (netns + nftables) between phones and sipedge; needs root
 	$(GO) test -count=1 -tags natlab -v -timeout 15m -run NATLab ./cmd/sipedge/
 
-bench: ## Go benchmarks, then sipp throughput straight to Kamailio vs through sipedge
+bench: ## Go benchmarks, sipp throughput straight to Kamailio vs through sipedge, then sipedge vs Kamailio as the edge (CPU ratio, profiles)
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 	$(GO) test -count=1 -tags bench -v -timeout 30m -run Throughput ./cmd/sipedge/
+	$(GO) test -count=1 -tags bench -v -timeout 60m -run EdgeCompare ./cmd/sipedge/
 
 clean: ## remove build output
 	rm -rf bin

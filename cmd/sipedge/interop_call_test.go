@@ -55,6 +55,7 @@ type phoneOpts struct {
 	rate      int               // -r (default 10)
 	limit     time.Duration     // sipp -timeout (with -timeout_error)
 	load      bool              // load generator: no -trace_msg, 4 MiB socket buffers
+	args      []string          // more sipp arguments (-trace_rtt ...)
 }
 
 // phone is a sipp process playing one phone (or a load generator).
@@ -115,6 +116,7 @@ func startPhone(t *testing.T, o phoneOpts) *phone {
 	for k, v := range o.keys {
 		args = append(args, "-key", k, v)
 	}
+	args = append(args, o.args...)
 	ph.p = startProc(t, "sipp "+o.name, procOpts{dir: dir, logPath: filepath.Join(dir, "sipp.out")}, args...)
 	return ph
 }

@@ -203,7 +203,7 @@ func startSipedge(t *testing.T, o edgeOpts) *sipedge {
 		t.Fatalf("sipedge check-config: %v\n%s\nconfig:\n%s", err, out, cfg)
 	}
 	e.bin, e.cfg, e.dir = bin, cfgPath, dir
-	e.p = runSipedge(t, procOpts{logPath: filepath.Join(dir, "sipedge.log"), netns: o.netns}, bin, cfgPath)
+	e.p = runSipedge(t, procOpts{logPath: filepath.Join(dir, "sipedge.log"), netns: o.netns}, bin, cfgPath, o.runArgs...)
 	waitSIP(t, e.p, e.udp)
 	return e
 }
@@ -220,6 +220,7 @@ type sippRun struct {
 	traceMsg  bool
 	scenario  string   // in testdata/interop ("": register_auth.xml)
 	args      []string // more sipp arguments (-set ...)
+	port      int      // sipp's local port; 0 picks a free one
 }
 
 type sippResult struct {
@@ -239,7 +240,10 @@ func (r sippResult) stat64(col string) int64 {
 func runSipp(t *testing.T, s sippRun) sippResult {
 	t.Helper()
 	dir := t.TempDir()
-	res := sippResult{dir: dir, port: freePort(t)}
+	res := sippResult{dir: dir, port: s.port}
+	if res.port == 0 {
+		res.port = freePort(t)
+	}
 	if s.scenario == "" {
 		s.scenario = "register_auth.xml"
 	}

@@ -23,9 +23,10 @@ import (
 var version = "dev"
 
 const usage = `usage:
-  sipedge run [-config FILE] [-fresh-state]
+  sipedge run [-config FILE] [-fresh-state] [-cpuprofile FILE] [-memprofile FILE]
                                    serve (no file: built-in defaults); -fresh-state moves an
-                                   unusable state file aside and starts empty instead of failing
+                                   unusable state file aside and starts empty instead of failing;
+                                   -cpuprofile/-memprofile write pprof profiles of the run
   sipedge check-config FILE        validate a config file
   sipedge rotate-key -config FILE  new token key; the old one stays valid for core.key_grace
   sipedge state-dump -config FILE  print the saved bindings and bans (sipedge must be stopped)
@@ -90,6 +91,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.SetOutput(stderr)
 		path := fs.String("config", "", "config file (TOML)")
 		fresh := fs.Bool("fresh-state", false, "move an unusable state file aside and start empty")
+		prof := profileFlags(fs)
 		if err := fs.Parse(args[1:]); err != nil {
 			return 2
 		}
@@ -97,6 +99,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "unexpected argument %q (did you mean -config %s?)\n%s", fs.Arg(0), fs.Arg(0), usage)
 			return 2
 		}
+		stopProf, err := prof.start(stderr)
+		if err != nil {
+			fmt.Fprintln(stderr, "sipedge:", err)
+			return 1
+		}
+		defer stopProf()
 		sig := newSignals()
 		defer sig.stop()
 		if err := serve(sig.ctx, *path, *fresh, stderr, stdout, sig); err != nil {

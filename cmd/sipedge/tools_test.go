@@ -25,12 +25,12 @@ import (
 	"time"
 )
 
-const (
-	realm = "sipedge.test"
-	// procLifetime bounds every process a test starts, whatever happens,
-	// unless its procOpts set a shorter lifetime.
-	procLifetime = 10 * time.Minute
-)
+const realm = "sipedge.test"
+
+// procLifetime bounds every process a test starts, whatever happens,
+// unless its procOpts set a shorter lifetime. The benchmarks, whose
+// Kamailio and sipedge serve run after run, raise it (compare_test.go).
+var procLifetime = 10 * time.Minute
 
 // requireTools skips the test (or, under CI=true, fails it) when a program
 // in names is not on PATH or missing, what the caller found missing
@@ -240,6 +240,8 @@ type edgeOpts struct {
 	registration string
 	ws           string // a WebSocket listener's IP:port, if any
 	netns        string // run it there ("": the test's own)
+	// runArgs are more arguments for `sipedge run` (-cpuprofile FILE).
+	runArgs []string
 }
 
 // sipedgeConfig is sipedge's config with access address access (UDP and
@@ -316,11 +318,12 @@ func writeSipedgeConfig(t *testing.T, bin, dir, cfg string) (string, string, err
 	return cfgPath, out, err
 }
 
-// runSipedge starts `bin run -config cfgPath`. When the test ends it is
-// stopped, and the test fails if the race detector reported in its output.
-func runSipedge(t *testing.T, o procOpts, bin, cfgPath string) *proc {
+// runSipedge starts `bin run -config cfgPath [args]`. When the test ends
+// it is stopped, and the test fails if the race detector reported in its
+// output.
+func runSipedge(t *testing.T, o procOpts, bin, cfgPath string, args ...string) *proc {
 	t.Helper()
-	p := startProc(t, "sipedge", o, bin, "run", "-config", cfgPath)
+	p := startProc(t, "sipedge", o, append([]string{bin, "run", "-config", cfgPath}, args...)...)
 	// Registered after startProc's cleanup, so it runs first: stop, then
 	// look at what sipedge said (the race detector reports at exit).
 	t.Cleanup(func() {
