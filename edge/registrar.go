@@ -181,17 +181,27 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 	}
 
 	cfg := pol.cfg
-	mine, v := g.classify(r, reg, t, cfg)
-	if v == cached && cfg.Offload {
-		g.absorb(r, reg, t, cacheGrant(cfg, mine, g.now()), mine)
-		return nil
+	// Whether the cache could answer: asked only where it may (offload,
+	// or survival once no core is up): it costs a registry lookup.
+	var mine []registry.Binding
+	v := toCore
+	if cfg.Offload {
+		if mine, v = g.classify(r, reg, t, cfg); v == cached {
+			g.absorb(r, reg, t, cacheGrant(cfg, mine, g.now()), mine)
+			return nil
+		}
 	}
 	to, err := t.leg(reg.AOR)
 	if err != nil {
 		// No core up. A branch in survival keeps the phones it knows.
-		if v != toCore && t.watch.surviving() {
-			g.absorb(r, reg, t, phoneGrant(cfg.PhoneExpires), mine)
-			return nil
+		if t.watch.surviving() {
+			if !cfg.Offload {
+				mine, v = g.classify(r, reg, t, cfg)
+			}
+			if v != toCore {
+				g.absorb(r, reg, t, phoneGrant(cfg.PhoneExpires), mine)
+				return nil
+			}
 		}
 		return err // 503 at once
 	}

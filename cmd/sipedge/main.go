@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -21,6 +22,18 @@ import (
 
 // version is stamped by the Makefile (-ldflags -X main.version=...).
 var version = "dev"
+
+// gcPercent is the garbage collector's target unless GOGC says otherwise:
+// the live heap is small (tens of MiB at 100k phones) and every SIP
+// message allocates, so Go's default of 100 spent a tenth of the CPU in
+// marking at 3,000 registrations/s. 400 trades some MiB of heap for it.
+const gcPercent = 400
+
+func lessGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+}
 
 const usage = `usage:
   sipedge run [-config FILE] [-fresh-state] [-cpuprofile FILE] [-memprofile FILE]
@@ -105,6 +118,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		defer stopProf()
+		lessGC()
 		sig := newSignals()
 		defer sig.stop()
 		if err := serve(sig.ctx, *path, *fresh, stderr, stdout, sig); err != nil {

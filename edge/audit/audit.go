@@ -6,6 +6,7 @@
 package audit
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -82,6 +83,7 @@ type Event struct {
 // Log writes events as JSON lines. Safe for concurrent use.
 type Log struct {
 	l    *slog.Logger
+	w    io.Writer // where l writes
 	node string
 	now  func() time.Time
 
@@ -96,8 +98,12 @@ type Log struct {
 
 // Async makes Emit queue events (at most queue) for a goroutine of the
 // log's own to write; Close writes what is queued and stops it.
+// Lines are buffered while more wait and written together once the
+// queue is empty: one write per burst, not per line.
 func (a *Log) Async(queue int) *Log {
 	a.q, a.done = make(chan Event, queue), make(chan struct{})
+	buf := bufio.NewWriterSize(a.w, 64<<10)
+	a.l = jsonLogger(buf)
 	go func() {
 		defer close(a.done)
 		var told uint64
@@ -108,7 +114,11 @@ func (a *Log) Async(queue int) *Log {
 					Detail: "audit events dropped: the log could not keep up"})
 				told = n
 			}
+			if len(a.q) == 0 {
+				_ = buf.Flush()
+			}
 		}
+		_ = buf.Flush()
 	}()
 	return a
 }
@@ -165,16 +175,20 @@ func (nopCloser) Close() error { return nil }
 
 // New writes events to w, naming node in each; now is the clock.
 func New(w io.Writer, node string, now func() time.Time) *Log {
-	h := slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug, ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+	if now == nil {
+		now = time.Now
+	}
+	return &Log{l: jsonLogger(w), w: w, node: node, now: now}
+}
+
+// jsonLogger writes JSON lines to w, the message under "event".
+func jsonLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug, ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
 		if a.Key == slog.MessageKey {
 			a.Key = "event"
 		}
 		return a
-	}})
-	if now == nil {
-		now = time.Now
-	}
-	return &Log{l: slog.New(h), node: node, now: now}
+	}}))
 }
 
 // Emit writes e as one line, or queues it (Async).
