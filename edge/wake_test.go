@@ -9,8 +9,11 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge"
 	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/edgetest"
+	"github.com/sipedge/sipedge/edge/push"
+	"github.com/sipedge/sipedge/edge/push/pushtest"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/upstream/upstreamtest"
 )
@@ -50,9 +53,13 @@ const mobileInstance = `"<urn:uuid:00000000-0000-4000-8000-00000000beef>"`
 
 // mobileReg is a REGISTER from a push-capable phone over TCP.
 func mobileReg(p *edgetest.Phone, cseq int) string {
+	return mobileRegTo(p, cseq, "ab12cd34ef56", "TEAM1.com.example.phone.voip")
+}
+
+func mobileRegTo(p *edgetest.Phone, cseq int, prid, param string) string {
 	return p.Register(edgetest.Reg{User: "mob", CSeq: cseq, CallID: "mob-reg",
-		Contact: fmt.Sprintf("<sip:mob@%s;transport=tcp;pn-provider=apns;pn-prid=ab12cd34ef56;pn-param=TEAM1.com.example.phone.voip>;+sip.instance=%s;reg-id=1",
-			p.Local, mobileInstance)})
+		Contact: fmt.Sprintf("<sip:mob@%s;transport=tcp;pn-provider=apns;pn-prid=%s;pn-param=%s>;+sip.instance=%s;reg-id=1",
+			p.Local, prid, param, mobileInstance)})
 }
 
 type pushLab struct {
@@ -66,11 +73,18 @@ type pushLab struct {
 
 func startPushLab(t *testing.T, hold time.Duration) *pushLab {
 	t.Helper()
-	l := &pushLab{core: upstreamtest.Start(t, upstreamtest.Options{}), pusher: &fakePusher{}, events: make(events, 256)}
+	l := &pushLab{pusher: &fakePusher{}}
+	l.start(t, hold, l.pusher, "ab12cd34ef56", "TEAM1.com.example.phone.voip")
+	return l
+}
+
+func (l *pushLab) start(t *testing.T, hold time.Duration, pusher edge.Pusher, prid, param string) {
+	t.Helper()
+	l.core, l.events = upstreamtest.Start(t, upstreamtest.Options{}), make(events, 256)
 	l.e = edgetest.StartWith(t, l.core.URI("udp"), func(c *edgetest.Config) { c.Wake.Hold = hold },
-		edgetest.Hooks{Pusher: l.pusher, Events: l.events.hook})
+		edgetest.Hooks{Pusher: pusher, Events: l.events.hook})
 	phone := edgetest.Dial(t, "tcp", l.e.TCP)
-	phone.Send(mobileReg(phone, 1))
+	phone.Send(mobileRegTo(phone, 1, prid, param))
 	res := phone.MustRecvResponse(wait)
 	if res.StatusCode != 200 {
 		t.Fatalf("REGISTER got %d", res.StatusCode)
@@ -95,7 +109,6 @@ func startPushLab(t *testing.T, hold time.Duration) *pushLab {
 		t.Fatalf("the sleeping phone's binding went with its flow: %+v", bs)
 	}
 	l.coreSk = edgetest.Dial(t, "udp", l.e.CoreAddr())
-	return l
 }
 
 func (l *pushLab) invite(callID string) string {
@@ -199,6 +212,61 @@ func TestPushHoldEnds(t *testing.T) {
 		if res.StatusCode >= 200 {
 			if res.StatusCode != 480 || time.Since(start) > 500*time.Millisecond {
 				t.Errorf("a failed push: %d after %v, want 480 at once", res.StatusCode, time.Since(start))
+			}
+			break
+		}
+	}
+}
+
+// apnsPusher is cmd/sipedge's adapter, for the edge's tests.
+type apnsPusher struct{ s *push.Senders }
+
+func (p apnsPusher) Supports(provider string) bool { return p.s.Supports(provider) }
+
+func (p apnsPusher) Push(ctx context.Context, to registry.Push, method, callID, from string) error {
+	return p.s.Send(ctx, push.Push{Provider: to.Provider, PRID: to.PRID, Param: to.Param, Method: method, CallID: callID, From: from})
+}
+
+// The whole way to Apple: the edge's push reaches an APNs stand-in that
+// checks what Apple checks (HTTP/2, the ES256 provider token, a VoIP
+// push to the bundle's .voip topic) and the phone's app wakes on it.
+func TestPushThroughAPNs(t *testing.T) {
+	apns := pushtest.NewAPNs(t)
+	senders, err := push.New(push.Config{APNsKeyFile: apns.KeyFile, APNsKeyID: apns.KeyID, APNsTeamID: apns.TeamID,
+		Timeout: 5 * time.Second, TTL: 30 * time.Second},
+		push.WithTLSConfig(apns.TLSConfig()), push.WithAPNsURL(apns.Server.URL, apns.Server.URL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(senders.Close)
+	token := strings.Repeat("4e2f8a19", 8)
+	l := &pushLab{}
+	l.start(t, 5*time.Second, apnsPusher{senders}, token, apns.Param())
+	woken := make(chan *edgetest.Phone, 1)
+	go func() {
+		got := apns.Next(t)
+		if got.Token != token || got.Header.Get("apns-push-type") != "voip" {
+			t.Errorf("APNs got %+v", got)
+		}
+		p := edgetest.Dial(t, "tcp", l.e.TCP)
+		p.Send(mobileRegTo(p, 2, token, apns.Param()))
+		woken <- p
+	}()
+	l.coreSk.Send(l.invite("apns-1"))
+	var p *edgetest.Phone
+	select {
+	case p = <-woken:
+	case <-time.After(wait):
+		t.Fatal("no push reached APNs")
+	}
+	if res := p.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("the woken phone's REGISTER got %d", res.StatusCode)
+	}
+	p.Respond(p.MustRecvRequest("INVITE", wait), 486, "Busy Here", "mob")
+	for {
+		if res := l.coreSk.MustRecvResponse(wait); res.StatusCode >= 200 {
+			if res.StatusCode != 486 {
+				t.Errorf("the core's INVITE got %d, want the phone's 486", res.StatusCode)
 			}
 			break
 		}
