@@ -15,6 +15,7 @@ import (
 	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/clock"
 	"github.com/sipedge/sipedge/edge/metrics"
+	"github.com/sipedge/sipedge/edge/push"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/edge/state"
 	"github.com/sipedge/sipedge/nat"
@@ -35,6 +36,7 @@ type app struct {
 	log     *slog.Logger
 	writer  *state.Writer
 	follow  func(context.Context) // shared state: other edges' changes, applied here (nil: none)
+	pusher  *pusher               // nil: no push
 	reload  *reloader             // path, log and level set by the caller
 }
 
@@ -59,7 +61,48 @@ func (a *app) serve(ctx context.Context) error {
 	stop()
 	bg.Wait()
 	a.audit.Close()
+	a.pusher.close()
 	return err
+}
+
+// pusher adapts the push senders to the edge and the registry (nil: no
+// push service configured).
+type pusher struct{ s *push.Senders }
+
+func newPusher(cfg push.Config, now func() time.Time) (*pusher, error) {
+	if !cfg.APNs() && !cfg.FCM() && !cfg.Gateway() {
+		return nil, nil
+	}
+	s, err := push.New(cfg, push.WithNow(now))
+	if err != nil {
+		return nil, err
+	}
+	return &pusher{s}, nil
+}
+
+// wakes is the registry's Wakes: a binding a push can wake.
+func (p *pusher) wakes(b registry.Binding) bool {
+	return p != nil && b.Push.Wakes() && p.s.Supports(b.Push.Provider)
+}
+
+// edge is p as the edge's Pusher (a nil interface without push).
+func (p *pusher) edge() edge.Pusher {
+	if p == nil {
+		return nil
+	}
+	return p
+}
+
+func (p *pusher) Supports(provider string) bool { return p.s.Supports(provider) }
+
+func (p *pusher) Push(ctx context.Context, to registry.Push, method, callID, from string) error {
+	return p.s.Send(ctx, push.Push{Provider: to.Provider, PRID: to.PRID, Param: to.Param, Method: method, CallID: callID, From: from})
+}
+
+func (p *pusher) close() {
+	if p != nil {
+		p.s.Close()
+	}
 }
 
 // build makes every part from the config and hands each to the next:
@@ -138,8 +181,13 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 		logged := onEvent
 		onEvent = func(e registry.Event) { logged(e); w.Observe(e) }
 	}
+	pusher, err := newPusher(cfg.Push.Config, clk.Now)
+	if err != nil {
+		return nil, err
+	}
 	reg, err = registry.New(registry.Deps{Now: clk.Now, Flows: flows, UDP: keepalive, Stream: probe,
-		Sources: limiter, StreamOpen: conns.Open, OnEvent: onEvent, RecoverHold: cfg.Registration.MaxExpires})
+		Sources: limiter, StreamOpen: conns.Open, OnEvent: onEvent, RecoverHold: cfg.Registration.MaxExpires,
+		Wakes: pusher.wakes})
 	if err != nil {
 		return nil, err
 	}
@@ -165,12 +213,15 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 	obs.metrics = metrics.New(src)
 	srv, err = edge.New(cfg.edge(), socks, edge.Deps{Log: log, Clock: clk, Signer: signer, Pools: pools, CoreTLS: coreTLS,
 		Limiter: limiter, Flows: flows, Keepalive: keepalive, Probe: probe, Registry: reg, Conns: conns,
-		StateSaved: snap.Saved, Events: obs.emit, Meter: obs.metrics})
+		StateSaved: snap.Saved, Events: obs.emit, Meter: obs.metrics, Pusher: pusher.edge()})
 	if err != nil {
 		return nil, err
 	}
 	rl := &reloader{srv: srv, pools: pools, limiter: limiter, keepalive: keepalive, probe: probe, reg: reg, cur: cfg, emit: obs.emit}
-	a := &app{srv: srv, writer: w, reload: rl, log: log, webhook: obs.webhook, audit: obs.audit}
+	a := &app{srv: srv, writer: w, reload: rl, log: log, webhook: obs.webhook, audit: obs.audit, pusher: pusher}
+	if pusher != nil {
+		log.Info("push notifications on", "apns", cfg.Push.APNs(), "fcm", cfg.Push.FCM(), "gateway", cfg.Push.Gateway())
+	}
 	if cfg.Admin.Listen != "" {
 		token, err := admin.LoadOrCreateToken(cfg.Admin.TokenFile)
 		if err != nil {

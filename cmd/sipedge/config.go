@@ -12,6 +12,7 @@ import (
 	"github.com/sipedge/sipedge/edge/admin"
 	"github.com/sipedge/sipedge/edge/alert"
 	"github.com/sipedge/sipedge/edge/audit"
+	"github.com/sipedge/sipedge/edge/push"
 	"github.com/sipedge/sipedge/edge/state"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
@@ -34,6 +35,14 @@ type fileConfig struct {
 	Admin        admin.Config            `toml:"admin"`
 	Audit        audit.Config            `toml:"audit"`
 	Alerts       alert.Config            `toml:"alerts"`
+	Push         pushConfig              `toml:"push"`
+}
+
+// pushConfig is [push]: the push services' credentials (push.Config)
+// and how long requests wait for a woken phone (edge.WakeConfig).
+type pushConfig struct {
+	push.Config
+	edge.WakeConfig
 }
 
 type logConfig struct {
@@ -54,13 +63,15 @@ func defaultConfig() fileConfig {
 		Admin:        admin.DefaultConfig(),
 		Audit:        audit.DefaultConfig(),
 		Alerts:       alert.DefaultConfig(),
+		Push:         pushConfig{push.DefaultConfig(), edge.DefaultWakeConfig()},
 	}
 }
 
 func (c fileConfig) validate() error {
 	return errors.Join(c.Access.Validate(), c.Core.Validate(), c.Registration.Validate(),
 		c.NAT.Validate(), c.RateLimit.Validate(), c.State.Validate(), c.Drain.Validate(), c.Survival.Validate(), c.Log.validate(),
-		edge.ValidateTenants(c.Tenants, c.Core, c.Registration), c.Admin.Validate(c.accessAddrs()), c.Audit.Validate(), c.Alerts.Validate())
+		edge.ValidateTenants(c.Tenants, c.Core, c.Registration), c.Admin.Validate(c.accessAddrs()), c.Audit.Validate(), c.Alerts.Validate(),
+		c.Push.Config.Validate(), c.Push.WakeConfig.Validate())
 }
 
 // accessAddrs are every access listener's address.
@@ -77,12 +88,16 @@ func (c fileConfig) redacted() fileConfig {
 	if c.Alerts.Webhook != "" { // its URL may carry a key
 		c.Alerts.Webhook = "(redacted)"
 	}
+	if c.Push.GatewayURL != "" { // so may this one
+		c.Push.GatewayURL = "(redacted)"
+	}
 	return c
 }
 
 // edge is what the edge server reads of the file.
 func (c fileConfig) edge() edge.Config {
-	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain, Survival: c.Survival, Tenants: c.Tenants}
+	return edge.Config{Access: c.Access, Registration: c.Registration, Core: c.Core, NAT: c.NAT, Drain: c.Drain, Survival: c.Survival,
+		Wake: c.Push.WakeConfig, Tenants: c.Tenants}
 }
 
 func (l logConfig) validate() error {

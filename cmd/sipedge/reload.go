@@ -94,6 +94,7 @@ func (r *reloader) reloadErr() error {
 		{"admin", r.cur.Admin != cfg.Admin, func() { cfg.Admin = r.cur.Admin }},
 		{"audit", r.cur.Audit != cfg.Audit, func() { cfg.Audit = r.cur.Audit }},
 		{"alerts", r.cur.Alerts != cfg.Alerts, func() { cfg.Alerts = r.cur.Alerts }},
+		{"push", !reflect.DeepEqual(r.cur.Push, cfg.Push), func() { cfg.Push = r.cur.Push }},
 	} {
 		if sec.differ {
 			restart = append(restart, sec.name)
