@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"errors"
+	"hash/fnv"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -171,6 +172,15 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 	}
 	if len(reg.Contacts) > pol.cfg.MaxContacts {
 		return reject(403, "Too Many Contacts")
+	}
+	if g.waker != nil {
+		// A push proxy that cannot use the phone's service says so (RFC
+		// 8599 §5.3.1): a 200 would leave a binding nothing can wake.
+		for _, c := range reg.Contacts {
+			if c.Push.Wakes() && !g.waker.pusher.Supports(c.Push.Provider) {
+				return reject(555, "Push Notification Service Not Supported")
+			}
+		}
 	}
 	minE := int(pol.cfg.MinExpires / time.Second)
 	maxE := int(pol.cfg.MaxExpires / time.Second)
@@ -435,8 +445,17 @@ func (g *registrar) featureCaps(reg *registerRequest, res *sip.Response) {
 			continue
 		}
 		said = append(said, p)
-		res.AppendHeader(sip.NewHeader("Feature-Caps", `*;+sip.pns="`+p+`"`))
+		// The PURR names the registration for mid-dialog pushes (§5.6):
+		// the edge routes those by flow token, so any stable name does.
+		purr := strconv.FormatUint(fnv64(reg.AOR+"\x00"+c.Instance+"\x00"+c.Push.PRID), 36)
+		res.AppendHeader(sip.NewHeader("Feature-Caps", `*;+sip.pns="`+p+`";+sip.pnspurr="`+purr+`"`))
 	}
+}
+
+func fnv64(s string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(s))
+	return h.Sum64()
 }
 
 // outbound adds what an RFC 5626 client needs in its 2xx: Require:

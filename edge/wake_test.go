@@ -89,7 +89,8 @@ func (l *pushLab) start(t *testing.T, hold time.Duration, pusher edge.Pusher, pr
 	if res.StatusCode != 200 {
 		t.Fatalf("REGISTER got %d", res.StatusCode)
 	}
-	if fc := res.GetHeader("Feature-Caps"); fc == nil || !strings.Contains(fc.Value(), `+sip.pns="apns"`) {
+	if fc := res.GetHeader("Feature-Caps"); fc == nil || !strings.Contains(fc.Value(), `+sip.pns="apns"`) ||
+		!strings.Contains(fc.Value(), `+sip.pnspurr="`) {
 		t.Errorf("the 200 does not say the edge pushes (Feature-Caps %v)", fc)
 	}
 	bs := l.core.Bindings("sip:mob@example.com")
@@ -270,5 +271,20 @@ func TestPushThroughAPNs(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// A phone naming a push service the edge cannot use is told so (555), not
+// registered with a binding nothing could wake.
+func TestPushServiceNotSupported(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.StartWith(t, core.URI("udp"), nil, edgetest.Hooks{Pusher: &fakePusher{}})
+	p := edgetest.Dial(t, "tcp", e.TCP)
+	p.Send(strings.Replace(mobileReg(p, 1), "pn-provider=apns", "pn-provider=webpush", 1))
+	if res := p.MustRecvResponse(wait); res.StatusCode != 555 {
+		t.Errorf("an unsupported push service got %d, want 555", res.StatusCode)
+	}
+	if n := len(registerRequests(core)); n != 0 {
+		t.Errorf("the core got %d REGISTERs", n)
 	}
 }
