@@ -215,6 +215,16 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		}
 		return err // 503 at once
 	}
+	if !g.registry.HasAORFrom(reg.AOR, r.Flow.Remote.Addr()) {
+		// A new phone: near max_inflight, refreshes go first.
+		to.admit = func() (func(), error) {
+			release, ok := g.auth.limiter.InflightNew()
+			if !ok {
+				return release, upstream.ErrBusy
+			}
+			return release, nil
+		}
+	}
 	// The cache answers what the core need not hear now: a binding the
 	// core lost waits for its turn at repopulate_rate, and over core_rate
 	// a repeat goes no further while the core still holds it.

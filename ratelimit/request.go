@@ -158,7 +158,19 @@ func (l *Limiter) aorLookup(as *aorShard, aor string) (aorEntry, bool) {
 // the request is abandoned); it is idempotent. When not ok, answer 503
 // with RetryAfter; release is then a no-op, never nil.
 func (l *Limiter) Inflight() (release func(), ok bool) {
-	if l.inflight.Add(1) > int64(l.lim.Load().cfg.MaxInflight) {
+	return l.inflightUnder(l.lim.Load().cfg.MaxInflight)
+}
+
+// InflightNew is Inflight for a request that starts something new, a
+// first registration: it leaves the last quarter of max_inflight to
+// refreshes, so a core near its limit keeps the phones it has and turns
+// new ones away first.
+func (l *Limiter) InflightNew() (release func(), ok bool) {
+	return l.inflightUnder(max(1, l.lim.Load().cfg.MaxInflight*3/4))
+}
+
+func (l *Limiter) inflightUnder(limit int) (release func(), ok bool) {
+	if l.inflight.Add(1) > int64(limit) {
 		l.inflight.Add(-1)
 		l.count(&l.shards[0], Reject, ReasonInflight, netip.Addr{})
 		return noop, false

@@ -234,3 +234,30 @@ func TestRetryAfter(t *testing.T) {
 		t.Fatalf("default rand: %v", d)
 	}
 }
+
+// New registrations stop at three quarters of max_inflight; refreshes
+// may use the rest.
+func TestInflightNewLeavesRoomForRefreshes(t *testing.T) {
+	l, _ := newLimiter(t, func(c *Config) { c.MaxInflight = 4 }, Events{})
+	var release []func()
+	for i := range 3 {
+		r, ok := l.InflightNew()
+		if !ok {
+			t.Fatalf("new registration %d refused under 3/4 of the cap", i)
+		}
+		release = append(release, r)
+	}
+	if _, ok := l.InflightNew(); ok {
+		t.Fatal("a new registration took the refreshes' last quarter")
+	}
+	r, ok := l.Inflight()
+	if !ok {
+		t.Fatal("a refresh was refused with a slot left")
+	}
+	if _, ok := l.Inflight(); ok {
+		t.Fatal("over the cap")
+	}
+	for _, f := range append(release, r) {
+		f()
+	}
+}
