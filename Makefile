@@ -39,7 +39,7 @@ fuzz: ## run every fuzz target for FUZZTIME each (crashers land in testdata/fuzz
 	$(GO) test -run '^$$' -fuzz '^FuzzDecisions$$' -fuzztime $(FUZZTIME) ./ratelimit/
 
 interop: ## real Kamailio core and sipp phones through the built binary (needs kamailio, sip-tester)
-	$(GO) test -race -count=1 -tags interop -v -timeout 10m -p 1 -run Interop ./cmd/sipedge/ ./edge/admin/
+	$(GO) test -race -count=1 -tags interop -v -timeout 25m -p 1 -run Interop ./cmd/sipedge/ ./edge/admin/
 
 natlab: ## real Linux NAT (netns + nftables) between phones and sipedge; needs root
 	$(GO) test -count=1 -tags natlab -v -timeout 15m -run NATLab ./cmd/sipedge/

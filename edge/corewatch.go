@@ -33,9 +33,14 @@ type coreWatch struct {
 	graceOver bool            // the end of grace was said
 	repop     repopulation
 	pace      *rate.Limiter           // re-registrations a second
+	paced     map[string]time.Time    // bindings let through the pace, by AOR and flow: until when
 	gates     map[string]*fairq.Queue // per core, at core_rate
 	gateRate  int
 }
+
+// pacedFor is how long a binding let through the pace stays let through:
+// its REGISTER, the core's challenge, the answer, and their retransmissions.
+const pacedFor = 32 * time.Second
 
 // repopulation is one round of telling a core again what it lost.
 type repopulation struct {
@@ -48,7 +53,7 @@ type repopulation struct {
 func newCoreWatch(t *tenant, reg *registry.Registry, grace time.Duration, now func() time.Time, events func(audit.Event), log *slog.Logger) *coreWatch {
 	return &coreWatch{tenant: t.name, pool: t.pool, registry: reg, grace: grace, now: now, events: events, log: log,
 		policy: func() RegistrationConfig { return t.policy.Load().cfg },
-		down:   make(map[string]bool), gates: make(map[string]*fairq.Queue)}
+		down:   make(map[string]bool), gates: make(map[string]*fairq.Queue), paced: make(map[string]time.Time)}
 }
 
 // changed hears a core's change of health (the pool's WithOnChange).
@@ -120,6 +125,11 @@ func (w *coreWatch) tick() {
 		w.event(audit.Event{Kind: audit.ModeChange, Severity: slog.LevelWarn, Reason: "survival grace over",
 			Detail: "every REGISTER gets 503 until a core is up"})
 	}
+	for k, until := range w.paced {
+		if !now.Before(until) {
+			delete(w.paced, k)
+		}
+	}
 	if !w.repop.active || !w.downSince.IsZero() || now.Sub(w.repop.checked) < time.Second {
 		return
 	}
@@ -151,18 +161,29 @@ func (w *coreWatch) surviving() bool {
 	return !w.downSince.IsZero() && w.now().Sub(w.downSince) < w.grace
 }
 
-// repopulate reports whether a refresh the core may have lost may go to
-// it now, at repopulate_rate; the rest are answered from cache and try
-// again with their next refresh.
-func (w *coreWatch) repopulate(perSecond int) bool {
+// repopulate reports whether a refresh of binding key (AOR and flow) the
+// core may have lost may go to it now, at repopulate_rate; the rest are
+// answered from cache and try again with their next refresh. A binding
+// let through stays let through for a while: the core restarted, so it
+// challenges, and the phone's answer must reach it too.
+func (w *coreWatch) repopulate(key string, perSecond int) bool {
 	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := w.now()
+	if until, ok := w.paced[key]; ok && now.Before(until) {
+		return true
+	}
 	if w.pace == nil || int(w.pace.Limit()) != perSecond {
 		w.pace = rate.NewLimiter(rate.Limit(perSecond), max(1, perSecond/10))
 	}
-	p := w.pace
-	w.mu.Unlock()
-	return p.Allow()
+	if !w.pace.AllowN(now, 1) {
+		return false
+	}
+	w.paced[key] = now.Add(pacedFor)
+	return true
 }
+
+
 
 // gate is core's queue at perSecond REGISTERs.
 func (w *coreWatch) gate(core string, perSecond int) *fairq.Queue {

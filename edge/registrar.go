@@ -236,8 +236,13 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		g.absorb(r, reg, t, grant, mine)
 		return true
 	}
-	if v == stale && cfg.Offload && anyLost(mine) && !t.watch.repopulate(cfg.RepopulateRate) && fromCache() {
-		return nil
+	// A binding let through stays let through for a while: the restarted
+	// core challenges, and the phone's answer (a repeat too) follows.
+	repop := false
+	if v == stale && cfg.Offload && anyLost(mine) {
+		if repop = t.watch.repopulate(reg.AOR+"\x00"+r.Flow.String(), cfg.RepopulateRate); !repop && fromCache() {
+			return nil
+		}
 	}
 	if cfg.CoreRate > 0 && !t.watch.gate(to.Dest.String(), cfg.CoreRate).Take(ctx, r.Flow.Remote.Addr().String()) {
 		if fromCache() {
@@ -290,8 +295,16 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 			return
 		}
 		g.meter.CoreRTT(t.name, g.now().Sub(sentAt))
-		g.auth.answered(r, res, reg.AOR)
-		g.answered(r, t, res)
+		if repop && (res.StatusCode == 401 || res.StatusCode == 407) {
+			// A core that restarted knows none of the nonces the phones
+			// hold: its challenge says nothing about their passwords.
+			e := g.audit(r, audit.Challenged, t.name)
+			e.Auth, e.Code, e.Reason = "challenged", res.StatusCode, "re-populating a core that lost it"
+			g.events(e)
+		} else {
+			g.auth.answered(r, res, reg.AOR)
+			g.answered(r, t, res)
+		}
 		if res.IsSuccess() {
 			u := g.update(r, reg, t, sent, res, r.NAT)
 			g.registry.Apply(u)
