@@ -183,8 +183,6 @@ func (w *coreWatch) repopulate(key string, perSecond int) bool {
 	return true
 }
 
-
-
 // gate is core's queue at perSecond REGISTERs.
 func (w *coreWatch) gate(core string, perSecond int) *fairq.Queue {
 	w.mu.Lock()
