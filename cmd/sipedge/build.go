@@ -294,7 +294,11 @@ func logEvent(log *slog.Logger) func(registry.Event) {
 		case registry.Recovered:
 			log.Info("flow recovered from its token", "flow", e.Flow)
 		default:
-			log.Debug("binding "+e.Kind.String(), "aor", e.Binding.AOR, "flow", e.Binding.Flow)
+			// Checked first: every registration passes here, and building
+			// the record (even to drop it) cost allocations and a stack.
+			if log.Enabled(context.Background(), slog.LevelDebug) {
+				log.Debug("binding "+e.Kind.String(), "aor", e.Binding.AOR, "flow", e.Binding.Flow)
+			}
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -140,24 +141,19 @@ type Update struct {
 // Apply records u. A stream flow whose connection closed already gets no
 // binding: the endpoint's reconnect will register again.
 func (r *Registry) Apply(u Update) {
-	now := r.d.Now()
+	// Kept small: Apply runs deep in a request's goroutine, and a frame of
+	// kilobytes made most requests grow their stacks here.
 	var evs []Event
 	r.mu.Lock()
-	touched := map[nat.FlowKey]bool{u.Flow: true}
-	drop := func(b Binding) {
-		if r.t.delete(b) {
-			touched[b.Flow] = true
-			evs = append(evs, Event{Kind: Unregistered, Binding: b})
-		}
-	}
+	touched := []nat.FlowKey{u.Flow}
 	if u.Star {
 		for _, b := range r.t.ofAOR(u.AOR) {
-			drop(b)
+			touched, evs = r.dropLocked(b, touched, evs)
 		}
 	}
 	for _, id := range u.Remove {
 		if b, ok := r.t.get(u.AOR, id); ok {
-			drop(b)
+			touched, evs = r.dropLocked(b, touched, evs)
 		}
 	}
 	if len(u.Put) > 0 {
@@ -169,24 +165,8 @@ func (r *Registry) Apply(u Update) {
 			u.Put = nil
 		}
 	}
-	var since time.Time
-	if f, ok := r.d.Flows.Get(u.Flow); ok {
-		since = f.Created
-	}
-	for _, b := range u.Put {
-		b.AOR, b.Flow, b.FlowSince, b.Updated = u.AOR, u.Flow, since, now
-		old, replaced := r.t.put(b)
-		switch {
-		case !replaced:
-			evs = append(evs, Event{Kind: Registered, Binding: b})
-		case old.Flow == b.Flow:
-			evs = append(evs, Event{Kind: Refreshed, Binding: b, Old: old})
-		default:
-			touched[old.Flow] = true
-			evs = append(evs, Event{Kind: Moved, Binding: b, Old: old})
-		}
-	}
-	for f := range touched {
+	touched, evs = r.putLocked(&u, touched, evs)
+	for _, f := range touched {
 		r.syncFlowLocked(f)
 	}
 	r.mu.Unlock()
@@ -196,8 +176,55 @@ func (r *Registry) Apply(u Update) {
 	r.emit(evs)
 }
 
+// dropLocked removes b for Apply.
+//
+//go:noinline
+func (r *Registry) dropLocked(b Binding, touched []nat.FlowKey, evs []Event) ([]nat.FlowKey, []Event) {
+	if r.t.delete(b) {
+		touched = addFlow(touched, b.Flow)
+		evs = append(evs, Event{Kind: Unregistered, Binding: b})
+	}
+	return touched, evs
+}
+
+// putLocked records u's Put for Apply.
+//
+//go:noinline
+func (r *Registry) putLocked(u *Update, touched []nat.FlowKey, evs []Event) ([]nat.FlowKey, []Event) {
+	now := r.d.Now()
+	var since time.Time
+	if f, ok := r.d.Flows.Get(u.Flow); ok {
+		since = f.Created
+	}
+	for i := range u.Put {
+		b := &u.Put[i]
+		b.AOR, b.Flow, b.FlowSince, b.Updated = u.AOR, u.Flow, since, now
+		old, replaced := r.t.put(*b)
+		e := Event{Kind: Registered, Binding: *b}
+		switch {
+		case !replaced:
+		case old.Flow == b.Flow:
+			e.Kind, e.Old = Refreshed, old
+		default:
+			touched = addFlow(touched, old.Flow)
+			e.Kind, e.Old = Moved, old
+		}
+		evs = append(evs, e)
+	}
+	return touched, evs
+}
+
+func addFlow(fs []nat.FlowKey, f nat.FlowKey) []nat.FlowKey {
+	if slices.Contains(fs, f) {
+		return fs
+	}
+	return append(fs, f)
+}
+
 // syncFlowLocked makes the flow table, the watches and the source count
 // match the bindings on f.
+//
+//go:noinline
 func (r *Registry) syncFlowLocked(f nat.FlowKey) {
 	w := r.watcherOf(f)
 	if len(r.t.byFlow[f]) == 0 {
@@ -307,6 +334,7 @@ func (r *Registry) SweepFlows(idle time.Duration) int {
 	return r.d.Flows.Sweep(idle, r.HasFlow)
 }
 
+//go:noinline
 func (r *Registry) emit(evs []Event) {
 	if r.d.OnEvent == nil {
 		return
