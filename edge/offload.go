@@ -129,11 +129,11 @@ func (g *registrar) absorb(r *Request, reg *registerRequest, t *tenant, grant ti
 	}
 	g.outbound(reg, r.Flow, res)
 	g.featureCaps(reg, res)
-	for _, b := range u.Put {
-		g.waker.registered(b)
-	}
 	g.meter.Absorbed(t.name)
 	send(g.relay.log, r, res)
+	for _, b := range u.Put { // after the 200: see register
+		g.waker.registered(b)
+	}
 }
 
 // anyLost reports whether the core may have lost one of bs.

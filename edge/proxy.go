@@ -258,6 +258,9 @@ func (p *proxy) toPhone(ctx context.Context, r *Request) error {
 	if errors.Is(err, errFlowFailed) {
 		flow, err = p.wake(ctx, r, fwd, flow)
 	}
+	if errors.Is(err, errFlowFailed) {
+		p.flowFailed.note(p.log, "requests from the core for a dead or unknown flow (430)", "flow")
+	}
 	if err != nil {
 		return err
 	}
@@ -465,8 +468,7 @@ func (p *proxy) endpointFlow(fwd *sip.Request, src netip.Addr) (flow nat.FlowKey
 	}
 	if !p.usable(flow) || !p.current(tok) {
 		if !p.recover(tok, t.name) {
-			p.flowFailed.note(p.log, "requests from the core for a dead or unknown flow (430)", "flow")
-			return flow, t, true, errFlowFailed
+			return flow, t, true, errFlowFailed // counted by the caller, unless a push wakes the phone
 		}
 	}
 	return flow, t, true, nil

@@ -287,6 +287,15 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 	}
 
 	sentAt := g.now()
+	// A phone woken by push gets the requests held for it only after the
+	// 200 to its REGISTER: before, an INVITE could overtake it.
+	var accepted []registry.Binding
+	defer func() {
+		for _, b := range accepted {
+			b.AOR, b.Flow = reg.AOR, r.Flow
+			g.waker.registered(b)
+		}
+	}()
 	return g.relay.forward(ctx, r, fwd, to, func(res *sip.Response) {
 		if g.hide != nil {
 			g.hide(res)
@@ -308,10 +317,7 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		if res.IsSuccess() {
 			u := g.update(r, reg, t, sent, res, r.NAT)
 			g.registry.Apply(u)
-			for _, b := range u.Put {
-				b.AOR, b.Flow = reg.AOR, r.Flow
-				g.waker.registered(b)
-			}
+			accepted = u.Put
 			g.featureCaps(reg, res)
 			if cfg.Offload {
 				g.noteMissing(r, reg, t, res)

@@ -544,6 +544,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.log.Info("draining: REGISTERs and new dialogs get 503, calls in progress go on", "until", deadline, "stream_connections", len(conns))
 	s.d.Events(audit.Event{Kind: audit.ModeChange, Detail: "draining", Count: len(conns)})
 	s.drain.close()
+	s.proxy.waker.stop() // requests waiting for sleeping phones get 480 now
 	s.lmu.Lock()
 	for _, l := range s.socks.listeners() {
 		_ = l.Close() // stop accepting; open connections finish their transactions

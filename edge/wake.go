@@ -75,6 +75,9 @@ type waker struct {
 	log    *slog.Logger
 	fails  onceAWhile // failed pushes, counted
 
+	quit     chan struct{} // closed when the edge drains: every hold ends
+	quitOnce sync.Once
+
 	mu    sync.Mutex
 	by    map[string]*wake // by AOR and device token: one push per phone
 	total int              // requests held
@@ -96,7 +99,16 @@ type wake struct {
 }
 
 func newWaker(p Pusher, cfg WakeConfig, now func() time.Time, events func(audit.Event), meter Meter, log *slog.Logger) *waker {
-	return &waker{pusher: p, cfg: cfg, now: now, events: events, meter: meter, log: log, by: make(map[string]*wake)}
+	return &waker{pusher: p, cfg: cfg, now: now, events: events, meter: meter, log: log, by: make(map[string]*wake),
+		quit: make(chan struct{})}
+}
+
+// stop ends every hold (480): the edge is draining, and a request that
+// waits for a phone would outlive it.
+func (w *waker) stop() {
+	if w != nil {
+		w.quitOnce.Do(func() { close(w.quit) })
+	}
 }
 
 // wakes reports whether b's phone can be woken by a push.
@@ -109,6 +121,11 @@ func (w *waker) wakes(b registry.Binding) bool {
 // CANCEL from the core).
 func (w *waker) hold(ctx context.Context, b registry.Binding, req *sip.Request, canceled <-chan struct{}) (nat.FlowKey, string, error) {
 	key := b.AOR + "\x00" + b.Push.PRID
+	select {
+	case <-w.quit:
+		return nat.FlowKey{}, "", errNotWoken
+	default:
+	}
 	w.mu.Lock()
 	k := w.by[key]
 	switch {
@@ -151,6 +168,7 @@ func (w *waker) hold(ctx context.Context, b registry.Binding, req *sip.Request, 
 		return nat.FlowKey{}, "", errDrop // sipgo answered the CANCEL and the INVITE
 	case <-t.C:
 	case <-ctx.Done():
+	case <-w.quit:
 	}
 	return nat.FlowKey{}, "", errNotWoken
 }

@@ -123,11 +123,13 @@ func (l *pushLab) invite(callID string) string {
 func TestPushWakesASleepingPhone(t *testing.T) {
 	l := startPushLab(t, 5*time.Second)
 	woken := make(chan *edgetest.Phone, 1)
+	l.pusher.mu.Lock() // the push comes from the edge's goroutine
 	l.pusher.wake = func(registry.Push) {
 		p := edgetest.Dial(t, "tcp", l.e.TCP)
 		p.Send(mobileReg(p, 2))
 		woken <- p
 	}
+	l.pusher.mu.Unlock()
 	start := time.Now()
 	l.coreSk.Send(l.invite("wake-1"))
 	var p *edgetest.Phone
