@@ -290,3 +290,68 @@ func TestPushServiceNotSupported(t *testing.T) {
 		t.Errorf("the core got %d REGISTERs", n)
 	}
 }
+
+// A phone that falls asleep during a call is woken for the core's
+// in-dialog request too: the edge's Record-Route names its flow, and the
+// BYE goes out on the connection it opens when woken.
+func TestPushWakesForMidDialog(t *testing.T) {
+	l := startPushLab(t, 5*time.Second)
+	woken := make(chan *edgetest.Phone, 2)
+	cseq := 1
+	l.pusher.mu.Lock()
+	l.pusher.wake = func(registry.Push) {
+		l.pusher.mu.Lock()
+		cseq++
+		n := cseq
+		l.pusher.mu.Unlock()
+		p := edgetest.Dial(t, "tcp", l.e.TCP)
+		p.Send(mobileReg(p, n))
+		woken <- p
+	}
+	l.pusher.mu.Unlock()
+	wake := func() *edgetest.Phone {
+		t.Helper()
+		select {
+		case p := <-woken:
+			if res := p.MustRecvResponse(wait); res.StatusCode != 200 {
+				t.Fatalf("the woken phone's REGISTER got %d", res.StatusCode)
+			}
+			return p
+		case <-time.After(wait):
+			t.Fatal("no push")
+		}
+		return nil
+	}
+	l.coreSk.Send(l.invite("mid-1"))
+	p := wake()
+	p.Respond(p.MustRecvRequest("INVITE", wait), 200, "OK", "mob")
+	var ok *sip.Response
+	for ok == nil || ok.StatusCode < 200 {
+		ok = l.coreSk.MustRecvResponse(wait)
+	}
+	// The app is suspended again, mid-call.
+	p.Close()
+	for deadline := time.Now().Add(wait); l.e.Flows().Len() > 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the closed connection's flow is still there")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c := &callSetup{core: l.coreSk}
+	contact := ok.GetHeader("Contact").(*sip.ContactHeader).Address.String()
+	l.coreSk.Send(c.request("BYE", contact, routeSet(ok), "mid-1", 2, ";tag=mob"))
+	p = wake()
+	p.Respond(p.MustRecvRequest("BYE", wait), 200, "OK", "")
+	for {
+		res := l.coreSk.MustRecvResponse(wait)
+		if res.CSeq().MethodName == sip.BYE {
+			if res.StatusCode != 200 {
+				t.Fatalf("the core's BYE got %d", res.StatusCode)
+			}
+			break
+		}
+	}
+	if n := l.pusher.count(); n != 2 {
+		t.Errorf("%d pushes, want 2 (the INVITE, then the BYE)", n)
+	}
+}
