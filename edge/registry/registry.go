@@ -399,8 +399,8 @@ func (r *Registry) HasFlowIn(f nat.FlowKey, tenant string) bool {
 	if rc, held := r.recovered[f]; held {
 		return rc.tenant == tenant // its token was sealed for that tenant only
 	}
-	for k := range r.t.byFlow[f] {
-		if r.t.byAOR[k.aor][k.id].Tenant == tenant {
+	for _, k := range r.t.byFlow[f] {
+		if b, _ := r.t.get(k.aor, k.id); b.Tenant == tenant {
 			return true
 		}
 	}
@@ -583,22 +583,23 @@ func (r *Registry) ForgetAtCore(tenant, aor string, ids ...string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0
-	mark := func(m map[string]Binding, id string) {
-		if b, ok := m[id]; ok && b.Tenant == tenant && !b.CoreLost() {
+	mark := func(bs []Binding, i int) {
+		if b := &bs[i]; b.Tenant == tenant && !b.CoreLost() {
 			b.CoreExpires = time.Time{}
-			m[id] = b
 			n++
 		}
 	}
 	if aor != "" {
 		for _, id := range ids {
-			mark(r.t.byAOR[aor], id)
+			if i := r.t.index(aor, id); i >= 0 {
+				mark(r.t.byAOR[aor], i)
+			}
 		}
 		return n
 	}
-	for _, m := range r.t.byAOR {
-		for id := range m {
-			mark(m, id)
+	for _, bs := range r.t.byAOR {
+		for i := range bs {
+			mark(bs, i)
 		}
 	}
 	return n
@@ -611,8 +612,8 @@ func (r *Registry) LostAtCore(tenant string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0
-	for _, m := range r.t.byAOR {
-		for _, b := range m {
+	for _, bs := range r.t.byAOR {
+		for _, b := range bs {
 			if b.Tenant == tenant && b.CoreLost() && b.Expires.After(now) {
 				n++
 			}

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -69,16 +70,16 @@ type key struct{ aor, id string }
 // table holds bindings by AOR and ID, with indexes by core-side contact,
 // by flow and by source. It has no lock: the Registry's guards it.
 type table struct {
-	byAOR  map[string]map[string]Binding // AOR -> ID -> binding
-	byCore map[string]key                // CoreContact -> binding (rewrite mode)
-	byFlow map[nat.FlowKey]map[key]struct{}
-	bySrc  map[netip.Prefix]int // bindings per source (ratelimit.SourcePrefix)
+	byAOR  map[string][]Binding  // AOR -> its bindings (one or a few: a slice costs less than a map)
+	byCore map[string]key        // CoreContact -> binding (rewrite mode)
+	byFlow map[nat.FlowKey][]key // a flow holds one binding or a few: a slice costs less than a map
+	bySrc  map[netip.Prefix]int  // bindings per source (ratelimit.SourcePrefix)
 	count  int
 }
 
 func newTable() table {
-	return table{byAOR: make(map[string]map[string]Binding), byCore: make(map[string]key),
-		byFlow: make(map[nat.FlowKey]map[key]struct{}), bySrc: make(map[netip.Prefix]int)}
+	return table{byAOR: make(map[string][]Binding), byCore: make(map[string]key),
+		byFlow: make(map[nat.FlowKey][]key), bySrc: make(map[netip.Prefix]int)}
 }
 
 // put inserts or refreshes b. A binding with an instance and reg-id
@@ -89,16 +90,17 @@ func newTable() table {
 func (t *table) put(b Binding) (old Binding, replaced bool) {
 	id := b.ID()
 	if b.Instance != "" {
-		for c, o := range t.byAOR[b.AOR] {
-			if c != id && o.Instance == b.Instance && o.RegID == b.RegID {
+		for _, o := range slices.Clone(t.byAOR[b.AOR]) {
+			if o.Instance == b.Instance && o.RegID == b.RegID && o.ID() != id {
 				old, replaced = o, true
 				t.delete(o)
 			}
 		}
 	}
-	if o, ok := t.byAOR[b.AOR][id]; ok {
+	if i := t.index(b.AOR, id); i >= 0 {
+		o := t.byAOR[b.AOR][i]
 		if o.Flow == b.Flow && o.CoreContact == b.CoreContact {
-			t.byAOR[b.AOR][id] = b // a plain refresh: indexes unchanged
+			t.byAOR[b.AOR][i] = b // a plain refresh: indexes unchanged
 			return o, true
 		}
 		old, replaced = o, true
@@ -108,47 +110,49 @@ func (t *table) put(b Binding) (old Binding, replaced bool) {
 	return old, replaced
 }
 
-func (t *table) insert(b Binding) {
-	m := t.byAOR[b.AOR]
-	if m == nil {
-		m = make(map[string]Binding)
-		t.byAOR[b.AOR] = m
+// index is where binding id of aor is in byAOR[aor], or -1.
+func (t *table) index(aor, id string) int {
+	for i, b := range t.byAOR[aor] {
+		if b.ID() == id {
+			return i
+		}
 	}
-	m[b.ID()] = b
+	return -1
+}
+
+func (t *table) insert(b Binding) {
+	t.byAOR[b.AOR] = append(t.byAOR[b.AOR], b)
 	t.count++
 	k := key{b.AOR, b.ID()}
 	if b.CoreContact != "" {
 		t.byCore[b.CoreContact] = k
 	}
-	fm := t.byFlow[b.Flow]
-	if fm == nil {
-		fm = make(map[key]struct{})
-		t.byFlow[b.Flow] = fm
+	if fk := t.byFlow[b.Flow]; !slices.Contains(fk, k) {
+		t.byFlow[b.Flow] = append(fk, k)
 	}
-	fm[k] = struct{}{}
 	t.bySrc[ratelimit.SourcePrefix(b.Flow.Remote.Addr())]++
 }
 
 // delete removes b and reports whether it was there.
 func (t *table) delete(b Binding) bool {
 	k := key{b.AOR, b.ID()}
-	m := t.byAOR[b.AOR]
-	if _, ok := m[k.id]; !ok {
+	i := t.index(b.AOR, k.id)
+	if i < 0 {
 		return false
 	}
-	delete(m, k.id)
-	t.count--
-	if len(m) == 0 {
+	if bs := slices.Delete(t.byAOR[b.AOR], i, i+1); len(bs) > 0 {
+		t.byAOR[b.AOR] = bs
+	} else {
 		delete(t.byAOR, b.AOR)
 	}
+	t.count--
 	if b.CoreContact != "" && t.byCore[b.CoreContact] == k {
 		delete(t.byCore, b.CoreContact)
 	}
-	if fm := t.byFlow[b.Flow]; fm != nil {
-		delete(fm, k)
-		if len(fm) == 0 {
-			delete(t.byFlow, b.Flow)
-		}
+	if fk := slices.DeleteFunc(t.byFlow[b.Flow], func(x key) bool { return x == k }); len(fk) > 0 {
+		t.byFlow[b.Flow] = fk
+	} else {
+		delete(t.byFlow, b.Flow)
 	}
 	src := ratelimit.SourcePrefix(b.Flow.Remote.Addr())
 	if t.bySrc[src]--; t.bySrc[src] <= 0 {
@@ -158,24 +162,22 @@ func (t *table) delete(b Binding) bool {
 }
 
 func (t *table) get(aor, id string) (Binding, bool) {
-	b, ok := t.byAOR[aor][id]
-	return b, ok
+	if i := t.index(aor, id); i >= 0 {
+		return t.byAOR[aor][i], true
+	}
+	return Binding{}, false
 }
 
 // ofAOR returns every binding of aor.
-func (t *table) ofAOR(aor string) []Binding {
-	out := make([]Binding, 0, len(t.byAOR[aor]))
-	for _, b := range t.byAOR[aor] {
-		out = append(out, b)
-	}
-	return out
-}
+func (t *table) ofAOR(aor string) []Binding { return slices.Clone(t.byAOR[aor]) }
 
 // ofFlow returns every binding registered on f.
 func (t *table) ofFlow(f nat.FlowKey) []Binding {
 	out := make([]Binding, 0, len(t.byFlow[f]))
-	for k := range t.byFlow[f] {
-		out = append(out, t.byAOR[k.aor][k.id])
+	for _, k := range t.byFlow[f] {
+		if b, ok := t.get(k.aor, k.id); ok {
+			out = append(out, b)
+		}
 	}
 	return out
 }
@@ -183,8 +185,8 @@ func (t *table) ofFlow(f nat.FlowKey) []Binding {
 // expired returns every binding expired at now.
 func (t *table) expired(now time.Time) []Binding {
 	var out []Binding
-	for _, m := range t.byAOR {
-		for _, b := range m {
+	for _, bs := range t.byAOR {
+		for _, b := range bs {
 			if !b.Expires.After(now) {
 				out = append(out, b)
 			}
@@ -195,10 +197,8 @@ func (t *table) expired(now time.Time) []Binding {
 
 func (t *table) all() []Binding {
 	out := make([]Binding, 0, t.count)
-	for _, m := range t.byAOR {
-		for _, b := range m {
-			out = append(out, b)
-		}
+	for _, bs := range t.byAOR {
+		out = append(out, bs...)
 	}
 	return out
 }
