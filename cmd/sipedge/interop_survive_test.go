@@ -725,6 +725,13 @@ func runSurvival(t *testing.T, offload bool) {
 		}
 		core := (&reachLab{k: l.k}).coreLog(callID)
 		du, looked := coreDst(core, "CORE-LOOKUP INVITE")
+		// Kamailio's log reaches the test through a pipe, a moment after the
+		// call: wait for the lookup line (bounded) before calling it missing.
+		for deadline := time.Now().Add(5 * time.Second); i == 1 && !looked && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Millisecond)
+			core = (&reachLab{k: l.k}).coreLog(callID)
+			du, looked = coreDst(core, "CORE-LOOKUP INVITE")
+		}
 		switch {
 		case i == 0 && looked:
 			t.Errorf("call 1 (during survival) reached a core: %v", core)
