@@ -139,6 +139,11 @@ func closeSpread(ctx context.Context, clk clock.Clock, conns []*nat.Conn, over t
 				t.Stop()
 			}
 		}
-		c.Close()
+		_ = c.CloseGently(closeLinger)
 	}
 }
+
+// closeLinger is how long a drained connection is still read after its
+// half-close: the phone's REGISTER already on its way must not turn the
+// close into a reset.
+const closeLinger = 300 * time.Millisecond

@@ -556,6 +556,20 @@ func (c *Conn) Close() error {
 	return c.inner.Close()
 }
 
+// CloseGently half-closes c, so the peer reads the end of the stream
+// (FIN), and closes it after linger. What the peer sends meanwhile is
+// still read: closing with unread data would make the kernel answer with
+// a reset instead. Connections that cannot half-close (WebSocket) close
+// at once.
+func (c *Conn) CloseGently(linger time.Duration) error {
+	cw, ok := c.inner.(interface{ CloseWrite() error })
+	if !ok || c.ws != nil || cw.CloseWrite() != nil {
+		return c.Close()
+	}
+	time.AfterFunc(linger, func() { _ = c.Close() })
+	return nil
+}
+
 func (c *Conn) fireClose(why string) {
 	if !c.closed.CompareAndSwap(false, true) {
 		return

@@ -816,3 +816,37 @@ type replayConn struct {
 }
 
 func (r *replayConn) Read(b []byte) (int, error) { return copy(b, r.msg), nil }
+
+// A connection closed gently ends with a FIN the peer reads as EOF, even
+// when the peer is still sending: its data is read, not left to turn the
+// close into a reset.
+func TestCloseGentlyEndsWithEOF(t *testing.T) {
+	probe := newProbeListener(t)
+	l := NewListener(probe, TCP, StreamHooks{})
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	nc, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	c := (<-accepted).(*Conn)
+	read := make(chan struct{})
+	go func() { _, _ = io.Copy(io.Discard, c); close(read) }() // the server reads, as sipgo does
+	if err := c.CloseGently(200 * time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Write([]byte("OPTIONS sip:x SIP/2.0\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 64)
+	if _, err := nc.Read(buf); !errors.Is(err, io.EOF) {
+		t.Fatalf("the peer read %v, want EOF", err)
+	}
+	<-read // closed after the linger
+}
