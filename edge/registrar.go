@@ -215,15 +215,20 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		}
 		return err // 503 at once
 	}
-	if !g.registry.HasAORFrom(reg.AOR, r.Flow.Remote.Addr()) {
-		// A new phone: near max_inflight, refreshes go first.
-		to.admit = func() (func(), error) {
-			release, ok := g.auth.limiter.InflightNew()
-			if !ok {
-				return release, upstream.ErrBusy
-			}
-			return release, nil
+	// Near max_inflight refreshes go first: past three quarters of it only
+	// a source already holding the AOR gets a slot. The registry is asked
+	// only then, not for every REGISTER.
+	to.admit = func() (func(), error) {
+		lim := g.auth.limiter
+		take := lim.Inflight
+		if lim.InflightCrowded() && !g.registry.HasAORFrom(reg.AOR, r.Flow.Remote.Addr()) {
+			take = lim.InflightNew
 		}
+		release, ok := take()
+		if !ok {
+			return release, upstream.ErrBusy
+		}
+		return release, nil
 	}
 	// The cache answers what the core need not hear now: a binding the
 	// core lost waits for its turn at repopulate_rate, and over core_rate

@@ -169,6 +169,13 @@ func (l *Limiter) InflightNew() (release func(), ok bool) {
 	return l.inflightUnder(max(1, l.lim.Load().cfg.MaxInflight*3/4))
 }
 
+// InflightCrowded reports whether three quarters of max_inflight are
+// taken: from there InflightNew refuses. A cheap look, for callers that
+// must work out first whether a request is new.
+func (l *Limiter) InflightCrowded() bool {
+	return l.inflight.Load() >= int64(max(1, l.lim.Load().cfg.MaxInflight*3/4))
+}
+
 func (l *Limiter) inflightUnder(limit int) (release func(), ok bool) {
 	if l.inflight.Add(1) > int64(limit) {
 		l.inflight.Add(-1)
