@@ -71,7 +71,7 @@ func (w *coreWatch) changed(t upstream.Target, st upstream.State) {
 		// to none; one that came back may have restarted empty. Either
 		// way the cores must hear every binding again.
 		if n := w.registry.ForgetAtCore(w.tenant, ""); n > 0 || w.repop.active {
-			w.startRepopulation(now, n, id, st)
+			w.repopulating(now, n, id, "core "+st.String())
 		}
 	}
 	allDown := len(w.pool.Order("")) == 0
@@ -89,10 +89,6 @@ func (w *coreWatch) changed(t upstream.Target, st upstream.State) {
 		}
 		w.downSince = time.Time{}
 	}
-}
-
-func (w *coreWatch) startRepopulation(now time.Time, n int, core string, st upstream.State) {
-	w.repopulating(now, n, core, "core "+st.String())
 }
 
 // lost hears that the core lost n bindings, found out from its answer.

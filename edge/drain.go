@@ -101,10 +101,7 @@ func (d *drain) wait(ctx context.Context) bool {
 func (d *drain) hurry() { d.hurried.Do(func() { close(d.hurryCh) }) }
 
 // retryAfter is RetryAfter ±50%, whole seconds.
-func (d *drain) retryAfter() time.Duration {
-	f := 0.5 + rand.Float64()
-	return max(time.Second, time.Duration(f*float64(d.config().RetryAfter)).Truncate(time.Second))
-}
+func (d *drain) retryAfter() time.Duration { return spread(d.config().RetryAfter) }
 
 func (d *drain) config() DrainConfig {
 	d.mu.Lock()
