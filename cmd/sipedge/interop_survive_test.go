@@ -593,12 +593,12 @@ func runSurvival(t *testing.T, offload bool) {
 		scenario: "register_refresh_granted.xml", ooc: "uas_call_any.xml", lines: userLines(calleeUser, 1),
 		keys: map[string]string{"expires": expires, "user": strconv.Itoa(calleeUser), "mport": strconv.Itoa(freePort(t))},
 		sets: sets, calls: 1, rate: 10, limit: limit, trace: true})
-	callerSets := map[string]string{"go": "0", "placed": "0"}
+	callerSets := map[string]string{"go": "0"}
 	for k, v := range sets {
 		callerSets[k] = v
 	}
 	caller := startSippProc(t, sippProc{name: "caller", target: l.access, transport: "u1",
-		scenario: "uac_call_on_trigger.xml", ooc: "uas_trigger.xml", lines: []string{"register", "call", "call"},
+		scenario: "uac_call_on_trigger.xml", ooc: "uas_trigger.xml", lines: []string{"register", "call;1", "call;2"},
 		keys: map[string]string{"expires": expires, "user": strconv.Itoa(callerUser), "pass": fmt.Sprintf("pw%d", callerUser),
 			"callee": strconv.Itoa(calleeUser), "mport": strconv.Itoa(freePort(t))},
 		sets: callerSets, calls: 3, rate: 10, limit: limit, trace: true})
