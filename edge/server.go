@@ -44,6 +44,9 @@ const (
 	// maxProofs is how many challenge nonces sent to UDP sources are
 	// remembered (about 24 B each).
 	maxProofs = 1 << 16
+	// workerIdle is how long a handler goroutine waits for the next
+	// request before it ends.
+	workerIdle = 10 * time.Second
 )
 
 // Config is what the server reads: its own sections, and the keys of
@@ -148,6 +151,7 @@ type Server struct {
 	relay     *relay
 	dialogs   *dialog.Table
 	proofs    *proofs
+	workers   *workers // run the handlers
 
 	ready   chan struct{}
 	serving sync.WaitGroup // listeners and the maintenance loop
@@ -197,7 +201,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	s := &Server{cfg: cfg, d: d, log: d.Log, socks: socks, ready: make(chan struct{}),
 		rs:      responder{log: d.Log, retryAfter: d.Limiter.RetryAfter},
 		dialogs: dialog.New(cfg.Access.MaxDialogs, dialogIdle, d.Clock.Now),
-		proofs:  newProofs(maxProofs), drain: newDrain(cfg.Drain)}
+		proofs:  newProofs(maxProofs), drain: newDrain(cfg.Drain), workers: newWorkers(workerIdle)}
 	coreAddr := addrPortOf(socks.CoreUDP.LocalAddr())
 	self := newSelf(d.Signer, d.Flows, d.Clock.Now, coreAddr, advertise, socks.addrs())
 
@@ -384,15 +388,17 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 			return
 		}
 		defer s.drain.leave()
-		defer func() {
-			if p := recover(); p != nil {
-				s.log.Error("panic in handler", "method", req.Method, "panic", p, "stack", string(debug.Stack()))
-				s.rs.respond(r, reject(500, "Server Internal Error"))
+		s.workers.do(func() {
+			defer func() {
+				if p := recover(); p != nil {
+					s.log.Error("panic in handler", "method", req.Method, "panic", p, "stack", string(debug.Stack()))
+					s.rs.respond(r, reject(500, "Server Internal Error"))
+				}
+			}()
+			if err := h(context.Background(), r); err != nil {
+				s.rs.respond(r, err)
 			}
-		}()
-		if err := h(context.Background(), r); err != nil {
-			s.rs.respond(r, err)
-		}
+		})
 		s.d.Meter.Answered(side, req.Method, int(r.status.Load()))
 		if flow.Transport == nat.UDP && (stranger || !fromCore && !s.proven(r)) {
 			// Toward an address that may be spoofed: one request, one
@@ -571,8 +577,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	_ = s.socks.Close()
 	s.lmu.Unlock()
 	s.serving.Wait()
+	s.workers.close()
 	followUps := make(chan struct{})
-	go func() { s.drain.wait(context.Background()); s.relay.followUp.Wait(); close(followUps) }()
+	go func() {
+		s.drain.wait(context.Background())
+		s.relay.followUp.Wait()
+		s.workers.wait()
+		close(followUps)
+	}()
 	select {
 	case <-followUps: // handlers and their follow-ups return once the UAs are closed
 	case <-time.After(time.Second):
