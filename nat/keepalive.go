@@ -173,7 +173,8 @@ type Keepaliver struct {
 
 	mu    sync.Mutex // guards everything below, and calls to cap
 	rnd   *rand.Rand
-	items map[FlowKey]*kaItem
+	items map[flowID]*kaItem
+	ids   flowIDs // the keys of items, packed
 	due   kaHeap
 	stale int // entries in due of unwatched items
 	// short are the NATs (public addresses) found to forget a mapping
@@ -192,7 +193,7 @@ const (
 // heap. That keeps heap entries free of back-pointers, so sifting reads
 // and writes only the heap's own array.
 type kaItem struct {
-	key FlowKey
+	key flowID
 	// ref is when the flow was last known fresh: its last ping, Watch,
 	// or traffic that postponed a ping. Traffic after ref skips a ping.
 	ref  int64
@@ -232,17 +233,17 @@ func NewKeepaliver(cfg KeepaliveConfig, d KeepaliverDeps) (*Keepaliver, error) {
 		now:   d.Now,
 		cap:   d.Cap,
 		rnd:   d.Rand,
-		items: make(map[FlowKey]*kaItem),
+		items: make(map[flowID]*kaItem),
 	}, nil
 }
 
 // jitter returns key's interval times a random factor in [0.8, 1.0).
 // Call with mu held.
-func (k *Keepaliver) jitter(key FlowKey) int64 {
+func (k *Keepaliver) jitter(key flowID) int64 {
 	f := jitterMin + (jitterMax-jitterMin)*k.rnd.Float64()
 	d := k.cfg.Interval
 	if len(k.short) > 0 {
-		d = k.intervalLocked(key.Remote.Addr().Unmap())
+		d = k.intervalLocked(k.ids.remote(key).Unmap())
 	}
 	return int64(f * float64(d))
 }
@@ -284,7 +285,7 @@ func (k *Keepaliver) Shorten(nat netip.Addr) time.Duration {
 	}
 	k.short[nat] = d
 	for i := range k.due {
-		if it := k.due[i].it; !it.gone && it.key.Remote.Addr().Unmap() == nat {
+		if it := k.due[i].it; !it.gone && k.ids.remote(it.key).Unmap() == nat {
 			k.due[i].due = min(k.due[i].due, now+k.jitter(it.key))
 		}
 	}
@@ -309,12 +310,16 @@ func (k *Keepaliver) watch(key FlowKey, within time.Duration) {
 	if k.cfg.Mode == KeepaliveOff {
 		return
 	}
-	if _, ok := k.items[key]; ok {
+	id, ok := k.ids.pack(key, true)
+	if !ok {
+		return // 65,536 local addresses or zones: not a real edge
+	}
+	if _, ok := k.items[id]; ok {
 		return
 	}
-	it := &kaItem{key: key, ref: now}
-	k.items[key] = it
-	first := k.jitter(key)
+	it := &kaItem{key: id, ref: now}
+	k.items[id] = it
+	first := k.jitter(id)
 	if within > 0 {
 		first = k.rnd.Int64N(int64(within))
 	}
@@ -327,12 +332,13 @@ func (k *Keepaliver) watch(key FlowKey, within time.Duration) {
 func (k *Keepaliver) Unwatch(key FlowKey) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	it, ok := k.items[key]
-	if !ok {
+	id, ok := k.ids.pack(key, false)
+	it := k.items[id]
+	if !ok || it == nil {
 		return
 	}
 	it.gone = true
-	delete(k.items, key)
+	delete(k.items, id)
 	if k.stale++; k.stale > 64 && k.stale > len(k.due)/2 {
 		live := k.due[:0]
 		for _, e := range k.due {
@@ -350,8 +356,8 @@ func (k *Keepaliver) Unwatch(key FlowKey) {
 func (k *Keepaliver) Watching(key FlowKey) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	_, ok := k.items[key]
-	return ok
+	id, ok := k.ids.pack(key, false)
+	return ok && k.items[id] != nil
 }
 
 // Len returns the number of watched flows.
@@ -409,7 +415,8 @@ func (k *Keepaliver) take(at time.Time, batch, crlf []FlowKey) ([]FlowKey, []Flo
 			continue
 		}
 		j := k.jitter(it.key)
-		lastIn, prevPing, ping := k.flows.pingDue(it.key, it.ref, now, j)
+		key := k.ids.key(it.key)
+		lastIn, prevPing, ping := k.flows.pingDue(key, it.ref, now, j)
 		if !ping {
 			// Traffic since the last ping (other than the answer to
 			// it) refreshed the binding: count the interval from there.
@@ -421,15 +428,15 @@ func (k *Keepaliver) take(at time.Time, batch, crlf []FlowKey) ([]FlowKey, []Flo
 			// Over the cap: this ping and the rest stay due. Asking
 			// only now spends the cap on pings alone, not on flows
 			// that traffic postponed.
-			k.flows.unping(it.key, now, prevPing)
+			k.flows.unping(key, now, prevPing)
 			break
 		}
 		it.ref, e.due = now, now+j
 		heap.Fix(&k.due, 0)
 		if k.cfg.Mode == KeepaliveAuto && it.kind == kaCRLF {
-			crlf = append(crlf, it.key)
+			crlf = append(crlf, key)
 		} else {
-			batch = append(batch, it.key)
+			batch = append(batch, key)
 		}
 	}
 	return batch, crlf
@@ -496,7 +503,10 @@ func (k *Keepaliver) ping(ctx, pctx context.Context, p Pinger, key FlowKey, mode
 // that it does not count against the flow.
 func (k *Keepaliver) learned(key FlowKey, answered bool) (probing bool) {
 	k.mu.Lock()
-	it := k.items[key]
+	var it *kaItem
+	if id, ok := k.ids.pack(key, false); ok {
+		it = k.items[id]
+	}
 	var now KeepaliveMode
 	switch {
 	case it == nil:
