@@ -323,7 +323,13 @@ func (rl *relay) relayResponses(ctx context.Context, r *Request, fwd *sip.Reques
 		if res.StatusCode == 100 {
 			continue // hop by hop
 		}
-		out := stripTopVia(res)
+		out := res
+		if fwd.IsInvite() {
+			// sipgo keeps an INVITE's response: it ACKs it and hands its
+			// retransmissions on. A non-INVITE's is the edge's alone.
+			out = res.Clone()
+		}
+		out.RemoveHeader("Via") // the edge's own
 		if onResponse != nil {
 			onResponse(out)
 		}
