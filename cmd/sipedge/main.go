@@ -45,10 +45,8 @@ func lessGC() {
 // (wait_timer) for the same reason. At 3,000 registrations/s, 32 s held
 // some 190,000 answered transactions (hundreds of MiB) that the garbage
 // collector scanned again and again. sipgo reads it when a transaction
-// starts: set once, before anything is served.
+// starts: set once, in serve, before anything is served.
 const holdAnswered = 5 * time.Second
-
-func shortTimerJ() { sip.Timer_J = holdAnswered }
 
 const usage = `usage:
   sipedge run [-config FILE] [-fresh-state] [-cpuprofile FILE] [-memprofile FILE]
@@ -134,7 +132,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		defer stopProf()
 		lessGC()
-		shortTimerJ()
 		sig := newSignals()
 		defer sig.stop()
 		if err := serve(sig.ctx, *path, *fresh, stderr, stdout, sig); err != nil {
@@ -175,6 +172,7 @@ func serve(ctx context.Context, path string, freshState bool, logOut, stdout io.
 	// sipgo's process-wide knobs, set once here. UDP messages up to 64 KiB
 	// may leave; sipgo's default (1300 B) refuses INVITEs with large SDP.
 	sip.UDPMTUSize = 65535
+	sip.Timer_J = holdAnswered
 	sip.SetDefaultLogger(slog.New(slog.DiscardHandler))
 
 	keys, err := nat.LoadOrCreateKeys(cfg.Core.KeyFile)
