@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sipedge/sipedge/nat"
@@ -65,6 +66,25 @@ func (b Binding) ID() string {
 	return ID(cc, b.Instance, b.RegID)
 }
 
+// isID reports whether id is b.ID() without building it: the table's
+// lookups compare every binding of an AOR under the registry's lock.
+func (b Binding) isID(id string) bool {
+	cc := b.CoreContact
+	if cc == "" {
+		cc = b.Contact
+	}
+	if b.Instance == "" {
+		return id == cc
+	}
+	for _, part := range [...]string{cc, "|", b.Instance, "|"} {
+		var ok bool
+		if id, ok = strings.CutPrefix(id, part); !ok {
+			return false
+		}
+	}
+	return id == strconv.Itoa(b.RegID) // small numbers: no allocation
+}
+
 type key struct{ aor, id string }
 
 // table holds bindings by AOR and ID, with indexes by core-side contact,
@@ -90,11 +110,14 @@ func newTable() table {
 func (t *table) put(b Binding) (old Binding, replaced bool) {
 	id := b.ID()
 	if b.Instance != "" {
-		for _, o := range slices.Clone(t.byAOR[b.AOR]) {
-			if o.Instance == b.Instance && o.RegID == b.RegID && o.ID() != id {
+		// delete shifts the slice: look again from where the twin was.
+		for i := 0; i < len(t.byAOR[b.AOR]); {
+			if o := t.byAOR[b.AOR][i]; o.Instance == b.Instance && o.RegID == b.RegID && !o.isID(id) {
 				old, replaced = o, true
 				t.delete(o)
+				continue
 			}
+			i++
 		}
 	}
 	if i := t.index(b.AOR, id); i >= 0 {
@@ -113,7 +136,7 @@ func (t *table) put(b Binding) (old Binding, replaced bool) {
 // index is where binding id of aor is in byAOR[aor], or -1.
 func (t *table) index(aor, id string) int {
 	for i, b := range t.byAOR[aor] {
-		if b.ID() == id {
+		if b.isID(id) {
 			return i
 		}
 	}
