@@ -327,9 +327,10 @@ func (rl *relay) relayResponses(ctx context.Context, r *Request, fwd *sip.Reques
 		if fwd.IsInvite() {
 			// sipgo keeps an INVITE's response: it ACKs it and hands its
 			// retransmissions on. A non-INVITE's is the edge's alone.
-			out = res.Clone()
+			out = stripTopVia(res)
+		} else {
+			res.RemoveHeader("Via") // the edge's own
 		}
-		out.RemoveHeader("Via") // the edge's own
 		if onResponse != nil {
 			onResponse(out)
 		}
