@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"runtime/debug"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	"github.com/sipedge/sipedge/edge/clock"
 	"github.com/sipedge/sipedge/edge/dialog"
 	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/edge/udptx"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
 	"github.com/sipedge/sipedge/upstream"
@@ -140,6 +142,8 @@ type Server struct {
 	accessUA, coreUA   *sipgo.UserAgent
 	accessSrv, coreSrv *sipgo.Server
 	coreUDP            *udpSocket
+	coreTx             *udptx.Client // REGISTERs' transactions toward UDP cores (nil: sipgo's)
+	accessHandler      Handler       // the access side's chain, for sipgo's requests and the edge's own
 	pinger             *pinger
 	self               *self
 	hooks              nat.StreamHooks // of every access stream listener
@@ -219,6 +223,10 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		return nil, err
 	}
 	fwdDeps := upstream.ForwarderDeps{Client: coreClient, Local: coreAddr, Admit: d.Limiter.Inflight}
+	if raw, ok := socks.CoreUDP.(*net.UDPConn); ok {
+		s.coreTx = udptx.NewClient(raw, udptx.DefaultTimers())
+		fwdDeps.Lean = s.coreTx
+	}
 	if s.tenants, err = newTenants(cfg, d, fwdDeps); err != nil {
 		return nil, err
 	}
@@ -238,7 +246,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	s.pinger = &pinger{flowLeg: flowLeg}
 	s.pinger.udp.Store(&map[netip.AddrPort]*nat.PacketConn{})
 	s.coreUDP = newUDPSocket(socks.CoreUDP)
-	s.coreUDP.guardCore(d.Limiter, s.tenants.trusts)
+	s.coreUDP.guardCore(d.Limiter, s.tenants.trusts, s.coreTx)
 	s.self = self
 	s.hooks = streamHooks(s.log, d.Limiter, d.Flows, d.Conns, d.Registry.HasFlow, cfg.NAT.StreamLimits)
 
@@ -297,7 +305,8 @@ func (s *Server) chains(self *self, flowLeg func(nat.FlowKey) leg) {
 		}
 		return s.proxy.toPhone(ctx, r)
 	}
-	s.accessSrv.OnNoRoute(s.handler(chain(accessRoute, sanity{d.Limiter, s.proven}.wrap, parse, s.limit.wrap, observe), false))
+	s.accessHandler = chain(accessRoute, sanity{d.Limiter, s.proven}.wrap, parse, s.limit.wrap, observe)
+	s.accessSrv.OnNoRoute(s.handler(s.accessHandler, false))
 	s.coreSrv.OnNoRoute(s.handler(chain(coreRoute, trust{s.tenants}.wrap, sanity{nil, nil}.wrap), true))
 }
 
@@ -372,23 +381,33 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 		if tx == nil {
 			return
 		}
-		r := &Request{Request: req, Tx: tx, Flow: flow}
-		s.d.Meter.Received(side, req.Method)
-		if !s.drain.enter(req) {
-			// Draining: nothing new starts here; calls in progress go on.
-			var err error = &upstream.Unreachable{RetryAfter: s.drain.retryAfter(), Err: errors.New("draining")}
-			if stranger {
-				err = reject(403, "Forbidden") // strangers learn nothing, draining or not
-			}
-			s.rs.respond(r, err)
-			s.d.Meter.Answered(side, req.Method, int(r.status.Load()))
-			if flow.Transport == nat.UDP {
-				tx.Terminate()
-			}
-			return
+		s.dispatch(h, side, req, tx, flow, stranger, s.workers.do)
+	}
+}
+
+// dispatch runs req through h by run (on a worker): the drain gate,
+// panic recovery, the one place errors become responses, and the end of
+// a UDP transaction toward an unproven source.
+func (s *Server) dispatch(h Handler, side string, req *sip.Request, tx sip.ServerTransaction, flow nat.FlowKey, stranger bool, run func(func())) {
+	fromCore := side == "core"
+	r := &Request{Request: req, Tx: tx, Flow: flow}
+	s.d.Meter.Received(side, req.Method)
+	if !s.drain.enter(req) {
+		// Draining: nothing new starts here; calls in progress go on.
+		var err error = &upstream.Unreachable{RetryAfter: s.drain.retryAfter(), Err: errors.New("draining")}
+		if stranger {
+			err = reject(403, "Forbidden") // strangers learn nothing, draining or not
 		}
+		s.rs.respond(r, err)
+		s.d.Meter.Answered(side, req.Method, int(r.status.Load()))
+		if flow.Transport == nat.UDP {
+			tx.Terminate()
+		}
+		return
+	}
+	run(func() {
 		defer s.drain.leave()
-		s.workers.do(func() {
+		func() {
 			defer func() {
 				if p := recover(); p != nil {
 					s.log.Error("panic in handler", "method", req.Method, "panic", p, "stack", string(debug.Stack()))
@@ -398,7 +417,7 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 			if err := h(context.Background(), r); err != nil {
 				s.rs.respond(r, err)
 			}
-		})
+		}()
 		s.d.Meter.Answered(side, req.Method, int(r.status.Load()))
 		if flow.Transport == nat.UDP && (stranger || !fromCore && !s.proven(r)) {
 			// Toward an address that may be spoofed: one request, one
@@ -407,7 +426,7 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 			// state kept for Timer J or H (a spoofed flood's memory).
 			tx.Terminate()
 		}
-	}
+	})
 }
 
 // Ready is closed once the server can take and send requests.

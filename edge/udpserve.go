@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/udptx"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
 )
@@ -115,8 +117,10 @@ func (u *udpSocket) Close() error {
 
 // guardAccess puts the access side's checks below sipgo: per datagram
 // one flow-table lookup and one limiter check, before sipgo sees
-// anything; STUN and CRLF keepalives answered; garbage dropped.
-func (u *udpSocket) guardAccess(limiter *ratelimit.Limiter, flows *nat.FlowTable) *nat.PacketConn {
+// anything; STUN and CRLF keepalives answered; garbage dropped. lean, if
+// set, may take a SIP datagram for the edge's own transactions (true:
+// taken, sipgo never sees it).
+func (u *udpSocket) guardAccess(limiter *ratelimit.Limiter, flows *nat.FlowTable, lean func(netip.AddrPort, []byte) bool) *nat.PacketConn {
 	pc := nat.NewPacketConn(u.raw, nat.PacketHooks{
 		Accept: func(src netip.AddrPort, n int) bool {
 			// Traffic refreshes a known flow, in the same lookup that
@@ -138,7 +142,7 @@ func (u *udpSocket) guardAccess(limiter *ratelimit.Limiter, flows *nat.FlowTable
 				limiter.Malformed(src.Addr(), flows.Alive(nat.FlowKey{Transport: nat.UDP, Local: u.local, Remote: src}))
 				return false // garbage never reaches sipgo's parser, pool or log
 			}
-			return true
+			return lean == nil || !lean(src, b)
 		},
 	})
 	u.PacketConn = pc
@@ -147,8 +151,10 @@ func (u *udpSocket) guardAccess(limiter *ratelimit.Limiter, flows *nat.FlowTable
 
 // guardCore puts the same triage below sipgo on the core side for
 // anyone but the cores: the limiter and the SIP-shape check, before
-// sipgo parses, pools or logs anything. The cores pass untouched.
-func (u *udpSocket) guardCore(limiter *ratelimit.Limiter, trusted func(netip.Addr) bool) {
+// sipgo parses, pools or logs anything. The cores pass untouched, but
+// for the answers to the edge's own transactions (txs, if set), which
+// are taken before sipgo sees them.
+func (u *udpSocket) guardCore(limiter *ratelimit.Limiter, trusted func(netip.Addr) bool, txs *udptx.Client) {
 	u.PacketConn = nat.NewPacketConn(u.raw, nat.PacketHooks{
 		Accept: func(src netip.AddrPort, n int) bool {
 			if trusted(src.Addr()) {
@@ -161,6 +167,9 @@ func (u *udpSocket) guardCore(limiter *ratelimit.Limiter, trusted func(netip.Add
 			return true
 		},
 		Inspect: func(src netip.AddrPort, b []byte) bool {
+			if txs != nil && txs.Receive(b, src) {
+				return false
+			}
 			return trusted(src.Addr()) || looksLikeSIP(b)
 		},
 	})
@@ -222,4 +231,43 @@ func looksLikeSIP(b []byte) bool {
 		return false
 	}
 	return bytes.Contains(b, []byte("\r\n\r\n"))
+}
+
+// leanRegister takes REGISTERs off u before sipgo does: parsed once
+// here, matched to the edge's own UDP server transactions (udptx), and
+// handled on a worker, so the read loop goes back to reading at once.
+// sipgo's transaction layer cost as much CPU as the registrar itself.
+// Anything it cannot take (no RFC 3261 branch, unparsable) goes on to
+// sipgo as before. nil when u is not a *net.UDPConn.
+func (s *Server) leanRegister(u *udpSocket) func(netip.AddrPort, []byte) bool {
+	raw, ok := u.raw.(*net.UDPConn)
+	if !ok {
+		return nil
+	}
+	txs := udptx.NewServer(raw, sip.Timer_J)
+	parser := sip.NewParser() // used by u's read loop only
+	return func(src netip.AddrPort, b []byte) bool {
+		if !bytes.HasPrefix(b, []byte("REGISTER ")) {
+			return false
+		}
+		msg, err := parser.ParseSIP(b)
+		if err != nil {
+			return false // sipgo refuses it, as it always did
+		}
+		req, ok := msg.(*sip.Request)
+		if !ok || req.Method != sip.REGISTER {
+			return false
+		}
+		tx, isNew, ok := txs.Receive(req, src)
+		if !ok {
+			return false
+		}
+		if isNew {
+			req.SetTransport("UDP")
+			req.SetSource(src.String())
+			flow := nat.FlowKey{Transport: nat.UDP, Local: u.local, Remote: src}
+			s.dispatch(s.accessHandler, "access", req, tx, flow, false, s.workers.submit)
+		}
+		return true
+	}
 }

@@ -21,7 +21,7 @@ type workers struct {
 
 type job struct {
 	run  func()
-	done chan struct{}
+	done chan struct{} // nil: nobody waits (submit)
 }
 
 func newWorkers(idle time.Duration) *workers {
@@ -45,12 +45,25 @@ func (w *workers) do(f func()) {
 	w.pool.Put(j)
 }
 
+// submit runs f on a worker and returns at once: for the edge's own
+// read loops, which must go back to reading.
+func (w *workers) submit(f func()) {
+	j := &job{run: f}
+	select {
+	case w.jobs <- j:
+	default:
+		w.running.Go(func() { w.work(j) })
+	}
+}
+
 func (w *workers) work(j *job) {
 	t := time.NewTimer(w.idle)
 	defer t.Stop()
 	for {
 		j.run()
-		j.done <- struct{}{}
+		if j.done != nil {
+			j.done <- struct{}{}
+		}
 		t.Reset(w.idle)
 		select {
 		case j = <-w.jobs:

@@ -36,6 +36,7 @@ func (u *Unreachable) Unwrap() error { return u.Err }
 type Forwarder struct {
 	pool       *Pool
 	client     *sipgo.Client
+	lean       hop.Starter
 	local      netip.AddrPort
 	admit      func() (release func(), ok bool)
 	retryAfter time.Duration
@@ -45,6 +46,9 @@ type Forwarder struct {
 type ForwarderDeps struct {
 	Client *sipgo.Client  // required: the core-side user agent's client
 	Local  netip.AddrPort // required: the core-side socket
+	// Lean runs non-INVITE transactions over UDP from that socket in
+	// place of Client's; nil leaves them to Client.
+	Lean hop.Starter
 	// Admit takes an in-flight slot, or says the cores are busy; nil
 	// admits everything.
 	Admit func() (release func(), ok bool)
@@ -58,7 +62,7 @@ func NewForwarder(cfg Config, pool *Pool, d ForwarderDeps) (*Forwarder, error) {
 	if d.Admit == nil {
 		d.Admit = func() (func(), bool) { return func() {}, true }
 	}
-	return &Forwarder{pool: pool, client: d.Client, local: d.Local, admit: d.Admit, retryAfter: cfg.RetryAfter}, nil
+	return &Forwarder{pool: pool, client: d.Client, lean: d.Lean, local: d.Local, admit: d.Admit, retryAfter: cfg.RetryAfter}, nil
 }
 
 // Hop is the way to the core that takes the next request: Pool.Pick's.
@@ -68,7 +72,7 @@ func (f *Forwarder) Hop() hop.Hop { return f.HopTo(f.pool.Pick()) }
 func (f *Forwarder) HopTo(t Target) hop.Hop {
 	h := hop.Hop{Client: f.client, Transport: t.Transport, Dest: t.Addr, SentBy: f.local}
 	if t.Transport == "UDP" {
-		h.Local = f.local
+		h.Local, h.Lean = f.local, f.lean
 	}
 	return h
 }

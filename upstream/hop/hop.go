@@ -15,11 +15,19 @@ import (
 
 // Hop is where a forwarded request goes and which edge socket sends it.
 type Hop struct {
-	Client    *sipgo.Client
+	Client *sipgo.Client
+	// Lean, if set, runs the hop's non-INVITE transactions over UDP in
+	// place of Client's (see edge/udptx); INVITE and ACK stay sipgo's.
+	Lean      Starter
 	Transport string         // "UDP", "TCP", "TLS", "WS" or "WSS"
 	Dest      netip.AddrPort // next hop
 	Local     netip.AddrPort // socket to leave from: set for UDP, zero for streams
 	SentBy    netip.AddrPort // host:port of the edge's Via
+}
+
+// Starter runs a client transaction for a prepared request to dest.
+type Starter interface {
+	Start(ctx context.Context, req *sip.Request, dest netip.AddrPort) (sip.ClientTransaction, error)
 }
 
 // prebuilt tells sipgo's client the request is complete: with no option it
@@ -52,6 +60,9 @@ func (h Hop) Address(req *sip.Request) {
 
 // Start runs a client transaction for a prepared request.
 func (h Hop) Start(ctx context.Context, req *sip.Request) (sip.ClientTransaction, error) {
+	if h.Lean != nil && h.Transport == "UDP" && req.Method != sip.INVITE && req.Method != sip.ACK {
+		return h.Lean.Start(ctx, req, h.Dest)
+	}
 	return h.Client.TransactionRequest(ctx, req, prebuilt)
 }
 

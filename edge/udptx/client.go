@@ -1,0 +1,281 @@
+// Package udptx runs RFC 3261 non-INVITE transactions over UDP sockets
+// the edge owns, in place of sipgo's transaction layer, for the requests
+// that make most of an edge's load: REGISTERs and their answers.
+//
+// sipgo's layer is written for endpoints: a goroutine, several timers
+// and channels per transaction, the request kept for the transaction's
+// life, every response handed through its pool and handlers. Here a
+// transaction is a map entry, one timer and the bytes of its last
+// response; a datagram is matched by its top Via branch before anything
+// else is parsed. Both sides keep the semantics a proxy needs: request
+// retransmissions absorbed or answered from the last response (§17.2.2),
+// the request retransmitted on Timer E until a response and given up on
+// Timer F (§17.1.2), late response copies absorbed for Timer K.
+package udptx
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// Conn is the socket transactions write to: a *net.UDPConn.
+type Conn interface {
+	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
+}
+
+// Timers are RFC 3261's, for non-INVITE transactions over UDP.
+type Timers struct {
+	T1, T2 time.Duration // Timer E starts at T1 and doubles up to T2
+	F      time.Duration // the request is given up (64×T1)
+	K      time.Duration // late response copies are absorbed (T4)
+}
+
+// DefaultTimers are sipgo's values, read when called (the edge sets
+// sipgo's timers once at start).
+func DefaultTimers() Timers {
+	return Timers{T1: sip.T1, T2: sip.T2, F: sip.Timer_F, K: sip.Timer_K}
+}
+
+// Client runs client transactions from one socket. Responses reach it
+// through Receive, from the socket's read loop.
+type Client struct {
+	conn   Conn
+	timers Timers
+	parser *sip.Parser // used from the read loop only
+
+	mu  sync.Mutex
+	txs map[string]*ClientTx // by the branch of the edge's Via
+}
+
+// NewClient sends from conn.
+func NewClient(conn Conn, t Timers) *Client {
+	return &Client{conn: conn, timers: t, parser: sip.NewParser(), txs: make(map[string]*ClientTx)}
+}
+
+// Start sends req, prepared with the edge's Via (and its branch) on top,
+// to dest, and returns its transaction: retransmitted on Timer E until a
+// response comes, timed out on Timer F. A request that cannot be sent is
+// an error, as with sipgo's client.
+func (c *Client) Start(ctx context.Context, req *sip.Request, dest netip.AddrPort) (sip.ClientTransaction, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	via := req.Via()
+	if via == nil || req.CSeq() == nil {
+		return nil, errors.New("udptx: request without Via or CSeq")
+	}
+	branch, _ := via.Params.Get("branch")
+	if branch == "" {
+		return nil, errors.New("udptx: request without a branch")
+	}
+	tx := &ClientTx{c: c, branch: branch, method: req.CSeq().MethodName, dest: dest,
+		responses: make(chan *sip.Response, responseBuffer), done: make(chan struct{}), interval: c.timers.T1}
+	tx.wire = appendMessage(make([]byte, 0, 1024), req)
+	tx.started = time.Now()
+	c.mu.Lock()
+	if _, dup := c.txs[branch]; dup {
+		c.mu.Unlock()
+		return nil, errors.New("udptx: a transaction with this branch is running")
+	}
+	c.txs[branch] = tx
+	tx.mu.Lock()
+	tx.timer = time.AfterFunc(tx.interval, tx.tick) // set before any answer can come
+	wire := tx.wire
+	tx.mu.Unlock()
+	c.mu.Unlock()
+	if _, err := c.conn.WriteToUDPAddrPort(wire, dest); err != nil {
+		tx.end(err)
+		return nil, err
+	}
+	return tx, nil
+}
+
+// Receive takes a datagram from src that may answer one of c's
+// transactions. It reports whether the datagram was one of theirs (then
+// consumed); anything else is left for sipgo.
+func (c *Client) Receive(b []byte, src netip.AddrPort) bool {
+	if !bytes.HasPrefix(b, []byte("SIP/2.0 ")) {
+		return false
+	}
+	branch, ok := topBranch(b)
+	if !ok {
+		return false
+	}
+	c.mu.Lock()
+	tx := c.txs[string(branch)] // no allocation: the compiler keys by the bytes
+	c.mu.Unlock()
+	if tx == nil || tx.dest != src {
+		// Not the edge's, or not from where the request went: a
+		// response from anyone else is not the core's answer.
+		return false
+	}
+	msg, err := c.parser.ParseSIP(b)
+	if err != nil {
+		return true // a broken copy of an answer of ours: nothing to learn
+	}
+	res, ok := msg.(*sip.Response)
+	if !ok || res.CSeq() == nil || res.CSeq().MethodName != tx.method {
+		return true
+	}
+	res.SetTransport("UDP")
+	res.SetSource(src.String())
+	tx.receive(res)
+	return true
+}
+
+func (c *Client) forget(tx *ClientTx) {
+	c.mu.Lock()
+	if c.txs[tx.branch] == tx {
+		delete(c.txs, tx.branch)
+	}
+	c.mu.Unlock()
+}
+
+// Len is how many transactions c holds (running or absorbing).
+func (c *Client) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.txs)
+}
+
+// responseBuffer is how many responses a transaction holds for its
+// reader. Only provisional ones can be more than one; past that many they
+// are dropped (a proxy passes the latest on anyway), a final never is.
+const responseBuffer = 8
+
+// ClientTx is one client transaction: a sip.ClientTransaction.
+type ClientTx struct {
+	c         *Client
+	branch    string
+	method    sip.RequestMethod
+	dest      netip.AddrPort
+	wire      []byte // the request as sent
+	responses chan *sip.Response
+	done      chan struct{}
+
+	mu          sync.Mutex
+	started     time.Time
+	interval    time.Duration // Timer E's next interval
+	timer       *time.Timer
+	answered    bool // a provisional response came: retransmit at T2
+	final       bool // a final response came: completed
+	terminated  bool
+	err         error
+	onTerminate []sip.FnTxTerminate
+}
+
+// tick is Timer E: send the request again, until Timer F.
+func (tx *ClientTx) tick() {
+	tx.mu.Lock()
+	if tx.final || tx.terminated {
+		tx.mu.Unlock()
+		return
+	}
+	if time.Since(tx.started) >= tx.c.timers.F {
+		tx.mu.Unlock()
+		tx.end(sip.ErrTransactionTimeout)
+		return
+	}
+	if tx.answered {
+		tx.interval = tx.c.timers.T2
+	} else {
+		tx.interval = min(2*tx.interval, tx.c.timers.T2)
+	}
+	next := min(tx.interval, tx.c.timers.F-time.Since(tx.started))
+	tx.timer.Reset(next)
+	wire := tx.wire
+	tx.mu.Unlock()
+	_, _ = tx.c.conn.WriteToUDPAddrPort(wire, tx.dest) // a lost copy is what retransmission is for
+}
+
+func (tx *ClientTx) receive(res *sip.Response) {
+	tx.mu.Lock()
+	if tx.final || tx.terminated {
+		tx.mu.Unlock()
+		return
+	}
+	if tx.final = res.StatusCode >= 200; tx.final {
+		// Completed: the branch stays known for Timer K, so the core's
+		// copies of this answer are absorbed here.
+		tx.wire = nil
+		tx.timer.Stop()
+		tx.timer = time.AfterFunc(tx.c.timers.K, func() { tx.end(nil) })
+	} else {
+		tx.answered = true
+	}
+	tx.mu.Unlock()
+	select {
+	case tx.responses <- res:
+	default:
+		// Only provisionals can find the buffer full: see responseBuffer.
+	}
+}
+
+// end terminates tx with err (nil: normally) and forgets its branch.
+func (tx *ClientTx) end(err error) {
+	tx.mu.Lock()
+	tx.timer.Stop()
+	tx.mu.Unlock()
+	tx.finish(err)
+	tx.c.forget(tx)
+}
+
+// finish ends tx for its reader: Done closes, Err says why.
+func (tx *ClientTx) finish(err error) {
+	tx.mu.Lock()
+	if tx.terminated {
+		tx.mu.Unlock()
+		return
+	}
+	tx.terminated = true
+	tx.err = err
+	tx.wire = nil
+	fs := tx.onTerminate
+	tx.onTerminate = nil
+	close(tx.done)
+	tx.mu.Unlock()
+	for _, f := range fs {
+		f(tx.branch, err)
+	}
+}
+
+// Terminate ends the transaction. Once a final answer came, its branch
+// stays known until Timer K, so the core's copies of it are absorbed.
+func (tx *ClientTx) Terminate() {
+	tx.mu.Lock()
+	final := tx.final
+	tx.mu.Unlock()
+	if final {
+		tx.finish(nil)
+		return
+	}
+	tx.end(nil)
+}
+
+func (tx *ClientTx) Responses() <-chan *sip.Response { return tx.responses }
+func (tx *ClientTx) Done() <-chan struct{}           { return tx.done }
+
+func (tx *ClientTx) Err() error {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.err
+}
+
+// OnRetransmission is for INVITE 2xx copies: never for these.
+func (tx *ClientTx) OnRetransmission(sip.FnTxResponse) bool { return false }
+
+func (tx *ClientTx) OnTerminate(f sip.FnTxTerminate) bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.terminated {
+		return false
+	}
+	tx.onTerminate = append(tx.onTerminate, f)
+	return true
+}

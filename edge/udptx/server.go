@@ -1,0 +1,177 @@
+package udptx
+
+import (
+	"errors"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// Server runs server transactions for non-INVITE requests read from one
+// socket.
+type Server struct {
+	conn   Conn
+	timerJ time.Duration // how long an answered transaction stays to answer copies
+
+	mu  sync.Mutex
+	txs map[serverKey]*ServerTx
+}
+
+// serverKey matches a request to its transaction (RFC 3261 §17.2.3).
+type serverKey struct {
+	branch string
+	sentBy string
+	method sip.RequestMethod
+}
+
+// NewServer answers on conn; an answered transaction is kept for timerJ
+// (sipgo's Timer J, as the edge set it).
+func NewServer(conn Conn, timerJ time.Duration) *Server {
+	return &Server{conn: conn, timerJ: timerJ, txs: make(map[serverKey]*ServerTx)}
+}
+
+// Receive finds or makes the transaction of req, a non-INVITE request
+// (not ACK, not CANCEL) that came from src. A copy of a request already
+// here is answered with its transaction's last response, or absorbed
+// while it has none: isNew is false and there is nothing else to do.
+// ok is false for a request without an RFC 3261 branch: sipgo matches
+// those the old way.
+func (s *Server) Receive(req *sip.Request, src netip.AddrPort) (tx *ServerTx, isNew, ok bool) {
+	via := req.Via()
+	if via == nil {
+		return nil, false, false
+	}
+	branch, _ := via.Params.Get("branch")
+	if len(branch) <= len(sip.RFC3261BranchMagicCookie) || !strings.HasPrefix(branch, sip.RFC3261BranchMagicCookie) {
+		return nil, false, false
+	}
+	key := serverKey{branch: branch, sentBy: via.Host + ":" + strconv.Itoa(via.Port), method: req.Method}
+	s.mu.Lock()
+	if tx := s.txs[key]; tx != nil {
+		s.mu.Unlock()
+		tx.retransmitted()
+		return tx, false, true
+	}
+	tx = &ServerTx{s: s, key: key, src: src, done: make(chan struct{})}
+	s.txs[key] = tx
+	s.mu.Unlock()
+	return tx, true, true
+}
+
+// Len is how many transactions s holds.
+func (s *Server) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.txs)
+}
+
+func (s *Server) forget(tx *ServerTx) {
+	s.mu.Lock()
+	if s.txs[tx.key] == tx {
+		delete(s.txs, tx.key)
+	}
+	s.mu.Unlock()
+}
+
+// ServerTx is one server transaction: a sip.ServerTransaction.
+type ServerTx struct {
+	s    *Server
+	key  serverKey
+	src  netip.AddrPort // where the request came from, and answers go
+	done chan struct{}
+
+	mu          sync.Mutex
+	last        []byte // the last response sent, for copies of the request
+	final       bool
+	terminated  bool
+	timer       *time.Timer // Timer J, once answered
+	onTerminate []sip.FnTxTerminate
+}
+
+var errTerminated = errors.New("udptx: transaction terminated")
+
+// Respond sends res to where the request came from. A final response is
+// kept for copies of the request until Timer J; once one has gone, any
+// other is discarded (RFC 3261 §17.2.2).
+func (tx *ServerTx) Respond(res *sip.Response) error {
+	tx.mu.Lock()
+	if tx.terminated {
+		tx.mu.Unlock()
+		return errTerminated
+	}
+	if tx.final {
+		tx.mu.Unlock()
+		return nil
+	}
+	wire := appendMessage(make([]byte, 0, 512), res)
+	tx.last = wire
+	if tx.final = res.StatusCode >= 200; tx.final {
+		tx.timer = time.AfterFunc(tx.s.timerJ, tx.Terminate)
+	}
+	tx.mu.Unlock()
+	_, err := tx.s.conn.WriteToUDPAddrPort(wire, tx.src)
+	return err
+}
+
+// retransmitted answers a copy of the request with the last response,
+// if any (none yet: absorbed, the first copy is being handled).
+func (tx *ServerTx) retransmitted() {
+	tx.mu.Lock()
+	last := tx.last
+	tx.mu.Unlock()
+	if last != nil {
+		_, _ = tx.s.conn.WriteToUDPAddrPort(last, tx.src)
+	}
+}
+
+// Terminate ends the transaction now: copies of the request that come
+// later are new requests.
+func (tx *ServerTx) Terminate() {
+	tx.mu.Lock()
+	if tx.terminated {
+		tx.mu.Unlock()
+		return
+	}
+	tx.terminated = true
+	tx.last = nil
+	if tx.timer != nil {
+		tx.timer.Stop()
+	}
+	fs := tx.onTerminate
+	tx.onTerminate = nil
+	close(tx.done)
+	tx.mu.Unlock()
+	tx.s.forget(tx)
+	for _, f := range fs {
+		f(tx.key.branch, nil)
+	}
+}
+
+func (tx *ServerTx) Done() <-chan struct{}     { return tx.done }
+func (tx *ServerTx) Err() error                { return nil }
+func (tx *ServerTx) Acks() <-chan *sip.Request { return nil } // no INVITE here
+
+// OnCancel never fires: CANCEL is for INVITE, which sipgo keeps.
+func (tx *ServerTx) OnCancel(sip.FnTxCancel) bool { return !tx.isTerminated() }
+
+func (tx *ServerTx) OnTerminate(f sip.FnTxTerminate) bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.terminated {
+		return false
+	}
+	tx.onTerminate = append(tx.onTerminate, f)
+	return true
+}
+
+func (tx *ServerTx) isTerminated() bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.terminated
+}
+
+var _ sip.ServerTransaction = (*ServerTx)(nil)

@@ -1,0 +1,297 @@
+package udptx
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// fastTimers keep the tests short; the order of the timers is RFC 3261's.
+var fastTimers = Timers{T1: 20 * time.Millisecond, T2: 80 * time.Millisecond, F: 400 * time.Millisecond, K: 300 * time.Millisecond}
+
+func listen(t *testing.T) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func addrOf(c *net.UDPConn) netip.AddrPort { return c.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// read waits for the next datagram on c.
+func read(t *testing.T, c *net.UDPConn, within time.Duration) ([]byte, netip.AddrPort) {
+	t.Helper()
+	b := make([]byte, 4096)
+	_ = c.SetReadDeadline(time.Now().Add(within))
+	n, src, err := c.ReadFromUDPAddrPort(b)
+	if err != nil {
+		t.Fatalf("no datagram within %v: %v", within, err)
+	}
+	return b[:n], src
+}
+
+// quiet checks nothing arrives on c for d.
+func quiet(t *testing.T, c *net.UDPConn, d time.Duration) {
+	t.Helper()
+	b := make([]byte, 4096)
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	if n, _, err := c.ReadFromUDPAddrPort(b); err == nil {
+		t.Fatalf("unexpected datagram: %q", b[:n])
+	}
+}
+
+const register = "REGISTER sip:example.com SIP/2.0\r\n" +
+	"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK.edge1;rport\r\n" +
+	"Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKphone;received=192.0.2.1\r\n" +
+	"Max-Forwards: 69\r\n" +
+	"From: <sip:alice@example.com>;tag=a\r\n" +
+	"To: <sip:alice@example.com>\r\n" +
+	"Call-ID: c1\r\n" +
+	"CSeq: 1 REGISTER\r\n" +
+	"Contact: <sip:alice@10.0.0.2:5060>\r\n" +
+	"Content-Length: 0\r\n\r\n"
+
+func parseRequest(t *testing.T, s string) *sip.Request {
+	t.Helper()
+	m, err := sip.ParseMessage([]byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.(*sip.Request)
+}
+
+// answer is the response a core sends to req's bytes.
+func answer(t *testing.T, reqBytes []byte, code int, reason string) []byte {
+	t.Helper()
+	req := parseRequest(t, string(reqBytes))
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	return []byte(res.String())
+}
+
+func TestClientRetransmitsUntilAnswered(t *testing.T) {
+	edge, core := listen(t), listen(t)
+	c := NewClient(edge, fastTimers)
+	tx, err := c.Start(context.Background(), parseRequest(t, register), addrOf(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := read(t, core, time.Second)
+	again, _ := read(t, core, time.Second) // Timer E
+	if !bytes.Equal(first, again) {
+		t.Fatalf("retransmission differs:\n%s\n%s", first, again)
+	}
+	if _, err := core.WriteToUDPAddrPort(answer(t, first, 200, "OK"), addrOf(edge)); err != nil {
+		t.Fatal(err)
+	}
+	// The edge's read loop hands datagrams to Receive.
+	b, src := read(t, edge, time.Second)
+	if !c.Receive(b, src) {
+		t.Fatal("the answer was not taken")
+	}
+	select {
+	case res := <-tx.Responses():
+		if res.StatusCode != 200 || res.Via().Params.GetOr("branch", "") != "z9hG4bK.edge1" {
+			t.Fatalf("got %d with Via %v", res.StatusCode, res.Via())
+		}
+	case <-time.After(time.Second):
+		t.Fatal("no response")
+	}
+	quiet(t, core, fastTimers.T2+fastTimers.T1) // answered: no more copies
+	// A copy of the answer is absorbed (Timer K), then the branch is
+	// forgotten and sipgo would get it.
+	if !c.Receive(b, src) {
+		t.Fatal("a copy of the final answer was not absorbed")
+	}
+	select {
+	case res := <-tx.Responses():
+		t.Fatalf("a copy was delivered: %d", res.StatusCode)
+	default:
+	}
+	tx.Terminate()
+	<-tx.Done()
+	if tx.Err() != nil {
+		t.Fatal(tx.Err())
+	}
+	deadline := time.Now().Add(time.Second)
+	for c.Len() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the branch stayed past Timer K")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if c.Receive(b, src) {
+		t.Fatal("a forgotten branch still took a datagram")
+	}
+}
+
+func TestClientTimesOut(t *testing.T) {
+	edge, core := listen(t), listen(t)
+	c := NewClient(edge, fastTimers)
+	start := time.Now()
+	tx, err := c.Start(context.Background(), parseRequest(t, register), addrOf(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-tx.Done():
+	case <-time.After(5 * fastTimers.F):
+		t.Fatal("Timer F never fired")
+	}
+	if !errors.Is(tx.Err(), sip.ErrTransactionTimeout) {
+		t.Fatalf("err %v", tx.Err())
+	}
+	if took := time.Since(start); took < fastTimers.F {
+		t.Fatalf("gave up after %v, before Timer F", took)
+	}
+	// T1, then doubling up to T2, until F: 20 40 80 80 80 ... ms.
+	n := 0
+	for {
+		b := make([]byte, 4096)
+		_ = core.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, _, err := core.ReadFromUDPAddrPort(b); err != nil {
+			break
+		}
+		n++
+	}
+	if n < 4 || n > 8 {
+		t.Fatalf("%d copies sent within Timer F", n)
+	}
+	if c.Len() != 0 {
+		t.Fatal("a timed-out transaction stayed")
+	}
+}
+
+func TestClientIgnoresOthers(t *testing.T) {
+	edge, core, stranger := listen(t), listen(t), listen(t)
+	c := NewClient(edge, fastTimers)
+	tx, err := c.Start(context.Background(), parseRequest(t, register), addrOf(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Terminate()
+	sent, _ := read(t, core, time.Second)
+	res := answer(t, sent, 200, "OK")
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		src  netip.AddrPort
+	}{
+		{"from someone other than the core", res, addrOf(stranger)},
+		{"a request", sent, addrOf(core)},
+		{"another branch", bytes.Replace(res, []byte("z9hG4bK.edge1"), []byte("z9hG4bK.other"), 1), addrOf(core)},
+		{"no Via", []byte("SIP/2.0 200 OK\r\nCSeq: 1 REGISTER\r\n\r\n"), addrOf(core)},
+	} {
+		if c.Receive(tc.b, tc.src) {
+			t.Errorf("%s: taken", tc.name)
+		}
+	}
+	// Another method on the same branch is no answer to this one.
+	if !c.Receive(bytes.Replace(res, []byte("1 REGISTER"), []byte("1 OPTIONS"), 1), addrOf(core)) {
+		t.Fatal("a datagram on the branch from the core was left to sipgo")
+	}
+	select {
+	case r := <-tx.Responses():
+		t.Fatalf("delivered an answer for another method: %d", r.StatusCode)
+	default:
+	}
+}
+
+func TestTopBranch(t *testing.T) {
+	for _, tc := range []struct{ msg, want string }{
+		{"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1;rport=1\r\n\r\n", "z9hG4bK1"},
+		{"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP a;rport;BRANCH=z9hG4bK2\r\nVia: SIP/2.0/UDP b;branch=z9hG4bKx\r\n\r\n", "z9hG4bK2"},
+		{"SIP/2.0 200 OK\r\nFrom: <sip:a>;branch=no\r\nVIA : SIP/2.0/UDP a ; branch=z9hG4bK3 , SIP/2.0/UDP b;branch=x\r\n\r\n", "z9hG4bK3"},
+		{"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a, SIP/2.0/UDP b;branch=z9hG4bKx\r\n\r\n", ""},
+		{"SIP/2.0 200 OK\r\nCSeq: 1 REGISTER\r\n\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK4\r\n", ""},
+		{"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=\r\n\r\n", ""},
+	} {
+		got, ok := topBranch([]byte(tc.msg))
+		if string(got) != tc.want || ok != (tc.want != "") {
+			t.Errorf("%q: got %q %v, want %q", tc.msg, got, ok, tc.want)
+		}
+	}
+}
+
+func TestServerAnswersCopiesFromTheLastResponse(t *testing.T) {
+	edge, phone := listen(t), listen(t)
+	s := NewServer(edge, 200*time.Millisecond)
+	req := parseRequest(t, register)
+	tx, isNew, ok := s.Receive(req, addrOf(phone))
+	if !isNew || !ok {
+		t.Fatal("a new request was not new")
+	}
+	// A copy while the request is handled is absorbed.
+	if again, isNew, _ := s.Receive(parseRequest(t, register), addrOf(phone)); isNew || again != tx {
+		t.Fatal("a copy made a second transaction")
+	}
+	quiet(t, phone, 50*time.Millisecond)
+	if err := tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil)); err != nil {
+		t.Fatal(err)
+	}
+	first, _ := read(t, phone, time.Second)
+	// Another final response is discarded (RFC 3261 §17.2.2).
+	if err := tx.Respond(sip.NewResponseFromRequest(req, 500, "Late", nil)); err != nil {
+		t.Fatal(err)
+	}
+	quiet(t, phone, 50*time.Millisecond)
+	// A copy is answered with the same bytes, to where the request came
+	// from, even when the copy claims another source.
+	other := listen(t)
+	if _, isNew, _ := s.Receive(parseRequest(t, register), addrOf(other)); isNew {
+		t.Fatal("a copy made a second transaction")
+	}
+	again, _ := read(t, phone, time.Second)
+	if !bytes.Equal(first, again) {
+		t.Fatalf("copy answered differently:\n%s\n%s", first, again)
+	}
+	quiet(t, other, 50*time.Millisecond)
+	// After Timer J a copy is a new request.
+	select {
+	case <-tx.Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("Timer J never ended the transaction")
+	}
+	if _, isNew, _ := s.Receive(parseRequest(t, register), addrOf(phone)); !isNew {
+		t.Fatal("a request after Timer J matched the old transaction")
+	}
+}
+
+func TestServerKeys(t *testing.T) {
+	edge, phone := listen(t), listen(t)
+	s := NewServer(edge, time.Minute)
+	base := parseRequest(t, register)
+	if _, isNew, _ := s.Receive(base, addrOf(phone)); !isNew {
+		t.Fatal("not new")
+	}
+	for _, tc := range []struct{ name, from, to string }{
+		{"another branch", "z9hG4bK.edge1", "z9hG4bK.edge2"},
+		{"another sent-by", "127.0.0.1:5070", "127.0.0.1:5071"},
+	} {
+		if _, isNew, _ := s.Receive(parseRequest(t, strings.Replace(register, tc.from, tc.to, 1)), addrOf(phone)); !isNew {
+			t.Errorf("%s matched the first transaction", tc.name)
+		}
+	}
+	// Without an RFC 3261 branch the request is sipgo's.
+	if _, _, ok := s.Receive(parseRequest(t, strings.Replace(register, "z9hG4bK.edge1", "old", 1)), addrOf(phone)); ok {
+		t.Fatal("a request without an RFC 3261 branch was taken")
+	}
+	// Terminate forgets at once: the next copy is new.
+	tx, _, _ := s.Receive(base, addrOf(phone))
+	tx.Terminate()
+	if _, isNew, _ := s.Receive(base, addrOf(phone)); !isNew {
+		t.Fatal("a terminated transaction still matched")
+	}
+	if err := tx.Respond(sip.NewResponseFromRequest(base, 200, "OK", nil)); err == nil {
+		t.Fatal("a terminated transaction sent a response")
+	}
+}

@@ -1,0 +1,74 @@
+package udptx
+
+import (
+	"bytes"
+	"io"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// appendMessage appends m as it goes on the wire.
+func appendMessage(dst []byte, m interface{ StringWrite(io.StringWriter) }) []byte {
+	b := bytes.NewBuffer(dst)
+	m.StringWrite(b)
+	return b.Bytes()
+}
+
+// topBranch finds the branch parameter of the first Via in a message's
+// bytes, without parsing anything else. ok is false when the first Via
+// has none (or there is no Via): such a message is sipgo's to handle.
+func topBranch(b []byte) (branch []byte, ok bool) {
+	_, rest, found := bytes.Cut(b, crlf)
+	for found {
+		var line []byte
+		line, rest, found = bytes.Cut(rest, crlf)
+		if len(line) == 0 {
+			return nil, false // end of the headers
+		}
+		value, isVia := viaValue(line)
+		if !isVia {
+			continue
+		}
+		// The first Via value of the line: up to a comma outside quotes
+		// is enough, since a branch holds no comma.
+		if i := bytes.IndexByte(value, ','); i >= 0 {
+			value = value[:i]
+		}
+		for len(value) > 0 {
+			i := bytes.IndexByte(value, ';')
+			if i < 0 {
+				return nil, false
+			}
+			value = value[i+1:]
+			param := bytes.TrimLeft(value, " \t")
+			if len(param) > 7 && bytes.EqualFold(param[:7], []byte("branch=")) {
+				v := param[7:]
+				end := bytes.IndexAny(v, "; \t,")
+				if end >= 0 {
+					v = v[:end]
+				}
+				return v, len(v) > 0
+			}
+		}
+		return nil, false
+	}
+	return nil, false
+}
+
+var crlf = []byte("\r\n")
+
+// viaValue reports whether line is a Via header (long or compact name,
+// any case) and returns its value.
+func viaValue(line []byte) ([]byte, bool) {
+	colon := bytes.IndexByte(line, ':')
+	if colon < 0 {
+		return nil, false
+	}
+	name := bytes.TrimRight(line[:colon], " \t")
+	if !bytes.EqualFold(name, []byte("via")) && !bytes.EqualFold(name, []byte("v")) {
+		return nil, false
+	}
+	return line[colon+1:], true
+}
+
+var _ sip.ClientTransaction = (*ClientTx)(nil)
