@@ -110,3 +110,61 @@ func TestSpoofedOptionsFloodMemory(t *testing.T) {
 		t.Errorf("heap kept %d MiB after the flood", kept>>20)
 	}
 }
+
+// Complete REGISTERs from a different spoofed source each reach the
+// edge's own UDP transactions (edge/udptx) and, past the limiter, the
+// core, which challenges them all. Nothing may stay: no binding, and no
+// transaction once the core's answers are absorbed (Timer K); a phone is
+// answered right after. (The heap is not measured here: the core in this
+// process keeps every request it got. TestSpoofedOptionsFloodMemory
+// measures the edge's own.)
+func TestSpoofedRegisterFloodLeavesNoTransactions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a hundred thousand datagrams; not in -short")
+	}
+	n := 100_000
+	if raceEnabled {
+		n = 20_000
+	}
+	core := upstreamtest.Start(t, upstreamtest.Options{Users: map[string]string{"alice": "secret"}})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pc := ipv4.NewPacketConn(c)
+	cm := &ipv4.ControlMessage{}
+	dst := net.UDPAddrFromAddrPort(e.UDP)
+	for i := range n {
+		cm.Src = net.IPv4(127, 30+byte(i>>16), byte(i>>8), byte(i))
+		msg := fmt.Sprintf("REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP %s:5060;branch=z9hG4bK-r%d;rport\r\n"+
+			"Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=%d\r\nTo: <sip:alice@example.com>\r\nCall-ID: reg-flood-%d\r\n"+
+			"CSeq: 1 REGISTER\r\nContact: <sip:alice@%s:5060>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n", cm.Src, i, i, i, cm.Src)
+		if _, err := pc.WriteTo([]byte(msg), cm, dst); err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+	}
+	// Every datagram has been read once the edge answers a REGISTER sent
+	// after them (loopback keeps order into one socket).
+	probe := edgetest.Dial(t, "udp", e.UDP)
+	// Challenged, or told to come back while the flood's forwards still
+	// hold the in-flight slots (under -race).
+	res := registerRetrying(probe, probe.Register(edgetest.Reg{User: "alice"}), 10, 3*time.Second)
+	if res == nil || res.StatusCode != 401 && (res.StatusCode != 503 || res.GetHeader("Retry-After") == nil) {
+		t.Fatalf("a phone was not answered after the flood: %v", res)
+	}
+	// The core's health probes (OPTIONS, a transaction each) go on: one
+	// running and one absorbing at most.
+	access, toCore := e.Transactions()
+	for deadline := time.Now().Add(20 * time.Second); access > 0 || toCore > 2; access, toCore = e.Transactions() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d access and %d core-side transactions stayed after the flood", access, toCore)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a count with a deadline
+	}
+	if b := e.Bindings().Len(); b != 0 {
+		t.Fatalf("%d bindings from unanswered challenges", b)
+	}
+	t.Logf("%d spoofed REGISTERs: %d requests reached the core; no transaction left", n, len(core.Requests()))
+}

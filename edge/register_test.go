@@ -462,3 +462,43 @@ func TestTortureInvalidMessages(t *testing.T) {
 		t.Fatalf("the core got %d invalid requests", n)
 	}
 }
+
+// A copy of a REGISTER the edge already answered (a phone whose 200 was
+// lost) is answered with the same bytes by the edge's own UDP server
+// transaction, and the core never sees the copy. A copy of it sent from
+// elsewhere (spoofed, or a replay) makes no answer there: the answer
+// goes only where the request came from.
+func TestRegisterRetransmissionAnsweredByTheEdge(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "alice"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("first REGISTER: %d", res.StatusCode)
+	}
+	refresh := phone.Register(edgetest.Reg{User: "alice", CSeq: 2})
+	phone.Send(refresh)
+	first, _ := phone.RecvRaw(wait)
+	before := len(core.Requests())
+	phone.Send(refresh) // the phone did not get first
+	again, _ := phone.RecvRaw(wait)
+	if string(again) != string(first) {
+		t.Fatalf("the copy was answered differently:\n%s\n%s", first, again)
+	}
+	other := edgetest.Dial(t, "udp", e.UDP)
+	other.Send(refresh)
+	if b := other.Silent(300 * time.Millisecond); b != nil {
+		t.Fatalf("a copy from another source was answered there: %s", b)
+	}
+	if resent, _ := phone.RecvRaw(wait); string(resent) != string(first) {
+		t.Fatalf("the registered phone did not get the answer again:\n%s", resent)
+	}
+	for _, r := range core.Requests()[before:] {
+		if r.Method == sip.REGISTER {
+			t.Fatalf("the core got a copy of an answered REGISTER:\n%s", r)
+		}
+	}
+	if access, _ := e.Transactions(); access == 0 {
+		t.Fatal("the answered transaction was not kept for copies (Timer J)")
+	}
+}

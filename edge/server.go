@@ -142,8 +142,9 @@ type Server struct {
 	accessUA, coreUA   *sipgo.UserAgent
 	accessSrv, coreSrv *sipgo.Server
 	coreUDP            *udpSocket
-	coreTx             *udptx.Client // REGISTERs' transactions toward UDP cores (nil: sipgo's)
-	accessHandler      Handler       // the access side's chain, for sipgo's requests and the edge's own
+	coreTx             *udptx.Client   // non-INVITE transactions toward UDP cores (nil: sipgo's)
+	accessTx           []*udptx.Server // REGISTERs' transactions on the UDP access sockets (guarded by lmu)
+	accessHandler      Handler         // the access side's chain, for sipgo's requests and the edge's own
 	pinger             *pinger
 	self               *self
 	hooks              nat.StreamHooks // of every access stream listener
@@ -429,6 +430,22 @@ func (s *Server) dispatch(h Handler, side string, req *sip.Request, tx sip.Serve
 	})
 }
 
+// Transactions is how many of the edge's own UDP transactions are open:
+// on the access side (REGISTERs from phones, answered ones kept for
+// Timer J) and toward the cores (non-INVITE requests: REGISTERs, health
+// probes, BYEs..., answered ones kept for Timer K).
+func (s *Server) Transactions() (access, core int) {
+	s.lmu.Lock()
+	for _, t := range s.accessTx {
+		access += t.Len()
+	}
+	s.lmu.Unlock()
+	if s.coreTx != nil {
+		core = s.coreTx.Len()
+	}
+	return access, core
+}
+
 // Ready is closed once the server can take and send requests.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
@@ -592,6 +609,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	_ = s.accessUA.Close()
 	_ = s.coreUA.Close()
+	if s.coreTx != nil {
+		s.coreTx.Close()
+	}
 	s.lmu.Lock()
 	_ = s.socks.Close()
 	s.lmu.Unlock()

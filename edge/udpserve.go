@@ -167,10 +167,11 @@ func (u *udpSocket) guardCore(limiter *ratelimit.Limiter, trusted func(netip.Add
 			return true
 		},
 		Inspect: func(src netip.AddrPort, b []byte) bool {
-			if txs != nil && txs.Receive(b, src) {
+			core := trusted(src.Addr())
+			if txs != nil && txs.Receive(b, src, core) {
 				return false
 			}
-			return trusted(src.Addr()) || looksLikeSIP(b)
+			return core || looksLikeSIP(b)
 		},
 	})
 }
@@ -245,7 +246,8 @@ func (s *Server) leanRegister(u *udpSocket) func(netip.AddrPort, []byte) bool {
 		return nil
 	}
 	txs := udptx.NewServer(raw, sip.Timer_J)
-	parser := sip.NewParser() // used by u's read loop only
+	s.accessTx = append(s.accessTx, txs) // s.lmu is held (serveAccess)
+	parser := sip.NewParser()            // used by u's read loop only
 	return func(src netip.AddrPort, b []byte) bool {
 		if !bytes.HasPrefix(b, []byte("REGISTER ")) {
 			return false

@@ -32,6 +32,9 @@ type Sources struct {
 	Cores func() []Core
 	// StoreOK reports whether the state store took the last write.
 	StoreOK func() bool
+	// Transactions counts the edge's own UDP transactions open now, on
+	// the access side and toward the cores.
+	Transactions func() (access, core int)
 }
 
 // Core is one core's state as the pool sees it.
@@ -216,11 +219,12 @@ var (
 	descKeepKind  = prometheus.NewDesc("sipedge_flows_keepalive", "Flows by what keeps them open in auto mode: options (the phone answers), crlf (it does not), unknown (not found out yet, or another mode).", []string{"keepalive"}, nil)
 	descKeepMiss  = prometheus.NewDesc("sipedge_flows_missing_keepalives", "Flows whose last keepalive went unanswered.", nil, nil)
 	descPingsSeen = prometheus.NewDesc("sipedge_flows_answering_keepalives", "Flows that answered a keepalive.", nil, nil)
+	descTx        = prometheus.NewDesc("sipedge_transactions", "The edge's own UDP transactions open (REGISTERs from phones; non-INVITE requests to the cores), answered ones kept a few seconds for copies, by side.", []string{"side"}, nil)
 )
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBindings, descFlows, descFlowRefused, descDecisions, descAllowed, descBans,
-		descSources, descInflight, descCoreUp, descStoreOK, descRTT, descKeepKind, descKeepMiss, descPingsSeen} {
+		descSources, descInflight, descCoreUp, descStoreOK, descRTT, descKeepKind, descKeepMiss, descPingsSeen, descTx} {
 		ch <- d
 	}
 }
@@ -304,5 +308,10 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 			ok = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descStoreOK, prometheus.GaugeValue, ok)
+	}
+	if s.Transactions != nil {
+		access, core := s.Transactions()
+		ch <- prometheus.MustNewConstMetric(descTx, prometheus.GaugeValue, float64(access), "access")
+		ch <- prometheus.MustNewConstMetric(descTx, prometheus.GaugeValue, float64(core), "core")
 	}
 }

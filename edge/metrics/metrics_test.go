@@ -82,7 +82,7 @@ func TestMetricsKnownScenario(t *testing.T) {
 	})
 	m.SetSources(metrics.Sources{Registry: e.Bindings(), Flows: e.Flows(), Limiter: e.Limiter(),
 		Cores:   func() []metrics.Core { return []metrics.Core{{Target: core.URI("udp"), State: "up"}} },
-		StoreOK: func() bool { return true }})
+		StoreOK: func() bool { return true }, Transactions: e.Transactions})
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
 
@@ -134,6 +134,11 @@ func TestMetricsKnownScenario(t *testing.T) {
 	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "sipedge_limiter_allowed_total", "sipedge_core_requests_in_flight"} {
 		if fams[name] == nil {
 			t.Errorf("%s missing", name)
+		}
+	}
+	for _, side := range []string{"access", "core"} {
+		if _, ok := value(fams, "sipedge_transactions", map[string]string{"side": side}); !ok {
+			t.Errorf("sipedge_transactions{side=%q} missing", side)
 		}
 	}
 	if fams["sipedge_register_core_duration_seconds"].GetType() != dto.MetricType_HISTOGRAM {

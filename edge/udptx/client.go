@@ -49,8 +49,27 @@ type Client struct {
 	timers Timers
 	parser *sip.Parser // used from the read loop only
 
-	mu  sync.Mutex
-	txs map[string]*ClientTx // by the branch of the edge's Via
+	mu     sync.Mutex
+	txs    map[string]*ClientTx // by the branch of the edge's Via
+	closed bool
+}
+
+// ErrClosed ends the transactions of a closed Client.
+var ErrClosed = errors.New("udptx: client closed")
+
+// Close ends every transaction with ErrClosed (their readers return at
+// once, as sipgo's do when its user agent closes); Start fails after.
+func (c *Client) Close() {
+	c.mu.Lock()
+	c.closed = true
+	txs := make([]*ClientTx, 0, len(c.txs))
+	for _, tx := range c.txs {
+		txs = append(txs, tx)
+	}
+	c.mu.Unlock()
+	for _, tx := range txs {
+		tx.end(ErrClosed)
+	}
 }
 
 // NewClient sends from conn.
@@ -79,6 +98,10 @@ func (c *Client) Start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 	tx.wire = appendMessage(make([]byte, 0, 1024), req)
 	tx.started = time.Now()
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, ErrClosed
+	}
 	if _, dup := c.txs[branch]; dup {
 		c.mu.Unlock()
 		return nil, errors.New("udptx: a transaction with this branch is running")
@@ -98,8 +121,11 @@ func (c *Client) Start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 
 // Receive takes a datagram from src that may answer one of c's
 // transactions. It reports whether the datagram was one of theirs (then
-// consumed); anything else is left for sipgo.
-func (c *Client) Receive(b []byte, src netip.AddrPort) bool {
+// consumed); anything else is left for sipgo. An answer is taken from
+// the transaction's destination, or from anywhere the caller vouches
+// for (trusted: one of the cores, which may answer from another of its
+// addresses); from anyone else it is not the core's answer.
+func (c *Client) Receive(b []byte, src netip.AddrPort, trusted bool) bool {
 	if !bytes.HasPrefix(b, []byte("SIP/2.0 ")) {
 		return false
 	}
@@ -110,9 +136,7 @@ func (c *Client) Receive(b []byte, src netip.AddrPort) bool {
 	c.mu.Lock()
 	tx := c.txs[string(branch)] // no allocation: the compiler keys by the bytes
 	c.mu.Unlock()
-	if tx == nil || tx.dest != src {
-		// Not the edge's, or not from where the request went: a
-		// response from anyone else is not the core's answer.
+	if tx == nil || tx.dest != src && !trusted {
 		return false
 	}
 	msg, err := c.parser.ParseSIP(b)

@@ -16,7 +16,7 @@ import (
 // fastTimers keep the tests short; the order of the timers is RFC 3261's.
 var fastTimers = Timers{T1: 20 * time.Millisecond, T2: 80 * time.Millisecond, F: 400 * time.Millisecond, K: 300 * time.Millisecond}
 
-func listen(t *testing.T) *net.UDPConn {
+func listen(t testing.TB) *net.UDPConn {
 	t.Helper()
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -61,7 +61,7 @@ const register = "REGISTER sip:example.com SIP/2.0\r\n" +
 	"Contact: <sip:alice@10.0.0.2:5060>\r\n" +
 	"Content-Length: 0\r\n\r\n"
 
-func parseRequest(t *testing.T, s string) *sip.Request {
+func parseRequest(t testing.TB, s string) *sip.Request {
 	t.Helper()
 	m, err := sip.ParseMessage([]byte(s))
 	if err != nil {
@@ -95,7 +95,7 @@ func TestClientRetransmitsUntilAnswered(t *testing.T) {
 	}
 	// The edge's read loop hands datagrams to Receive.
 	b, src := read(t, edge, time.Second)
-	if !c.Receive(b, src) {
+	if !c.Receive(b, src, false) {
 		t.Fatal("the answer was not taken")
 	}
 	select {
@@ -109,7 +109,7 @@ func TestClientRetransmitsUntilAnswered(t *testing.T) {
 	quiet(t, core, fastTimers.T2+fastTimers.T1) // answered: no more copies
 	// A copy of the answer is absorbed (Timer K), then the branch is
 	// forgotten and sipgo would get it.
-	if !c.Receive(b, src) {
+	if !c.Receive(b, src, false) {
 		t.Fatal("a copy of the final answer was not absorbed")
 	}
 	select {
@@ -129,7 +129,7 @@ func TestClientRetransmitsUntilAnswered(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if c.Receive(b, src) {
+	if c.Receive(b, src, true) {
 		t.Fatal("a forgotten branch still took a datagram")
 	}
 }
@@ -191,18 +191,25 @@ func TestClientIgnoresOthers(t *testing.T) {
 		{"another branch", bytes.Replace(res, []byte("z9hG4bK.edge1"), []byte("z9hG4bK.other"), 1), addrOf(core)},
 		{"no Via", []byte("SIP/2.0 200 OK\r\nCSeq: 1 REGISTER\r\n\r\n"), addrOf(core)},
 	} {
-		if c.Receive(tc.b, tc.src) {
+		if c.Receive(tc.b, tc.src, false) {
 			t.Errorf("%s: taken", tc.name)
 		}
 	}
 	// Another method on the same branch is no answer to this one.
-	if !c.Receive(bytes.Replace(res, []byte("1 REGISTER"), []byte("1 OPTIONS"), 1), addrOf(core)) {
+	if !c.Receive(bytes.Replace(res, []byte("1 REGISTER"), []byte("1 OPTIONS"), 1), addrOf(core), false) {
 		t.Fatal("a datagram on the branch from the core was left to sipgo")
 	}
 	select {
 	case r := <-tx.Responses():
 		t.Fatalf("delivered an answer for another method: %d", r.StatusCode)
 	default:
+	}
+	// Another address of the core (the caller vouches for it) answers.
+	if !c.Receive(res, addrOf(stranger), true) {
+		t.Fatal("an answer from another address of a core was not taken")
+	}
+	if r := <-tx.Responses(); r.StatusCode != 200 {
+		t.Fatalf("got %d", r.StatusCode)
 	}
 }
 
@@ -294,4 +301,53 @@ func TestServerKeys(t *testing.T) {
 	if err := tx.Respond(sip.NewResponseFromRequest(base, 200, "OK", nil)); err == nil {
 		t.Fatal("a terminated transaction sent a response")
 	}
+}
+
+func TestClientClose(t *testing.T) {
+	edge, core := listen(t), listen(t)
+	c := NewClient(edge, DefaultTimers())
+	tx, err := c.Start(context.Background(), parseRequest(t, register), addrOf(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	select {
+	case <-tx.Done():
+	case <-time.After(time.Second):
+		t.Fatal("a running transaction outlived Close")
+	}
+	if !errors.Is(tx.Err(), ErrClosed) || c.Len() != 0 {
+		t.Fatalf("err %v, %d left", tx.Err(), c.Len())
+	}
+	if _, err := c.Start(context.Background(), parseRequest(t, register), addrOf(core)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Start after Close: %v", err)
+	}
+}
+
+// FuzzReceive: anything from anyone reaches Client.Receive on the core
+// side. It must never panic, never take a datagram that is not an
+// answer from the transaction's own destination, and a branch it finds
+// holds none of the bytes that end a parameter.
+func FuzzReceive(f *testing.F) {
+	f.Add([]byte("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK.edge1\r\nCSeq: 1 REGISTER\r\n\r\n"))
+	f.Add([]byte("SIP/2.0 401 x\r\nv:SIP/2.0/UDP a;BRANCH=z9hG4bK.edge1,b\r\nCSeq: 1 REGISTER\r\nContent-Length: 5\r\n\r\nabc"))
+	f.Add([]byte("SIP/2.0 \r\nVia:;branch=\r\n"))
+	edge := listen(f)
+	// The transaction must outlive the fuzzing: Timer F of an hour.
+	c := NewClient(edge, Timers{T1: time.Minute, T2: time.Minute, F: time.Hour, K: time.Hour})
+	core := netip.MustParseAddrPort("127.0.0.1:9")
+	tx, err := c.Start(context.Background(), parseRequest(f, register), core)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer tx.Terminate()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if branch, ok := topBranch(b); ok && (len(branch) == 0 || bytes.ContainsAny(branch, "; \t,\r\n")) {
+			t.Fatalf("branch %q", branch)
+		}
+		if c.Receive(b, netip.MustParseAddrPort("127.0.0.2:9"), false) {
+			t.Fatal("took a datagram from someone other than the core")
+		}
+		c.Receive(b, core, false)
+	})
 }
