@@ -613,6 +613,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.coreTx.Close()
 	}
 	s.lmu.Lock()
+	for _, t := range s.accessTx {
+		t.Close()
+	}
 	_ = s.socks.Close()
 	s.lmu.Unlock()
 	s.serving.Wait()

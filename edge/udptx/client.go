@@ -52,6 +52,8 @@ type Client struct {
 	mu     sync.Mutex
 	txs    map[string]*ClientTx // by the branch of the edge's Via
 	closed bool
+
+	answered *expiry // Timer K
 }
 
 // ErrClosed ends the transactions of a closed Client.
@@ -70,11 +72,12 @@ func (c *Client) Close() {
 	for _, tx := range txs {
 		tx.end(ErrClosed)
 	}
+	c.answered.close()
 }
 
-// NewClient sends from conn.
+// NewClient sends from conn. Close stops it.
 func NewClient(conn Conn, t Timers) *Client {
-	return &Client{conn: conn, timers: t, parser: sip.NewParser(), txs: make(map[string]*ClientTx)}
+	return &Client{conn: conn, timers: t, parser: sip.NewParser(), txs: make(map[string]*ClientTx), answered: newExpiry(t.K)}
 }
 
 // Start sends req, prepared with the edge's Via (and its branch) on top,
@@ -224,16 +227,19 @@ func (tx *ClientTx) receive(res *sip.Response) {
 		tx.mu.Unlock()
 		return
 	}
-	if tx.final = res.StatusCode >= 200; tx.final {
+	final := res.StatusCode >= 200
+	if tx.final = final; final {
 		// Completed: the branch stays known for Timer K, so the core's
 		// copies of this answer are absorbed here.
 		tx.wire = nil
 		tx.timer.Stop()
-		tx.timer = time.AfterFunc(tx.c.timers.K, func() { tx.end(nil) })
 	} else {
 		tx.answered = true
 	}
 	tx.mu.Unlock()
+	if final {
+		tx.c.answered.add(tx) // Timer K
+	}
 	select {
 	case tx.responses <- res:
 	default:
@@ -241,13 +247,15 @@ func (tx *ClientTx) receive(res *sip.Response) {
 	}
 }
 
+func (tx *ClientTx) expire() { tx.end(nil) }
+
 // end terminates tx with err (nil: normally) and forgets its branch.
 func (tx *ClientTx) end(err error) {
 	tx.mu.Lock()
 	tx.timer.Stop()
 	tx.mu.Unlock()
+	tx.c.forget(tx) // before Done: nothing is taken for tx after it
 	tx.finish(err)
-	tx.c.forget(tx)
 }
 
 // finish ends tx for its reader: Done closes, Err says why.

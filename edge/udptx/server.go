@@ -14,8 +14,8 @@ import (
 // Server runs server transactions for non-INVITE requests read from one
 // socket.
 type Server struct {
-	conn   Conn
-	timerJ time.Duration // how long an answered transaction stays to answer copies
+	conn     Conn
+	answered *expiry // Timer J: how long an answered transaction stays to answer copies
 
 	mu  sync.Mutex
 	txs map[serverKey]*ServerTx
@@ -29,10 +29,13 @@ type serverKey struct {
 }
 
 // NewServer answers on conn; an answered transaction is kept for timerJ
-// (sipgo's Timer J, as the edge set it).
+// (sipgo's Timer J, as the edge set it). Close stops it.
 func NewServer(conn Conn, timerJ time.Duration) *Server {
-	return &Server{conn: conn, timerJ: timerJ, txs: make(map[serverKey]*ServerTx)}
+	return &Server{conn: conn, answered: newExpiry(timerJ), txs: make(map[serverKey]*ServerTx)}
 }
+
+// Close stops s's timer; its transactions are dropped with it.
+func (s *Server) Close() { s.answered.close() }
 
 // Receive finds or makes the transaction of req, a non-INVITE request
 // (not ACK, not CANCEL) that came from src. A copy of a request already
@@ -88,7 +91,6 @@ type ServerTx struct {
 	last        []byte // the last response sent, for copies of the request
 	final       bool
 	terminated  bool
-	timer       *time.Timer // Timer J, once answered
 	onTerminate []sip.FnTxTerminate
 }
 
@@ -109,10 +111,12 @@ func (tx *ServerTx) Respond(res *sip.Response) error {
 	}
 	wire := appendMessage(make([]byte, 0, 512), res)
 	tx.last = wire
-	if tx.final = res.StatusCode >= 200; tx.final {
-		tx.timer = time.AfterFunc(tx.s.timerJ, tx.Terminate)
-	}
+	final := res.StatusCode >= 200
+	tx.final = final
 	tx.mu.Unlock()
+	if final {
+		tx.s.answered.add(tx) // Timer J
+	}
 	_, err := tx.s.conn.WriteToUDPAddrPort(wire, tx.src)
 	return err
 }
@@ -138,18 +142,17 @@ func (tx *ServerTx) Terminate() {
 	}
 	tx.terminated = true
 	tx.last = nil
-	if tx.timer != nil {
-		tx.timer.Stop()
-	}
 	fs := tx.onTerminate
 	tx.onTerminate = nil
-	close(tx.done)
 	tx.mu.Unlock()
-	tx.s.forget(tx)
+	tx.s.forget(tx) // before Done: a copy that follows is a new request
+	close(tx.done)
 	for _, f := range fs {
 		f(tx.key.branch, nil)
 	}
 }
+
+func (tx *ServerTx) expire() { tx.Terminate() }
 
 func (tx *ServerTx) Done() <-chan struct{}     { return tx.done }
 func (tx *ServerTx) Err() error                { return nil }

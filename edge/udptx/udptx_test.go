@@ -26,6 +26,18 @@ func listen(t testing.TB) *net.UDPConn {
 	return c
 }
 
+func newClient(t testing.TB, conn Conn, tm Timers) *Client {
+	c := NewClient(conn, tm)
+	t.Cleanup(c.Close)
+	return c
+}
+
+func newServer(t testing.TB, conn Conn, timerJ time.Duration) *Server {
+	s := NewServer(conn, timerJ)
+	t.Cleanup(s.Close)
+	return s
+}
+
 func addrOf(c *net.UDPConn) netip.AddrPort { return c.LocalAddr().(*net.UDPAddr).AddrPort() }
 
 // read waits for the next datagram on c.
@@ -80,7 +92,7 @@ func answer(t *testing.T, reqBytes []byte, code int, reason string) []byte {
 
 func TestClientRetransmitsUntilAnswered(t *testing.T) {
 	edge, core := listen(t), listen(t)
-	c := NewClient(edge, fastTimers)
+	c := newClient(t, edge, fastTimers)
 	tx, err := c.Start(context.Background(), parseRequest(t, register), addrOf(core))
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +148,7 @@ func TestClientRetransmitsUntilAnswered(t *testing.T) {
 
 func TestClientTimesOut(t *testing.T) {
 	edge, core := listen(t), listen(t)
-	c := NewClient(edge, fastTimers)
+	c := newClient(t, edge, fastTimers)
 	start := time.Now()
 	tx, err := c.Start(context.Background(), parseRequest(t, register), addrOf(core))
 	if err != nil {
@@ -173,7 +185,7 @@ func TestClientTimesOut(t *testing.T) {
 
 func TestClientIgnoresOthers(t *testing.T) {
 	edge, core, stranger := listen(t), listen(t), listen(t)
-	c := NewClient(edge, fastTimers)
+	c := newClient(t, edge, fastTimers)
 	tx, err := c.Start(context.Background(), parseRequest(t, register), addrOf(core))
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +243,7 @@ func TestTopBranch(t *testing.T) {
 
 func TestServerAnswersCopiesFromTheLastResponse(t *testing.T) {
 	edge, phone := listen(t), listen(t)
-	s := NewServer(edge, 200*time.Millisecond)
+	s := newServer(t, edge, 200*time.Millisecond)
 	req := parseRequest(t, register)
 	tx, isNew, ok := s.Receive(req, addrOf(phone))
 	if !isNew || !ok {
@@ -275,7 +287,7 @@ func TestServerAnswersCopiesFromTheLastResponse(t *testing.T) {
 
 func TestServerKeys(t *testing.T) {
 	edge, phone := listen(t), listen(t)
-	s := NewServer(edge, time.Minute)
+	s := newServer(t, edge, time.Minute)
 	base := parseRequest(t, register)
 	if _, isNew, _ := s.Receive(base, addrOf(phone)); !isNew {
 		t.Fatal("not new")
@@ -305,7 +317,7 @@ func TestServerKeys(t *testing.T) {
 
 func TestClientClose(t *testing.T) {
 	edge, core := listen(t), listen(t)
-	c := NewClient(edge, DefaultTimers())
+	c := newClient(t, edge, DefaultTimers())
 	tx, err := c.Start(context.Background(), parseRequest(t, register), addrOf(core))
 	if err != nil {
 		t.Fatal(err)
@@ -334,7 +346,7 @@ func FuzzReceive(f *testing.F) {
 	f.Add([]byte("SIP/2.0 \r\nVia:;branch=\r\n"))
 	edge := listen(f)
 	// The transaction must outlive the fuzzing: Timer F of an hour.
-	c := NewClient(edge, Timers{T1: time.Minute, T2: time.Minute, F: time.Hour, K: time.Hour})
+	c := newClient(f, edge, Timers{T1: time.Minute, T2: time.Minute, F: time.Hour, K: time.Hour})
 	core := netip.MustParseAddrPort("127.0.0.1:9")
 	tx, err := c.Start(context.Background(), parseRequest(f, register), core)
 	if err != nil {
