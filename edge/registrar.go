@@ -256,7 +256,7 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		return reject(503, "Core Busy", retryAfter(spread(t.retryAfter)))
 	}
 
-	fwd := r.Clone()
+	fwd := forwardCopy(r.Request)
 	// The edge is the first hop: a Path from a phone could only point the
 	// core at someone else's flow, and the next hop is the edge's choice.
 	dropHeaders(fwd, "Path")
@@ -332,6 +332,37 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 			g.outbound(reg, r.Flow, res)
 		}
 	})
+}
+
+// forwardCopy is a REGISTER to forward: its own copies of the headers
+// the registrar and the relay change (the top Via, Max-Forwards, the
+// Contacts) and of the header list, the other headers and the body
+// shared with req, which nothing writes after parsing. A whole clone
+// was a tenth of what a REGISTER allocated.
+func forwardCopy(req *sip.Request) *sip.Request {
+	out := sip.NewRequest(req.Method, *req.Recipient.Clone())
+	out.SipVersion = req.SipVersion
+	topVia := true
+	for _, h := range req.Headers() {
+		switch v := h.(type) {
+		case *sip.ViaHeader:
+			if topVia {
+				h, topVia = v.Clone(), false
+			}
+		case *sip.MaxForwardsHeader:
+			mf := sip.MaxForwardsHeader(v.Val()) // sipgo's clone of it is the same pointer
+			h = &mf
+		case *sip.ContactHeader:
+			h = v.Clone()
+		}
+		out.AppendHeader(h)
+	}
+	out.SetBody(req.Body())
+	out.SetTransport(req.Transport())
+	out.SetSource(req.Source())
+	out.SetDestination(req.Destination())
+	out.Laddr = req.Laddr
+	return out
 }
 
 // noteMissing marks the AOR's other bindings that the core's 200 left
