@@ -28,7 +28,7 @@ func (s *Server) serveAccess(socks *Sockets) {
 	}
 	for _, c := range socks.UDP {
 		u := newUDPSocket(c)
-		udp[u.local] = u.guardAccess(s.d.Limiter, s.d.Flows, s.leanRegister(u))
+		udp[u.local] = u.guardAccess(s.d.Limiter, s.d.Flows, s.leanAccess(u))
 		s.udp = append(s.udp, u)
 		s.serve(func() error { return serveUDP(s.accessSrv, u) })
 	}

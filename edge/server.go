@@ -143,7 +143,7 @@ type Server struct {
 	accessSrv, coreSrv *sipgo.Server
 	coreUDP            *udpSocket
 	coreTx             *udptx.Client   // non-INVITE transactions toward UDP cores (nil: sipgo's)
-	accessTx           []*udptx.Server // REGISTERs' transactions on the UDP access sockets (guarded by lmu)
+	accessTx           []*udptx.Server // non-INVITE transactions on the UDP access sockets (guarded by lmu)
 	accessHandler      Handler         // the access side's chain, for sipgo's requests and the edge's own
 	pinger             *pinger
 	self               *self
@@ -431,7 +431,7 @@ func (s *Server) dispatch(h Handler, side string, req *sip.Request, tx sip.Serve
 }
 
 // Transactions is how many of the edge's own UDP transactions are open:
-// on the access side (REGISTERs from phones, answered ones kept for
+// on the access side (non-INVITE requests from phones, answered ones kept for
 // Timer J) and toward the cores (non-INVITE requests: REGISTERs, health
 // probes, BYEs..., answered ones kept for Timer K).
 func (s *Server) Transactions() (access, core int) {

@@ -234,13 +234,15 @@ func looksLikeSIP(b []byte) bool {
 	return bytes.Contains(b, []byte("\r\n\r\n"))
 }
 
-// leanRegister takes REGISTERs off u before sipgo does: parsed once
-// here, matched to the edge's own UDP server transactions (udptx), and
-// handled on a worker, so the read loop goes back to reading at once.
-// sipgo's transaction layer cost as much CPU as the registrar itself.
-// Anything it cannot take (no RFC 3261 branch, unparsable) goes on to
-// sipgo as before. nil when u is not a *net.UDPConn.
-func (s *Server) leanRegister(u *udpSocket) func(netip.AddrPort, []byte) bool {
+// leanAccess takes the non-INVITE requests (REGISTERs above all) off u
+// before sipgo does: parsed once here, matched to the edge's own UDP
+// server transactions (udptx), and handled on a worker, so the read loop
+// goes back to reading at once. sipgo's transaction layer cost as much
+// CPU as the registrar itself. INVITE, ACK and CANCEL (which must find
+// their INVITE) and responses stay sipgo's, as does anything it cannot
+// take (no RFC 3261 branch, unparsable). nil when u is not a
+// *net.UDPConn.
+func (s *Server) leanAccess(u *udpSocket) func(netip.AddrPort, []byte) bool {
 	raw, ok := u.raw.(*net.UDPConn)
 	if !ok {
 		return nil
@@ -249,7 +251,7 @@ func (s *Server) leanRegister(u *udpSocket) func(netip.AddrPort, []byte) bool {
 	s.accessTx = append(s.accessTx, txs) // s.lmu is held (serveAccess)
 	parser := sip.NewParser()            // used by u's read loop only
 	return func(src netip.AddrPort, b []byte) bool {
-		if !bytes.HasPrefix(b, []byte("REGISTER ")) {
+		if !leanMethod(b) {
 			return false
 		}
 		msg, err := parser.ParseSIP(b)
@@ -257,7 +259,7 @@ func (s *Server) leanRegister(u *udpSocket) func(netip.AddrPort, []byte) bool {
 			return false // sipgo refuses it, as it always did
 		}
 		req, ok := msg.(*sip.Request)
-		if !ok || req.Method != sip.REGISTER {
+		if !ok || !leanMethod([]byte(req.Method)) {
 			return false
 		}
 		tx, isNew, ok := txs.Receive(req, src)
@@ -272,4 +274,16 @@ func (s *Server) leanRegister(u *udpSocket) func(netip.AddrPort, []byte) bool {
 		}
 		return true
 	}
+}
+
+// leanMethod reports whether the request line (or method) in b names a
+// method the edge's own transactions take: any but INVITE, ACK and
+// CANCEL; a response ("SIP/2.0 ...") is never one.
+func leanMethod(b []byte) bool {
+	method, _, _ := bytes.Cut(b, []byte(" "))
+	switch string(method) { // compared without allocating
+	case "", "INVITE", "ACK", "CANCEL", "SIP/2.0":
+		return false
+	}
+	return true
 }

@@ -219,7 +219,7 @@ var (
 	descKeepKind  = prometheus.NewDesc("sipedge_flows_keepalive", "Flows by what keeps them open in auto mode: options (the phone answers), crlf (it does not), unknown (not found out yet, or another mode).", []string{"keepalive"}, nil)
 	descKeepMiss  = prometheus.NewDesc("sipedge_flows_missing_keepalives", "Flows whose last keepalive went unanswered.", nil, nil)
 	descPingsSeen = prometheus.NewDesc("sipedge_flows_answering_keepalives", "Flows that answered a keepalive.", nil, nil)
-	descTx        = prometheus.NewDesc("sipedge_transactions", "The edge's own UDP transactions open (REGISTERs from phones; non-INVITE requests to the cores), answered ones kept a few seconds for copies, by side.", []string{"side"}, nil)
+	descTx        = prometheus.NewDesc("sipedge_transactions", "The edge's own UDP transactions open (non-INVITE requests from phones and to the cores), answered ones kept a few seconds for copies, by side.", []string{"side"}, nil)
 )
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
