@@ -426,6 +426,8 @@ func (s *Server) dispatch(h Handler, side string, req *sip.Request, tx sip.Serve
 			// retransmitted to a victim (reflection) and no transaction
 			// state kept for Timer J or H (a spoofed flood's memory).
 			tx.Terminate()
+		} else if h, ok := tx.(interface{ Hold() }); ok {
+			h.Hold() // the edge's own (udptx): the answer stays for copies
 		}
 	})
 }

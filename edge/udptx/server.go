@@ -96,9 +96,9 @@ type ServerTx struct {
 
 var errTerminated = errors.New("udptx: transaction terminated")
 
-// Respond sends res to where the request came from. A final response is
-// kept for copies of the request until Timer J; once one has gone, any
-// other is discarded (RFC 3261 §17.2.2).
+// Respond sends res to where the request came from. Once a final
+// response has gone, any other is discarded (RFC 3261 §17.2.2); Hold
+// keeps it for copies of the request.
 func (tx *ServerTx) Respond(res *sip.Response) error {
 	tx.mu.Lock()
 	if tx.terminated {
@@ -111,14 +111,28 @@ func (tx *ServerTx) Respond(res *sip.Response) error {
 	}
 	wire := appendMessage(make([]byte, 0, 512), res)
 	tx.last = wire
-	final := res.StatusCode >= 200
-	tx.final = final
+	tx.final = res.StatusCode >= 200
 	tx.mu.Unlock()
-	if final {
-		tx.s.answered.add(tx) // Timer J
-	}
 	_, err := tx.s.conn.WriteToUDPAddrPort(wire, tx.src)
 	return err
+}
+
+// Hold is the end of the request's handling when its source may get
+// copies answered: the final response stays for them until Timer J. A
+// transaction without one ends now. The other end is Terminate: toward
+// a source that may be spoofed nothing is kept, so a flood of them
+// leaves nothing behind.
+func (tx *ServerTx) Hold() {
+	tx.mu.Lock()
+	final, terminated := tx.final, tx.terminated
+	tx.mu.Unlock()
+	switch {
+	case terminated:
+	case final:
+		tx.s.answered.add(tx) // Timer J
+	default:
+		tx.Terminate()
+	}
 }
 
 // retransmitted answers a copy of the request with the last response,

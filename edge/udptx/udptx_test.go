@@ -257,6 +257,7 @@ func TestServerAnswersCopiesFromTheLastResponse(t *testing.T) {
 	if err := tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil)); err != nil {
 		t.Fatal(err)
 	}
+	tx.Hold()
 	first, _ := read(t, phone, time.Second)
 	// Another final response is discarded (RFC 3261 §17.2.2).
 	if err := tx.Respond(sip.NewResponseFromRequest(req, 500, "Late", nil)); err != nil {
@@ -362,4 +363,34 @@ func FuzzReceive(f *testing.F) {
 		}
 		c.Receive(b, core, false)
 	})
+}
+
+// Hold keeps an answered transaction for copies; an unanswered one, or
+// one ended by Terminate (a source that may be spoofed), leaves nothing
+// waiting for Timer J.
+func TestServerHold(t *testing.T) {
+	edge, phone := listen(t), listen(t)
+	s := newServer(t, edge, time.Minute)
+	req := parseRequest(t, register)
+	tx, _, _ := s.Receive(req, addrOf(phone))
+	tx.Hold() // no answer yet: nothing to keep
+	if s.Len() != 0 {
+		t.Fatal("an unanswered transaction was held")
+	}
+	tx, _, _ = s.Receive(req, addrOf(phone))
+	_ = tx.Respond(sip.NewResponseFromRequest(req, 403, "Forbidden", nil))
+	tx.Terminate()
+	tx.Hold()
+	s.answered.mu.Lock()
+	waiting := len(s.answered.q)
+	s.answered.mu.Unlock()
+	if s.Len() != 0 || waiting != 0 {
+		t.Fatalf("a terminated transaction stayed: %d in the table, %d waiting for Timer J", s.Len(), waiting)
+	}
+	tx, _, _ = s.Receive(req, addrOf(phone))
+	_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	tx.Hold()
+	if s.Len() != 1 {
+		t.Fatal("an answered transaction was not held")
+	}
 }
