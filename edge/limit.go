@@ -60,7 +60,7 @@ func (l limit) ackAllowed(flow nat.FlowKey) bool {
 // hadCredentials reports whether a request carried an answer to a
 // challenge, so a 401/403/407 to it is a failed authentication.
 func hadCredentials(req *sip.Request) bool {
-	return req.GetHeader("Authorization") != nil || req.GetHeader("Proxy-Authorization") != nil
+	return headerNamed(req, "Authorization") != nil || headerNamed(req, "Proxy-Authorization") != nil
 }
 
 // auth watches the answers to requests that may carry credentials: the

@@ -11,7 +11,7 @@ import (
 // fields), so no later stage reads those headers again.
 func parse(next Handler) Handler {
 	return func(ctx context.Context, r *Request) error {
-		if h := r.GetHeader("User-Agent"); h != nil {
+		if h := headerNamed(r.Request, "User-Agent"); h != nil {
 			r.UserAgent = h.Value()
 		}
 		if r.Method == sip.REGISTER {

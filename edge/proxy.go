@@ -3,7 +3,6 @@ package edge
 import (
 	"context"
 	"errors"
-	"hash/fnv"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -357,12 +356,12 @@ func (p *proxy) wake(ctx context.Context, r *Request, fwd *sip.Request, flow nat
 // edge's core-side one, and on a spiral the other phone's) is the
 // dialog's, remembered by the dialog table.
 func hideRecordRoute(s *self, m interface {
-	GetHeaders(string) []sip.Header
+	headered
 	RemoveHeader(string) bool
 	AppendHeader(sip.Header)
 }, flow nat.FlowKey, tenant string) {
 	var keep []sip.Header
-	for _, h := range m.GetHeaders("Record-Route") {
+	for _, h := range headersNamed(m, "Record-Route") {
 		rr, ok := h.(*sip.RecordRouteHeader)
 		if !ok || rr.Address.User == "" || !s.isOurs(rr.Address) {
 			continue
@@ -371,7 +370,7 @@ func hideRecordRoute(s *self, m interface {
 			keep = append(keep, sip.HeaderClone(h))
 		}
 	}
-	if len(keep) == len(m.GetHeaders("Record-Route")) {
+	if len(keep) == len(headersNamed(m, "Record-Route")) {
 		return
 	}
 	dropHeaders(m, "Record-Route")
@@ -383,7 +382,7 @@ func hideRecordRoute(s *self, m interface {
 // hideHeaders drops what names the core's software toward a phone, or
 // puts the edge's chosen Server in its place.
 func (p *proxy) hideHeaders(m interface {
-	GetHeaders(string) []sip.Header
+	headered
 	RemoveHeader(string) bool
 	AppendHeader(sip.Header)
 }) {
@@ -528,26 +527,57 @@ func loopBranch(req *sip.Request) string {
 }
 
 func loopBranchPrefix(req *sip.Request) string {
-	h := fnv.New64a()
-	write := func(s string) { h.Write([]byte(s)); h.Write([]byte{0}) }
+	h := newFNV1a()
 	if t := req.To(); t != nil {
-		write(t.Params.GetOr("tag", ""))
+		h.field(t.Params.GetOr("tag", ""))
 	}
 	if f := req.From(); f != nil {
-		write(f.Params.GetOr("tag", ""))
+		h.field(f.Params.GetOr("tag", ""))
 	}
-	write(callID(req))
-	write(req.Recipient.String())
+	h.field(callID(req))
+	req.Recipient.StringWrite(h)
+	h.field("")
 	if c := req.CSeq(); c != nil {
-		write(strconv.FormatUint(uint64(c.SeqNo), 10))
+		var n [20]byte
+		h.Write(strconv.AppendUint(n[:0], uint64(c.SeqNo), 10))
+		h.field("")
 	}
 	// The Route set as received tells the two passes of an in-dialog
 	// request between two phones behind this edge apart: same target,
 	// tags and CSeq, but each pass has consumed a part of the route.
 	for _, name := range []string{"Route", "Proxy-Require", "Proxy-Authorization"} {
-		for _, v := range req.GetHeaders(name) {
-			write(v.Value())
+		for _, v := range headersNamed(req, name) {
+			h.field(v.Value())
 		}
 	}
-	return "z9hG4bK" + strconv.FormatUint(h.Sum64(), 36) + "."
+	return "z9hG4bK" + strconv.FormatUint(uint64(*h), 36) + "."
+}
+
+// fnv1a is a 64-bit FNV-1a hash that takes strings as they are:
+// hash/fnv takes only []byte, and the copy of each string cost more
+// than the hashing.
+type fnv1a uint64
+
+func newFNV1a() *fnv1a {
+	h := fnv1a(14695981039346656037)
+	return &h
+}
+
+func (h *fnv1a) WriteString(s string) (int, error) {
+	for i := 0; i < len(s); i++ {
+		*h = (*h ^ fnv1a(s[i])) * 1099511628211
+	}
+	return len(s), nil
+}
+
+func (h *fnv1a) Write(b []byte) {
+	for _, c := range b {
+		*h = (*h ^ fnv1a(c)) * 1099511628211
+	}
+}
+
+// field hashes s and a separator, so that fields cannot run together.
+func (h *fnv1a) field(s string) {
+	h.WriteString(s)
+	h.Write([]byte{0})
 }

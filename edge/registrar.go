@@ -127,7 +127,7 @@ func (g *registrar) answered(r *Request, t *tenant, res *sip.Response) {
 // wrong.
 func staleChallenge(res *sip.Response) bool {
 	for _, name := range []string{"WWW-Authenticate", "Proxy-Authenticate"} {
-		for _, h := range res.GetHeaders(name) {
+		for _, h := range headersNamed(res, name) {
 			if strings.Contains(strings.ToLower(strings.ReplaceAll(h.Value(), " ", "")), "stale=true") {
 				return true
 			}
@@ -284,7 +284,7 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		if !reg.supports("path") {
 			// Repeated Supported headers equal one comma list (RFC 3261 §7.3.1).
 			after := "Contact"
-			if hs := fwd.GetHeaders("Supported"); len(hs) > 0 {
+			if hs := headersNamed(fwd, "Supported"); len(hs) > 0 {
 				after = hs[len(hs)-1].Name()
 			}
 			fwd.AppendHeaderAfter(sip.NewHeader("Supported", "path"), after)
@@ -420,7 +420,7 @@ func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []s
 	}
 	granted := contactsOf(res)
 	resExpires := noExpires
-	if h := res.GetHeader("Expires"); h != nil {
+	if h := headerNamed(res, "Expires"); h != nil {
 		if v, ok := parseSeconds(h.Value()); ok {
 			resExpires = v
 		}
@@ -471,7 +471,7 @@ func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []s
 // core directly: its own Contacts back (rewrite mode) and the edge's
 // core-side Path removed (topology hiding).
 func (g *registrar) restoreReply(reg *registerRequest, mode upstream.Mode, token string, sent []sentContact, res *sip.Response) {
-	for _, h := range res.GetHeaders("Path") {
+	for _, h := range headersNamed(res, "Path") {
 		if strings.Contains(h.Value(), token) {
 			res.RemoveHeader(h.Name())
 		}
@@ -542,20 +542,20 @@ func (g *registrar) outbound(reg *registerRequest, flow nat.FlowKey, res *sip.Re
 		ft = g.flowTime.stream
 	}
 	required := false
-	for _, h := range res.GetHeaders("Require") {
+	for _, h := range headersNamed(res, "Require") {
 		required = required || strings.Contains(strings.ToLower(h.Value()), "outbound")
 	}
 	if !required {
 		res.AppendHeader(sip.NewHeader("Require", "outbound"))
 	}
-	if res.GetHeader("Flow-Timer") == nil {
+	if headerNamed(res, "Flow-Timer") == nil {
 		res.AppendHeader(sip.NewHeader("Flow-Timer", strconv.Itoa(int(ft.Seconds()))))
 	}
 }
 
-func contactsOf(m sip.Message) []*sip.ContactHeader {
+func contactsOf(m headered) []*sip.ContactHeader {
 	var out []*sip.ContactHeader
-	for _, h := range m.GetHeaders("Contact") {
+	for _, h := range m.Headers() {
 		if c, ok := h.(*sip.ContactHeader); ok && !c.Address.Wildcard {
 			out = append(out, c)
 		}
@@ -582,10 +582,10 @@ func sameURI(a, b sip.Uri) bool {
 // dropHeaders removes every header called name, in any letter case
 // (sipgo's RemoveHeader matches one exact spelling at a time).
 func dropHeaders(m interface {
-	GetHeaders(string) []sip.Header
+	headered
 	RemoveHeader(string) bool
 }, name string) {
-	for _, h := range m.GetHeaders(name) {
+	for _, h := range headersNamed(m, name) {
 		m.RemoveHeader(h.Name())
 	}
 }

@@ -87,7 +87,7 @@ func parseRegister(req *sip.Request, userAgent string) (*registerRequest, *Error
 		CSeq:      req.CSeq().SeqNo,
 		UserAgent: userAgent,
 	}
-	if hs := req.GetHeaders("Expires"); len(hs) > 0 {
+	if hs := headersNamed(req, "Expires"); len(hs) > 0 {
 		if len(hs) > 1 {
 			return nil, reject(400, "Multiple Expires")
 		}
@@ -97,14 +97,14 @@ func parseRegister(req *sip.Request, userAgent string) (*registerRequest, *Error
 		}
 		r.Expires = v
 	}
-	for _, h := range req.GetHeaders("Supported") {
+	for _, h := range headersNamed(req, "Supported") {
 		for _, tok := range strings.Split(h.Value(), ",") {
 			if tok = strings.TrimSpace(tok); tok != "" {
 				r.Supported = append(r.Supported, tok)
 			}
 		}
 	}
-	for _, h := range req.GetHeaders("Contact") {
+	for _, h := range headersNamed(req, "Contact") {
 		ch, ok := h.(*sip.ContactHeader)
 		if !ok {
 			return nil, reject(400, "Bad Contact")

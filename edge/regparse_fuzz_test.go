@@ -31,7 +31,7 @@ func FuzzRegister(f *testing.F) {
 		if !ok {
 			return
 		}
-		if checkSanity(req) != nil || req.Method != sip.REGISTER {
+		if checkSanity(req, false) != nil || req.Method != sip.REGISTER {
 			return
 		}
 		reg, rerr := parseRegister(req, "")

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"net/netip"
 	"strconv"
@@ -12,8 +13,10 @@ import (
 
 // checkSanity rejects requests a proxy must not forward (RFC 3261 §16.3),
 // before anything else looks at them. sipgo accepts many of these (see
-// docs/sipgo.md), so the edge checks them itself.
-func checkSanity(req *sip.Request) *Error {
+// docs/sipgo.md), so the edge checks them itself. clean says the bytes
+// the request was parsed from passed cleanHead: no header can then hold
+// CR, LF or NUL, and its value need not be written out to look.
+func checkSanity(req *sip.Request, clean bool) *Error {
 	if req.SipVersion != "SIP/2.0" {
 		return reject(505, "Version Not Supported")
 	}
@@ -35,8 +38,8 @@ func checkSanity(req *sip.Request) *Error {
 	// 4475 baddate).
 	var seen [len(singleValued)]bool
 	for _, h := range req.Headers() {
-		name, value := h.Name(), h.Value()
-		if strings.ContainsAny(value, "\r\n\x00") || strings.ContainsAny(name, "\r\n\x00") {
+		name := h.Name()
+		if !clean && (strings.ContainsAny(h.Value(), "\r\n\x00") || strings.ContainsAny(name, "\r\n\x00")) {
 			return reject(400, "Bad Header Value")
 		}
 		for i, sv := range singleValued {
@@ -47,7 +50,7 @@ func checkSanity(req *sip.Request) *Error {
 				seen[i] = true
 			}
 		}
-		if strings.EqualFold(name, "Date") && !strings.HasSuffix(strings.TrimSpace(value), " GMT") {
+		if strings.EqualFold(name, "Date") && !strings.HasSuffix(strings.TrimSpace(h.Value()), " GMT") {
 			return reject(400, "Bad Date")
 		}
 	}
@@ -58,6 +61,40 @@ func checkSanity(req *sip.Request) *Error {
 		return reject(483, "Too Many Hops")
 	}
 	return nil
+}
+
+// cleanHead reports whether the header block of a datagram (up to its
+// blank line) holds no NUL, no CR or LF but in a line end, and no folded
+// line. sipgo's parser splits lines at CRLF only, so a header parsed
+// from anything else could carry a bare CR or LF on to the core; a clean
+// block lets checkSanity skip writing out every header to look (a
+// twentieth of the CPU per REGISTER).
+func cleanHead(b []byte) bool {
+	end := bytes.Index(b, []byte("\r\n\r\n"))
+	if end < 0 {
+		return false
+	}
+	head := b[:end+2]
+	if bytes.IndexByte(head, 0) >= 0 {
+		return false
+	}
+	lines := 0
+	for i := 0; i < len(head); {
+		j := bytes.IndexByte(head[i:], '\n')
+		if j < 0 {
+			return false // cannot be: head ends in CRLF
+		}
+		j += i
+		if j == 0 || head[j-1] != '\r' {
+			return false // a bare LF
+		}
+		if j+1 < len(head) && (head[j+1] == ' ' || head[j+1] == '\t') {
+			return false // folded: unfolding is sipgo's business, checked the long way
+		}
+		lines++
+		i = j + 1
+	}
+	return bytes.Count(head, []byte{'\r'}) == lines // no bare CR
 }
 
 // singleValued are the headers a request may carry once (RFC 3261 §7.3).
@@ -85,7 +122,7 @@ type sanity struct {
 
 func (s sanity) wrap(next Handler) Handler {
 	return func(ctx context.Context, r *Request) error {
-		if err := checkSanity(r.Request); err != nil {
+		if err := checkSanity(r.Request, r.headClean); err != nil {
 			if err.Code == 400 && s.limiter != nil {
 				s.limiter.Malformed(r.Flow.Remote.Addr(), s.proven(r))
 			}

@@ -374,7 +374,7 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 			// it acknowledges a 2xx and travels statelessly (sipgo may
 			// still hand it a transaction of its own). Never answered, so
 			// anything wrong with it, or from a stranger, is dropped.
-			if !stranger && checkSanity(req) == nil && (fromCore || s.limit.ackAllowed(flow)) {
+			if !stranger && checkSanity(req, false) == nil && (fromCore || s.limit.ackAllowed(flow)) {
 				s.proxy.ack(req, flow, fromCore)
 			}
 			return
@@ -382,16 +382,16 @@ func (s *Server) handler(h Handler, fromCore bool) sipgo.RequestHandler {
 		if tx == nil {
 			return
 		}
-		s.dispatch(h, side, req, tx, flow, stranger, s.workers.do)
+		s.dispatch(h, side, &Request{Request: req, Tx: tx, Flow: flow}, stranger, s.workers.do)
 	}
 }
 
 // dispatch runs req through h by run (on a worker): the drain gate,
 // panic recovery, the one place errors become responses, and the end of
 // a UDP transaction toward an unproven source.
-func (s *Server) dispatch(h Handler, side string, req *sip.Request, tx sip.ServerTransaction, flow nat.FlowKey, stranger bool, run func(func())) {
+func (s *Server) dispatch(h Handler, side string, r *Request, stranger bool, run func(func())) {
 	fromCore := side == "core"
-	r := &Request{Request: req, Tx: tx, Flow: flow}
+	req, tx, flow := r.Request, r.Tx, r.Flow
 	s.d.Meter.Received(side, req.Method)
 	if !s.drain.enter(req) {
 		// Draining: nothing new starts here; calls in progress go on.

@@ -31,6 +31,9 @@ type Request struct {
 	// NAT is what a REGISTER's path says about NAT (observe stage).
 	NAT nat.Evidence
 
+	// headClean: the bytes it was parsed from passed cleanHead.
+	headClean bool
+
 	proof  int8         // whether the source proved itself: 0 not worked out yet, 1 yes, -1 no (Server.proven)
 	status atomic.Int32 // the final status sent, once sent (send)
 }

@@ -270,7 +270,8 @@ func (s *Server) leanAccess(u *udpSocket) func(netip.AddrPort, []byte) bool {
 			req.SetTransport("UDP")
 			req.SetSource(src.String())
 			flow := nat.FlowKey{Transport: nat.UDP, Local: u.local, Remote: src}
-			s.dispatch(s.accessHandler, "access", req, tx, flow, false, s.workers.submit)
+			r := &Request{Request: req, Tx: tx, Flow: flow, headClean: cleanHead(b)}
+			s.dispatch(s.accessHandler, "access", r, false, s.workers.submit)
 		}
 		return true
 	}

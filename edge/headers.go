@@ -1,0 +1,36 @@
+package edge
+
+import (
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// headered is a parsed SIP message (*sip.Request, *sip.Response).
+type headered interface{ Headers() []sip.Header }
+
+// headersNamed is m's headers called name, in any letter case. sipgo's
+// GetHeaders lowers every header's name into a new string to compare
+// it unless it is one of a dozen it knows: at 3,000 registrations/s that
+// was a twentieth of the edge's CPU. Compact forms need nothing more:
+// sipgo's parser gives the headers it expands their full names.
+func headersNamed(m headered, name string) []sip.Header {
+	var out []sip.Header
+	for _, h := range m.Headers() {
+		if strings.EqualFold(h.Name(), name) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// headerNamed is m's first header called name, in any letter case (nil:
+// none).
+func headerNamed(m headered, name string) sip.Header {
+	for _, h := range m.Headers() {
+		if strings.EqualFold(h.Name(), name) {
+			return h
+		}
+	}
+	return nil
+}
