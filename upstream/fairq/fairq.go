@@ -64,7 +64,11 @@ func (q *Queue) Take(ctx context.Context, source string) bool {
 	}
 	q.mu.Unlock()
 
-	t := time.NewTimer(q.maxWait)
+	// The queue holds only what its rate serves within maxWait, so the
+	// last turn it holds comes right at maxWait: a grace keeps the
+	// scheduler's jitter between that turn and this timer from turning a
+	// promised turn into a refusal.
+	t := time.NewTimer(q.maxWait + q.maxWait/10)
 	defer t.Stop()
 	select {
 	case ok := <-w.ready:
