@@ -97,7 +97,7 @@ func (c *Client) Start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 		return nil, errors.New("udptx: request without a branch")
 	}
 	tx := &ClientTx{c: c, branch: branch, method: req.CSeq().MethodName, dest: dest,
-		responses: make(chan *sip.Response, responseBuffer), done: make(chan struct{}), interval: c.timers.T1}
+		responses: make(chan *sip.Response, responseBuffer), ending: newEnding(), interval: c.timers.T1}
 	tx.wire = appendMessage(make([]byte, 0, 1024), req)
 	tx.started = time.Now()
 	c.mu.Lock()
@@ -184,17 +184,15 @@ type ClientTx struct {
 	dest      netip.AddrPort
 	wire      []byte // the request as sent
 	responses chan *sip.Response
-	done      chan struct{}
 
-	mu          sync.Mutex
-	started     time.Time
-	interval    time.Duration // Timer E's next interval
-	timer       *time.Timer
-	answered    bool // a provisional response came: retransmit at T2
-	final       bool // a final response came: completed
-	terminated  bool
-	err         error
-	onTerminate []sip.FnTxTerminate
+	mu       sync.Mutex
+	started  time.Time
+	interval time.Duration // Timer E's next interval
+	timer    *time.Timer
+	answered bool // a provisional response came: retransmit at T2
+	final    bool // a final response came: completed
+	err      error
+	ending
 }
 
 // tick is Timer E: send the request again, until Timer F.
@@ -261,18 +259,16 @@ func (tx *ClientTx) end(err error) {
 // finish ends tx for its reader: Done closes, Err says why.
 func (tx *ClientTx) finish(err error) {
 	tx.mu.Lock()
-	if tx.terminated {
+	hooks, ok := tx.terminate()
+	if !ok {
 		tx.mu.Unlock()
 		return
 	}
-	tx.terminated = true
 	tx.err = err
 	tx.wire = nil
-	fs := tx.onTerminate
-	tx.onTerminate = nil
 	close(tx.done)
 	tx.mu.Unlock()
-	for _, f := range fs {
+	for _, f := range hooks {
 		f(tx.branch, err)
 	}
 }
@@ -291,7 +287,6 @@ func (tx *ClientTx) Terminate() {
 }
 
 func (tx *ClientTx) Responses() <-chan *sip.Response { return tx.responses }
-func (tx *ClientTx) Done() <-chan struct{}           { return tx.done }
 
 func (tx *ClientTx) Err() error {
 	tx.mu.Lock()
@@ -305,9 +300,5 @@ func (tx *ClientTx) OnRetransmission(sip.FnTxResponse) bool { return false }
 func (tx *ClientTx) OnTerminate(f sip.FnTxTerminate) bool {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	if tx.terminated {
-		return false
-	}
-	tx.onTerminate = append(tx.onTerminate, f)
-	return true
+	return tx.hook(f)
 }

@@ -59,7 +59,7 @@ func (s *Server) Receive(req *sip.Request, src netip.AddrPort) (tx *ServerTx, is
 		tx.retransmitted()
 		return tx, false, true
 	}
-	tx = &ServerTx{s: s, key: key, src: src, done: make(chan struct{})}
+	tx = &ServerTx{s: s, key: key, src: src, ending: newEnding()}
 	s.txs[key] = tx
 	s.mu.Unlock()
 	return tx, true, true
@@ -82,16 +82,14 @@ func (s *Server) forget(tx *ServerTx) {
 
 // ServerTx is one server transaction: a sip.ServerTransaction.
 type ServerTx struct {
-	s    *Server
-	key  serverKey
-	src  netip.AddrPort // where the request came from, and answers go
-	done chan struct{}
+	s   *Server
+	key serverKey
+	src netip.AddrPort // where the request came from, and answers go
 
-	mu          sync.Mutex
-	last        []byte // the last response sent, for copies of the request
-	final       bool
-	terminated  bool
-	onTerminate []sip.FnTxTerminate
+	mu    sync.Mutex
+	last  []byte // the last response sent, for copies of the request
+	final bool
+	ending
 }
 
 var errTerminated = errors.New("udptx: transaction terminated")
@@ -150,25 +148,21 @@ func (tx *ServerTx) retransmitted() {
 // later are new requests.
 func (tx *ServerTx) Terminate() {
 	tx.mu.Lock()
-	if tx.terminated {
-		tx.mu.Unlock()
+	hooks, ok := tx.terminate()
+	tx.last = nil
+	tx.mu.Unlock()
+	if !ok {
 		return
 	}
-	tx.terminated = true
-	tx.last = nil
-	fs := tx.onTerminate
-	tx.onTerminate = nil
-	tx.mu.Unlock()
 	tx.s.forget(tx) // before Done: a copy that follows is a new request
 	close(tx.done)
-	for _, f := range fs {
+	for _, f := range hooks {
 		f(tx.key.branch, nil)
 	}
 }
 
 func (tx *ServerTx) expire() { tx.Terminate() }
 
-func (tx *ServerTx) Done() <-chan struct{}     { return tx.done }
 func (tx *ServerTx) Err() error                { return nil }
 func (tx *ServerTx) Acks() <-chan *sip.Request { return nil } // no INVITE here
 
@@ -178,11 +172,7 @@ func (tx *ServerTx) OnCancel(sip.FnTxCancel) bool { return !tx.isTerminated() }
 func (tx *ServerTx) OnTerminate(f sip.FnTxTerminate) bool {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	if tx.terminated {
-		return false
-	}
-	tx.onTerminate = append(tx.onTerminate, f)
-	return true
+	return tx.hook(f)
 }
 
 func (tx *ServerTx) isTerminated() bool {
