@@ -54,6 +54,7 @@ type Client struct {
 	closed bool
 
 	answered *expiry // Timer K
+	bufs     buffers // the requests' bytes, kept until answered
 }
 
 // ErrClosed ends the transactions of a closed Client.
@@ -98,7 +99,7 @@ func (c *Client) Start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 	}
 	tx := &ClientTx{c: c, branch: branch, method: req.CSeq().MethodName, dest: dest,
 		responses: make(chan *sip.Response, responseBuffer), ending: newEnding(), interval: c.timers.T1}
-	tx.wire = appendMessage(make([]byte, 0, 1024), req)
+	tx.wire = appendMessage(c.bufs.get(), req)
 	tx.started = time.Now()
 	c.mu.Lock()
 	if c.closed {
@@ -112,10 +113,12 @@ func (c *Client) Start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 	c.txs[branch] = tx
 	tx.mu.Lock()
 	tx.timer = time.AfterFunc(tx.interval, tx.tick) // set before any answer can come
-	wire := tx.wire
-	tx.mu.Unlock()
 	c.mu.Unlock()
-	if _, err := c.conn.WriteToUDPAddrPort(wire, dest); err != nil {
+	// Sent under tx.mu, as every copy is: the buffer goes back to the
+	// pool under it once the request is answered or given up.
+	_, err := c.conn.WriteToUDPAddrPort(tx.wire, dest)
+	tx.mu.Unlock()
+	if err != nil {
 		tx.end(err)
 		return nil, err
 	}
@@ -214,9 +217,8 @@ func (tx *ClientTx) tick() {
 	}
 	next := min(tx.interval, tx.c.timers.F-time.Since(tx.started))
 	tx.timer.Reset(next)
-	wire := tx.wire
+	_, _ = tx.c.conn.WriteToUDPAddrPort(tx.wire, tx.dest) // a lost copy is what retransmission is for
 	tx.mu.Unlock()
-	_, _ = tx.c.conn.WriteToUDPAddrPort(wire, tx.dest) // a lost copy is what retransmission is for
 }
 
 func (tx *ClientTx) receive(res *sip.Response) {
@@ -229,6 +231,7 @@ func (tx *ClientTx) receive(res *sip.Response) {
 	if tx.final = final; final {
 		// Completed: the branch stays known for Timer K, so the core's
 		// copies of this answer are absorbed here.
+		tx.c.bufs.put(tx.wire)
 		tx.wire = nil
 		tx.timer.Stop()
 	} else {
@@ -265,6 +268,7 @@ func (tx *ClientTx) finish(err error) {
 		return
 	}
 	tx.err = err
+	tx.c.bufs.put(tx.wire)
 	tx.wire = nil
 	close(tx.done)
 	tx.mu.Unlock()

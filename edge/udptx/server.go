@@ -1,6 +1,7 @@
 package udptx
 
 import (
+	"bytes"
 	"errors"
 	"net/netip"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 type Server struct {
 	conn     Conn
 	answered *expiry // Timer J: how long an answered transaction stays to answer copies
+	bufs     buffers // responses as they are written
 
 	mu  sync.Mutex
 	txs map[serverKey]*ServerTx
@@ -107,11 +109,14 @@ func (tx *ServerTx) Respond(res *sip.Response) error {
 		tx.mu.Unlock()
 		return nil
 	}
-	wire := appendMessage(make([]byte, 0, 512), res)
-	tx.last = wire
+	// Written in a pooled buffer, kept in one of its own size: an
+	// answered transaction may hold it for Timer J.
+	wire := appendMessage(tx.s.bufs.get(), res)
+	tx.last = bytes.Clone(wire)
 	tx.final = res.StatusCode >= 200
 	tx.mu.Unlock()
 	_, err := tx.s.conn.WriteToUDPAddrPort(wire, tx.src)
+	tx.s.bufs.put(wire)
 	return err
 }
 
@@ -137,7 +142,7 @@ func (tx *ServerTx) Hold() {
 // if any (none yet: absorbed, the first copy is being handled).
 func (tx *ServerTx) retransmitted() {
 	tx.mu.Lock()
-	last := tx.last
+	last := tx.last // never written to once made
 	tx.mu.Unlock()
 	if last != nil {
 		_, _ = tx.s.conn.WriteToUDPAddrPort(last, tx.src)
