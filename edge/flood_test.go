@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/sipedge/sipedge/edge/edgetest"
+	"github.com/sipedge/sipedge/ratelimit"
 	"github.com/sipedge/sipedge/upstream/upstreamtest"
 )
 
@@ -167,4 +169,58 @@ func TestSpoofedRegisterFloodLeavesNoTransactions(t *testing.T) {
 		t.Fatalf("%d bindings from unanswered challenges", b)
 	}
 	t.Logf("%d spoofed REGISTERs: %d requests reached the core; no transaction left", n, len(core.Requests()))
+}
+
+// A registered phone, a proven source, sending REGISTER refreshes with a
+// new branch each, as fast as one socket sends them. Each one the edge
+// takes holds a transaction of its own until Timer J (the answer kept for
+// copies): what bounds that memory is the per-source packet limit,
+// applied before anything is parsed. Bounded: n datagrams.
+func TestProvenPhoneUniqueBranchFlood(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	var lim ratelimit.Config
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) { lim = c.RateLimit })
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(phone.Register(edgetest.Reg{User: "alice"}))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("REGISTER: %d", res.StatusCode)
+	}
+	bound := func(since time.Time) int { // what the packet limit lets through, and the registration's
+		return lim.PacketBurst + int(lim.PacketRate*time.Since(since).Seconds()) + 2
+	}
+	start := time.Now()
+	const n = 5000
+	for i := range n {
+		phone.Send(phone.Register(edgetest.Reg{User: "alice", CSeq: i + 2}))
+	}
+	// Sampled while the edge works through what it took, and after.
+	peak := 0
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		access, _ := e.Transactions()
+		peak = max(peak, access)
+		if access > bound(start) {
+			t.Fatalf("%d transactions held %v after the flood began; the packet limit lets through %d", access, time.Since(start), bound(start))
+		}
+		phone.Silent(10 * time.Millisecond) // the answers, read and dropped
+	}
+	got := len(registerRequests(core))
+	if got > bound(start) {
+		t.Errorf("the core got %d REGISTERs of %d sent; the packet limit lets through %d", got, n+1, bound(start))
+	}
+	t.Logf("%d sent: at most %d transactions held, %d reached the core", n+1, peak, got)
+}
+
+// A REGISTER without an RFC 3261 branch (an RFC 2543 phone) goes to
+// sipgo's transactions, is served all the same, and is counted.
+func TestRFC2543RegisterFallsBackToSipgo(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), nil)
+	phone := edgetest.Dial(t, "udp", e.UDP)
+	phone.Send(strings.Replace(phone.Register(edgetest.Reg{User: "old"}), "branch=z9hG4bK", "branch=", 1))
+	if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("REGISTER: %d", res.StatusCode)
+	}
+	if n := e.LeanFallbacks(); n != 1 {
+		t.Errorf("%d fallbacks counted, want 1", n)
+	}
 }

@@ -144,6 +144,7 @@ type Server struct {
 	coreUDP            *udpSocket
 	coreTx             *udptx.Client   // non-INVITE transactions toward UDP cores (nil: sipgo's)
 	accessTx           []*udptx.Server // non-INVITE transactions on the UDP access sockets (guarded by lmu)
+	leanFallbacks      atomic.Uint64   // requests accessTx would take but left to sipgo
 	accessHandler      Handler         // the access side's chain, for sipgo's requests and the edge's own
 	pinger             *pinger
 	self               *self
@@ -447,6 +448,12 @@ func (s *Server) Transactions() (access, core int) {
 	}
 	return access, core
 }
+
+// LeanFallbacks counts the non-INVITE requests from phones over UDP
+// that went to sipgo's transactions instead of the edge's own: without
+// an RFC 3261 branch (RFC 2543 phones), or unparsable (sipgo answers or
+// drops them). A steady rise means phones the lean path does not serve.
+func (s *Server) LeanFallbacks() uint64 { return s.leanFallbacks.Load() }
 
 // Ready is closed once the server can take and send requests.
 func (s *Server) Ready() <-chan struct{} { return s.ready }

@@ -256,14 +256,17 @@ func (s *Server) leanAccess(u *udpSocket) func(netip.AddrPort, []byte) bool {
 		}
 		msg, err := parser.ParseSIP(b)
 		if err != nil {
+			s.leanFallbacks.Add(1)
 			return false // sipgo refuses it, as it always did
 		}
 		req, ok := msg.(*sip.Request)
 		if !ok || !leanMethod([]byte(req.Method)) {
+			s.leanFallbacks.Add(1)
 			return false
 		}
 		tx, isNew, ok := txs.Receive(req, src)
 		if !ok {
+			s.leanFallbacks.Add(1) // no RFC 3261 branch: sipgo matches it the old way
 			return false
 		}
 		if isNew {

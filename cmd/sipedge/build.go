@@ -206,7 +206,8 @@ func build(cfg fileConfig, socks *edge.Sockets, log *slog.Logger, signer *nat.Si
 			out = append(out, metrics.Core{Tenant: c.Tenant, Target: c.Target, State: c.State})
 		}
 		return out
-	}, Transactions: func() (int, int) { return srv.Transactions() }}
+	}, Transactions: func() (int, int) { return srv.Transactions() },
+		LeanFallbacks: func() uint64 { return srv.LeanFallbacks() }}
 	if w != nil {
 		src.StoreOK = w.OK
 	}

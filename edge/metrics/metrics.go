@@ -35,6 +35,9 @@ type Sources struct {
 	// Transactions counts the edge's own UDP transactions open now, on
 	// the access side and toward the cores.
 	Transactions func() (access, core int)
+	// LeanFallbacks counts the requests from phones the edge's own
+	// transactions left to sipgo's (edge.Server.LeanFallbacks).
+	LeanFallbacks func() uint64
 }
 
 // Core is one core's state as the pool sees it.
@@ -209,22 +212,23 @@ var (
 	descFlowRefused = prometheus.NewDesc("sipedge_flows_refused_total", "New flows not tracked because the flow table was full.", nil, nil)
 	descDecisions   = prometheus.NewDesc("sipedge_limiter_decisions_total",
 		"Requests and packets the limiter refused, by decision (reject: answered, drop: silent) and reason.", []string{"decision", "reason"}, nil)
-	descAllowed   = prometheus.NewDesc("sipedge_limiter_allowed_total", "Requests the limiter let through.", nil, nil)
-	descBans      = prometheus.NewDesc("sipedge_bans", "Bans in force (sources and networks).", nil, nil)
-	descSources   = prometheus.NewDesc("sipedge_limiter_sources", "Sources the limiter tracks, and of them those holding bindings.", []string{"kind"}, nil)
-	descInflight  = prometheus.NewDesc("sipedge_core_requests_in_flight", "Requests toward the cores awaiting their answer.", nil, nil)
-	descCoreUp    = prometheus.NewDesc("sipedge_core_up", "1 if the core takes requests (up or overloaded), 0 if down.", []string{"tenant", "core", "state"}, nil)
-	descStoreOK   = prometheus.NewDesc("sipedge_store_ok", "1 if the state store took the last write, 0 if it is failing.", nil, nil)
-	descRTT       = prometheus.NewDesc("sipedge_keepalive_rtt_seconds", "Round-trip time of the last answered keepalive (OPTIONS) of each flow: quantiles over the flows.", []string{"quantile"}, nil)
-	descKeepKind  = prometheus.NewDesc("sipedge_flows_keepalive", "Flows by what keeps them open in auto mode: options (the phone answers), crlf (it does not), unknown (not found out yet, or another mode).", []string{"keepalive"}, nil)
-	descKeepMiss  = prometheus.NewDesc("sipedge_flows_missing_keepalives", "Flows whose last keepalive went unanswered.", nil, nil)
-	descPingsSeen = prometheus.NewDesc("sipedge_flows_answering_keepalives", "Flows that answered a keepalive.", nil, nil)
-	descTx        = prometheus.NewDesc("sipedge_transactions", "The edge's own UDP transactions open (non-INVITE requests from phones and to the cores), answered ones kept a few seconds for copies, by side.", []string{"side"}, nil)
+	descAllowed       = prometheus.NewDesc("sipedge_limiter_allowed_total", "Requests the limiter let through.", nil, nil)
+	descBans          = prometheus.NewDesc("sipedge_bans", "Bans in force (sources and networks).", nil, nil)
+	descSources       = prometheus.NewDesc("sipedge_limiter_sources", "Sources the limiter tracks, and of them those holding bindings.", []string{"kind"}, nil)
+	descInflight      = prometheus.NewDesc("sipedge_core_requests_in_flight", "Requests toward the cores awaiting their answer.", nil, nil)
+	descCoreUp        = prometheus.NewDesc("sipedge_core_up", "1 if the core takes requests (up or overloaded), 0 if down.", []string{"tenant", "core", "state"}, nil)
+	descStoreOK       = prometheus.NewDesc("sipedge_store_ok", "1 if the state store took the last write, 0 if it is failing.", nil, nil)
+	descRTT           = prometheus.NewDesc("sipedge_keepalive_rtt_seconds", "Round-trip time of the last answered keepalive (OPTIONS) of each flow: quantiles over the flows.", []string{"quantile"}, nil)
+	descKeepKind      = prometheus.NewDesc("sipedge_flows_keepalive", "Flows by what keeps them open in auto mode: options (the phone answers), crlf (it does not), unknown (not found out yet, or another mode).", []string{"keepalive"}, nil)
+	descKeepMiss      = prometheus.NewDesc("sipedge_flows_missing_keepalives", "Flows whose last keepalive went unanswered.", nil, nil)
+	descPingsSeen     = prometheus.NewDesc("sipedge_flows_answering_keepalives", "Flows that answered a keepalive.", nil, nil)
+	descLeanFallbacks = prometheus.NewDesc("sipedge_lean_fallbacks_total", "Non-INVITE requests from phones over UDP left to sipgo's transactions instead of the edge's own: no RFC 3261 branch, or unparsable.", nil, nil)
+	descTx            = prometheus.NewDesc("sipedge_transactions", "The edge's own UDP transactions open (non-INVITE requests from phones and to the cores), answered ones kept a few seconds for copies, by side.", []string{"side"}, nil)
 )
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBindings, descFlows, descFlowRefused, descDecisions, descAllowed, descBans,
-		descSources, descInflight, descCoreUp, descStoreOK, descRTT, descKeepKind, descKeepMiss, descPingsSeen, descTx} {
+		descSources, descInflight, descCoreUp, descStoreOK, descRTT, descKeepKind, descKeepMiss, descPingsSeen, descTx, descLeanFallbacks} {
 		ch <- d
 	}
 }
@@ -313,5 +317,8 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 		access, core := s.Transactions()
 		ch <- prometheus.MustNewConstMetric(descTx, prometheus.GaugeValue, float64(access), "access")
 		ch <- prometheus.MustNewConstMetric(descTx, prometheus.GaugeValue, float64(core), "core")
+	}
+	if s.LeanFallbacks != nil {
+		ch <- prometheus.MustNewConstMetric(descLeanFallbacks, prometheus.CounterValue, float64(s.LeanFallbacks()))
 	}
 }

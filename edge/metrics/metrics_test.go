@@ -82,7 +82,7 @@ func TestMetricsKnownScenario(t *testing.T) {
 	})
 	m.SetSources(metrics.Sources{Registry: e.Bindings(), Flows: e.Flows(), Limiter: e.Limiter(),
 		Cores:   func() []metrics.Core { return []metrics.Core{{Target: core.URI("udp"), State: "up"}} },
-		StoreOK: func() bool { return true }, Transactions: e.Transactions})
+		StoreOK: func() bool { return true }, Transactions: e.Transactions, LeanFallbacks: e.LeanFallbacks})
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
 
@@ -140,6 +140,9 @@ func TestMetricsKnownScenario(t *testing.T) {
 		if _, ok := value(fams, "sipedge_transactions", map[string]string{"side": side}); !ok {
 			t.Errorf("sipedge_transactions{side=%q} missing", side)
 		}
+	}
+	if _, ok := value(fams, "sipedge_lean_fallbacks_total", nil); !ok {
+		t.Error("sipedge_lean_fallbacks_total missing")
 	}
 	if fams["sipedge_register_core_duration_seconds"].GetType() != dto.MetricType_HISTOGRAM {
 		t.Error("the core round trip is not a histogram")
