@@ -2,9 +2,11 @@ package edge_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -501,4 +503,50 @@ func TestRegisterRetransmissionAnsweredByTheEdge(t *testing.T) {
 	if access, _ := e.Transactions(); access == 0 {
 		t.Fatal("the answered transaction was not kept for copies (Timer J)")
 	}
+}
+
+// REGISTERs waiting for a slow core hold no goroutine of the edge's:
+// over UDP both ways the answer is relayed from the core side's read
+// loop (relay.forwardLater), so a core that takes its time costs the
+// edge memory for the transactions, not a parked worker for each.
+func TestRegistersInFlightHoldNoGoroutine(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{Silent: true})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) {
+		c.RateLimit.Allow = []string{"127.0.0.0/8"} // many REGISTERs from one address
+	})
+	const n = 200
+	phones := make([]*edgetest.Phone, n)
+	for i := range phones {
+		phones[i] = edgetest.Dial(t, "udp", e.UDP)
+		phones[i].Send(phones[i].Register(edgetest.Reg{User: fmt.Sprintf("slow%d", i)}))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	for range n {
+		if _, err := core.NextRequest(ctx); err != nil {
+			t.Fatalf("the core did not get every REGISTER: %v", err)
+		}
+	}
+	if waiting := goroutinesIn("edge.(*relay)."); waiting > 0 {
+		t.Errorf("%d REGISTERs waiting for the core: %d goroutines wait in the relay", n, waiting)
+	}
+	core.SetSilent(false)
+	for _, p := range phones { // the retransmissions get the answers
+		if res := p.MustRecvResponse(10 * time.Second); res.StatusCode != 200 {
+			t.Fatalf("REGISTER: %d", res.StatusCode)
+		}
+	}
+}
+
+// goroutinesIn counts the goroutines with fn in their stacks.
+func goroutinesIn(fn string) int {
+	var b strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+	n := 0
+	for _, g := range strings.Split(b.String(), "\n\ngoroutine ") {
+		if strings.Contains(g, fn) {
+			n++
+		}
+	}
+	return n
 }

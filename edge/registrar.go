@@ -62,16 +62,26 @@ type sentContact struct {
 
 // handle forwards a REGISTER, and records the edge's refusals of it.
 func (g *registrar) handle(ctx context.Context, r *Request) error {
+	if finish := r.finish; finish != nil {
+		r.finish = func(err error) { g.refused(r, err); finish(err) }
+	}
 	err := g.register(ctx, r)
-	if err != nil {
-		code, why := codeOf(err)
-		if code != 0 {
-			e := g.audit(r, audit.Rejected, "")
-			e.Code, e.Reason = code, why
-			g.events(e)
-		}
+	if err != errLater {
+		g.refused(r, err)
 	}
 	return err
+}
+
+// refused records the edge's refusal of REGISTER r, if err is one.
+func (g *registrar) refused(r *Request, err error) {
+	if err == nil {
+		return
+	}
+	if code, why := codeOf(err); code != 0 {
+		e := g.audit(r, audit.Rejected, "")
+		e.Code, e.Reason = code, why
+		g.events(e)
+	}
 }
 
 // audit is an event about REGISTER r, with what it says of itself.
@@ -295,13 +305,13 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 	// A phone woken by push gets the requests held for it only after the
 	// 200 to its REGISTER: before, an INVITE could overtake it.
 	var accepted []registry.Binding
-	defer func() {
+	woken := func() {
 		for _, b := range accepted {
 			b.AOR, b.Flow = reg.AOR, r.Flow
 			g.waker.registered(b)
 		}
-	}()
-	return g.relay.forward(ctx, r, fwd, to, func(res *sip.Response) {
+	}
+	onResponse := func(res *sip.Response) {
 		if g.hide != nil {
 			g.hide(res)
 		}
@@ -331,7 +341,17 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 			grantPhone(sent, res)
 			g.outbound(reg, r.Flow, res)
 		}
-	})
+	}
+	if finish := r.finish; finish != nil && canLater(to, fwd) {
+		// Over UDP both ways: the core's answer is relayed from the core
+		// side's read loop, and nobody waits for it here.
+		if err := g.relay.forwardLater(r, fwd, to, onResponse, func(err error) { woken(); finish(err) }); err != nil {
+			return err
+		}
+		return errLater
+	}
+	defer woken()
+	return g.relay.forward(ctx, r, fwd, to, onResponse)
 }
 
 // forwardCopy is a REGISTER to forward: its own copies of the headers

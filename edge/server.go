@@ -407,19 +407,10 @@ func (s *Server) dispatch(h Handler, side string, r *Request, stranger bool, run
 		}
 		return
 	}
-	run(func() {
-		defer s.drain.leave()
-		func() {
-			defer func() {
-				if p := recover(); p != nil {
-					s.log.Error("panic in handler", "method", req.Method, "panic", p, "stack", string(debug.Stack()))
-					s.rs.respond(r, reject(500, "Server Internal Error"))
-				}
-			}()
-			if err := h(context.Background(), r); err != nil {
-				s.rs.respond(r, err)
-			}
-		}()
+	finish := func(err error) {
+		if err != nil {
+			s.rs.respond(r, err)
+		}
 		s.d.Meter.Answered(side, req.Method, int(r.status.Load()))
 		if flow.Transport == nat.UDP && (stranger || !fromCore && !s.proven(r)) {
 			// Toward an address that may be spoofed: one request, one
@@ -430,7 +421,28 @@ func (s *Server) dispatch(h Handler, side string, r *Request, stranger bool, run
 		} else if h, ok := tx.(interface{ Hold() }); ok {
 			h.Hold() // the edge's own (udptx): the answer stays for copies
 		}
+		s.drain.leave()
+	}
+	if _, own := tx.(*udptx.ServerTx); own {
+		r.finish = finish // a handler may end it later: see errLater
+	}
+	run(func() {
+		if err := s.handle(h, r); err != errLater {
+			finish(err)
+		}
 	})
+}
+
+// handle runs h for r: a panic in it is answered 500, not the end of
+// the edge.
+func (s *Server) handle(h Handler, r *Request) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("panic in handler", "method", r.Method, "panic", p, "stack", string(debug.Stack()))
+			err = reject(500, "Server Internal Error")
+		}
+	}()
+	return h(context.Background(), r)
 }
 
 // Transactions is how many of the edge's own UDP transactions are open:

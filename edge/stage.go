@@ -33,6 +33,11 @@ type Request struct {
 
 	// headClean: the bytes it was parsed from passed cleanHead.
 	headClean bool
+	// finish, if set, ends the request later, from any goroutine: a
+	// handler that returns errLater calls it once with what it would
+	// have returned (see relay.forwardLater). Set for the edge's own
+	// UDP transactions only.
+	finish func(error)
 
 	proof  int8         // whether the source proved itself: 0 not worked out yet, 1 yes, -1 no (Server.proven)
 	status atomic.Int32 // the final status sent, once sent (send)

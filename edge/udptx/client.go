@@ -86,6 +86,25 @@ func NewClient(conn Conn, t Timers) *Client {
 // response comes, timed out on Timer F. A request that cannot be sent is
 // an error, as with sipgo's client.
 func (c *Client) Start(ctx context.Context, req *sip.Request, dest netip.AddrPort) (sip.ClientTransaction, error) {
+	return c.start(ctx, req, dest, nil, nil)
+}
+
+// StartNotify is Start for a caller that does not wait: each response
+// is handed to onResponse on the goroutine that read it (the socket's
+// read loop, so onResponse must not block), in order, instead of to
+// Responses; onEnd is called when the transaction ends without a final
+// response, with why (sip.ErrTransactionTimeout on Timer F, ErrClosed,
+// nil when it was terminated), unless the request could not be sent:
+// that is Start's error, and nothing is called. Once the final response
+// is handed on, the transaction keeps neither callback (it stays for
+// Timer K, and the caller is done).
+func (c *Client) StartNotify(ctx context.Context, req *sip.Request, dest netip.AddrPort,
+	onResponse func(*sip.Response), onEnd sip.FnTxTerminate) (sip.ClientTransaction, error) {
+	return c.start(ctx, req, dest, onResponse, onEnd)
+}
+
+func (c *Client) start(ctx context.Context, req *sip.Request, dest netip.AddrPort,
+	onResponse func(*sip.Response), onEnd sip.FnTxTerminate) (sip.ClientTransaction, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -98,7 +117,10 @@ func (c *Client) Start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 		return nil, errors.New("udptx: request without a branch")
 	}
 	tx := &ClientTx{c: c, branch: branch, method: req.CSeq().MethodName, dest: dest,
-		responses: make(chan *sip.Response, responseBuffer), ending: newEnding(), interval: c.timers.T1}
+		notify: onResponse, ending: newEnding(), interval: c.timers.T1}
+	if onResponse == nil {
+		tx.responses = make(chan *sip.Response, responseBuffer)
+	}
 	tx.wire = appendMessage(c.bufs.get(), req)
 	tx.started = time.Now()
 	c.mu.Lock()
@@ -117,6 +139,9 @@ func (c *Client) Start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 	// Sent under tx.mu, as every copy is: the buffer goes back to the
 	// pool under it once the request is answered or given up.
 	_, err := c.conn.WriteToUDPAddrPort(tx.wire, dest)
+	if err == nil && onEnd != nil {
+		tx.hook(onEnd) // after the send: a request not sent calls nothing
+	}
 	tx.mu.Unlock()
 	if err != nil {
 		tx.end(err)
@@ -185,8 +210,9 @@ type ClientTx struct {
 	branch    string
 	method    sip.RequestMethod
 	dest      netip.AddrPort
-	wire      []byte // the request as sent
-	responses chan *sip.Response
+	wire      []byte              // the request as sent
+	responses chan *sip.Response  // nil when notify takes them
+	notify    func(*sip.Response) // StartNotify's onResponse
 
 	mu       sync.Mutex
 	started  time.Time
@@ -237,9 +263,19 @@ func (tx *ClientTx) receive(res *sip.Response) {
 	} else {
 		tx.answered = true
 	}
+	notify := tx.notify
+	if final && notify != nil {
+		// The caller is done with the transaction once it has the final
+		// answer: what waits for Timer K keeps nothing of the caller's.
+		tx.notify, tx.hooks = nil, nil
+	}
 	tx.mu.Unlock()
 	if final {
 		tx.c.answered.add(tx) // Timer K
+	}
+	if notify != nil {
+		notify(res)
+		return
 	}
 	select {
 	case tx.responses <- res:

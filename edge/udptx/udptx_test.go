@@ -394,3 +394,61 @@ func TestServerHold(t *testing.T) {
 		t.Fatal("an answered transaction was not held")
 	}
 }
+
+// StartNotify hands each response to its callback on the goroutine that
+// calls Receive (the read loop), in order; once the final one is handed
+// on, the transaction keeps neither callback for Timer K; a request
+// unanswered ends through onEnd with Timer F's error.
+func TestClientNotify(t *testing.T) {
+	edge, core := listen(t), listen(t)
+	c := newClient(t, edge, fastTimers)
+	var got []int
+	ended := make(chan error, 1)
+	tx, err := c.StartNotify(context.Background(), parseRequest(t, register), addrOf(core),
+		func(res *sip.Response) { got = append(got, res.StatusCode) }, // on this goroutine: no lock needed
+		func(_ string, err error) { ended <- err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := read(t, core, time.Second)
+	for _, code := range []int{100, 200} {
+		if _, err := core.WriteToUDPAddrPort(answer(t, req, code, "x"), addrOf(edge)); err != nil {
+			t.Fatal(err)
+		}
+		b, src := read(t, edge, time.Second)
+		if !c.Receive(b, src, false) {
+			t.Fatalf("the %d was not taken", code)
+		}
+	}
+	if len(got) != 2 || got[0] != 100 || got[1] != 200 {
+		t.Fatalf("handed on %v, want [100 200]", got)
+	}
+	ctx := tx.(*ClientTx)
+	ctx.mu.Lock()
+	kept := ctx.notify != nil || len(ctx.hooks) > 0
+	ctx.mu.Unlock()
+	if kept {
+		t.Error("the callbacks stay with the transaction after its final response")
+	}
+	select {
+	case err := <-ended:
+		t.Fatalf("onEnd called after a final response: %v", err)
+	default:
+	}
+
+	// No answer at all: Timer F, through onEnd.
+	_, err = c.StartNotify(context.Background(), parseRequest(t, strings.Replace(register, "edge1", "edge2", 1)), addrOf(core),
+		func(res *sip.Response) { t.Errorf("a response from nowhere: %d", res.StatusCode) },
+		func(_ string, err error) { ended <- err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ended:
+		if !errors.Is(err, sip.ErrTransactionTimeout) {
+			t.Fatalf("ended with %v, want Timer F's timeout", err)
+		}
+	case <-time.After(5 * fastTimers.F):
+		t.Fatal("Timer F never ended the transaction")
+	}
+}

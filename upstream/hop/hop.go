@@ -58,9 +58,38 @@ func (h Hop) Address(req *sip.Request) {
 	}
 }
 
+// Notifier is a Starter whose transactions can also hand their
+// responses to a callback instead of a channel (udptx.Client).
+type Notifier interface {
+	StartNotify(ctx context.Context, req *sip.Request, dest netip.AddrPort,
+		onResponse func(*sip.Response), onEnd sip.FnTxTerminate) (sip.ClientTransaction, error)
+}
+
+// CanNotify reports whether StartNotify can run req over this hop: a
+// non-INVITE request over UDP, on the edge's own transactions.
+func (h Hop) CanNotify(req *sip.Request) bool {
+	_, ok := h.Lean.(Notifier)
+	return ok && h.lean(req)
+}
+
+// StartNotify runs a client transaction for a prepared request whose
+// responses and end are handed to the callbacks (see
+// udptx.Client.StartNotify). Only where CanNotify says so.
+func (h Hop) StartNotify(ctx context.Context, req *sip.Request, onResponse func(*sip.Response), onEnd sip.FnTxTerminate) (sip.ClientTransaction, error) {
+	n, ok := h.Lean.(Notifier)
+	if !ok || !h.lean(req) {
+		return nil, errors.New("hop: no notifying transactions for this request")
+	}
+	return n.StartNotify(ctx, req, h.Dest, onResponse, onEnd)
+}
+
+func (h Hop) lean(req *sip.Request) bool {
+	return h.Lean != nil && h.Transport == "UDP" && req.Method != sip.INVITE && req.Method != sip.ACK
+}
+
 // Start runs a client transaction for a prepared request.
 func (h Hop) Start(ctx context.Context, req *sip.Request) (sip.ClientTransaction, error) {
-	if h.Lean != nil && h.Transport == "UDP" && req.Method != sip.INVITE && req.Method != sip.ACK {
+	if h.lean(req) {
 		return h.Lean.Start(ctx, req, h.Dest)
 	}
 	return h.Client.TransactionRequest(ctx, req, prebuilt)
