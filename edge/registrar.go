@@ -193,7 +193,6 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		}
 	}
 	minE := int(pol.cfg.MinExpires / time.Second)
-	maxE := int(pol.cfg.MaxExpires / time.Second)
 	for _, c := range reg.Contacts {
 		if e := reg.effectiveExpires(c, defaultExpires); e != 0 && e < minE {
 			return reject(423, "Interval Too Brief", sip.NewHeader("Min-Expires", strconv.Itoa(minE)))
@@ -225,6 +224,22 @@ func (g *registrar) register(ctx context.Context, r *Request) error {
 		}
 		return err // 503 at once
 	}
+	// On the access read loop (r.detach set), what follows goes on there
+	// only if nothing in it waits: a turn at the core (core_rate) does,
+	// and so does a core that cannot answer on the read loop.
+	if r.detach != nil && (cfg.CoreRate > 0 || !canLater(to, r.Request)) {
+		return r.detach(func() error { return g.forwardRegister(ctx, r, reg, t, pol, to, mine, v) })
+	}
+	return g.forwardRegister(ctx, r, reg, t, pol, to, mine, v)
+}
+
+// forwardRegister is the rest of register once a core was picked: the
+// turn at it, the REGISTER adapted for it, forwarded, and its answer
+// handled. mine and v are what the cache holds of it (classify).
+func (g *registrar) forwardRegister(ctx context.Context, r *Request, reg *registerRequest, t *tenant, pol *regPolicy,
+	to leg, mine []registry.Binding, v verdict) error {
+	cfg := pol.cfg
+	maxE := int(cfg.MaxExpires / time.Second)
 	// Near max_inflight refreshes go first: past three quarters of it only
 	// a source already holding the AOR gets a slot. The registry is asked
 	// only then, not for every REGISTER.

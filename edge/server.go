@@ -433,6 +433,20 @@ func (s *Server) dispatch(h Handler, side string, r *Request, stranger bool, run
 	})
 }
 
+// detach runs the rest of r's handling, f, on a worker, and ends r with
+// what f returns (through r.finish as it is then): for handlers that
+// run on a read loop and come to something that may wait.
+func (s *Server) detach(r *Request) func(func() error) error {
+	return func(f func() error) error {
+		s.workers.submit(func() {
+			if err := s.handle(func(context.Context, *Request) error { return f() }, r); err != errLater {
+				r.finish(err)
+			}
+		})
+		return errLater
+	}
+}
+
 // handle runs h for r: a panic in it is answered 500, not the end of
 // the edge.
 func (s *Server) handle(h Handler, r *Request) (err error) {

@@ -38,6 +38,10 @@ type Request struct {
 	// have returned (see relay.forwardLater). Set for the edge's own
 	// UDP transactions only.
 	finish func(error)
+	// detach, if set, says the request is being handled on a read loop:
+	// a handler hands what may wait to it (a worker runs it, and finish
+	// ends the request with what it returns) and returns its errLater.
+	detach func(func() error) error
 
 	proof  int8         // whether the source proved itself: 0 not worked out yet, 1 yes, -1 no (Server.proven)
 	status atomic.Int32 // the final status sent, once sent (send)

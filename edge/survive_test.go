@@ -358,3 +358,28 @@ func TestCoreRateRefusesBeyondTheCap(t *testing.T) {
 		t.Errorf("the core got %d REGISTERs, want 2", n)
 	}
 }
+
+// A REGISTER waiting for its turn at core_rate waits on a worker, not on
+// the access read loop that handles REGISTERs: meanwhile a registered
+// phone's refresh is answered from the cache at once.
+func TestCoreRateWaitHoldsUpNobody(t *testing.T) {
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) {
+		offloading(c)
+		c.Registration.CoreRate = 1 // a burst of one, one waiting
+	})
+	known := registerPhones(t, e, 1)[0] // takes the burst
+	waiting := edgetest.Dial(t, "udp", e.UDP)
+	waiting.Send(waiting.Register(edgetest.Reg{User: "new"}))
+	if res := known.refresh(t); res.StatusCode != 200 {
+		t.Fatalf("the known phone's refresh got %d", res.StatusCode)
+	}
+	for _, r := range registerRequests(core) {
+		if r.To().Address.User == "new" {
+			t.Fatal("the waiting REGISTER reached the core before the refresh behind it was answered")
+		}
+	}
+	if res := waiting.MustRecvResponse(wait); res.StatusCode != 200 {
+		t.Fatalf("the waiting REGISTER got %d, want 200 at its turn", res.StatusCode)
+	}
+}

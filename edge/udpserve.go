@@ -274,11 +274,21 @@ func (s *Server) leanAccess(u *udpSocket) func(netip.AddrPort, []byte) bool {
 			req.SetSource(src.String())
 			flow := nat.FlowKey{Transport: nat.UDP, Local: u.local, Remote: src}
 			r := &Request{Request: req, Tx: tx, Flow: flow, headClean: cleanHead(b)}
-			s.dispatch(s.accessHandler, "access", r, false, s.workers.submit)
+			run := s.workers.submit
+			if req.Method == sip.REGISTER {
+				// Handled here, on the read loop, up to what may wait
+				// (r.detach): over UDP both ways nothing does, and no
+				// goroutine is woken for the REGISTER at all.
+				r.detach, run = s.detach(r), inline
+			}
+			s.dispatch(s.accessHandler, "access", r, false, run)
 		}
 		return true
 	}
 }
+
+// inline runs f at once, on the caller's goroutine.
+func inline(f func()) { f() }
 
 // leanMethod reports whether the request line (or method) in b names a
 // method the edge's own transactions take: any but INVITE, ACK and
