@@ -98,7 +98,7 @@ func (p *proxy) toCore(ctx context.Context, r *Request) error {
 	if dialogCreating(fwd) {
 		p.self.recordRoute(fwd, r.Flow, t.name, l.Transport, true)
 	}
-	return p.relay.forward(ctx, r, fwd, l, func(res *sip.Response) {
+	onResponse := func(res *sip.Response) {
 		if res.StatusCode >= 200 {
 			p.auth.answered(r, res, aorOf(r.From().Address))
 		}
@@ -107,7 +107,16 @@ func (p *proxy) toCore(ctx context.Context, r *Request) error {
 			hideRecordRoute(p.self, res, r.Flow, t.name)
 			p.hideHeaders(res)
 		}
-	})
+	}
+	if r.finish != nil && canLater(l, fwd) {
+		// A non-INVITE over UDP both ways (a BYE, a MESSAGE): the answer
+		// is relayed from the core side's read loop; nobody waits here.
+		if err := p.relay.forwardLater(r, fwd, l, onResponse, r.finish); err != nil {
+			return err
+		}
+		return errLater
+	}
+	return p.relay.forward(ctx, r, fwd, l, onResponse)
 }
 
 // current reports whether tok was minted for the flow its key names now,
