@@ -9,10 +9,8 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-// FuzzRegister feeds arbitrary bytes through sipgo's parser and then the
-// edge's own checks and REGISTER parser: none may panic, and what they
-// accept must be consistent.
-func FuzzRegister(f *testing.F) {
+// addRegisterSeeds gives f the REGISTER captures in testdata as seeds.
+func addRegisterSeeds(f *testing.F) {
 	seeds, _ := filepath.Glob("../testdata/register/*.sip")
 	for _, p := range seeds {
 		b, err := os.ReadFile(p)
@@ -21,13 +19,26 @@ func FuzzRegister(f *testing.F) {
 		}
 		f.Add(b)
 	}
+}
+
+// parsedRequest is what sipgo's parser makes of data, if a request.
+func parsedRequest(data []byte) (*sip.Request, bool) {
+	msg, err := sip.ParseMessage(data)
+	if err != nil {
+		return nil, false
+	}
+	req, ok := msg.(*sip.Request)
+	return req, ok
+}
+
+// FuzzRegister feeds arbitrary bytes through sipgo's parser and then the
+// edge's own checks and REGISTER parser: none may panic, and what they
+// accept must be consistent.
+func FuzzRegister(f *testing.F) {
+	addRegisterSeeds(f)
 	f.Add([]byte("REGISTER sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:a@x>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: *\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		msg, err := sip.ParseMessage(data)
-		if err != nil {
-			return
-		}
-		req, ok := msg.(*sip.Request)
+		req, ok := parsedRequest(data)
 		if !ok {
 			return
 		}

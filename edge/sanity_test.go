@@ -1,12 +1,6 @@
 package edge
 
-import (
-	"os"
-	"path/filepath"
-	"testing"
-
-	"github.com/emiago/sipgo/sip"
-)
+import "testing"
 
 func TestCleanHead(t *testing.T) {
 	const tail = "Call-ID: c\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
@@ -32,24 +26,13 @@ func TestCleanHead(t *testing.T) {
 // a clean header block sipgo parses no header whose name or value holds
 // CR, LF or NUL, so the short check decides as the long one does.
 func FuzzCleanHead(f *testing.F) {
-	seeds, _ := filepath.Glob("../testdata/register/*.sip")
-	for _, p := range seeds {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	addRegisterSeeds(f)
 	f.Add([]byte("REGISTER sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1;x=\"a\rb\"\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:a@x>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: <sip:a@b>\r\nContent-Length: 0\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if !cleanHead(data) {
 			return
 		}
-		msg, err := sip.ParseMessage(data)
-		if err != nil {
-			return
-		}
-		req, ok := msg.(*sip.Request)
+		req, ok := parsedRequest(data)
 		if !ok {
 			return
 		}
