@@ -236,8 +236,9 @@ func looksLikeSIP(b []byte) bool {
 
 // leanAccess takes the non-INVITE requests (REGISTERs above all) off u
 // before sipgo does: parsed once here, matched to the edge's own UDP
-// server transactions (udptx), and handled on a worker, so the read loop
-// goes back to reading at once. sipgo's transaction layer cost as much
+// server transactions (udptx), and handled: a REGISTER right here, up to
+// whatever may wait (Request.detach); the others on a worker, since the
+// proxy may wait for another phone. sipgo's transaction layer cost as much
 // CPU as the registrar itself. INVITE, ACK and CANCEL (which must find
 // their INVITE) and responses stay sipgo's, as does anything it cannot
 // take (no RFC 3261 branch, unparsable). nil when u is not a
