@@ -3,7 +3,6 @@ package edge
 import (
 	"context"
 	"errors"
-	"hash/fnv"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -553,9 +552,9 @@ func (g *registrar) featureCaps(reg *registerRequest, res *sip.Response) {
 }
 
 func fnv64(s string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(s))
-	return h.Sum64()
+	h := newFNV1a()
+	h.WriteString(s)
+	return uint64(*h)
 }
 
 // outbound adds what an RFC 5626 client needs in its 2xx: Require:

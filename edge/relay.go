@@ -172,12 +172,7 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 	}
 	hops := append([]hop.Hop{l.Hop}, l.alts...)
 	var last error
-	type miss struct {
-		i       int
-		started time.Time
-		err     error
-	}
-	var misses []miss
+	var misses []tryMiss
 	for i, h := range hops {
 		req := fwd
 		if i > 0 {
@@ -203,7 +198,7 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 				// Never silently accepted: an error, and the next core.
 				rl.badCert.noteErr(rl.log, "a core's TLS certificate failed verification; trying the next core", "core.tls_ca, core.tls_server_name", h.Dest, err)
 			}
-			misses = append(misses, miss{i, started, err})
+			misses = append(misses, tryMiss{i, started, err})
 			last = err
 			continue
 		}
@@ -215,7 +210,7 @@ func (rl *relay) failover(ctx context.Context, r *Request, fwd *sip.Request, l l
 		if errors.Is(err, errCanceled) {
 			err, first = nil, nil // the phone gave up: this core gets the CANCEL and answers it
 		} else if err != nil {
-			misses = append(misses, miss{i, started, err})
+			misses = append(misses, tryMiss{i, started, err})
 		} else {
 			l.report(i, started, first.StatusCode, nil)
 			for _, m := range misses {
