@@ -63,7 +63,7 @@ func (g *registrar) classify(r *Request, reg *registerRequest, t *tenant, cfg Re
 		if reg.effectiveExpires(c, defaultExpires) == 0 {
 			return nil, toCore
 		}
-		contact, found := c.Header.Address.String(), false
+		contact, found := c.URI, false
 		for _, b := range mine {
 			if b.Contact != contact || b.Instance != c.Instance || b.RegID != c.RegID {
 				continue

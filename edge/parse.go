@@ -15,8 +15,12 @@ func parse(next Handler) Handler {
 			r.UserAgent = h.Value()
 		}
 		if r.Method == sip.REGISTER {
-			r.AOR = aorOf(r.To().Address) // sanity guarantees a To
 			r.Register, r.RegisterErr = parseRegister(r.Request, r.UserAgent)
+			if r.Register != nil {
+				r.AOR = r.Register.AOR
+			} else {
+				r.AOR = aorOf(r.To().Address) // sanity guarantees a To
+			}
 		}
 		return next(ctx, r)
 	}

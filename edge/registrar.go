@@ -12,6 +12,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/edge/sipwire"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/upstream"
 )
@@ -54,9 +55,10 @@ func newRegPolicy(cfg RegistrationConfig) *regPolicy {
 
 // sentContact pairs a contact the endpoint sent with the URI the core saw.
 type sentContact struct {
-	reg   regContact
-	core  sip.Uri
-	grant int // offload: the seconds the phone is granted (0: as the core said)
+	reg     regContact
+	core    sip.Uri
+	coreURI string // core as written
+	grant   int    // offload: the seconds the phone is granted (0: as the core said)
 }
 
 // handle forwards a REGISTER, and records the edge's refusals of it.
@@ -92,7 +94,7 @@ func (g *registrar) audit(r *Request, kind audit.Kind, tenant string) audit.Even
 	if reg := r.Register; reg != nil {
 		e.AOR, e.UserAgent = reg.AOR, reg.UserAgent
 		for _, c := range reg.Contacts {
-			e.Contacts = append(e.Contacts, audit.Redact(c.Header.Address.String()))
+			e.Contacts = append(e.Contacts, audit.Redact(c.URI))
 			if e.Instance == "" {
 				e.Instance = c.Instance
 			}
@@ -297,10 +299,12 @@ func (g *registrar) forwardRegister(ctx context.Context, r *Request, reg *regist
 		case e > maxE:
 			fc.Params.Add("expires", strconv.Itoa(maxE))
 		}
+		coreURI := c.URI
 		if t.mode == upstream.ModeRewrite {
 			fc.Address = g.coreContact(r, reg, c, token, to.Transport)
+			coreURI = sipwire.URI(&fc.Address)
 		}
-		sent[i] = sentContact{reg: c, core: fc.Address}
+		sent[i] = sentContact{reg: c, core: fc.Address, coreURI: coreURI}
 	}
 	if t.mode == upstream.ModePath {
 		// Ours is the topmost Path: right after the Vias.
@@ -429,7 +433,7 @@ func (g *registrar) noteMissing(r *Request, reg *registerRequest, t *tenant, res
 // one it already holds for this contact on this flow, so a refresh never
 // leaves the core a second contact for the same phone, else a new one.
 func (g *registrar) coreContact(r *Request, reg *registerRequest, c regContact, token, transport string) sip.Uri {
-	phone := c.Header.Address.String()
+	phone := c.URI
 	for _, b := range g.registry.Lookup(reg.AOR) {
 		var u sip.Uri
 		// Only while it carries today's token: after a key rotation or a
@@ -475,7 +479,7 @@ func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []s
 			}
 		}
 		if e <= 0 {
-			u.Remove = append(u.Remove, registry.ID(sc.core.String(), sc.reg.Instance, sc.reg.RegID))
+			u.Remove = append(u.Remove, registry.ID(sc.coreURI, sc.reg.Instance, sc.reg.RegID))
 			continue
 		}
 		coreEnd, phoneEnd := now.Add(time.Duration(e)*time.Second), now.Add(time.Duration(e)*time.Second)
@@ -485,8 +489,8 @@ func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []s
 		}
 		u.Put = append(u.Put, registry.Binding{
 			Tenant:      t.name,
-			Contact:     sc.reg.Header.Address.String(),
-			CoreContact: sc.core.String(),
+			Contact:     sc.reg.URI,
+			CoreContact: sc.coreURI,
 			Expires:     phoneEnd,
 			CoreExpires: coreEnd,
 			CallID:      reg.CallID,

@@ -6,6 +6,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/edge/sipwire"
 )
 
 // noExpires marks an absent expires value.
@@ -27,6 +28,7 @@ type registerRequest struct {
 
 type regContact struct {
 	Header   *sip.ContactHeader // the request's own header (read only)
+	URI      string             // its URI as written (once: audit, registry)
 	Expires  int                // expires param, noExpires if absent
 	Instance string             // +sip.instance, quotes kept
 	RegID    int                // reg-id, 0 if absent
@@ -98,7 +100,9 @@ func parseRegister(req *sip.Request, userAgent string) (*registerRequest, *Error
 		r.Expires = v
 	}
 	for _, h := range headersNamed(req, "Supported") {
-		for _, tok := range strings.Split(h.Value(), ",") {
+		for v, more := h.Value(), true; more; {
+			var tok string
+			tok, v, more = strings.Cut(v, ",")
 			if tok = strings.TrimSpace(tok); tok != "" {
 				r.Supported = append(r.Supported, tok)
 			}
@@ -119,7 +123,7 @@ func parseRegister(req *sip.Request, userAgent string) (*registerRequest, *Error
 			// core's own traffic (RFC 4475 regbadct).
 			return nil, reject(400, "Bad Contact")
 		}
-		c := regContact{Header: ch, Expires: noExpires}
+		c := regContact{Header: ch, URI: sipwire.URI(&ch.Address), Expires: noExpires}
 		if v, ok := ch.Params.Get("expires"); ok {
 			if c.Expires, ok = parseSeconds(v); !ok {
 				return nil, reject(400, "Bad Contact Expires")

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/sipwire"
 	"github.com/sipedge/sipedge/ratelimit"
 )
 
@@ -54,7 +55,8 @@ func checkSanity(req *sip.Request, clean bool) *Error {
 			return reject(400, "Bad Date")
 		}
 	}
-	if strings.ContainsAny(req.Recipient.String(), "\r\n\x00 ") {
+	var buf [256]byte
+	if bytes.ContainsAny(sipwire.AppendURI(buf[:0], &req.Recipient), "\r\n\x00 ") {
 		return reject(400, "Bad Request-URI")
 	}
 	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 && req.Method != sip.OPTIONS {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/sipwire"
 	"github.com/sipedge/sipedge/nat"
 )
 
@@ -126,7 +127,7 @@ func (s *self) path(token, coreTransport string) string {
 	u := uri(token, s.core, coreTransport)
 	u.UriParams.Add("lr", "")
 	u.UriParams.Add("ob", "")
-	return u.String()
+	return sipwire.URI(&u)
 }
 
 // recordRoute adds the edge's two Record-Route entries (RFC 5658): the

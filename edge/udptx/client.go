@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/sipwire"
 )
 
 // Conn is the socket transactions write to: a *net.UDPConn.
@@ -121,7 +122,7 @@ func (c *Client) start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 	if onResponse == nil {
 		tx.responses = make(chan *sip.Response, responseBuffer)
 	}
-	tx.wire = appendMessage(c.bufs.get(), req)
+	tx.wire = sipwire.AppendRequest(c.bufs.get(), req)
 	tx.started = time.Now()
 	c.mu.Lock()
 	if c.closed {

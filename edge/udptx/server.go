@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/sipwire"
 )
 
 // Server runs server transactions for non-INVITE requests read from one
@@ -111,7 +112,7 @@ func (tx *ServerTx) Respond(res *sip.Response) error {
 	}
 	// Written in a pooled buffer, kept in one of its own size: an
 	// answered transaction may hold it for Timer J.
-	wire := appendMessage(tx.s.bufs.get(), res)
+	wire := sipwire.AppendResponse(tx.s.bufs.get(), res)
 	tx.last = bytes.Clone(wire)
 	tx.final = res.StatusCode >= 200
 	tx.mu.Unlock()

@@ -2,7 +2,6 @@ package udptx
 
 import (
 	"bytes"
-	"io"
 	"sync"
 
 	"github.com/emiago/sipgo/sip"
@@ -31,13 +30,6 @@ func (b *buffers) put(buf []byte) {
 		return
 	}
 	b.pool.Put(&buf)
-}
-
-// appendMessage appends m as it goes on the wire.
-func appendMessage(dst []byte, m interface{ StringWrite(io.StringWriter) }) []byte {
-	b := bytes.NewBuffer(dst)
-	m.StringWrite(b)
-	return b.Bytes()
 }
 
 // topBranch finds the branch parameter of the first Via in a message's
