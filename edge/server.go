@@ -667,5 +667,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-time.After(time.Second):
 		s.log.Warn("handlers still running after close")
 	}
+	// sipgo hands each request it read to a goroutine of its own, which
+	// then looks up the connection to answer on. One that got there after
+	// the UAs closed found the pool cleared and bound a socket of its own
+	// (with a reader), which nothing would ever close: sweep again.
+	for _, ua := range []*sipgo.UserAgent{s.accessUA, s.coreUA} {
+		if p := ua.TransportLayer().Pool("udp"); p != nil {
+			_ = p.Clear()
+		}
+	}
 	return nil
 }
