@@ -263,6 +263,10 @@ type cmpEdge struct {
 	port   int
 	runs   []cmpRun
 	gaveUp int // the rate at which it was dropped (most calls failed); 0: never
+	// direct marks the baseline: sipp straight to the core, no edge (p is
+	// the core's). What an edge adds to response times is its figures
+	// less these.
+	direct bool
 	// refusals, when set, reads the edge's own count of what it refused,
 	// by why (sipedge: its limiter's decisions, from its metrics).
 	refusals func() map[string]float64
@@ -425,8 +429,11 @@ func logIdle(t *testing.T, edges []*cmpEdge, core *kamailio) {
 	t.Helper()
 	const d = 5 * time.Second
 	pids := []int{core.p.cmd.Process.Pid}
+	names := []string{"core"}
 	for _, e := range edges {
-		pids = append(pids, e.p.cmd.Process.Pid)
+		if !e.direct {
+			pids, names = append(pids, e.p.cmd.Process.Pid), append(names, e.name)
+		}
 	}
 	before := make([]time.Duration, len(pids))
 	for i, pid := range pids {
@@ -439,11 +446,7 @@ func logIdle(t *testing.T, edges []*cmpEdge, core *kamailio) {
 		if err != nil {
 			t.Fatalf("idle: %v", err)
 		}
-		name := "core"
-		if i > 0 {
-			name = edges[i-1].name
-		}
-		fmt.Fprintf(&b, "%s %d ms in %s (%d processes, %.0f MiB); ", name, (after - before[i]).Milliseconds(), d, len(tree), treeMiB(pid))
+		fmt.Fprintf(&b, "%s %d ms in %s (%d processes, %.0f MiB); ", names[i], (after - before[i]).Milliseconds(), d, len(tree), treeMiB(pid))
 	}
 	t.Logf("idle CPU: %s", strings.TrimSuffix(b.String(), "; "))
 }
@@ -573,6 +576,7 @@ func TestEdgeCompare(t *testing.T) {
 	edges := []*cmpEdge{
 		{name: "kamailio", addr: ke.addr, p: ke.p, port: freePort(t)},
 		{name: "sipedge", addr: se.udp, p: se.p, port: freePort(t), refusals: sipedgeRefusals(t, se)},
+		{name: "none", addr: core.addr(), p: core.p, port: freePort(t), direct: true},
 	}
 	logIdle(t, edges, core)
 
@@ -666,7 +670,8 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 	fmt.Fprintf(&b, "CPU: utime+stime of the edge's whole process tree (/proc, 10 ms ticks) from the run's start until it is quiet again (>= 6 s after sipp ends), per 1,000 completed; the core's apart\n")
 	fmt.Fprintf(&b, "p50/p99: response time of each request at sipp (-trace_rtt, ms), all rounds together; held: no failure, all done, >= 90%% of the offered rate\n")
 	fmt.Fprintf(&b, "load average at the end: %s\n", loadavg())
-	fmt.Fprintf(&b, "MiB: the edge's memory after the rate's last run (Pss summed over its processes)\n\n")
+	fmt.Fprintf(&b, "MiB: the edge's memory after the rate's last run (Pss summed over its processes)\n")
+	fmt.Fprintf(&b, "none: sipp straight to the core, no edge (its CPU is the core's); added: an edge's p50/p99 less these\n\n")
 	fmt.Fprintf(&b, "%-9s %-8s %-6s %-13s %-7s %-11s %-9s %-10s %-6s %s\n",
 		"offered/s", "edge", "held", "completed/s", "failed", "CPU-s/1000", "p50/p99", "core/1000", "MiB", "CPU-s per round")
 	type sum struct {
@@ -678,6 +683,7 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 	for _, rate := range rates {
 		per := map[string]float64{}
 		at := map[string]sum{}
+		rttsOf := map[string][]float64{}
 		for _, e := range edges {
 			var runs []cmpRun
 			for _, r := range e.runs {
@@ -707,6 +713,12 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 			if held {
 				best[e.name] = rate
 			}
+			rttsOf[e.name] = rtts
+			if e.direct {
+				fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11s %-9s %-10.3f\n",
+					rate, e.name, yesNo(held), strings.Join(achieved, ", "), failed, "-", p50p99(rtts), cpuPer1000(core, n))
+				continue
+			}
 			at[e.name] = sum{cpu, n}
 			per[e.name] = cpuPer1000(cpu, n)
 			fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11.3f %-9s %-10.3f %-6.0f %s\n",
@@ -719,6 +731,16 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 				both[name] = sum{both[name].cpu + v.cpu, both[name].n + v.n}
 			}
 		}
+		if none := rttsOf["none"]; len(none) > 0 {
+			var added []string
+			for _, name := range []string{"kamailio", "sipedge"} {
+				if v := rttsOf[name]; len(v) > 0 {
+					added = append(added, fmt.Sprintf("%s %s/%s", name,
+						fmtMS(percentile(v, 50)-percentile(none, 50)), fmtMS(percentile(v, 99)-percentile(none, 99))))
+				}
+			}
+			fmt.Fprintf(&b, "%-9s p50/p99 added by the edge, ms: %s\n", "", strings.Join(added, ", "))
+		}
 	}
 	fmt.Fprintln(&b)
 	for _, e := range edges {
@@ -729,6 +751,10 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 		}
 	}
 	for _, e := range edges {
+		if e.direct {
+			fmt.Fprintf(&b, "%-8s highest rate held: %d/s (the core alone)\n", e.name, best[e.name])
+			continue
+		}
 		fmt.Fprintf(&b, "%-8s highest rate held: %d/s; %.3f CPU-s per 1,000 %s over the rates both edges ran\n",
 			e.name, best[e.name], cpuPer1000(both[e.name].cpu, both[e.name].n), what)
 	}
