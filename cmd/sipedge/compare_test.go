@@ -265,8 +265,10 @@ type cmpEdge struct {
 	gaveUp int // the rate at which it was dropped (most calls failed); 0: never
 	// direct marks the baseline: sipp straight to the core, no edge (p is
 	// the core's). What an edge adds to response times is its figures
-	// less these.
+	// less these. It registers users of its own (csv), so the edges'
+	// AORs and the core's answers to them stay as they were without it.
 	direct bool
+	csv    string // the users it registers, if not the edges' ones
 	// refusals, when set, reads the edge's own count of what it refused,
 	// by why (sipedge: its limiter's decisions, from its metrics).
 	refusals func() map[string]float64
@@ -565,10 +567,11 @@ func TestEdgeCompare(t *testing.T) {
 	t.Logf("load average before: %s (%d CPUs)", loadavg(), runtime.NumCPU())
 	defer func() { t.Logf("load average after: %s", loadavg()) }()
 
-	csv := filepath.Join(t.TempDir(), "users.csv")
+	csv, directCSV := filepath.Join(t.TempDir(), "users.csv"), filepath.Join(t.TempDir(), "direct.csv")
 	writeUsers(t, csv, 1000, benchUsers)
+	writeUsers(t, directCSV, 1000+benchUsers, benchUsers)
 	// -m 1024: tm keeps each transaction 5 s after its final reply.
-	core := startKamailio(t, kamOpts{users: benchUsers, shmMB: 1024, children: 4})
+	core := startKamailio(t, kamOpts{users: 2 * benchUsers, shmMB: 1024, children: 4})
 	ke := startKamailioEdge(t, core)
 	se := startSipedge(t, edgeOpts{
 		mode: "path", upstream: fmt.Sprintf("sip:%s;transport=udp", core.addr()), level: "info", extra: cmpBorder,
@@ -576,7 +579,7 @@ func TestEdgeCompare(t *testing.T) {
 	edges := []*cmpEdge{
 		{name: "kamailio", addr: ke.addr, p: ke.p, port: freePort(t)},
 		{name: "sipedge", addr: se.udp, p: se.p, port: freePort(t), refusals: sipedgeRefusals(t, se)},
-		{name: "none", addr: core.addr(), p: core.p, port: freePort(t), direct: true},
+		{name: "none", addr: core.addr(), p: core.p, port: freePort(t), direct: true, csv: directCSV},
 	}
 	logIdle(t, edges, core)
 
@@ -613,6 +616,9 @@ func TestEdgeCompare(t *testing.T) {
 // registerRun runs sipp registrations through e at rate for seconds.
 func registerRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, round, seconds int) cmpRun {
 	t.Helper()
+	if e.csv != "" {
+		csv = e.csv
+	}
 	r := cmpRun{rate: rate, round: round, planned: rate * seconds}
 	bans := e.bansSeen()
 	refused := e.refused()
