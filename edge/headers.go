@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"iter"
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
@@ -22,6 +23,31 @@ func headersNamed(m headered, name string) []sip.Header {
 		}
 	}
 	return out
+}
+
+// eachHeader yields m's headers called name, in any letter case, as
+// headersNamed does but without collecting them (a slice per call was a
+// twentieth of what a registration allocated). Nothing may add or
+// remove headers of m while it runs.
+func eachHeader(m headered, name string) iter.Seq[sip.Header] {
+	return func(yield func(sip.Header) bool) {
+		for _, h := range m.Headers() {
+			if strings.EqualFold(h.Name(), name) && !yield(h) {
+				return
+			}
+		}
+	}
+}
+
+// eachContact yields m's Contact headers but "*".
+func eachContact(m headered) iter.Seq[*sip.ContactHeader] {
+	return func(yield func(*sip.ContactHeader) bool) {
+		for _, h := range m.Headers() {
+			if c, ok := h.(*sip.ContactHeader); ok && !c.Address.Wildcard && !yield(c) {
+				return
+			}
+		}
+	}
 }
 
 // headerNamed is m's first header called name, in any letter case (nil:

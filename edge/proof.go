@@ -41,7 +41,7 @@ func (p *proofs) key(src netip.Addr, nonce string) uint64 {
 // challenged records the nonces of a 401/407 sent to src.
 func (p *proofs) challenged(src netip.Addr, res *sip.Response) {
 	for _, name := range []string{"WWW-Authenticate", "Proxy-Authenticate"} {
-		for _, h := range headersNamed(res, name) {
+		for h := range eachHeader(res, name) {
 			if n := digestParam(h.Value(), "nonce"); n != "" {
 				p.add(p.key(src, n))
 			}
@@ -66,7 +66,7 @@ func (p *proofs) add(k uint64) {
 // answered reports whether req's credentials echo a nonce sent to src.
 func (p *proofs) answered(src netip.Addr, req *sip.Request) bool {
 	for _, name := range []string{"Authorization", "Proxy-Authorization"} {
-		for _, h := range headersNamed(req, name) {
+		for h := range eachHeader(req, name) {
 			if n := digestParam(h.Value(), "nonce"); n != "" {
 				p.mu.Lock()
 				_, ok := p.set[p.key(src, n)]

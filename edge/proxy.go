@@ -555,7 +555,7 @@ func loopBranchPrefix(req *sip.Request) string {
 	// request between two phones behind this edge apart: same target,
 	// tags and CSeq, but each pass has consumed a part of the route.
 	for _, name := range []string{"Route", "Proxy-Require", "Proxy-Authorization"} {
-		for _, v := range headersNamed(req, name) {
+		for v := range eachHeader(req, name) {
 			h.field(v.Value())
 		}
 	}

@@ -138,7 +138,7 @@ func (g *registrar) answered(r *Request, t *tenant, res *sip.Response) {
 // wrong.
 func staleChallenge(res *sip.Response) bool {
 	for _, name := range []string{"WWW-Authenticate", "Proxy-Authenticate"} {
-		for _, h := range headersNamed(res, name) {
+		for h := range eachHeader(res, name) {
 			if strings.Contains(strings.ToLower(strings.ReplaceAll(h.Value(), " ", "")), "stale=true") {
 				return true
 			}
@@ -312,8 +312,8 @@ func (g *registrar) forwardRegister(ctx context.Context, r *Request, reg *regist
 		if !reg.supports("path") {
 			// Repeated Supported headers equal one comma list (RFC 3261 §7.3.1).
 			after := "Contact"
-			if hs := headersNamed(fwd, "Supported"); len(hs) > 0 {
-				after = hs[len(hs)-1].Name()
+			for h := range eachHeader(fwd, "Supported") {
+				after = h.Name()
 			}
 			fwd.AppendHeaderAfter(sip.NewHeader("Supported", "path"), after)
 		}
@@ -456,7 +456,6 @@ func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []s
 	if reg.Star {
 		return u
 	}
-	granted := contactsOf(res)
 	resExpires := noExpires
 	if h := headerNamed(res, "Expires"); h != nil {
 		if v, ok := parseSeconds(h.Value()); ok {
@@ -466,7 +465,7 @@ func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []s
 	now := g.now()
 	for i, sc := range sent {
 		e := 0
-		for _, gr := range granted {
+		for gr := range eachContact(res) {
 			if sameURI(gr.Address, sc.core) {
 				e = resExpires
 				if v, ok := gr.Params.Get("expires"); ok {
@@ -518,7 +517,7 @@ func (g *registrar) restoreReply(reg *registerRequest, mode upstream.Mode, token
 		return
 	}
 next:
-	for _, gr := range contactsOf(res) {
+	for gr := range eachContact(res) {
 		for _, sc := range sent {
 			if sameURI(gr.Address, sc.core) {
 				gr.Address = *sc.reg.Header.Address.Clone()
@@ -580,7 +579,7 @@ func (g *registrar) outbound(reg *registerRequest, flow nat.FlowKey, res *sip.Re
 		ft = g.flowTime.stream
 	}
 	required := false
-	for _, h := range headersNamed(res, "Require") {
+	for h := range eachHeader(res, "Require") {
 		required = required || strings.Contains(strings.ToLower(h.Value()), "outbound")
 	}
 	if !required {
@@ -632,7 +631,7 @@ func dropHeaders(m interface {
 // granted each contact it sent (offload), not the core's.
 func grantPhone(sent []sentContact, res *sip.Response) {
 	offload := false
-	for _, gr := range contactsOf(res) {
+	for gr := range eachContact(res) {
 		for _, sc := range sent {
 			if sc.grant > 0 && sameURI(gr.Address, sc.reg.Header.Address) {
 				gr.Params.Add("expires", strconv.Itoa(sc.grant))

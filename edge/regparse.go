@@ -89,17 +89,17 @@ func parseRegister(req *sip.Request, userAgent string) (*registerRequest, *Error
 		CSeq:      req.CSeq().SeqNo,
 		UserAgent: userAgent,
 	}
-	if hs := headersNamed(req, "Expires"); len(hs) > 0 {
-		if len(hs) > 1 {
+	for h := range eachHeader(req, "Expires") {
+		if r.Expires != noExpires {
 			return nil, reject(400, "Multiple Expires")
 		}
-		v, ok := parseSeconds(hs[0].Value())
+		v, ok := parseSeconds(h.Value())
 		if !ok {
 			return nil, reject(400, "Bad Expires")
 		}
 		r.Expires = v
 	}
-	for _, h := range headersNamed(req, "Supported") {
+	for h := range eachHeader(req, "Supported") {
 		for v, more := h.Value(), true; more; {
 			var tok string
 			tok, v, more = strings.Cut(v, ",")
@@ -108,7 +108,7 @@ func parseRegister(req *sip.Request, userAgent string) (*registerRequest, *Error
 			}
 		}
 	}
-	for _, h := range headersNamed(req, "Contact") {
+	for h := range eachHeader(req, "Contact") {
 		ch, ok := h.(*sip.ContactHeader)
 		if !ok {
 			return nil, reject(400, "Bad Contact")
