@@ -270,11 +270,41 @@ func (r *Registrar) Close() error {
 		r.serving.Wait()
 		r.handlers.Wait()
 		r.ua.Close()
+		sweepUDP(r.ua, straggleFor)
 		if r.logSink != nil {
 			r.logSink.close()
 		}
 	})
 	return nil
+}
+
+// straggleFor is how long Close keeps closing sockets sipgo binds after
+// the UA closed.
+const straggleFor = 300 * time.Millisecond
+
+// sweepUDP closes, for d, whatever appears in ua's UDP pool. sipgo hands
+// each request it read to a goroutine of its own, which then looks up
+// the connection to answer on; one that gets there after the read loop
+// ended and the pool was cleared (a core closed while the edge still
+// retransmits to it) binds a socket of its own with a reader, which
+// nothing else would close. Bounded, like any cleanup wait.
+func sweepUDP(ua *sipgo.UserAgent, d time.Duration) {
+	p := ua.TransportLayer().Pool("udp")
+	if p == nil {
+		return
+	}
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for end := time.After(d); ; {
+		if p.Size() > 0 {
+			_ = p.Clear()
+		}
+		select {
+		case <-end:
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // Addr is the address both the UDP and the TCP listener are bound to.
