@@ -14,6 +14,7 @@ package sipwire
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -24,9 +25,7 @@ import (
 // AppendRequest appends req as it goes on the wire.
 func AppendRequest(dst []byte, req *sip.Request) []byte {
 	if req.CompactHeaders {
-		b := bytes.NewBuffer(dst)
-		req.StringWrite(b)
-		return b.Bytes()
+		return bySipgo(dst, req)
 	}
 	dst = append(dst, req.Method...)
 	dst = append(dst, ' ')
@@ -40,9 +39,7 @@ func AppendRequest(dst []byte, req *sip.Request) []byte {
 // AppendResponse appends res as it goes on the wire.
 func AppendResponse(dst []byte, res *sip.Response) []byte {
 	if res.CompactHeaders {
-		b := bytes.NewBuffer(dst)
-		res.StringWrite(b)
-		return b.Bytes()
+		return bySipgo(dst, res)
 	}
 	dst = append(dst, res.SipVersion...)
 	dst = append(dst, ' ')
@@ -51,6 +48,14 @@ func AppendResponse(dst []byte, res *sip.Response) []byte {
 	dst = append(dst, res.Reason...)
 	dst = append(dst, "\r\n"...)
 	return appendRest(dst, res.Headers(), res.Body())
+}
+
+// bySipgo appends m as sipgo writes it: for what this package does not
+// write itself.
+func bySipgo(dst []byte, m interface{ StringWrite(io.StringWriter) }) []byte {
+	b := bytes.NewBuffer(dst)
+	m.StringWrite(b)
+	return b.Bytes()
 }
 
 // URI is u as sipgo's u.String() writes it.
@@ -136,9 +141,7 @@ func appendAddress(dst []byte, display string, u *sip.Uri, params sip.HeaderPara
 func appendURI(dst []byte, u *sip.Uri) []byte {
 	if u.Scheme != "sip" && u.Scheme != "sips" {
 		// It may hold its text uninterpreted, in a field only sipgo sees.
-		var b bytes.Buffer
-		u.StringWrite(&b)
-		return append(dst, b.Bytes()...)
+		return bySipgo(dst, u)
 	}
 	dst = append(dst, u.Scheme...)
 	dst = append(dst, ':')
