@@ -559,6 +559,10 @@ func (e *cmpEdge) bansSeen() int {
 
 // ------------------------------------------------------ registrations
 
+// baseVar names a sipedge binary to measure beside the current code, in
+// the same runs (say, one built from main before a change).
+const baseVar = "SIPEDGE_BENCH_BASE"
+
 func TestEdgeCompare(t *testing.T) {
 	needTools(t, "kamailio", "kamcmd", "sipp", "go")
 	env := readCmpEnv(t, "SIPEDGE_BENCH_RATES", []int{1000, 2000, 3000, 4000, 5000, 6000})
@@ -579,8 +583,18 @@ func TestEdgeCompare(t *testing.T) {
 	edges := []*cmpEdge{
 		{name: "kamailio", addr: ke.addr, p: ke.p, port: freePort(t)},
 		{name: "sipedge", addr: se.udp, p: se.p, port: freePort(t), refusals: sipedgeRefusals(t, se)},
-		{name: "none", addr: core.addr(), p: core.p, port: freePort(t), direct: true, csv: directCSV},
 	}
+	if bin := os.Getenv(baseVar); bin != "" {
+		// Another build of sipedge, run in the same rounds: a change's
+		// effect measured in one run, not across runs of a noisy box.
+		be := startSipedge(t, edgeOpts{
+			mode: "path", upstream: fmt.Sprintf("sip:%s;transport=udp", core.addr()), level: "info", extra: cmpBorder, bin: bin,
+		})
+		// sipp's port as for sipedge: the same Contacts, so each AOR keeps
+		// two bindings at the core, not three (longer answers, a slower core).
+		edges = append(edges, &cmpEdge{name: "base", addr: be.udp, p: be.p, port: edges[1].port, refusals: sipedgeRefusals(t, be)})
+	}
+	edges = append(edges, &cmpEdge{name: "none", addr: core.addr(), p: core.p, port: freePort(t), direct: true, csv: directCSV})
 	logIdle(t, edges, core)
 
 	for _, rate := range env.rates {
@@ -732,14 +746,18 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 				per[e.name], p50p99(rtts), cpuPer1000(core, n), runs[len(runs)-1].mib, strings.Join(cpus, ", "))
 		}
 		if k, s := per["kamailio"], per["sipedge"]; k > 0 && s > 0 {
-			fmt.Fprintf(&b, "%-9s sipedge/kamailio CPU per %s: %.2fx\n", "", strings.TrimSuffix(what, "s"), s/k)
+			fmt.Fprintf(&b, "%-9s sipedge/kamailio CPU per %s: %.2fx", "", strings.TrimSuffix(what, "s"), s/k)
+			if base := per["base"]; base > 0 {
+				fmt.Fprintf(&b, "; sipedge/base: %.2fx", s/base)
+			}
+			fmt.Fprintln(&b)
 			for name, v := range at {
 				both[name] = sum{both[name].cpu + v.cpu, both[name].n + v.n}
 			}
 		}
 		if none := rttsOf["none"]; len(none) > 0 {
 			var added []string
-			for _, name := range []string{"kamailio", "sipedge"} {
+			for _, name := range []string{"kamailio", "sipedge", "base"} {
 				if v := rttsOf[name]; len(v) > 0 {
 					added = append(added, fmt.Sprintf("%s %s/%s", name,
 						fmtMS(percentile(v, 50)-percentile(none, 50)), fmtMS(percentile(v, 99)-percentile(none, 99))))
@@ -766,6 +784,9 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 	}
 	if k, s := cpuPer1000(both["kamailio"].cpu, both["kamailio"].n), cpuPer1000(both["sipedge"].cpu, both["sipedge"].n); k > 0 && s > 0 {
 		fmt.Fprintf(&b, "ratio sipedge/kamailio, CPU per %s over the rates both edges ran: %.2fx\n", strings.TrimSuffix(what, "s"), s/k)
+	}
+	if base, s := cpuPer1000(both["base"].cpu, both["base"].n), cpuPer1000(both["sipedge"].cpu, both["sipedge"].n); base > 0 && s > 0 {
+		fmt.Fprintf(&b, "ratio sipedge/base (%s), CPU per %s over the same rates: %.2fx\n", os.Getenv(baseVar), strings.TrimSuffix(what, "s"), s/base)
 	}
 	return b.String()
 }

@@ -193,7 +193,10 @@ type sipedge struct {
 
 func startSipedge(t *testing.T, o edgeOpts) *sipedge {
 	t.Helper()
-	bin := buildSipedge(t, buildRace)
+	bin := o.bin
+	if bin == "" {
+		bin = buildSipedge(t, buildRace)
+	}
 	dir := t.TempDir()
 	access := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	e := &sipedge{udp: access, tcp: access, core: fmt.Sprintf("127.0.0.1:%d", freePort(t))}

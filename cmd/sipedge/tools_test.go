@@ -242,6 +242,7 @@ type edgeOpts struct {
 	netns        string // run it there ("": the test's own)
 	// runArgs are more arguments for `sipedge run` (-cpuprofile FILE).
 	runArgs []string
+	bin     string // a sipedge binary to run; empty: this tree's, built
 }
 
 // sipedgeConfig is sipedge's config with access address access (UDP and
