@@ -99,7 +99,7 @@ func (s *Server) proven(r *Request) bool {
 // digestParam returns the value of one parameter of a Digest challenge
 // or credentials header, unquoted ("" if absent).
 func digestParam(v, name string) string {
-	for _, part := range strings.Split(v, ",") {
+	for part := range strings.SplitSeq(v, ",") {
 		part = strings.TrimSpace(part)
 		if i := strings.IndexByte(part, ' '); i >= 0 && !strings.Contains(part[:i], "=") {
 			part = strings.TrimSpace(part[i+1:]) // the scheme before the first parameter

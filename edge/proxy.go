@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/dialog"
 	"github.com/sipedge/sipedge/edge/registry"
+	"github.com/sipedge/sipedge/edge/sipwire"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
 )
@@ -512,13 +514,14 @@ func dialogCreating(req *sip.Request) bool {
 // back after the core changed its Request-URI (a call between two phones
 // behind this edge) is a spiral, and goes on.
 func (p *proxy) loopDetected(req *sip.Request) bool {
-	prefix := loopBranchPrefix(req)
+	var b [64]byte
+	prefix := appendLoopPrefix(b[:0], req)
 	for _, h := range req.GetHeaders("Via") {
 		v, ok := h.(*sip.ViaHeader)
 		if !ok || !p.self.isOurs(sip.Uri{Scheme: "sip", Host: v.Host, Port: v.Port}) {
 			continue
 		}
-		if b, _ := v.Params.Get("branch"); strings.HasPrefix(b, prefix) {
+		if b, _ := v.Params.Get("branch"); strings.HasPrefix(b, string(prefix)) {
 			return true
 		}
 	}
@@ -532,11 +535,13 @@ func (p *proxy) loopDetected(req *sip.Request) bool {
 // received), and a random part that keeps each transaction's branch
 // unique.
 func loopBranch(req *sip.Request) string {
-	return loopBranchPrefix(req) + sip.GenerateTagN(10)
+	var b [64]byte
+	return string(appendRandom(appendLoopPrefix(b[:0], req), 10))
 }
 
-func loopBranchPrefix(req *sip.Request) string {
-	h := newFNV1a()
+// appendLoopPrefix appends the magic cookie and the loop hash of req.
+func appendLoopPrefix(dst []byte, req *sip.Request) []byte {
+	h := fnv1a(fnvOffset)
 	if t := req.To(); t != nil {
 		h.field(t.Params.GetOr("tag", ""))
 	}
@@ -544,7 +549,8 @@ func loopBranchPrefix(req *sip.Request) string {
 		h.field(f.Params.GetOr("tag", ""))
 	}
 	h.field(callID(req))
-	req.Recipient.StringWrite(h)
+	var u [256]byte
+	h.Write(sipwire.AppendURI(u[:0], &req.Recipient))
 	h.field("")
 	if c := req.CSeq(); c != nil {
 		var n [20]byte
@@ -554,12 +560,27 @@ func loopBranchPrefix(req *sip.Request) string {
 	// The Route set as received tells the two passes of an in-dialog
 	// request between two phones behind this edge apart: same target,
 	// tags and CSeq, but each pass has consumed a part of the route.
-	for _, name := range []string{"Route", "Proxy-Require", "Proxy-Authorization"} {
+	for _, name := range [...]string{"Route", "Proxy-Require", "Proxy-Authorization"} {
 		for v := range eachHeader(req, name) {
 			h.field(v.Value())
 		}
 	}
-	return "z9hG4bK" + strconv.FormatUint(uint64(*h), 36) + "."
+	dst = append(dst, "z9hG4bK"...)
+	return append(strconv.AppendUint(dst, uint64(h), 36), '.')
+}
+
+// appendRandom appends n random letters and digits: what keeps each
+// branch unique, not a secret.
+func appendRandom(dst []byte, n int) []byte {
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	for n > 0 {
+		r := rand.Uint64()
+		for i := 0; i < 10 && n > 0; i, n = i+1, n-1 { // 6 bits a letter, 60 of 64
+			dst = append(dst, alphabet[(r&63)%uint64(len(alphabet))])
+			r >>= 6
+		}
+	}
+	return dst
 }
 
 // fnv1a is a 64-bit FNV-1a hash that takes strings as they are:
@@ -567,10 +588,7 @@ func loopBranchPrefix(req *sip.Request) string {
 // than the hashing.
 type fnv1a uint64
 
-func newFNV1a() *fnv1a {
-	h := fnv1a(14695981039346656037)
-	return &h
-}
+const fnvOffset = 14695981039346656037
 
 func (h *fnv1a) WriteString(s string) (int, error) {
 	for i := 0; i < len(s); i++ {

@@ -398,7 +398,7 @@ func forwardCopy(req *sip.Request) *sip.Request {
 	out.SetBody(req.Body())
 	out.SetTransport(req.Transport())
 	out.SetSource(req.Source())
-	out.SetDestination(req.Destination())
+	out.SetDestination(req.MessageData.Destination()) // as set; sipgo would work one out from the Route
 	out.Laddr = req.Laddr
 	return out
 }
@@ -555,9 +555,9 @@ func (g *registrar) featureCaps(reg *registerRequest, res *sip.Response) {
 }
 
 func fnv64(s string) uint64 {
-	h := newFNV1a()
+	h := fnv1a(fnvOffset)
 	h.WriteString(s)
-	return uint64(*h)
+	return uint64(h)
 }
 
 // outbound adds what an RFC 5626 client needs in its 2xx: Require:

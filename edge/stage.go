@@ -142,10 +142,19 @@ func send(log *slog.Logger, r *Request, res *sip.Response) {
 	if res.StatusCode >= 200 {
 		r.status.CompareAndSwap(0, int32(res.StatusCode))
 	}
-	res.SetDestination(r.Flow.Remote.String())
+	res.SetDestination(nameOf(r.Flow.Remote, r.Request.Source()))
 	if err := r.Tx.Respond(res); err != nil {
 		log.Debug("response not sent", "status", res.StatusCode, "src", r.Flow.Remote, "err", err)
 	}
+}
+
+// nameOf is ap as a string: name, the same address written already (a
+// request's source), if it is that; else a new one.
+func nameOf(ap netip.AddrPort, name string) string {
+	if p, err := netip.ParseAddrPort(name); err == nil && p == ap {
+		return name
+	}
+	return ap.String()
 }
 
 // keyed is a connection that knows its flow: nat's stream wrapper, under

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -38,8 +39,16 @@ type Forwarder struct {
 	client     *sipgo.Client
 	lean       hop.Starter
 	local      netip.AddrPort
+	localHost  string // local's address, as the edge's Via writes it
 	admit      func() (release func(), ok bool)
 	retryAfter time.Duration
+	lastDest   atomic.Pointer[destName] // the core last named, written once
+}
+
+// destName is a core's address and its string.
+type destName struct {
+	addr netip.AddrPort
+	name string
 }
 
 // ForwarderDeps are what a Forwarder sends with.
@@ -62,7 +71,8 @@ func NewForwarder(cfg Config, pool *Pool, d ForwarderDeps) (*Forwarder, error) {
 	if d.Admit == nil {
 		d.Admit = func() (func(), bool) { return func() {}, true }
 	}
-	return &Forwarder{pool: pool, client: d.Client, lean: d.Lean, local: d.Local, admit: d.Admit, retryAfter: cfg.RetryAfter}, nil
+	return &Forwarder{pool: pool, client: d.Client, lean: d.Lean, local: d.Local, localHost: d.Local.Addr().String(),
+		admit: d.Admit, retryAfter: cfg.RetryAfter}, nil
 }
 
 // Hop is the way to the core that takes the next request: Pool.Pick's.
@@ -70,11 +80,23 @@ func (f *Forwarder) Hop() hop.Hop { return f.HopTo(f.pool.Pick()) }
 
 // HopTo is the way to t, for a caller walking Pool.Order's targets.
 func (f *Forwarder) HopTo(t Target) hop.Hop {
-	h := hop.Hop{Client: f.client, Transport: t.Transport, Dest: t.Addr, SentBy: f.local}
+	h := hop.Hop{Client: f.client, Transport: t.Transport, Dest: t.Addr, SentBy: f.local,
+		DestName: f.nameOf(t.Addr), SentByHost: f.localHost}
 	if t.Transport == "UDP" {
 		h.Local, h.Lean = f.local, f.lean
 	}
 	return h
+}
+
+// nameOf is a.String(), kept for the core named last: nearly every
+// request goes to the same one.
+func (f *Forwarder) nameOf(a netip.AddrPort) string {
+	if d := f.lastDest.Load(); d != nil && d.addr == a {
+		return d.name
+	}
+	d := &destName{addr: a, name: a.String()}
+	f.lastDest.Store(d)
+	return d.name
 }
 
 // Admit takes an in-flight slot for one request to a core: ErrBusy when

@@ -106,14 +106,22 @@ func (f *Feed) Emit(e audit.Event) {
 	if e.Time.IsZero() {
 		e.Time = now
 	}
-	v := view(e)
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	kept := false
 	switch e.Kind {
 	case audit.Register, audit.Refresh:
 		count(&f.regs, now)
 	case audit.Rejected, audit.AuthFailure:
 		count(&f.fails, now)
+	case audit.Expire, audit.FlowDead, audit.Unregister, audit.Alert:
+		kept = true
+	}
+	if !kept && len(f.subs) == 0 {
+		return // counted; nothing to keep and nobody watching
+	}
+	v := view(e)
+	switch e.Kind {
 	case audit.Expire, audit.FlowDead, audit.Unregister:
 		f.lost.add(lost(v, e))
 	case audit.Alert:

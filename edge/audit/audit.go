@@ -397,7 +397,7 @@ func Redact(uri string) string {
 // redactPRID shortens an RFC 8599 device token (pn-prid) to its first
 // four characters: enough to tell devices apart, useless to push with.
 func redactPRID(uri string) string {
-	i := strings.Index(strings.ToLower(uri), "pn-prid=")
+	i := indexFold(uri, "pn-prid=")
 	if i < 0 {
 		return uri
 	}
@@ -405,6 +405,17 @@ func redactPRID(uri string) string {
 	end := start + strings.IndexAny(uri[start:]+";", ";>?&")
 	keep := min(end, start+4)
 	return uri[:keep] + "…" + redactPRID(uri[end:])
+}
+
+// indexFold is strings.Index for an ASCII sub in any case, at a byte
+// offset of s itself (strings.ToLower(s) may be longer than s).
+func indexFold(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(sub)], sub) {
+			return i
+		}
+	}
+	return -1
 }
 
 // FromRegistry is the audit event of a registry change.

@@ -122,6 +122,11 @@ func (c *Client) start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 	if onResponse == nil {
 		tx.responses = make(chan *sip.Response, responseBuffer)
 	}
+	if name := req.MessageData.Destination(); name != "" {
+		if ap, err := netip.ParseAddrPort(name); err == nil && ap == dest {
+			tx.destName = name
+		}
+	}
 	tx.wire = sipwire.AppendRequest(c.bufs.get(), req)
 	tx.started = time.Now()
 	c.mu.Lock()
@@ -180,7 +185,11 @@ func (c *Client) Receive(b []byte, src netip.AddrPort, trusted bool) bool {
 		return true
 	}
 	res.SetTransport("UDP")
-	res.SetSource(src.String())
+	if src == tx.dest && tx.destName != "" {
+		res.SetSource(tx.destName)
+	} else {
+		res.SetSource(src.String())
+	}
 	tx.receive(res)
 	return true
 }
@@ -211,6 +220,7 @@ type ClientTx struct {
 	branch    string
 	method    sip.RequestMethod
 	dest      netip.AddrPort
+	destName  string              // dest as the request named it, for answers from there
 	wire      []byte              // the request as sent
 	responses chan *sip.Response  // nil when notify takes them
 	notify    func(*sip.Response) // StartNotify's onResponse

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -27,7 +26,8 @@ type Server struct {
 // serverKey matches a request to its transaction (RFC 3261 §17.2.3).
 type serverKey struct {
 	branch string
-	sentBy string
+	host   string // the top Via's sent-by
+	port   int
 	method sip.RequestMethod
 }
 
@@ -55,7 +55,7 @@ func (s *Server) Receive(req *sip.Request, src netip.AddrPort) (tx *ServerTx, is
 	if len(branch) <= len(sip.RFC3261BranchMagicCookie) || !strings.HasPrefix(branch, sip.RFC3261BranchMagicCookie) {
 		return nil, false, false
 	}
-	key := serverKey{branch: branch, sentBy: via.Host + ":" + strconv.Itoa(via.Port), method: req.Method}
+	key := serverKey{branch: branch, host: via.Host, port: via.Port, method: req.Method}
 	s.mu.Lock()
 	if tx := s.txs[key]; tx != nil {
 		s.mu.Unlock()

@@ -23,6 +23,9 @@ type Hop struct {
 	Dest      netip.AddrPort // next hop
 	Local     netip.AddrPort // socket to leave from: set for UDP, zero for streams
 	SentBy    netip.AddrPort // host:port of the edge's Via
+	// DestName and SentByHost are Dest and SentBy's address as strings,
+	// if the caller has them already; empty, they are written per request.
+	DestName, SentByHost string
 }
 
 // Starter runs a client transaction for a prepared request to dest.
@@ -37,9 +40,13 @@ func prebuilt(*sipgo.Client, *sip.Request) error { return nil }
 // Prepare adds the edge's Via with branch on top of req and points req
 // at h.
 func (h Hop) Prepare(req *sip.Request, branch string) {
+	host := h.SentByHost
+	if host == "" {
+		host = h.SentBy.Addr().String()
+	}
 	via := &sip.ViaHeader{
 		ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: h.Transport,
-		Host: h.SentBy.Addr().String(), Port: int(h.SentBy.Port()), Params: sip.NewParams(),
+		Host: host, Port: int(h.SentBy.Port()), Params: sip.NewParams(),
 	}
 	via.Params.Add("branch", branch)
 	via.Params.Add("rport", "")
@@ -50,7 +57,11 @@ func (h Hop) Prepare(req *sip.Request, branch string) {
 // Address points req at h without touching its headers.
 func (h Hop) Address(req *sip.Request) {
 	req.SetTransport(h.Transport)
-	req.SetDestination(h.Dest.String())
+	dest := h.DestName
+	if dest == "" {
+		dest = h.Dest.String()
+	}
+	req.SetDestination(dest)
 	req.Laddr = sip.Addr{}
 	if h.Local.IsValid() {
 		// Leave from the listening socket, never from an ephemeral one.
