@@ -7,6 +7,7 @@ package dialog
 
 import (
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -87,6 +88,11 @@ func (t *Table) Establish(id ID, d Dialog) bool {
 	}
 	d.expires = t.now().Add(t.ttlOf(d))
 	ds[i] = d
+	if !ok {
+		// Kept for the dialog's life: not a slice of the message it came
+		// in, which may share one string (sipwire.Parse).
+		id = ID{strings.Clone(id.callID), strings.Clone(id.tagA), strings.Clone(id.tagB)}
+	}
 	t.m[id] = ds
 	return true
 }

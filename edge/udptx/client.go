@@ -176,7 +176,7 @@ func (c *Client) Receive(b []byte, src netip.AddrPort, trusted bool) bool {
 	if tx == nil || tx.dest != src && !trusted {
 		return false
 	}
-	msg, err := c.parser.ParseSIP(b)
+	msg, err := sipwire.Parse(c.parser, b) // nothing of an answer is kept past its relay
 	if err != nil {
 		return true // a broken copy of an answer of ours: nothing to learn
 	}
