@@ -249,7 +249,7 @@ func (w *Watcher) registered(e audit.Event, now time.Time) []audit.Event {
 	}
 	src := e.Source.Addr()
 	if prev, ok := st.devices[id]; ok && w.cfg.SourceJumpWithin > 0 && src.IsValid() && prev.src.IsValid() &&
-		network(prev.src) != network(src) && now.Sub(prev.seen) < w.cfg.SourceJumpWithin {
+		prefixOf(prev.src) != prefixOf(src) && now.Sub(prev.seen) < w.cfg.SourceJumpWithin {
 		alert(SourceJump, slog.LevelWarn, fmt.Sprintf("from %s to %s within %s", prev.src, src, now.Sub(prev.seen).Round(time.Second)))
 	}
 	_, known := st.devices[id]
@@ -321,12 +321,17 @@ func network(a netip.Addr) string {
 	if !a.IsValid() {
 		return "?"
 	}
+	return prefixOf(a).String()
+}
+
+// prefixOf is network's prefix, to compare without writing it.
+func prefixOf(a netip.Addr) netip.Prefix {
 	bits := 16
 	if a.Is6() && !a.Is4In6() {
 		bits = 48
 	}
 	p, _ := a.Unmap().Prefix(bits)
-	return p.String()
+	return p
 }
 
 // userOf is a contact URI without its parameters: the device's name

@@ -13,7 +13,6 @@
 package sipwire
 
 import (
-	"bytes"
 	"io"
 	"net"
 	"strconv"
@@ -53,9 +52,11 @@ func AppendResponse(dst []byte, res *sip.Response) []byte {
 // bySipgo appends m as sipgo writes it: for what this package does not
 // write itself.
 func bySipgo(dst []byte, m interface{ StringWrite(io.StringWriter) }) []byte {
-	b := bytes.NewBuffer(dst)
-	m.StringWrite(b)
-	return b.Bytes()
+	// Through a buffer of its own: handing dst to sipgo's writer would
+	// move every caller's stack buffer to the heap.
+	var b strings.Builder
+	m.StringWrite(&b)
+	return append(dst, b.String()...)
 }
 
 // URI is u as sipgo's u.String() writes it.
