@@ -560,8 +560,10 @@ func (e *cmpEdge) bansSeen() int {
 // ------------------------------------------------------ registrations
 
 // baseVar names a sipedge binary to measure beside the current code, in
-// the same runs (say, one built from main before a change).
-const baseVar = "SIPEDGE_BENCH_BASE"
+// the same runs (say, one built from main before a change); baseEnvVar
+// gives it (or, alone, this tree's build) more environment, such as
+// GOGC=200.
+const baseVar, baseEnvVar = "SIPEDGE_BENCH_BASE", "SIPEDGE_BENCH_BASE_ENV"
 
 func TestEdgeCompare(t *testing.T) {
 	needTools(t, "kamailio", "kamcmd", "sipp", "go")
@@ -584,11 +586,12 @@ func TestEdgeCompare(t *testing.T) {
 		{name: "kamailio", addr: ke.addr, p: ke.p, port: freePort(t)},
 		{name: "sipedge", addr: se.udp, p: se.p, port: freePort(t), refusals: sipedgeRefusals(t, se)},
 	}
-	if bin := os.Getenv(baseVar); bin != "" {
+	if bin, env := os.Getenv(baseVar), os.Getenv(baseEnvVar); bin != "" || env != "" {
 		// Another build of sipedge, run in the same rounds: a change's
 		// effect measured in one run, not across runs of a noisy box.
 		be := startSipedge(t, edgeOpts{
-			mode: "path", upstream: fmt.Sprintf("sip:%s;transport=udp", core.addr()), level: "info", extra: cmpBorder, bin: bin,
+			mode: "path", upstream: fmt.Sprintf("sip:%s;transport=udp", core.addr()), level: "info", extra: cmpBorder,
+			bin: bin, env: strings.Fields(env),
 		})
 		// sipp's port as for sipedge: the same Contacts, so each AOR keeps
 		// two bindings at the core, not three (longer answers, a slower core).
@@ -786,7 +789,7 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 		fmt.Fprintf(&b, "ratio sipedge/kamailio, CPU per %s over the rates both edges ran: %.2fx\n", strings.TrimSuffix(what, "s"), s/k)
 	}
 	if base, s := cpuPer1000(both["base"].cpu, both["base"].n), cpuPer1000(both["sipedge"].cpu, both["sipedge"].n); base > 0 && s > 0 {
-		fmt.Fprintf(&b, "ratio sipedge/base (%s), CPU per %s over the same rates: %.2fx\n", os.Getenv(baseVar), strings.TrimSuffix(what, "s"), s/base)
+		fmt.Fprintf(&b, "ratio sipedge/base (%s %s), CPU per %s over the same rates: %.2fx\n", os.Getenv(baseEnvVar), os.Getenv(baseVar), strings.TrimSuffix(what, "s"), s/base)
 	}
 	return b.String()
 }

@@ -206,7 +206,7 @@ func startSipedge(t *testing.T, o edgeOpts) *sipedge {
 		t.Fatalf("sipedge check-config: %v\n%s\nconfig:\n%s", err, out, cfg)
 	}
 	e.bin, e.cfg, e.dir = bin, cfgPath, dir
-	e.p = runSipedge(t, procOpts{logPath: filepath.Join(dir, "sipedge.log"), netns: o.netns}, bin, cfgPath, o.runArgs...)
+	e.p = runSipedge(t, procOpts{logPath: filepath.Join(dir, "sipedge.log"), netns: o.netns, env: o.env}, bin, cfgPath, o.runArgs...)
 	waitSIP(t, e.p, e.udp)
 	return e
 }

@@ -129,6 +129,7 @@ type procOpts struct {
 	logPath  string        // its stdout and stderr; empty: dir/<name>.log
 	netns    string        // network namespace to run it in; empty: the test's
 	lifetime time.Duration // killed after this long, whatever happens; 0: procLifetime
+	env      []string      // more environment, "NAME=value", over the test's
 }
 
 // proc is a process a test started; it is stopped (by its PID, its
@@ -158,6 +159,9 @@ func startProc(t *testing.T, name string, o procOpts, argv ...string) *proc {
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = o.dir
+	if len(o.env) > 0 {
+		cmd.Env = append(os.Environ(), o.env...)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	// Pdeathsig: should the test binary die without its cleanups (go test
 	// -timeout panics), the programs it started die with it.
@@ -242,7 +246,8 @@ type edgeOpts struct {
 	netns        string // run it there ("": the test's own)
 	// runArgs are more arguments for `sipedge run` (-cpuprofile FILE).
 	runArgs []string
-	bin     string // a sipedge binary to run; empty: this tree's, built
+	bin     string   // a sipedge binary to run; empty: this tree's, built
+	env     []string // more environment for it, "NAME=value"
 }
 
 // sipedgeConfig is sipedge's config with access address access (UDP and
