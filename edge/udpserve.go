@@ -11,7 +11,6 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
-	"github.com/sipedge/sipedge/edge/sipwire"
 	"github.com/sipedge/sipedge/edge/udptx"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
@@ -256,9 +255,7 @@ func (s *Server) leanAccess(u *udpSocket) func(netip.AddrPort, []byte) bool {
 		if !leanMethod(b) {
 			return false
 		}
-		// One string for the whole request: what outlives it (a binding,
-		// a held transaction's key) is copied where it is kept.
-		msg, err := sipwire.Parse(parser, b)
+		msg, err := parser.ParseSIP(b)
 		if err != nil {
 			s.leanFallbacks.Add(1)
 			return false // sipgo refuses it, as it always did

@@ -199,7 +199,7 @@ func (r *Registry) putLocked(u *Update, touched []nat.FlowKey, evs []Event) ([]n
 	for i := range u.Put {
 		b := &u.Put[i]
 		b.AOR, b.Flow, b.FlowSince, b.Updated = u.AOR, u.Flow, since, now
-		old, replaced := r.t.put(b)
+		old, replaced := r.t.put(*b)
 		e := Event{Kind: Registered, Binding: *b}
 		switch {
 		case !replaced:
@@ -463,7 +463,7 @@ func (r *Registry) Restore(bs []Binding, spread time.Duration) (restored, droppe
 			}
 			flows[b.Flow] = true
 		}
-		if _, replaced := r.t.put(&b); replaced {
+		if _, replaced := r.t.put(b); replaced {
 			dropped++ // a duplicate in the input
 			continue
 		}
@@ -564,7 +564,7 @@ func (r *Registry) Merge(put, del []Binding) {
 		if !r.d.Flows.Adopt(b.Flow, b.FlowSince) {
 			continue
 		}
-		if old, replaced := r.t.put(&b); replaced && old.Flow != b.Flow {
+		if old, replaced := r.t.put(b); replaced && old.Flow != b.Flow {
 			touched[old.Flow] = true
 		}
 		touched[b.Flow] = true

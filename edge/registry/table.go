@@ -107,7 +107,7 @@ func newTable() table {
 // Contact changed (RFC 5626 §6): a phone behind a symmetric NAT
 // re-registering from a new port moves its binding instead of leaving a
 // dead twin. It returns the binding b replaced, if any.
-func (t *table) put(b *Binding) (old Binding, replaced bool) {
+func (t *table) put(b Binding) (old Binding, replaced bool) {
 	id := b.ID()
 	if b.Instance != "" {
 		// delete shifts the slice: look again from where the twin was.
@@ -122,39 +122,15 @@ func (t *table) put(b *Binding) (old Binding, replaced bool) {
 	}
 	if i := t.index(b.AOR, id); i >= 0 {
 		o := t.byAOR[b.AOR][i]
-		b.own(&o)
 		if o.Flow == b.Flow && o.CoreContact == b.CoreContact {
-			t.byAOR[b.AOR][i] = *b // a plain refresh: indexes unchanged
+			t.byAOR[b.AOR][i] = b // a plain refresh: indexes unchanged
 			return o, true
 		}
 		old, replaced = o, true
 		t.delete(o)
-	} else {
-		b.own(&old)
 	}
-	t.insert(*b)
+	t.insert(b)
 	return old, replaced
-}
-
-// own makes b's strings its own for as long as the table keeps it: old's
-// where they are the same (a refresh allocates nothing), copies where
-// not. A string the edge read from a message may be a slice of one string
-// holding the whole datagram (sipwire.Parse); a binding keeps none.
-func (b *Binding) own(old *Binding) {
-	for _, f := range [...]struct {
-		s *string
-		o string
-	}{
-		{&b.AOR, old.AOR}, {&b.Tenant, old.Tenant}, {&b.Contact, old.Contact}, {&b.CoreContact, old.CoreContact},
-		{&b.CallID, old.CallID}, {&b.UserAgent, old.UserAgent}, {&b.Instance, old.Instance},
-		{&b.Push.Provider, old.Push.Provider}, {&b.Push.PRID, old.Push.PRID}, {&b.Push.Param, old.Push.Param},
-	} {
-		if *f.s == f.o {
-			*f.s = f.o
-		} else {
-			*f.s = strings.Clone(*f.s)
-		}
-	}
 }
 
 // index is where binding id of aor is in byAOR[aor], or -1.

@@ -8,19 +8,19 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-// Parse is sipgo's ParseSIP for one datagram, with the message's strings
-// cut from one copy of b instead of a copy per name and value: for a
-// REGISTER or its 200, a score of allocations fewer. The price is that any
-// one of those strings keeps the whole copy alive: a caller that keeps one
-// past the message clones it (the registry does, for what a binding
-// keeps).
+// Parse is sipgo's ParseSIP for one datagram, with the strings of a
+// response cut from one copy of b instead of a copy per name and value:
+// for a 200 to a REGISTER, a score of allocations fewer. The price is
+// that any one of those strings keeps the whole copy alive, so Parse
+// suits messages whose strings are not kept past the message (responses
+// relayed on); a caller that keeps some clones them.
 //
-// Whatever it would not parse exactly as sipgo does (a folded line, a
-// header or start line sipgo refuses, a message cut short, a body longer
-// than its Content-Length says) goes to sipgo whole.
+// Requests, and whatever it would not do exactly as sipgo does (a folded
+// line, a header sipgo's parser refuses, a message cut short, a body
+// longer than its Content-Length says), go to sipgo whole.
 // FuzzParseMatchesSipgo holds the two to the same messages.
 func Parse(p *sip.Parser, b []byte) (sip.Message, error) {
-	if msg, ok := parse(b); ok {
+	if msg, ok := parseResponse(b); ok {
 		return msg, nil
 	}
 	return p.ParseSIP(b)
@@ -42,7 +42,7 @@ var parsers = func() map[string]parser {
 	return m
 }()
 
-func parse(b []byte) (sip.Message, bool) {
+func parseResponse(b []byte) (sip.Message, bool) {
 	if len(b) > sip.ParseMaxMessageLength {
 		return nil, false
 	}
@@ -51,7 +51,7 @@ func parse(b []byte) (sip.Message, bool) {
 	if !ok {
 		return nil, false
 	}
-	msg, ok := startLine(s[:end])
+	res, ok := statusLine(s[:end])
 	if !ok {
 		return nil, false
 	}
@@ -80,7 +80,7 @@ func parse(b []byte) (sip.Message, bool) {
 			if cl, ok := h.(*sip.ContentLengthHeader); ok {
 				contentLength = cl
 			}
-			msg.AppendHeader(h)
+			res.AppendHeader(h)
 		}
 	}
 	size := len(s)
@@ -88,13 +88,13 @@ func parse(b []byte) (sip.Message, bool) {
 		size = int(*contentLength)
 	}
 	if size == 0 {
-		return msg, true
+		return res, true
 	}
 	if size > len(s) || size > sip.ParseMaxMessageLength-(len(b)-len(s)) {
 		return nil, false // sipgo says why
 	}
-	msg.SetBody([]byte(s[:size]))
-	return msg, true
+	res.SetBody([]byte(s[:size]))
+	return res, true
 }
 
 // lineEnd finds the CRLF that ends the line at the start of s: sipgo's
@@ -104,36 +104,24 @@ func lineEnd(s string) (end, next int, ok bool) {
 	return i, i + 2, i >= 0 && i+1 < len(s) && s[i+1] == '\n'
 }
 
-// startLine is sipgo's parse of a start line; nothing, where sipgo
-// refuses it.
-func startLine(line string) (sip.Message, bool) {
-	first, rest, ok := strings.Cut(line, " ")
+// statusLine is sipgo's parse of a response's start line; not one
+// (a request's, or nothing sipgo takes) is not ok.
+func statusLine(line string) (*sip.Response, bool) {
+	version, rest, ok := strings.Cut(line, " ")
 	if !ok {
 		return nil, false
 	}
-	second, third, ok := strings.Cut(rest, " ")
-	if !ok {
+	code, reason, ok := strings.Cut(rest, " ")
+	if !ok || len(version) < 3 || !sip.UriIsSIP(version[:3]) ||
+		len(reason) >= 3 && !strings.Contains(reason, " ") && sip.UriIsSIP(reason[:3]) { // sipgo's test for a request
 		return nil, false
 	}
-	if len(third) >= 3 && !strings.Contains(third, " ") && sip.UriIsSIP(third[:3]) {
-		// A request: method, Request-URI, version.
-		var uri sip.Uri
-		if sip.ParseUri(second, &uri) != nil || uri.Wildcard {
-			return nil, false
-		}
-		req := sip.NewRequest(sip.RequestMethod(strings.ToUpper(first)), uri)
-		req.SipVersion = third
-		return req, true
-	}
-	if len(first) < 3 || !sip.UriIsSIP(first[:3]) {
-		return nil, false
-	}
-	code, err := strconv.ParseUint(second, 10, 16)
+	n, err := strconv.ParseUint(code, 10, 16)
 	if err != nil {
 		return nil, false
 	}
-	res := sip.NewResponse(int(code), third)
-	res.SipVersion = first
+	res := sip.NewResponse(int(n), reason)
+	res.SipVersion = version
 	return res, true
 }
 

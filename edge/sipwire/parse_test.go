@@ -52,10 +52,6 @@ func TestParseMatchesSipgo(t *testing.T) {
 		"SIP/2.0 200 OK\r\nCall-ID: a\r\n",       // no end of headers
 		"SIP/2.0 200 OK\r\nCall-ID: a\r\r\n\r\n", // CR without LF
 		"\r\n\r\n",
-		"register sip:a SIP/2.0\r\nContent-Length: 0\r\n\r\n",   // lower-case method
-		"REGISTER * SIP/2.0\r\nContent-Length: 0\r\n\r\n",       // wildcard Request-URI
-		"REGISTER sip:a b SIP/2.0\r\nContent-Length: 0\r\n\r\n", // a space too many
-		"REGISTER sip:[::1 SIP/2.0\r\nContent-Length: 0\r\n\r\n",
 		"SIP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nab",
 	) {
 		parsedAsSipgo(t, []byte(s))

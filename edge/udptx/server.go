@@ -62,19 +62,10 @@ func (s *Server) Receive(req *sip.Request, src netip.AddrPort) (tx *ServerTx, is
 		tx.retransmitted()
 		return tx, false, true
 	}
-	tx = &ServerTx{s: s, key: key.owned(), src: src, ending: newEnding()}
-	s.txs[tx.key] = tx
+	tx = &ServerTx{s: s, key: key, src: src, ending: newEnding()}
+	s.txs[key] = tx
 	s.mu.Unlock()
 	return tx, true, true
-}
-
-// owned is k with its strings in one allocation of their own: a
-// transaction held for Timer J must not keep its request's whole datagram
-// alive (sipwire.Parse cuts every string from one copy).
-func (k serverKey) owned() serverKey {
-	all := k.branch + k.host + string(k.method)
-	n, m := len(k.branch), len(k.branch)+len(k.host)
-	return serverKey{branch: all[:n], host: all[n:m], port: k.port, method: sip.RequestMethod(all[m:])}
 }
 
 // Len is how many transactions s holds.
