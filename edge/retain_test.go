@@ -1,0 +1,87 @@
+package edge_test
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sipedge/sipedge/edge/edgetest"
+	"github.com/sipedge/sipedge/edge/udptx"
+	"github.com/sipedge/sipedge/upstream/upstreamtest"
+)
+
+// TestRegistrationsKeepNoAnswer: sipwire.Parse cuts an answer's strings
+// from one copy of its datagram, so a string kept past the answer keeps
+// the whole datagram alive. Once registrations are done and their
+// transactions ended, the heap holds next to nothing sipwire.parse
+// allocated, however many phones registered.
+func TestRegistrationsKeepNoAnswer(t *testing.T) {
+	const phones, each = 10, 50
+	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+	runtime.MemProfileRate = 1 // every allocation, from here on
+
+	core := upstreamtest.Start(t, upstreamtest.Options{})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) {
+		c.RateLimit.Allow = []string{"127.0.0.0/8"}
+	})
+	for p := range phones {
+		phone := edgetest.Dial(t, "udp", e.UDP)
+		for i := range each {
+			user := fmt.Sprintf("keep%d-%d", p, i)
+			phone.Send(phone.Register(edgetest.Reg{User: user, CSeq: 1, CallID: user + "@test"}))
+			if res := phone.MustRecvResponse(wait); res.StatusCode != 200 {
+				t.Fatalf("%s: got %d", user, res.StatusCode)
+			}
+		}
+	}
+	if n := e.Bindings().Len(); n != phones*each {
+		t.Fatalf("%d bindings, want %d", n, phones*each)
+	}
+	// Each 200 is some 400 bytes: kept per binding, that would be 200 KB
+	// here. Transactions keep theirs until they end, Timer K (T4, 5 s)
+	// after the core's answer: wait for those.
+	deadline := time.Now().Add(3 * udptx.DefaultTimers().K)
+	for {
+		kept := inUseBy("github.com/sipedge/sipedge/edge/sipwire.parse")
+		if kept <= 16<<10 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes allocated by sipwire.parse still in use after %d registrations", kept, phones*each)
+		}
+		time.Sleep(250 * time.Millisecond) // a poll of the heap, not a wait for an event
+	}
+}
+
+// inUseBy is the heap in use that fn allocated, as of a fresh collection.
+func inUseBy(fn string) int64 {
+	runtime.GC()
+	runtime.GC() // the profile is as of the last completed cycle
+	var recs []runtime.MemProfileRecord
+	n, _ := runtime.MemProfile(nil, true)
+	for {
+		recs = make([]runtime.MemProfileRecord, n+50)
+		var ok bool
+		if n, ok = runtime.MemProfile(recs, true); ok {
+			recs = recs[:n]
+			break
+		}
+	}
+	var sum int64
+	for _, r := range recs {
+		frames := runtime.CallersFrames(r.Stack())
+		for {
+			f, more := frames.Next()
+			if strings.HasPrefix(f.Function, fn) {
+				sum += r.InUseBytes()
+				break
+			}
+			if !more {
+				break
+			}
+		}
+	}
+	return sum
+}
