@@ -586,16 +586,11 @@ func TestEdgeCompare(t *testing.T) {
 		{name: "kamailio", addr: ke.addr, p: ke.p, port: freePort(t)},
 		{name: "sipedge", addr: se.udp, p: se.p, port: freePort(t), refusals: sipedgeRefusals(t, se)},
 	}
-	if bin, env := os.Getenv(baseVar), os.Getenv(baseEnvVar); bin != "" || env != "" {
-		// Another build of sipedge, run in the same rounds: a change's
-		// effect measured in one run, not across runs of a noisy box.
-		be := startSipedge(t, edgeOpts{
-			mode: "path", upstream: fmt.Sprintf("sip:%s;transport=udp", core.addr()), level: "info", extra: cmpBorder,
-			bin: bin, env: strings.Fields(env),
-		})
+	if be := startBase(t, core); be != nil {
 		// sipp's port as for sipedge: the same Contacts, so each AOR keeps
 		// two bindings at the core, not three (longer answers, a slower core).
-		edges = append(edges, &cmpEdge{name: "base", addr: be.udp, p: be.p, port: edges[1].port, refusals: sipedgeRefusals(t, be)})
+		be.port = edges[1].port
+		edges = append(edges, be)
 	}
 	edges = append(edges, &cmpEdge{name: "none", addr: core.addr(), p: core.p, port: freePort(t), direct: true, csv: directCSV})
 	logIdle(t, edges, core)
@@ -628,6 +623,21 @@ func TestEdgeCompare(t *testing.T) {
 	if profRate > 0 {
 		profileRegister(t, core, csv, profRate, env.seconds)
 	}
+}
+
+// startBase starts the edge named by baseVar and baseEnvVar, if any:
+// another build of sipedge, run in the same rounds, so that a change's
+// effect is measured in one run, not across runs of a noisy box.
+func startBase(t *testing.T, core *kamailio) *cmpEdge {
+	bin, env := os.Getenv(baseVar), os.Getenv(baseEnvVar)
+	if bin == "" && env == "" {
+		return nil
+	}
+	be := startSipedge(t, edgeOpts{
+		mode: "path", upstream: fmt.Sprintf("sip:%s;transport=udp", core.addr()), level: "info", extra: cmpBorder,
+		bin: bin, env: strings.Fields(env),
+	})
+	return &cmpEdge{name: "base", addr: be.udp, p: be.p, refusals: sipedgeRefusals(t, be)}
 }
 
 // registerRun runs sipp registrations through e at rate for seconds.
@@ -873,6 +883,9 @@ func TestEdgeCompareCalls(t *testing.T) {
 		{name: "kamailio", addr: ke.addr, p: ke.p},
 		{name: "sipedge", addr: se.udp, p: se.p, refusals: sipedgeRefusals(t, se)},
 	}
+	if be := startBase(t, core); be != nil {
+		edges = append(edges, be) // its own caller and callee, as each edge has
+	}
 	logIdle(t, edges, core)
 	// Bounds: a run's sipp, and the callees, which answer every run of
 	// their edge and wait through the other edge's (each run is followed
@@ -885,7 +898,7 @@ func TestEdgeCompareCalls(t *testing.T) {
 	}
 
 	// Each edge has its own caller and callee (1000/1001 behind the
-	// Kamailio edge, 1002/1003 behind sipedge), registered with digest
+	// Kamailio edge, 1002/1003 behind sipedge, 1004/1005 behind base), registered with digest
 	// auth from the ports their load scenarios then use.
 	for i, e := range edges {
 		caller, callee := 1000+2*i, 1001+2*i
