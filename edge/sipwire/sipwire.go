@@ -10,6 +10,10 @@
 // a URI other than sip: or sips:, a header type it does not list) it
 // leaves to sipgo. FuzzMatchesSipgo holds the two writers to the same
 // output.
+//
+// Parse reads a response as sipgo's parser does, with every string cut
+// from one copy of the datagram (see Parse for what that asks of the
+// caller); FuzzParseMatchesSipgo holds it to sipgo's parser.
 package sipwire
 
 import (
