@@ -37,6 +37,7 @@ fuzz: ## run every fuzz target for FUZZTIME each (crashers land in testdata/fuzz
 	$(GO) test -run '^$$' -fuzz '^FuzzRegister$$' -fuzztime $(FUZZTIME) ./edge/
 	$(GO) test -run '^$$' -fuzz '^FuzzLooksLikeSIP$$' -fuzztime $(FUZZTIME) ./edge/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecisions$$' -fuzztime $(FUZZTIME) ./ratelimit/
+	$(GO) test -run '^$$' -fuzz '^FuzzBindingRecord$$' -fuzztime $(FUZZTIME) ./edge/state/
 
 interop: ## real Kamailio core and sipp phones through the built binary (needs kamailio, sip-tester)
 	$(GO) test -race -count=1 -tags interop -v -timeout 25m -p 1 -run Interop ./cmd/sipedge/ ./edge/admin/

@@ -163,19 +163,20 @@ func startKamailioEdge(t *testing.T, core *kamailio) *kamEdge {
 // every Linux ABI Go runs on): the CPU figures' resolution is 10 ms.
 const userHZ = 100
 
-// treeCPU returns the CPU time (user + system) used so far by the process
-// root and all its descendants, from /proc: each process's utime and
+// treeCPU returns the CPU time (user + system, and the system part
+// alone) used so far by the process root and all its descendants, from
+// /proc: each process's utime and
 // stime (all its threads) plus cutime and cstime (its children already
 // reaped, which are no longer in /proc). Kamailio forks a process per
 // worker, timer and listener; sipedge is one process of many threads.
-func treeCPU(root int) (time.Duration, []int, error) {
+func treeCPU(root int) (cpu, sys time.Duration, pids []int, err error) {
 	type stat struct {
-		ppid  int
-		ticks int64
+		ppid       int
+		ticks, sys int64
 	}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
 	stats := make(map[int]stat, len(ents))
 	for _, e := range ents {
@@ -200,29 +201,32 @@ func treeCPU(root int) (time.Duration, []int, error) {
 		}
 		st := stat{}
 		st.ppid, _ = strconv.Atoi(f[1])
-		for _, v := range f[11:15] { // fields 14-17: utime stime cutime cstime
+		for j, v := range f[11:15] { // fields 14-17: utime stime cutime cstime
 			n, _ := strconv.ParseInt(v, 10, 64)
 			st.ticks += n
+			if j%2 == 1 {
+				st.sys += n
+			}
 		}
 		stats[pid] = st
 	}
 	if _, ok := stats[root]; !ok {
-		return 0, nil, fmt.Errorf("process %d is gone", root)
+		return 0, 0, nil, fmt.Errorf("process %d is gone", root)
 	}
 	children := map[int][]int{}
 	for pid, st := range stats {
 		children[st.ppid] = append(children[st.ppid], pid)
 	}
-	var ticks int64
-	var pids []int
+	var ticks, sysTicks int64
 	for todo := []int{root}; len(todo) > 0; {
 		pid := todo[len(todo)-1]
 		todo = todo[:len(todo)-1]
 		ticks += stats[pid].ticks
+		sysTicks += stats[pid].sys
 		pids = append(pids, pid)
 		todo = append(todo, children[pid]...)
 	}
-	return time.Duration(ticks) * time.Second / userHZ, pids, nil
+	return time.Duration(ticks) * time.Second / userHZ, time.Duration(sysTicks) * time.Second / userHZ, pids, nil
 }
 
 // treeMiB is the memory of the process tree of root, in MiB: the sum of
@@ -230,7 +234,7 @@ func treeCPU(root int) (time.Duration, []int, error) {
 // which shares each page among the processes mapping it, so Kamailio's
 // shared memory counts once, as far as it is touched.
 func treeMiB(root int) float64 {
-	_, pids, err := treeCPU(root)
+	_, _, pids, err := treeCPU(root)
 	if err != nil {
 		return math.NaN()
 	}
@@ -319,6 +323,7 @@ type cmpRun struct {
 	why         string  // sipp's non-zero Failed* counters, 503s seen, the edge's own refusals
 	achieved    float64 // completed per second of the run
 	cpu         time.Duration
+	sys         time.Duration // the kernel's part of cpu
 	coreCPU     time.Duration
 	mib         float64   // the edge's memory after the run (treeMiB)
 	rtts        []float64 // ms, each response time measured (sipp -trace_rtt)
@@ -396,33 +401,34 @@ const (
 // reply; timers are part of the cost), then until neither used more than
 // 2 % of a CPU over a second, at most settleMax. Both edges get the same
 // window, and their idle cost in it is a few ticks.
-func measure(t *testing.T, e *cmpEdge, core *kamailio, load func()) (edgeCPU, coreCPU time.Duration) {
+// edgeSys is the system (kernel) part of edgeCPU.
+func measure(t *testing.T, e *cmpEdge, core *kamailio, load func()) (edgeCPU, edgeSys, coreCPU time.Duration) {
 	t.Helper()
-	read := func() (time.Duration, time.Duration) {
-		ec, _, err := treeCPU(e.p.cmd.Process.Pid)
+	read := func() (time.Duration, time.Duration, time.Duration) {
+		ec, es, _, err := treeCPU(e.p.cmd.Process.Pid)
 		if err != nil {
 			t.Fatalf("%s: %v", e.name, err)
 		}
-		cc, _, err := treeCPU(core.p.cmd.Process.Pid)
+		cc, _, _, err := treeCPU(core.p.cmd.Process.Pid)
 		if err != nil {
 			t.Fatalf("core: %v", err)
 		}
-		return ec, cc
+		return ec, es, cc
 	}
-	e0, c0 := read()
+	e0, s0, c0 := read()
 	load()
 	time.Sleep(settleMin)
-	e1, c1 := read()
+	e1, s1, c1 := read()
 	for deadline := time.Now().Add(settleMax - settleMin); time.Now().Before(deadline); {
 		time.Sleep(time.Second)
-		e2, c2 := read()
+		e2, s2, c2 := read()
 		quiet := e2-e1 <= 20*time.Millisecond && c2-c1 <= 20*time.Millisecond
-		e1, c1 = e2, c2
+		e1, s1, c1 = e2, s2, c2
 		if quiet {
 			break
 		}
 	}
-	return e1 - e0, c1 - c0
+	return e1 - e0, s1 - s0, c1 - c0
 }
 
 // logIdle logs what the edges and the core cost doing nothing, which
@@ -439,12 +445,12 @@ func logIdle(t *testing.T, edges []*cmpEdge, core *kamailio) {
 	}
 	before := make([]time.Duration, len(pids))
 	for i, pid := range pids {
-		before[i], _, _ = treeCPU(pid)
+		before[i], _, _, _ = treeCPU(pid)
 	}
 	time.Sleep(d)
 	var b strings.Builder
 	for i, pid := range pids {
-		after, tree, err := treeCPU(pid)
+		after, _, tree, err := treeCPU(pid)
 		if err != nil {
 			t.Fatalf("idle: %v", err)
 		}
@@ -650,7 +656,7 @@ func registerRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, rou
 	bans := e.bansSeen()
 	refused := e.refused()
 	var res sippResult
-	r.cpu, r.coreCPU = measure(t, e, core, func() {
+	r.cpu, r.sys, r.coreCPU = measure(t, e, core, func() {
 		res = runSippQuiet(t, sippRun{
 			target: e.addr, transport: "u1", csv: csv, scenario: "register_bench.xml",
 			calls: r.planned, rate: rate, limit: time.Duration(seconds)*time.Second + 20*time.Second,
@@ -704,9 +710,10 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 	fmt.Fprintf(&b, "p50/p99: response time of each request at sipp (-trace_rtt, ms), all rounds together; held: no failure, all done, >= 90%% of the offered rate\n")
 	fmt.Fprintf(&b, "load average at the end: %s\n", loadavg())
 	fmt.Fprintf(&b, "MiB: the edge's memory after the rate's last run (Pss summed over its processes)\n")
+	fmt.Fprintf(&b, "sys%%: the kernel's share (stime) of the edge's CPU\n")
 	fmt.Fprintf(&b, "none: sipp straight to the core, no edge (its CPU is the core's); added: an edge's p50/p99 less these\n\n")
-	fmt.Fprintf(&b, "%-9s %-8s %-6s %-13s %-7s %-11s %-9s %-10s %-6s %s\n",
-		"offered/s", "edge", "held", "completed/s", "failed", "CPU-s/1000", "p50/p99", "core/1000", "MiB", "CPU-s per round")
+	fmt.Fprintf(&b, "%-9s %-8s %-6s %-13s %-7s %-11s %-5s %-9s %-10s %-6s %s\n",
+		"offered/s", "edge", "held", "completed/s", "failed", "CPU-s/1000", "sys%", "p50/p99", "core/1000", "MiB", "CPU-s per round")
 	type sum struct {
 		cpu time.Duration
 		n   int64
@@ -728,13 +735,14 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 				fmt.Fprintf(&b, "%-9d %-8s %s\n", rate, e.name, fmt.Sprintf("- (given up at %d/s)", e.gaveUp))
 				continue
 			}
-			var cpu, core time.Duration
+			var cpu, sys, core time.Duration
 			var n, failed int64
 			var rtts []float64
 			var achieved, cpus []string
 			held := true
 			for _, r := range runs {
 				cpu += r.cpu
+				sys += r.sys
 				core += r.coreCPU
 				n += r.success
 				failed += r.failed
@@ -748,15 +756,15 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 			}
 			rttsOf[e.name] = rtts
 			if e.direct {
-				fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11s %-9s %-10.3f\n",
-					rate, e.name, yesNo(held), strings.Join(achieved, ", "), failed, "-", p50p99(rtts), cpuPer1000(core, n))
+				fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11s %-5s %-9s %-10.3f\n",
+					rate, e.name, yesNo(held), strings.Join(achieved, ", "), failed, "-", "-", p50p99(rtts), cpuPer1000(core, n))
 				continue
 			}
 			at[e.name] = sum{cpu, n}
 			per[e.name] = cpuPer1000(cpu, n)
-			fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11.3f %-9s %-10.3f %-6.0f %s\n",
+			fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11.3f %-5.0f %-9s %-10.3f %-6.0f %s\n",
 				rate, e.name, yesNo(held), strings.Join(achieved, ", "), failed,
-				per[e.name], p50p99(rtts), cpuPer1000(core, n), runs[len(runs)-1].mib, strings.Join(cpus, ", "))
+				per[e.name], 100*sys.Seconds()/cpu.Seconds(), p50p99(rtts), cpuPer1000(core, n), runs[len(runs)-1].mib, strings.Join(cpus, ", "))
 		}
 		if k, s := per["kamailio"], per["sipedge"]; k > 0 && s > 0 {
 			fmt.Fprintf(&b, "%-9s sipedge/kamailio CPU per %s: %.2fx", "", strings.TrimSuffix(what, "s"), s/k)
@@ -934,7 +942,7 @@ func TestEdgeCompareCalls(t *testing.T) {
 				refused := e.refused()
 				var uac *phone
 				var exit int
-				r.cpu, r.coreCPU = measure(t, e, core, func() {
+				r.cpu, r.sys, r.coreCPU = measure(t, e, core, func() {
 					uac = startPhone(t, phoneOpts{
 						name: "uac " + e.name, target: e.addr, transport: "u1", scenario: "uac_bench.xml",
 						port: e.port, calls: r.planned, rate: rate, limit: runLimit, load: true,

@@ -18,11 +18,16 @@ import (
 const FileName = "sipedge.db"
 
 // format names the layout below; a file with another is refused.
-const format = "sipedge-state/1"
+// Format 1 held bindings as JSON; 2 writes them binary (bincodec.go) and
+// still reads JSON, so opening a format 1 file marks it 2.
+const (
+	format   = "sipedge-state/2"
+	formatV1 = "sipedge-state/1"
+)
 
 var (
 	bucketMeta     = []byte("meta")
-	bucketBindings = []byte("bindings") // AOR NUL ID -> bindingRecord JSON
+	bucketBindings = []byte("bindings") // AOR NUL ID -> appendBinding's record (or bindingRecord JSON)
 	bucketBans     = []byte("bans")     // prefix -> banRecord JSON
 	keyFormat      = []byte("format")
 	keySaved       = []byte("saved") // RFC 3339 with nanoseconds
@@ -77,7 +82,11 @@ func (s *Bolt) init(tx *bolt.Tx) error {
 		if err := meta.Put(keyFormat, []byte(format)); err != nil {
 			return err
 		}
-	} else if f := string(meta.Get(keyFormat)); f != format {
+	} else if f := string(meta.Get(keyFormat)); f == formatV1 {
+		if err := meta.Put(keyFormat, []byte(format)); err != nil {
+			return err
+		}
+	} else if f != format {
 		return fmt.Errorf("unknown format %q (this sipedge reads %q)", f, format)
 	}
 	for _, b := range [][]byte{bucketBindings, bucketBans} {
@@ -203,17 +212,16 @@ func precheck(path string) error {
 func (s *Bolt) Write(b Batch) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		bs := tx.Bucket(bucketBindings)
+		var buf []byte
 		for _, d := range b.Delete {
 			if err := bs.Delete(bindingKey(d)); err != nil {
 				return err
 			}
 		}
 		for _, p := range b.Put {
-			v, err := encodeBinding(p)
-			if err != nil {
-				return err
-			}
-			if err := bs.Put(bindingKey(p), v); err != nil {
+			// bbolt keeps the value it is given until the commit.
+			buf = appendBinding(buf[len(buf):], p)
+			if err := bs.Put(bindingKey(p), buf); err != nil {
 				return err
 			}
 		}

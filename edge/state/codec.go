@@ -50,7 +50,26 @@ func encodeBinding(b registry.Binding) ([]byte, error) {
 	})
 }
 
+// decodeBinding reads a record in either form: binary (the state file,
+// since format 2) or JSON (Redis, and state files before).
 func decodeBinding(v []byte) (registry.Binding, error) {
+	var b registry.Binding
+	var err error
+	if len(v) > 0 && v[0] != '{' {
+		b, err = decodeBinaryBinding(v)
+	} else {
+		b, err = decodeJSONBinding(v)
+	}
+	if err != nil {
+		return registry.Binding{}, err
+	}
+	if b.AOR == "" || b.Contact == "" || !b.Flow.Valid() {
+		return registry.Binding{}, fmt.Errorf("incomplete binding %q", b.AOR)
+	}
+	return b, nil
+}
+
+func decodeJSONBinding(v []byte) (registry.Binding, error) {
 	var r bindingRecord
 	if err := json.Unmarshal(v, &r); err != nil {
 		return registry.Binding{}, err
@@ -59,17 +78,13 @@ func decodeBinding(v []byte) (registry.Binding, error) {
 	if err != nil {
 		return registry.Binding{}, err
 	}
-	b := registry.Binding{
+	return registry.Binding{
 		AOR: r.AOR, Tenant: r.Tenant, Contact: r.Contact, CoreContact: r.CoreContact,
 		Flow:      nat.FlowKey{Transport: tp, Local: r.Local, Remote: r.Remote},
 		FlowSince: r.FlowSince, Expires: r.Expires, CoreExpires: r.CoreExpires, CallID: r.CallID, CSeq: r.CSeq, UserAgent: r.UserAgent,
 		Instance: r.Instance, RegID: r.RegID, NAT: nat.Evidence(r.NAT), Updated: r.Updated,
 		Push: registry.Push{Provider: r.PNProvider, PRID: r.PNPRID, Param: r.PNParam},
-	}
-	if b.AOR == "" || b.Contact == "" || !b.Flow.Valid() {
-		return registry.Binding{}, fmt.Errorf("incomplete binding %q", r.AOR)
-	}
-	return b, nil
+	}, nil
 }
 
 // banRecord is a ratelimit.Ban as stored.
