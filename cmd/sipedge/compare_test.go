@@ -19,6 +19,7 @@
 //	SIPEDGE_BENCH_SECONDS       length of each run, default 10
 //	SIPEDGE_BENCH_ROUNDS        A B rounds per rate, default 2
 //	SIPEDGE_BENCH_PROFILE_RATE  registrations/s of the profiled run, default 3000 (0: none)
+//	SIPEDGE_BENCH_LATENCY_RATE  registrations/s of the captured runs (tcpdump), default 3000 (0: none)
 //	SIPEDGE_ARTIFACTS           a directory to keep the profiles in
 //
 //	go test -tags bench -count=1 -v -timeout 60m -run EdgeCompare ./cmd/sipedge/
@@ -575,6 +576,10 @@ func TestEdgeCompare(t *testing.T) {
 	needTools(t, "kamailio", "kamcmd", "sipp", "go")
 	env := readCmpEnv(t, "SIPEDGE_BENCH_RATES", []int{1000, 2000, 3000, 4000, 5000, 6000})
 	profRate := envCount(t, "SIPEDGE_BENCH_PROFILE_RATE", 3000, 0, 50000)
+	latRate := envCount(t, "SIPEDGE_BENCH_LATENCY_RATE", 3000, 0, 50000)
+	if latRate > 0 {
+		needTools(t, "tcpdump")
+	}
 
 	t.Logf("load average before: %s (%d CPUs)", loadavg(), runtime.NumCPU())
 	defer func() { t.Logf("load average after: %s", loadavg()) }()
@@ -626,9 +631,69 @@ func TestEdgeCompare(t *testing.T) {
 		"registrations with digest auth (REGISTER 401 REGISTER 200), UDP, 127.0.0.1, %d users, %d s a run, %d round(s) A B A B, one Kamailio core behind both edges",
 		benchUsers, env.seconds, env.rounds), "registrations", env.rates, edges))
 
+	if latRate > 0 {
+		logResidence(t, edges, core, csv, latRate, env.seconds)
+	}
 	if profRate > 0 {
 		profileRegister(t, core, csv, profRate, env.seconds)
 	}
+}
+
+// logResidence runs each edge once more at rate with the loopback
+// captured, and logs how long it held each transaction (residence_test.go).
+// These runs are apart from the measured ones: capturing costs each
+// sender a copy of every packet, in its own system time.
+func logResidence(t *testing.T, edges []*cmpEdge, core *kamailio, csv string, rate, seconds int) {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "time in the edge at %d registrations/s, µs, from tcpdump on lo (kernel stamps): a request's arrival to its copy to the core, plus the core's final answer's arrival to its copy to the phone, per transaction\n", rate)
+	fmt.Fprintf(&b, "%-8s %-12s %-7s %-7s %-7s %-7s %-7s %s\n", "edge", "transactions", "p50", "p90", "p99", "p99.9", "max", "unpaired, capture drops")
+	for _, e := range edges {
+		if e.direct {
+			continue
+		}
+		v, unpaired, drops := captureRun(t, e, core, csv, rate, seconds)
+		us := func(p float64) string { return fmt.Sprintf("%.0f", float64(pctDur(v, p))/1e3) }
+		fmt.Fprintf(&b, "%-8s %-12d %-7s %-7s %-7s %-7s %-7s %d, %s\n", e.name, len(v), us(50), us(90), us(99), us(99.9), us(100), unpaired, drops)
+	}
+	t.Log("\n" + b.String())
+}
+
+// captureRun is registerRun with tcpdump writing the loopback's traffic
+// between sipp, the edge and the core to a file, read afterwards.
+func captureRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, seconds int) (v []time.Duration, unpaired int, drops string) {
+	t.Helper()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "lo.pcap")
+	tp := startProc(t, "tcpdump", procOpts{dir: dir}, "tcpdump", "-i", "lo", "-n", "-w", file, "-B", "262144",
+		"--time-stamp-precision=nano", "-s", "0", fmt.Sprintf("udp and (port %d or port %d)", e.port, core.port))
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(tp.log(), "listening on"); {
+		if tp.exited() || time.Now().After(deadline) {
+			t.Fatalf("tcpdump did not start:\n%s", tp.log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r := registerRun(t, e, core, csv, rate, 0, seconds)
+	tp.cmd.Process.Signal(os.Interrupt)
+	if !tp.wait(30 * time.Second) {
+		t.Fatalf("tcpdump did not stop")
+	}
+	drops = "?"
+	if m := regexp.MustCompile(`(\d+) packets dropped by kernel`).FindStringSubmatch(tp.log()); m != nil {
+		drops = m[1]
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res := newResidence(uint16(e.port), uint16(core.port))
+	if err := readPcap(bufio.NewReaderSize(f, 1<<20), res.add); err != nil {
+		t.Fatal(err)
+	}
+	v, unpaired = res.times()
+	t.Logf("%s captured at %d/s: %d ok, %d failed%s; %d transactions paired", e.name, rate, r.success, r.failed, paren(r.why), len(v))
+	return v, unpaired, drops
 }
 
 // startBase starts the edge named by baseVar and baseEnvVar, if any:
