@@ -20,6 +20,7 @@
 //	SIPEDGE_BENCH_ROUNDS        A B rounds per rate, default 2
 //	SIPEDGE_BENCH_PROFILE_RATE  registrations/s of the profiled run, default 3000 (0: none)
 //	SIPEDGE_BENCH_LATENCY_RATE  registrations/s of the captured runs (tcpdump), default 3000 (0: none)
+//	SIPEDGE_BENCH_TRACE         set: the profiled run writes an execution trace too (go tool trace)
 //	SIPEDGE_ARTIFACTS           a directory to keep the profiles in
 //
 //	go test -tags bench -count=1 -v -timeout 60m -run EdgeCompare ./cmd/sipedge/
@@ -659,6 +660,15 @@ func logResidence(t *testing.T, edges []*cmpEdge, core *kamailio, csv string, ra
 	t.Log("\n" + b.String())
 }
 
+// pctDur is the p-th percentile (nearest rank) of sorted v.
+func pctDur(v []time.Duration, p float64) time.Duration {
+	if len(v) == 0 {
+		return 0
+	}
+	i := int(float64(len(v))*p/100+0.999999) - 1
+	return v[max(0, min(i, len(v)-1))]
+}
+
 // captureRun is registerRun with tcpdump writing the loopback's traffic
 // between sipp, the edge and the core to a file, read afterwards.
 func captureRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, seconds int) (v []time.Duration, unpaired int, drops string) {
@@ -899,9 +909,13 @@ func profileRegister(t *testing.T, core *kamailio, csv string, rate, seconds int
 		must(t, os.MkdirAll(dir, 0o755))
 	}
 	cpuFile, memFile := filepath.Join(dir, "sipedge.cpu.pprof"), filepath.Join(dir, "sipedge.allocs.pprof")
+	args := []string{"-cpuprofile", cpuFile, "-memprofile", memFile}
+	if os.Getenv("SIPEDGE_BENCH_TRACE") != "" {
+		args = append(args, "-trace", filepath.Join(dir, "sipedge.trace"))
+	}
 	pe := startSipedge(t, edgeOpts{
 		mode: "path", upstream: fmt.Sprintf("sip:%s;transport=udp", core.addr()), level: "info", extra: cmpBorder,
-		runArgs: []string{"-cpuprofile", cpuFile, "-memprofile", memFile},
+		runArgs: args,
 	})
 	e := &cmpEdge{name: "sipedge-profiled", addr: pe.udp, p: pe.p, port: freePort(t), refusals: sipedgeRefusals(t, pe)}
 	r := registerRun(t, e, core, csv, rate, 1, seconds)

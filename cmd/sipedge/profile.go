@@ -8,14 +8,16 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 )
 
-// profiles are `sipedge run`'s -cpuprofile and -memprofile, as go test
-// has them: a CPU profile of the whole run and an allocation profile
-// written when sipedge stops, for `go tool pprof`. The sipp benchmarks
-// (compare_test.go) take them under load.
+// profiles are `sipedge run`'s -cpuprofile, -memprofile and -trace, as
+// go test has them: a CPU profile of the whole run, an allocation profile
+// written when sipedge stops, for `go tool pprof`, and an execution trace
+// (where each goroutine waited, and on what) for `go tool trace`. The
+// sipp benchmarks (compare_test.go) take them under load.
 type profiles struct {
-	cpu, mem string
+	cpu, mem, trace string
 }
 
 // profileFlags adds -cpuprofile and -memprofile to fs.
@@ -23,6 +25,7 @@ func profileFlags(fs *flag.FlagSet) *profiles {
 	p := &profiles{}
 	fs.StringVar(&p.cpu, "cpuprofile", "", "write a CPU profile of the run to `FILE`")
 	fs.StringVar(&p.mem, "memprofile", "", "write an allocation profile to `FILE` when sipedge stops")
+	fs.StringVar(&p.trace, "trace", "", "write an execution trace of the run to `FILE` (large: tens of MB a second under load)")
 	return p
 }
 
@@ -31,9 +34,9 @@ func profileFlags(fs *flag.FlagSet) *profiles {
 // CPU profile and writes the allocation profile; what goes wrong then is
 // reported on stderr.
 func (p *profiles) start(stderr io.Writer) (stop func(), err error) {
-	var cpu, mem *os.File
+	var cpu, mem, tr *os.File
 	closeAll := func() {
-		for _, f := range []*os.File{cpu, mem} {
+		for _, f := range []*os.File{cpu, mem, tr} {
 			if f != nil {
 				f.Close()
 			}
@@ -50,13 +53,32 @@ func (p *profiles) start(stderr io.Writer) (stop func(), err error) {
 			return nil, fmt.Errorf("-memprofile: %w", err)
 		}
 	}
+	if p.trace != "" {
+		if tr, err = os.Create(p.trace); err != nil {
+			closeAll()
+			return nil, fmt.Errorf("-trace: %w", err)
+		}
+	}
 	if cpu != nil {
 		if err := pprof.StartCPUProfile(cpu); err != nil {
 			closeAll()
 			return nil, fmt.Errorf("-cpuprofile: %w", err)
 		}
 	}
+	if tr != nil {
+		if err := trace.Start(tr); err != nil {
+			if cpu != nil {
+				pprof.StopCPUProfile()
+			}
+			closeAll()
+			return nil, fmt.Errorf("-trace: %w", err)
+		}
+	}
 	return func() {
+		if tr != nil {
+			trace.Stop()
+			profileErr(stderr, "-trace", tr.Close())
+		}
 		if cpu != nil {
 			pprof.StopCPUProfile()
 			profileErr(stderr, "-cpuprofile", cpu.Close())

@@ -11,13 +11,13 @@ import (
 )
 
 // -cpuprofile and -memprofile write gzipped pprof profiles when the run
-// stops.
+// stops, -trace an execution trace.
 func TestProfilesWritten(t *testing.T) {
 	dir := t.TempDir()
-	cpu, mem := filepath.Join(dir, "cpu.pprof"), filepath.Join(dir, "mem.pprof")
+	cpu, mem, tr := filepath.Join(dir, "cpu.pprof"), filepath.Join(dir, "mem.pprof"), filepath.Join(dir, "run.trace")
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	p := profileFlags(fs)
-	if err := fs.Parse([]string{"-cpuprofile", cpu, "-memprofile", mem}); err != nil {
+	if err := fs.Parse([]string{"-cpuprofile", cpu, "-memprofile", mem, "-trace", tr}); err != nil {
 		t.Fatal(err)
 	}
 	var stderr bytes.Buffer
@@ -43,12 +43,15 @@ func TestProfilesWritten(t *testing.T) {
 			t.Errorf("%s: not a gzipped profile (%d bytes)", f, len(b))
 		}
 	}
+	if b, err := os.ReadFile(tr); err != nil || !bytes.HasPrefix(b, []byte("go 1.")) {
+		t.Errorf("%s: not an execution trace (%d bytes, %v)", tr, len(b), err)
+	}
 }
 
 // A profile that cannot be written stops the run before it serves.
 func TestProfileUnwritable(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "missing", "cpu.pprof")
-	for _, flags := range [][]string{{"-cpuprofile", bad}, {"-memprofile", bad}} {
+	for _, flags := range [][]string{{"-cpuprofile", bad}, {"-memprofile", bad}, {"-trace", bad}} {
 		fs := flag.NewFlagSet("run", flag.ContinueOnError)
 		p := profileFlags(fs)
 		if err := fs.Parse(flags); err != nil {

@@ -190,12 +190,3 @@ func sipKey(p []byte) (status int, key string, ok bool) {
 	}
 	return status, string(callID) + " " + string(cseq), true
 }
-
-// pctDur is the p-th percentile (nearest rank) of sorted v.
-func pctDur(v []time.Duration, p float64) time.Duration {
-	if len(v) == 0 {
-		return 0
-	}
-	i := int(float64(len(v))*p/100+0.999999) - 1
-	return v[max(0, min(i, len(v)-1))]
-}
