@@ -226,7 +226,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	}
 	fwdDeps := upstream.ForwarderDeps{Client: coreClient, Local: coreAddr, Admit: d.Limiter.Inflight}
 	if raw, ok := socks.CoreUDP.(*net.UDPConn); ok {
-		s.coreTx = udptx.NewClient(udptx.NewRawSender(raw), udptx.DefaultTimers())
+		s.coreTx = udptx.NewClient(raw, udptx.DefaultTimers())
 		fwdDeps.Lean = s.coreTx
 	}
 	if s.tenants, err = newTenants(cfg, d, fwdDeps); err != nil {

@@ -248,7 +248,7 @@ func (s *Server) leanAccess(u *udpSocket) func(netip.AddrPort, []byte) bool {
 	if !ok {
 		return nil
 	}
-	txs := udptx.NewServer(udptx.NewRawSender(raw), sip.Timer_J)
+	txs := udptx.NewServer(raw, sip.Timer_J)
 	s.accessTx = append(s.accessTx, txs) // s.lmu is held (serveAccess)
 	parser := sip.NewParser()            // used by u's read loop only
 	return func(src netip.AddrPort, b []byte) bool {
