@@ -20,6 +20,7 @@
 //	SIPEDGE_BENCH_ROUNDS        A B rounds per rate, default 2
 //	SIPEDGE_BENCH_PROFILE_RATE  registrations/s of the profiled run, default 3000 (0: none)
 //	SIPEDGE_BENCH_LATENCY_RATE  registrations/s of the captured runs (tcpdump), default 3000 (0: none)
+//	SIPEDGE_BENCH_LATENCY_ROUNDS captured rounds (A B A B), default 2
 //	SIPEDGE_BENCH_TRACE         set: the profiled run writes an execution trace too (go tool trace)
 //	SIPEDGE_ARTIFACTS           a directory to keep the profiles in
 //
@@ -326,6 +327,7 @@ type cmpRun struct {
 	achieved    float64 // completed per second of the run
 	cpu         time.Duration
 	sys         time.Duration // the kernel's part of cpu
+	wait        time.Duration // the edge's threads runnable, waiting for a CPU
 	coreCPU     time.Duration
 	mib         float64   // the edge's memory after the run (treeMiB)
 	rtts        []float64 // ms, each response time measured (sipp -trace_rtt)
@@ -396,41 +398,69 @@ const (
 	settleMax = 21 * time.Second
 )
 
+// runUsage is what measure reads of a run: the edge's CPU and the kernel's
+// part of it, how long the edge's threads waited for a CPU while
+// runnable (the run-queue delay of /proc/PID/task/TID/schedstat), and
+// the core's CPU.
+type runUsage struct{ cpu, sys, wait, core time.Duration }
+
 // measure runs load (a sipp run through e, which returns when sipp has
-// ended) and returns the CPU that e's process tree and the core's used
-// from just before it until both are quiet again: at least settleMin
-// after sipp ends (Kamailio's tm frees a transaction 5 s after its final
-// reply; timers are part of the cost), then until neither used more than
-// 2 % of a CPU over a second, at most settleMax. Both edges get the same
-// window, and their idle cost in it is a few ticks.
-// edgeSys is the system (kernel) part of edgeCPU.
-func measure(t *testing.T, e *cmpEdge, core *kamailio, load func()) (edgeCPU, edgeSys, coreCPU time.Duration) {
+// ended) and returns what e's process tree and the core used from just
+// before it until both are quiet again: at least settleMin after sipp
+// ends (Kamailio's tm frees a transaction 5 s after its final reply;
+// timers are part of the cost), then until neither used more than 2 % of
+// a CPU over a second, at most settleMax. Both edges get the same window,
+// and their idle cost in it is a few ticks.
+func measure(t *testing.T, e *cmpEdge, core *kamailio, load func()) runUsage {
 	t.Helper()
-	read := func() (time.Duration, time.Duration, time.Duration) {
-		ec, es, _, err := treeCPU(e.p.cmd.Process.Pid)
-		if err != nil {
+	read := func() runUsage {
+		var u runUsage
+		var pids []int
+		var err error
+		if u.cpu, u.sys, pids, err = treeCPU(e.p.cmd.Process.Pid); err != nil {
 			t.Fatalf("%s: %v", e.name, err)
 		}
-		cc, _, _, err := treeCPU(core.p.cmd.Process.Pid)
-		if err != nil {
+		u.wait = runQueueWait(pids)
+		if u.core, _, _, err = treeCPU(core.p.cmd.Process.Pid); err != nil {
 			t.Fatalf("core: %v", err)
 		}
-		return ec, es, cc
+		return u
 	}
-	e0, s0, c0 := read()
+	u0 := read()
 	load()
 	time.Sleep(settleMin)
-	e1, s1, c1 := read()
+	u1 := read()
 	for deadline := time.Now().Add(settleMax - settleMin); time.Now().Before(deadline); {
 		time.Sleep(time.Second)
-		e2, s2, c2 := read()
-		quiet := e2-e1 <= 20*time.Millisecond && c2-c1 <= 20*time.Millisecond
-		e1, s1, c1 = e2, s2, c2
+		u2 := read()
+		quiet := u2.cpu-u1.cpu <= 20*time.Millisecond && u2.core-u1.core <= 20*time.Millisecond
+		u1 = u2
 		if quiet {
 			break
 		}
 	}
-	return e1 - e0, s1 - s0, c1 - c0
+	return runUsage{cpu: u1.cpu - u0.cpu, sys: u1.sys - u0.sys, wait: u1.wait - u0.wait, core: u1.core - u0.core}
+}
+
+// runQueueWait sums, over every thread of pids, the time it spent
+// runnable but waiting for a CPU (schedstat's second field, in ns).
+// Threads that ended took theirs with them: Go's and Kamailio's live on.
+func runQueueWait(pids []int) time.Duration {
+	var ns int64
+	for _, pid := range pids {
+		tasks, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
+		for _, task := range tasks {
+			b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "task", task.Name(), "schedstat"))
+			if err != nil {
+				continue
+			}
+			if f := strings.Fields(string(b)); len(f) >= 2 {
+				n, _ := strconv.ParseInt(f[1], 10, 64)
+				ns += n
+			}
+		}
+	}
+	return time.Duration(ns)
 }
 
 // logIdle logs what the edges and the core cost doing nothing, which
@@ -633,29 +663,44 @@ func TestEdgeCompare(t *testing.T) {
 		benchUsers, env.seconds, env.rounds), "registrations", env.rates, edges))
 
 	if latRate > 0 {
-		logResidence(t, edges, core, csv, latRate, env.seconds)
+		logResidence(t, edges, core, csv, latRate, env.seconds, envCount(t, "SIPEDGE_BENCH_LATENCY_ROUNDS", 2, 1, 10))
 	}
 	if profRate > 0 {
 		profileRegister(t, core, csv, profRate, env.seconds)
 	}
 }
 
-// logResidence runs each edge once more at rate with the loopback
-// captured, and logs how long it held each transaction (residence_test.go).
-// These runs are apart from the measured ones: capturing costs each
-// sender a copy of every packet, in its own system time.
-func logResidence(t *testing.T, edges []*cmpEdge, core *kamailio, csv string, rate, seconds int) {
+// logResidence runs each edge rounds times more at rate (A B A B) with the
+// loopback captured, and logs how long it held each transaction
+// (residence_test.go), all rounds together. These runs are apart from
+// the measured ones: capturing costs each sender a copy of every packet,
+// in its own system time.
+func logResidence(t *testing.T, edges []*cmpEdge, core *kamailio, csv string, rate, seconds, rounds int) {
 	t.Helper()
+	times := map[string][]time.Duration{}
+	unpaired, drops := map[string]int{}, map[string][]string{}
+	for range rounds {
+		for _, e := range edges {
+			if e.direct {
+				continue
+			}
+			v, u, d := captureRun(t, e, core, csv, rate, seconds)
+			times[e.name] = append(times[e.name], v...)
+			unpaired[e.name] += u
+			drops[e.name] = append(drops[e.name], d)
+		}
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "time in the edge at %d registrations/s, µs, from tcpdump on lo (kernel stamps): a request's arrival to its copy to the core, plus the core's final answer's arrival to its copy to the phone, per transaction\n", rate)
-	fmt.Fprintf(&b, "%-8s %-12s %-7s %-7s %-7s %-7s %-7s %s\n", "edge", "transactions", "p50", "p90", "p99", "p99.9", "max", "unpaired, capture drops")
+	fmt.Fprintf(&b, "time in the edge at %d registrations/s, %d round(s), µs, from tcpdump on lo (kernel stamps): a request's arrival to its copy to the core, plus the core's final answer's arrival to its copy to the phone, per transaction\n", rate, rounds)
+	fmt.Fprintf(&b, "%-8s %-12s %-7s %-7s %-7s %-7s %-7s %s\n", "edge", "transactions", "p50", "p90", "p99", "p99.9", "max", "unpaired, capture drops per round")
 	for _, e := range edges {
-		if e.direct {
+		v := times[e.name]
+		if e.direct || len(v) == 0 {
 			continue
 		}
-		v, unpaired, drops := captureRun(t, e, core, csv, rate, seconds)
+		slices.Sort(v)
 		us := func(p float64) string { return fmt.Sprintf("%.0f", float64(pctDur(v, p))/1e3) }
-		fmt.Fprintf(&b, "%-8s %-12d %-7s %-7s %-7s %-7s %-7s %d, %s\n", e.name, len(v), us(50), us(90), us(99), us(99.9), us(100), unpaired, drops)
+		fmt.Fprintf(&b, "%-8s %-12d %-7s %-7s %-7s %-7s %-7s %d, %s\n", e.name, len(v), us(50), us(90), us(99), us(99.9), us(100), unpaired[e.name], strings.Join(drops[e.name], " "))
 	}
 	t.Log("\n" + b.String())
 }
@@ -731,7 +776,7 @@ func registerRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, rou
 	bans := e.bansSeen()
 	refused := e.refused()
 	var res sippResult
-	r.cpu, r.sys, r.coreCPU = measure(t, e, core, func() {
+	u := measure(t, e, core, func() {
 		res = runSippQuiet(t, sippRun{
 			target: e.addr, transport: "u1", csv: csv, scenario: "register_bench.xml",
 			calls: r.planned, rate: rate, limit: time.Duration(seconds)*time.Second + 20*time.Second,
@@ -739,6 +784,7 @@ func registerRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, rou
 			args: []string{"-trace_rtt", "-rtt_freq", rttFreq, "-buff_size", strconv.Itoa(4 << 20)},
 		})
 	})
+	r.cpu, r.sys, r.wait, r.coreCPU = u.cpu, u.sys, u.wait, u.core
 	r.exit = res.exit
 	r.sippOutcome(res.stat, res.errors, res.dir)
 	r.bans = e.bansSeen() - bans
@@ -785,10 +831,10 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 	fmt.Fprintf(&b, "p50/p99: response time of each request at sipp (-trace_rtt, ms), all rounds together; held: no failure, all done, >= 90%% of the offered rate\n")
 	fmt.Fprintf(&b, "load average at the end: %s\n", loadavg())
 	fmt.Fprintf(&b, "MiB: the edge's memory after the rate's last run (Pss summed over its processes)\n")
-	fmt.Fprintf(&b, "sys%%: the kernel's share (stime) of the edge's CPU\n")
+	fmt.Fprintf(&b, "sys%%: the kernel's share (stime) of the edge's CPU; wait/1000: how long its threads were runnable but waiting for a CPU (schedstat), ms per 1,000\n")
 	fmt.Fprintf(&b, "none: sipp straight to the core, no edge (its CPU is the core's); added: an edge's p50/p99 less these\n\n")
-	fmt.Fprintf(&b, "%-9s %-8s %-6s %-13s %-7s %-11s %-5s %-9s %-10s %-6s %s\n",
-		"offered/s", "edge", "held", "completed/s", "failed", "CPU-s/1000", "sys%", "p50/p99", "core/1000", "MiB", "CPU-s per round")
+	fmt.Fprintf(&b, "%-9s %-8s %-6s %-13s %-7s %-11s %-5s %-10s %-9s %-10s %-6s %s\n",
+		"offered/s", "edge", "held", "completed/s", "failed", "CPU-s/1000", "sys%", "wait/1000", "p50/p99", "core/1000", "MiB", "CPU-s per round")
 	type sum struct {
 		cpu time.Duration
 		n   int64
@@ -810,7 +856,7 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 				fmt.Fprintf(&b, "%-9d %-8s %s\n", rate, e.name, fmt.Sprintf("- (given up at %d/s)", e.gaveUp))
 				continue
 			}
-			var cpu, sys, core time.Duration
+			var cpu, sys, wait, core time.Duration
 			var n, failed int64
 			var rtts []float64
 			var achieved, cpus []string
@@ -818,6 +864,7 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 			for _, r := range runs {
 				cpu += r.cpu
 				sys += r.sys
+				wait += r.wait
 				core += r.coreCPU
 				n += r.success
 				failed += r.failed
@@ -831,15 +878,15 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 			}
 			rttsOf[e.name] = rtts
 			if e.direct {
-				fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11s %-5s %-9s %-10.3f\n",
-					rate, e.name, yesNo(held), strings.Join(achieved, ", "), failed, "-", "-", p50p99(rtts), cpuPer1000(core, n))
+				fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11s %-5s %-10s %-9s %-10.3f\n",
+					rate, e.name, yesNo(held), strings.Join(achieved, ", "), failed, "-", "-", "-", p50p99(rtts), cpuPer1000(core, n))
 				continue
 			}
 			at[e.name] = sum{cpu, n}
 			per[e.name] = cpuPer1000(cpu, n)
-			fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11.3f %-5.0f %-9s %-10.3f %-6.0f %s\n",
+			fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11.3f %-5.0f %-10.0f %-9s %-10.3f %-6.0f %s\n",
 				rate, e.name, yesNo(held), strings.Join(achieved, ", "), failed,
-				per[e.name], 100*sys.Seconds()/cpu.Seconds(), p50p99(rtts), cpuPer1000(core, n), runs[len(runs)-1].mib, strings.Join(cpus, ", "))
+				per[e.name], 100*sys.Seconds()/cpu.Seconds(), 1000*cpuPer1000(wait, n), p50p99(rtts), cpuPer1000(core, n), runs[len(runs)-1].mib, strings.Join(cpus, ", "))
 		}
 		if k, s := per["kamailio"], per["sipedge"]; k > 0 && s > 0 {
 			fmt.Fprintf(&b, "%-9s sipedge/kamailio CPU per %s: %.2fx", "", strings.TrimSuffix(what, "s"), s/k)
@@ -1021,7 +1068,7 @@ func TestEdgeCompareCalls(t *testing.T) {
 				refused := e.refused()
 				var uac *phone
 				var exit int
-				r.cpu, r.sys, r.coreCPU = measure(t, e, core, func() {
+				u := measure(t, e, core, func() {
 					uac = startPhone(t, phoneOpts{
 						name: "uac " + e.name, target: e.addr, transport: "u1", scenario: "uac_bench.xml",
 						port: e.port, calls: r.planned, rate: rate, limit: runLimit, load: true,
@@ -1030,6 +1077,7 @@ func TestEdgeCompareCalls(t *testing.T) {
 					})
 					exit = uac.wait(t)
 				})
+				r.cpu, r.sys, r.wait, r.coreCPU = u.cpu, u.sys, u.wait, u.core
 				r.exit = exit
 				st := uac.stat()
 				r.sippOutcome(st.stat, st.errors, uac.dir)
