@@ -49,10 +49,11 @@ func lessGC() {
 const holdAnswered = 5 * time.Second
 
 const usage = `usage:
-  sipedge run [-config FILE] [-fresh-state] [-cpuprofile FILE] [-memprofile FILE]
+  sipedge run [-config FILE] [-fresh-state] [-cpuprofile FILE] [-memprofile FILE] [-trace FILE]
                                    serve (no file: built-in defaults); -fresh-state moves an
                                    unusable state file aside and starts empty instead of failing;
-                                   -cpuprofile/-memprofile write pprof profiles of the run
+                                   -cpuprofile/-memprofile write pprof profiles of the run,
+                                   -trace an execution trace (go tool trace)
   sipedge check-config FILE        validate a config file
   sipedge rotate-key -config FILE  new token key; the old one stays valid for core.key_grace
   sipedge state-dump -config FILE  print the saved bindings and bans (sipedge must be stopped)
