@@ -232,6 +232,22 @@ func (w *Watcher) registered(e audit.Event, now time.Time) []audit.Event {
 		return nil
 	}
 	st := w.state(e.AOR)
+	id := e.Instance
+	if id == "" && len(e.Contacts) > 0 {
+		id = userOf(e.Contacts[0])
+	}
+	src := e.Source.Addr()
+	life := time.Duration(e.Expires) * time.Second
+	if life <= 0 {
+		life = time.Hour
+	}
+	// Most events are a device refreshing from where it was, as it was:
+	// nothing to tell, only its times to move on.
+	if d, known := st.devices[id]; known && d.src == src && (!w.cfg.UserAgentChange || e.UserAgent == "" || e.UserAgent == st.ua) {
+		d.seen, d.until = now, now.Add(life)
+		st.devices[id] = d
+		return nil
+	}
 	var out []audit.Event
 	alert := func(name string, sev slog.Level, detail string) {
 		out = append(out, audit.Event{Kind: audit.Alert, Severity: sev, Reason: name, AOR: e.AOR, Tenant: e.Tenant,
@@ -243,20 +259,11 @@ func (w *Watcher) registered(e audit.Event, now time.Time) []audit.Event {
 		}
 		st.ua = e.UserAgent
 	}
-	id := e.Instance
-	if id == "" && len(e.Contacts) > 0 {
-		id = userOf(e.Contacts[0])
-	}
-	src := e.Source.Addr()
 	if prev, ok := st.devices[id]; ok && w.cfg.SourceJumpWithin > 0 && src.IsValid() && prev.src.IsValid() &&
 		prefixOf(prev.src) != prefixOf(src) && now.Sub(prev.seen) < w.cfg.SourceJumpWithin {
 		alert(SourceJump, slog.LevelWarn, fmt.Sprintf("from %s to %s within %s", prev.src, src, now.Sub(prev.seen).Round(time.Second)))
 	}
 	_, known := st.devices[id]
-	life := time.Duration(e.Expires) * time.Second
-	if life <= 0 {
-		life = time.Hour
-	}
 	st.devices[id] = device{src: src, seen: now, until: now.Add(life)}
 	for k, d := range st.devices { // a device whose flow died and never came back
 		if d.until.Before(now) {

@@ -242,3 +242,38 @@ func TestWebhook(t *testing.T) {
 		t.Errorf("webhook got %+v (sent %d)", bodies, h.Sent.Load())
 	}
 }
+
+// A refresh from the same address is the common case the watcher passes
+// over quickly; a new user agent on it still alerts.
+func TestUserAgentChangeOnSteadyRefresh(t *testing.T) {
+	clk := &clock{t: time.Unix(1e9, 0)}
+	s := newSink()
+	w := alert.New(alert.DefaultConfig(), clk.now, s.emit)
+	for i, ua := range []string{"Yealink T46S", "Yealink T46S", "Yealink T46S", "sipvicious"} {
+		kind := audit.Refresh
+		if i == 0 {
+			kind = audit.Register
+		}
+		w.Observe(audit.Event{Kind: kind, AOR: "sip:bob@x.test", Source: src("198.51.100.7:5060"), Transport: "UDP",
+			UserAgent: ua, Expires: 60, Contacts: []string{"sip:bob@10.0.0.3"}})
+		clk.t = clk.t.Add(30 * time.Second)
+	}
+	if got := s.of(alert.UserAgentChange); len(got) != 1 || !strings.Contains(got[0].Detail, `"sipvicious", before "Yealink T46S"`) {
+		t.Fatalf("user agent change on a refresh from the same address: %+v", s.alerts)
+	}
+}
+
+// BenchmarkObserveRefresh is the watcher's share of a plain refresh.
+func BenchmarkObserveRefresh(b *testing.B) {
+	w := alert.New(alert.DefaultConfig(), time.Now, func(audit.Event) {})
+	evs := make([]audit.Event, 2000)
+	for i := range evs {
+		evs[i] = audit.Event{Kind: audit.Refresh, AOR: fmt.Sprintf("sip:%d@x.test", i), Source: src(fmt.Sprintf("198.51.100.7:%d", 1024+i)),
+			Transport: "UDP", UserAgent: "Yealink T46S", Expires: 3600, Contacts: []string{fmt.Sprintf("sip:%d@10.0.0.3", i)}}
+		w.Observe(evs[i])
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		w.Observe(evs[i%len(evs)])
+	}
+}
