@@ -71,18 +71,11 @@ type binReader struct {
 	err error
 }
 
-func (r *binReader) uvarint() uint64 {
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.fail()
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
+func (r *binReader) uvarint() uint64 { v, n := binary.Uvarint(r.b); return advance(r, v, n) }
+func (r *binReader) varint() int64   { v, n := binary.Varint(r.b); return advance(r, v, n) }
 
-func (r *binReader) varint() int64 {
-	v, n := binary.Varint(r.b)
+// advance consumes the n bytes v was read from (n <= 0: none could be).
+func advance[T uint64 | int64](r *binReader, v T, n int) T {
 	if n <= 0 {
 		r.fail()
 		return 0
