@@ -523,8 +523,9 @@ const rttFreq = "100"
 
 // readRTTs reads the response times of sipp's -trace_rtt files in dir
 // ("Date_ms;response_time_ms;rtd_no" rows), in ms. sipp measures them
-// on its clock tick, in (nearly always whole) milliseconds: 0 is "under
-// 1 ms".
+// on its clock tick, which advances in steps (4 ms on the 2-vCPU VM here:
+// every figure is a multiple of 4), so 0 is "under one step";
+// logResidence times the edges themselves.
 func readRTTs(dir string) []float64 {
 	files, _ := filepath.Glob(filepath.Join(dir, "*_rtt.csv"))
 	var v []float64
@@ -828,7 +829,7 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n", title)
 	fmt.Fprintf(&b, "CPU: utime+stime of the edge's whole process tree (/proc, 10 ms ticks) from the run's start until it is quiet again (>= 6 s after sipp ends), per 1,000 completed; the core's apart\n")
-	fmt.Fprintf(&b, "p50/p99: response time of each request at sipp (-trace_rtt, ms), all rounds together; held: no failure, all done, >= 90%% of the offered rate\n")
+	fmt.Fprintf(&b, "p50/p99: response time of each request at sipp (-trace_rtt, ms, in sipp's clock ticks: 4 ms on a 2-vCPU VM; the capture after the table times the edges to the µs), all rounds together; held: no failure, all done, >= 90%% of the offered rate\n")
 	fmt.Fprintf(&b, "load average at the end: %s\n", loadavg())
 	fmt.Fprintf(&b, "MiB: the edge's memory after the rate's last run (Pss summed over its processes)\n")
 	fmt.Fprintf(&b, "sys%%: the kernel's share (stime) of the edge's CPU; wait/1000: how long its threads were runnable but waiting for a CPU (schedstat), ms per 1,000\n")
