@@ -47,11 +47,18 @@ func appendString(dst []byte, s string) []byte {
 	return append(binary.AppendUvarint(dst, uint64(len(s))), s...)
 }
 
+// appendAddrPort writes netip's binary form of ap (the address's 0, 4 or
+// 16 bytes, an IPv6 zone, the port's 2) after its length.
 func appendAddrPort(dst []byte, ap netip.AddrPort) []byte {
-	n := len(dst)
-	dst = append(dst, 0)
+	a := ap.Addr()
+	n := 2 + len(a.Zone())
+	if a.Is4() {
+		n += 4
+	} else if a.Is6() {
+		n += 16
+	}
+	dst = binary.AppendUvarint(dst, uint64(n))
 	dst, _ = ap.AppendBinary(dst) // never fails
-	dst[n] = byte(len(dst) - n - 1)
 	return dst
 }
 
