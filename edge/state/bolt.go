@@ -7,7 +7,6 @@ import (
 	"hash/fnv"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"time"
 
@@ -214,14 +213,12 @@ func (s *Bolt) Write(b Batch) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		bs := tx.Bucket(bucketBindings)
 		var buf []byte
-		for i, d := range b.Delete {
-			yieldEvery(i)
+		for _, d := range b.Delete {
 			if err := bs.Delete(bindingKey(d)); err != nil {
 				return err
 			}
 		}
-		for i, p := range b.Put {
-			yieldEvery(i)
+		for _, p := range b.Put {
 			// bbolt keeps the value it is given until the commit.
 			buf = appendBinding(buf[len(buf):], p)
 			if err := bs.Put(bindingKey(p), buf); err != nil {
@@ -252,16 +249,6 @@ func (s *Bolt) Write(b Batch) error {
 		}
 		return tx.Bucket(bucketMeta).Put(keySaved, saved)
 	})
-}
-
-// yieldEvery lets other goroutines run every so many records of a batch.
-// A second's changes at thousands of registrations a second take
-// milliseconds to put, and on a small box (GOMAXPROCS 2) the edge's read
-// loops waited that long for a P behind the writer (go tool trace).
-func yieldEvery(i int) {
-	if i%128 == 127 {
-		runtime.Gosched()
-	}
 }
 
 // Close closes the file.
