@@ -678,7 +678,7 @@ func TestEdgeCompare(t *testing.T) {
 // in its own system time.
 func logResidence(t *testing.T, edges []*cmpEdge, core *kamailio, csv string, rate, seconds, rounds int) {
 	t.Helper()
-	times := map[string][]time.Duration{}
+	times := map[string][]float64{}
 	unpaired, drops := map[string]int{}, map[string][]string{}
 	for range rounds {
 		for _, e := range edges {
@@ -699,25 +699,15 @@ func logResidence(t *testing.T, edges []*cmpEdge, core *kamailio, csv string, ra
 		if e.direct || len(v) == 0 {
 			continue
 		}
-		slices.Sort(v)
-		us := func(p float64) string { return fmt.Sprintf("%.0f", float64(pctDur(v, p))/1e3) }
+		us := func(p float64) string { return fmt.Sprintf("%.0f", percentile(v, p)) }
 		fmt.Fprintf(&b, "%-8s %-12d %-7s %-7s %-7s %-7s %-7s %d, %s\n", e.name, len(v), us(50), us(90), us(99), us(99.9), us(100), unpaired[e.name], strings.Join(drops[e.name], " "))
 	}
 	t.Log("\n" + b.String())
 }
 
-// pctDur is the p-th percentile (nearest rank) of sorted v.
-func pctDur(v []time.Duration, p float64) time.Duration {
-	if len(v) == 0 {
-		return 0
-	}
-	i := int(float64(len(v))*p/100+0.999999) - 1
-	return v[max(0, min(i, len(v)-1))]
-}
-
 // captureRun is registerRun with tcpdump writing the loopback's traffic
 // between sipp, the edge and the core to a file, read afterwards.
-func captureRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, seconds int) (v []time.Duration, unpaired int, drops string) {
+func captureRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, seconds int) (us []float64, unpaired int, drops string) {
 	t.Helper()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "lo.pcap")
@@ -747,9 +737,9 @@ func captureRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, seco
 	if err := readPcap(bufio.NewReaderSize(f, 1<<20), res.add); err != nil {
 		t.Fatal(err)
 	}
-	v, unpaired = res.times()
-	t.Logf("%s captured at %d/s: %d ok, %d failed%s; %d transactions paired", e.name, rate, r.success, r.failed, paren(r.why), len(v))
-	return v, unpaired, drops
+	us, unpaired = res.times()
+	t.Logf("%s captured at %d/s: %d ok, %d failed%s; %d transactions paired", e.name, rate, r.success, r.failed, paren(r.why), len(us))
+	return us, unpaired, drops
 }
 
 // startBase starts the edge named by baseVar and baseEnvVar, if any:

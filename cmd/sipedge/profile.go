@@ -20,7 +20,7 @@ type profiles struct {
 	cpu, mem, trace string
 }
 
-// profileFlags adds -cpuprofile and -memprofile to fs.
+// profileFlags adds -cpuprofile, -memprofile and -trace to fs.
 func profileFlags(fs *flag.FlagSet) *profiles {
 	p := &profiles{}
 	fs.StringVar(&p.cpu, "cpuprofile", "", "write a CPU profile of the run to `FILE`")

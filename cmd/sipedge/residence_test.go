@@ -8,7 +8,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
-	"time"
+	"strings"
 )
 
 // The time an edge holds each message, read from a packet capture on the
@@ -137,23 +137,22 @@ func (s *residence) add(ns int64, src, dst uint16, p []byte) {
 	}
 }
 
-// times is the edge's residence per completed transaction, its request's
-// and its final answer's summed, and how many answers the phones got
-// that could not be paired (a part missing from the capture).
-func (s *residence) times() (v []time.Duration, unpaired int) {
+// times is the edge's residence per completed transaction in µs, its
+// request's and its final answer's summed, and how many answers the
+// phones got that could not be paired (a part missing from the capture).
+func (s *residence) times() (us []float64, unpaired int) {
 	for k, out := range s.resOut {
 		in, ok := s.resIn[k]
-		tk := k[:bytes.LastIndexByte([]byte(k), ' ')]
+		tk := k[:strings.LastIndexByte(k, ' ')]
 		rin, ok1 := s.reqIn[tk]
 		rout, ok2 := s.reqOut[tk]
 		if !ok || !ok1 || !ok2 {
 			unpaired++
 			continue
 		}
-		v = append(v, time.Duration(out-in+rout-rin))
+		us = append(us, float64(out-in+rout-rin)/1e3)
 	}
-	slices.Sort(v)
-	return v, unpaired
+	return us, unpaired
 }
 
 // sipKey reads a SIP message's status (0 for a request) and its Call-ID

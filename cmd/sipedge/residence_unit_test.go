@@ -70,9 +70,9 @@ func TestResidenceFromCapture(t *testing.T) {
 	if err := readPcap(bytes.NewReader(capture), r.add); err != nil {
 		t.Fatal(err)
 	}
-	v, unpaired := r.times()
-	if want := 30*time.Microsecond + 50*time.Microsecond; len(v) != 1 || v[0] != want {
-		t.Fatalf("residences %v, want [%v]", v, want)
+	us, unpaired := r.times()
+	if want := 30.0 + 50.0; len(us) != 1 || us[0] != want {
+		t.Fatalf("residences %v µs, want [%v]", us, want)
 	}
 	if unpaired != 1 {
 		t.Fatalf("unpaired %d, want 1", unpaired)
