@@ -40,6 +40,12 @@ func openState(cfg state.Config, fresh bool, log *slog.Logger) (state.Store, sta
 		}
 		return nil, snap, err
 	}
+	if f := s.Format(); f != state.Format {
+		// Once written, the file is one older versions refuse: say so
+		// before it is.
+		log.Info("state file in an older format: the first write rewrites its mark, and older sipedge versions then refuse it",
+			"file", s.String(), "format", f, "to", state.Format)
+	}
 	return s, snap, nil
 }
 

@@ -45,7 +45,9 @@ func TestBindingRecordRoundTrip(t *testing.T) {
 }
 
 // A state file written before format 2 (JSON records) still loads, is
-// marked 2, and takes binary records beside its JSON ones.
+// left format 1 until something is written (an older sipedge can still
+// take it back), then is marked 2 and takes binary records beside its
+// JSON ones.
 func TestBoltReadsFormat1(t *testing.T) {
 	dir := t.TempDir()
 	s := openBolt(t, dir)
@@ -65,8 +67,18 @@ func TestBoltReadsFormat1(t *testing.T) {
 	}
 	s.Close()
 
+	mark := func() (f string) {
+		s.db.View(func(tx *boltTx) error { f = string(tx.Bucket(bucketMeta).Get(keyFormat)); return nil })
+		return f
+	}
 	s = openBolt(t, dir)
 	defer s.Close()
+	if snap, err := s.Load(); err != nil || len(snap.Bindings) != 1 || !reflect.DeepEqual(snap.Bindings[0], old) {
+		t.Fatalf("format 1 file loaded %+v, %v", snap.Bindings, err)
+	}
+	if s.Format() != formatV1 || mark() != formatV1 {
+		t.Fatalf("opened and read only: Format %q, mark %q; want both %q", s.Format(), mark(), formatV1)
+	}
 	if err := s.Write(Batch{Saved: t0, Put: []registry.Binding{binding(2, nat.UDP)}}); err != nil {
 		t.Fatal(err)
 	}
@@ -77,10 +89,10 @@ func TestBoltReadsFormat1(t *testing.T) {
 	if len(snap.Bindings) != 2 || !reflect.DeepEqual(snap.Bindings[0], old) || !reflect.DeepEqual(snap.Bindings[1], binding(2, nat.UDP)) {
 		t.Fatalf("loaded %+v", snap.Bindings)
 	}
+	if f := mark(); f != format {
+		t.Errorf("format mark after a write %q, want %q", f, format)
+	}
 	s.db.View(func(tx *boltTx) error {
-		if f := tx.Bucket(bucketMeta).Get(keyFormat); string(f) != format {
-			t.Errorf("format mark %q, want %q", f, format)
-		}
 		if v := tx.Bucket(bucketBindings).Get(bindingKey(binding(2, nat.UDP))); len(v) == 0 || v[0] != bindingV1 {
 			t.Errorf("new record %q is not binary", v)
 		}

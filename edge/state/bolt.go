@@ -19,11 +19,17 @@ const FileName = "sipedge.db"
 
 // format names the layout below; a file with another is refused.
 // Format 1 held bindings as JSON; 2 writes them binary (bincodec.go) and
-// still reads JSON, so opening a format 1 file marks it 2.
+// still reads JSON. A format 1 file is read as it is and marked 2 by the
+// first write, the one that can put a binary record in it: until then
+// (a state-dump, a start that wrote nothing) an older sipedge can still
+// use it.
 const (
-	format   = "sipedge-state/2"
+	format   = Format
 	formatV1 = "sipedge-state/1"
 )
+
+// Format is the format this sipedge writes.
+const Format = "sipedge-state/2"
 
 var (
 	bucketMeta     = []byte("meta")
@@ -36,8 +42,10 @@ var (
 // Bolt is a Store in one bbolt file: embedded, one process at a time
 // (the file is locked while open).
 type Bolt struct {
-	db   *bolt.DB
-	path string
+	db     *bolt.DB
+	path   string
+	opened string // the format the file had when opened
+	marked bool   // the file says format (Write's, the one writer's)
 }
 
 // OpenBolt opens or creates the state file in dir. A file that is not a
@@ -82,13 +90,13 @@ func (s *Bolt) init(tx *bolt.Tx) error {
 		if err := meta.Put(keyFormat, []byte(format)); err != nil {
 			return err
 		}
-	} else if f := string(meta.Get(keyFormat)); f == formatV1 {
-		if err := meta.Put(keyFormat, []byte(format)); err != nil {
-			return err
-		}
-	} else if f != format {
+		s.opened = format
+	} else if f := string(meta.Get(keyFormat)); f != format && f != formatV1 {
 		return fmt.Errorf("unknown format %q (this sipedge reads %q)", f, format)
+	} else {
+		s.opened = f
 	}
+	s.marked = s.opened == format
 	for _, b := range [][]byte{bucketBindings, bucketBans} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return err
@@ -208,9 +216,18 @@ func precheck(path string) error {
 	return nil
 }
 
+// Format is the file's format as it was opened: "sipedge-state/1" until
+// the first write marks it "sipedge-state/2".
+func (s *Bolt) Format() string { return s.opened }
+
 // Write applies b in one transaction (one fsync).
 func (s *Bolt) Write(b Batch) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if !s.marked {
+			if err := tx.Bucket(bucketMeta).Put(keyFormat, []byte(format)); err != nil {
+				return err
+			}
+		}
 		bs := tx.Bucket(bucketBindings)
 		var buf []byte
 		for _, d := range b.Delete {
@@ -249,6 +266,10 @@ func (s *Bolt) Write(b Batch) error {
 		}
 		return tx.Bucket(bucketMeta).Put(keySaved, saved)
 	})
+	if err == nil {
+		s.marked = true
+	}
+	return err
 }
 
 // Close closes the file.
