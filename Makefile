@@ -38,6 +38,9 @@ fuzz: ## run every fuzz target for FUZZTIME each (crashers land in testdata/fuzz
 	$(GO) test -run '^$$' -fuzz '^FuzzLooksLikeSIP$$' -fuzztime $(FUZZTIME) ./edge/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecisions$$' -fuzztime $(FUZZTIME) ./ratelimit/
 	$(GO) test -run '^$$' -fuzz '^FuzzBindingRecord$$' -fuzztime $(FUZZTIME) ./edge/state/
+	$(GO) test -run '^$$' -fuzz '^FuzzMatchesSipgo$$' -fuzztime $(FUZZTIME) ./edge/sipwire/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseMatchesSipgo$$' -fuzztime $(FUZZTIME) ./edge/sipwire/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSparse$$' -fuzztime $(FUZZTIME) ./edge/sipwire/
 
 interop: ## real Kamailio core and sipp phones through the built binary (needs kamailio, sip-tester)
 	$(GO) test -race -count=1 -tags interop -v -timeout 25m -p 1 -run Interop ./cmd/sipedge/ ./edge/admin/

@@ -227,6 +227,9 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	fwdDeps := upstream.ForwarderDeps{Client: coreClient, Local: coreAddr, Admit: d.Limiter.Inflight}
 	if raw, ok := socks.CoreUDP.(*net.UDPConn); ok {
 		s.coreTx = udptx.NewClient(raw, udptx.DefaultTimers())
+		// The registrar reads no more of a REGISTER's answer (contacts,
+		// expiry) and relays the rest as it came.
+		s.coreTx.SetSparse(sip.REGISTER)
 		fwdDeps.Lean = s.coreTx
 	}
 	if s.tenants, err = newTenants(cfg, d, fwdDeps); err != nil {

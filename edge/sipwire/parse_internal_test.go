@@ -10,7 +10,7 @@ func TestCommaKnown(t *testing.T) {
 		t.Fatal("sipgo's errComaDetected not found: every header with a comma goes to sipgo")
 	}
 	b := []byte("SIP/2.0 200 OK\r\nContact: <sip:a@b>;expires=60, <sip:c@d>;expires=10\r\nContent-Length: 0\r\n\r\n")
-	msg, ok := parse(b)
+	msg, ok := parse(b, nil)
 	if !ok {
 		t.Fatal("not parsed here")
 	}

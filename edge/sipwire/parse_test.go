@@ -2,6 +2,8 @@ package sipwire_test
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
@@ -75,6 +77,14 @@ func BenchmarkParse(b *testing.B) {
 			}
 		}
 	})
+	b.Run("sparse", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := sipwire.ParseSparse(p, data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("sipgo", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -83,4 +93,103 @@ func BenchmarkParse(b *testing.B) {
 			}
 		}
 	})
+}
+
+// parsedSparse fails t unless ParseSparse makes of data what it
+// promises: whatever sipgo's parser takes it takes too, with the same
+// start line and body, the same typed CSeq, Contact, Expires and
+// Content-Length headers, the first Via line's Vias; and every other
+// header as written, never parsed; or, where it leaves the message to
+// sipgo, sipgo's parse whole.
+func parsedSparse(t *testing.T, data []byte) {
+	want, werr := sip.NewParser().ParseSIP(data)
+	got, gerr := sipwire.ParseSparse(sip.NewParser(), data)
+	if werr == nil && gerr != nil {
+		t.Fatalf("sipgo took it, ParseSparse: %v", gerr)
+	}
+	if werr != nil || gerr != nil {
+		return
+	}
+	g, ok := got.(*sip.Response)
+	if !ok || !sparse(g) { // a request, or what Parse leaves to sipgo: sipgo's whole
+		if g, w := describe(got), describe(want); g != w {
+			t.Fatalf("parsed\n%s\nsipgo parsed\n%s", g, w)
+		}
+		return
+	}
+	w := want.(*sip.Response)
+	if g.StartLine() != w.StartLine() || string(g.Body()) != string(w.Body()) {
+		t.Fatalf("start line %q body %q, sipgo %q %q", g.StartLine(), g.Body(), w.StartLine(), w.Body())
+	}
+	var gotTyped, wantTyped, gotVias, wantVias []string
+	for _, h := range g.Headers() {
+		switch h.(type) {
+		case *sip.ViaHeader:
+			gotVias = append(gotVias, h.String())
+		case *sip.CSeqHeader, *sip.ContactHeader, *sip.ExpiresHeader, *sip.ContentLengthHeader:
+			gotTyped = append(gotTyped, fmt.Sprintf("%T %s", h, h.String()))
+		}
+	}
+	for _, h := range w.Headers() {
+		switch h.(type) {
+		case *sip.ViaHeader:
+			wantVias = append(wantVias, h.String())
+		case *sip.CSeqHeader, *sip.ContactHeader, *sip.ExpiresHeader, *sip.ContentLengthHeader:
+			wantTyped = append(wantTyped, fmt.Sprintf("%T %s", h, h.String()))
+		}
+	}
+	if !slices.Equal(gotTyped, wantTyped) {
+		t.Fatalf("typed %q, sipgo %q", gotTyped, wantTyped)
+	}
+	if len(gotVias) > len(wantVias) || !slices.Equal(gotVias, wantVias[:len(gotVias)]) || len(wantVias) > 0 && len(gotVias) == 0 {
+		t.Fatalf("Vias %q, sipgo %q", gotVias, wantVias)
+	}
+}
+
+// sparse reports whether every header of res is of a type ParseSparse
+// parses, or as written.
+func sparse(res *sip.Response) bool {
+	generic := fmt.Sprintf("%T", sip.NewHeader("X", "y"))
+	for _, h := range res.Headers() {
+		switch h.(type) {
+		case *sip.ViaHeader, *sip.CSeqHeader, *sip.ContactHeader, *sip.ExpiresHeader, *sip.ContentLengthHeader:
+		default:
+			if fmt.Sprintf("%T", h) != generic {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func TestParseSparse(t *testing.T) {
+	for _, s := range append(seeds,
+		"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\nVia: SIP/2.0/UDP c;branch=z9hG4bK3\r\nm: <sip:a@b>, <sip:c@d>;q=0.5\r\nl: 0\r\n\r\n",
+		"SIP/2.0 200 OK\r\nTo: <sip:a@b>;tag=1, x\r\nContent-Length: 0\r\n\r\n", // a To sipgo refuses: as written here
+		"SIP/2.0 200 OK\r\nCSeq: x REGISTER\r\n\r\n",                            // a CSeq sipgo refuses: refused here too
+	) {
+		parsedSparse(t, []byte(s))
+	}
+
+	// A 200 to a REGISTER: From, To, Call-ID and the phone's Via go on
+	// as they came, byte for byte.
+	res, err := sipwire.ParseSparse(sip.NewParser(), []byte(seeds[2][:strings.Index(seeds[2], "From:")]+
+		"Via: SIP/2.0/UDP 10.0.0.1:5060;rport=4000;received=192.0.2.1;branch=z9hG4bKp\r\nfrom: sip:al@example.com;tag=1\r\n"+
+		seeds[2][strings.Index(seeds[2], "To:"):]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := string(sipwire.AppendResponse(nil, res.(*sip.Response)))
+	for _, line := range []string{"\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;rport=4000;received=192.0.2.1;branch=z9hG4bKp\r\n",
+		"\r\nfrom: sip:al@example.com;tag=1\r\n", "\r\nTo: <sip:al@example.com>;tag=x\r\n", "\r\nCall-ID: c1\r\n"} {
+		if !strings.Contains(out, line) {
+			t.Errorf("%q not relayed as it came:\n%s", line, out)
+		}
+	}
+}
+
+// FuzzParseSparse: ParseSparse keeps its promise on anything.
+func FuzzParseSparse(f *testing.F) {
+	addSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) { parsedSparse(t, data) })
 }

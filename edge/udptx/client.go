@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -56,6 +57,7 @@ type Client struct {
 
 	answered *expiry // Timer K
 	bufs     buffers // the requests' bytes, kept until answered
+	sparse   []sip.RequestMethod
 }
 
 // ErrClosed ends the transactions of a closed Client.
@@ -81,6 +83,12 @@ func (c *Client) Close() {
 func NewClient(conn Conn, t Timers) *Client {
 	return &Client{conn: conn, timers: t, parser: sip.NewParser(), txs: make(map[string]*ClientTx), answered: newExpiry(t.K)}
 }
+
+// SetSparse names the methods whose answers the caller reads no further
+// than sipwire.ParseSparse parses (the first Via line, CSeq, Contact,
+// Expires, Content-Length): their other headers reach it, and go on, as
+// written. Called before the first Start.
+func (c *Client) SetSparse(methods ...sip.RequestMethod) { c.sparse = methods }
 
 // Start sends req, prepared with the edge's Via (and its branch) on top,
 // to dest, and returns its transaction: retransmitted on Timer E until a
@@ -176,7 +184,11 @@ func (c *Client) Receive(b []byte, src netip.AddrPort, trusted bool) bool {
 	if tx == nil || tx.dest != src && !trusted {
 		return false
 	}
-	msg, err := sipwire.Parse(c.parser, b) // nothing of an answer is kept past its relay
+	parse := sipwire.Parse
+	if slices.Contains(c.sparse, tx.method) {
+		parse = sipwire.ParseSparse
+	}
+	msg, err := parse(c.parser, b) // nothing of an answer is kept past its relay
 	if err != nil {
 		return true // a broken copy of an answer of ours: nothing to learn
 	}

@@ -452,3 +452,45 @@ func TestClientNotify(t *testing.T) {
 		t.Fatal("Timer F never ended the transaction")
 	}
 }
+
+// SetSparse: the answers to the methods it names come with only the
+// headers the caller reads parsed, the rest as the core wrote them (to
+// be parsed, if asked for, by sipgo's accessors); other methods'
+// answers are parsed whole.
+func TestClientSparse(t *testing.T) {
+	edge, core := listen(t), listen(t)
+	c := newClient(t, edge, fastTimers)
+	c.SetSparse(sip.REGISTER)
+	for _, method := range []string{"REGISTER", "MESSAGE"} {
+		var got *sip.Response
+		req := strings.NewReplacer("REGISTER", method, "edge1", "edge-"+method).Replace(register)
+		if _, err := c.StartNotify(context.Background(), parseRequest(t, req), addrOf(core),
+			func(res *sip.Response) { got = res }, nil); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := read(t, core, time.Second)
+		ans := strings.Replace(string(answer(t, b, 200, "OK")), "From: <sip:alice@example.com>;tag=a", "from: sip:alice@example.com;tag=a", 1)
+		if _, err := core.WriteToUDPAddrPort([]byte(ans), addrOf(edge)); err != nil {
+			t.Fatal(err)
+		}
+		b, src := read(t, edge, time.Second)
+		if !c.Receive(b, src, false) || got == nil {
+			t.Fatalf("%s: the 200 was not handed on", method)
+		}
+		if got.CSeq() == nil || got.Via() == nil {
+			t.Fatalf("%s: CSeq or Via not parsed", method)
+		}
+		sparse := true // no typed From among the headers (the accessor would parse one lazily)
+		for _, h := range got.Headers() {
+			if _, ok := h.(*sip.FromHeader); ok {
+				sparse = false
+			}
+		}
+		if sparse != (method == "REGISTER") {
+			t.Errorf("%s: From parsed: %v", method, !sparse)
+		}
+		if sparse && !strings.Contains(got.String(), "\r\nfrom: sip:alice@example.com;tag=a\r\n") {
+			t.Errorf("%s: From not as written:\n%s", method, got)
+		}
+	}
+}
