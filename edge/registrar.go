@@ -288,10 +288,12 @@ func (g *registrar) forwardRegister(ctx context.Context, r *Request, reg *regist
 	dropHeaders(fwd, "Path")
 	dropHeaders(fwd, "Route")
 	token := g.self.token(r.Flow, t.name)
-	fwdContacts := contactsOf(fwd)
-	sent := make([]sentContact, len(reg.Contacts))
-	for i, c := range reg.Contacts {
-		fc := fwdContacts[i]
+	sent := make([]sentContact, 0, len(reg.Contacts))
+	for fc := range eachContact(fwd) { // reg.Contacts, one for one
+		if len(sent) == len(reg.Contacts) {
+			break
+		}
+		c := reg.Contacts[len(sent)]
 		switch e := reg.effectiveExpires(c, defaultExpires); {
 		case pol.cfg.Offload && e != 0:
 			// The core keeps it long; the edge answers the phone's refreshes.
@@ -304,11 +306,11 @@ func (g *registrar) forwardRegister(ctx context.Context, r *Request, reg *regist
 			fc.Address = g.coreContact(r, reg, c, token, to.Transport)
 			coreURI = sipwire.URI(&fc.Address)
 		}
-		sent[i] = sentContact{reg: c, core: fc.Address, coreURI: coreURI}
+		sent = append(sent, sentContact{reg: c, core: fc.Address, coreURI: coreURI})
 	}
 	if t.mode == upstream.ModePath {
 		// Ours is the topmost Path: right after the Vias.
-		fwd.AppendHeaderAfter(sip.NewHeader("Path", "<"+g.self.path(token, to.Transport)+">"), "Via")
+		fwd.AppendHeaderAfter(sip.NewHeader("Path", g.self.path(token, to.Transport)), "Via")
 		if !reg.supports("path") {
 			// Repeated Supported headers equal one comma list (RFC 3261 §7.3.1).
 			after := "Contact"
@@ -508,10 +510,21 @@ func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []s
 // core directly: its own Contacts back (rewrite mode) and the edge's
 // core-side Path removed (topology hiding).
 func (g *registrar) restoreReply(reg *registerRequest, mode upstream.Mode, token string, sent []sentContact, res *sip.Response) {
-	for _, h := range headersNamed(res, "Path") {
-		if strings.Contains(h.Value(), token) {
-			res.RemoveHeader(h.Name())
+	// Found and removed one at a time: a slice of them was an allocation
+	// per registration. RemoveHeader takes a name, and ours is the first
+	// Path (the core keeps their order).
+	for range len(res.Headers()) {
+		ours := ""
+		for h := range eachHeader(res, "Path") {
+			if strings.Contains(h.Value(), token) {
+				ours = h.Name()
+				break
+			}
 		}
+		if ours == "" {
+			break
+		}
+		res.RemoveHeader(ours)
 	}
 	if mode != upstream.ModeRewrite {
 		return

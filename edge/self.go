@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
-	"github.com/sipedge/sipedge/edge/sipwire"
 	"github.com/sipedge/sipedge/nat"
 )
 
@@ -121,13 +120,27 @@ func (s *self) coreContact(token, coreTransport, phoneContact string) sip.Uri {
 	return u
 }
 
-// path is the edge's Path entry for a flow token (RFC 3327, with ob
-// from RFC 5626).
+// path is the edge's Path header value for a flow token (RFC 3327, with
+// ob from RFC 5626): <sip:TOKEN@core-side;lr;ob>, as uri and sipgo's
+// writer would put it, in one allocation (every REGISTER carries one).
 func (s *self) path(token, coreTransport string) string {
-	u := uri(token, s.core, coreTransport)
-	u.UriParams.Add("lr", "")
-	u.UriParams.Add("ob", "")
-	return sipwire.URI(&u)
+	var buf [192]byte
+	b := append(buf[:0], "<sip:"...)
+	b = append(b, token...)
+	b = append(b, '@')
+	b = s.core.AppendTo(b)
+	if coreTransport != "UDP" {
+		b = append(b, ";transport="...)
+		for i := 0; i < len(coreTransport); i++ {
+			c := coreTransport[i]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			b = append(b, c)
+		}
+	}
+	b = append(b, ";lr;ob>"...)
+	return string(b)
 }
 
 // recordRoute adds the edge's two Record-Route entries (RFC 5658): the

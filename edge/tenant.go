@@ -257,6 +257,7 @@ func newTenants(cfg Config, d Deps, fd upstream.ForwarderDeps) (*tenants, error)
 // cores up, in the pool's order (priority, then the AOR's sticky
 // weighted pick); none up is an answer at once (503 with Retry-After).
 func coreLeg(core upstream.Config, pool *upstream.Pool, fwd *upstream.Forwarder) func(key string) (leg, error) {
+	unreachable := func(err error) error { return fwd.Unreachable(netip.AddrPort{}, err) } // made once, not per request
 	return func(key string) (leg, error) {
 		targets := pool.Order(key)
 		if len(targets) == 0 {
@@ -270,7 +271,7 @@ func coreLeg(core upstream.Config, pool *upstream.Pool, fwd *upstream.Forwarder)
 		for _, t := range targets[1:] {
 			l.alts = append(l.alts, fwd.HopTo(t))
 		}
-		l.unreachable = func(err error) error { return fwd.Unreachable(netip.AddrPort{}, err) }
+		l.unreachable = unreachable
 		return l, nil
 	}
 }
