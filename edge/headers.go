@@ -18,7 +18,7 @@ type headered interface{ Headers() []sip.Header }
 func headersNamed(m headered, name string) []sip.Header {
 	var out []sip.Header
 	for _, h := range m.Headers() {
-		if strings.EqualFold(h.Name(), name) {
+		if equalName(h.Name(), name) {
 			out = append(out, h)
 		}
 	}
@@ -32,7 +32,7 @@ func headersNamed(m headered, name string) []sip.Header {
 func eachHeader(m headered, name string) iter.Seq[sip.Header] {
 	return func(yield func(sip.Header) bool) {
 		for _, h := range m.Headers() {
-			if strings.EqualFold(h.Name(), name) && !yield(h) {
+			if equalName(h.Name(), name) && !yield(h) {
 				return
 			}
 		}
@@ -54,9 +54,13 @@ func eachContact(m headered) iter.Seq[*sip.ContactHeader] {
 // none).
 func headerNamed(m headered, name string) sip.Header {
 	for _, h := range m.Headers() {
-		if strings.EqualFold(h.Name(), name) {
+		if equalName(h.Name(), name) {
 			return h
 		}
 	}
 	return nil
 }
+
+// equalName compares header names in any letter case, the lengths first:
+// most names a search passes differ in length.
+func equalName(a, b string) bool { return len(a) == len(b) && strings.EqualFold(a, b) }

@@ -28,7 +28,7 @@ func (l limit) wrap(next Handler) Handler {
 		// source alone, and a phone refreshing its own binding to nobody,
 		// else anyone could lock the owner out.
 		aor := ""
-		if r.AOR != "" && hadCredentials(r.Request) && l.proven(r) && !l.registry.HasAORFrom(r.AOR, r.Flow.Remote.Addr()) {
+		if r.AOR != "" && r.credentials() && l.proven(r) && !l.registry.HasAORFrom(r.AOR, r.Flow.Remote.Addr()) {
 			aor = r.AOR
 		}
 		// Only a source that proved it receives what is sent to it can
@@ -63,6 +63,18 @@ func hadCredentials(req *sip.Request) bool {
 	return headerNamed(req, "Authorization") != nil || headerNamed(req, "Proxy-Authorization") != nil
 }
 
+// credentials is hadCredentials of r's request, looked up once: the
+// limits, the registrar and the audit each ask.
+func (r *Request) credentials() bool {
+	if r.creds == 0 {
+		r.creds = -1
+		if hadCredentials(r.Request) {
+			r.creds = 1
+		}
+	}
+	return r.creds > 0
+}
+
 // auth watches the answers to requests that may carry credentials: the
 // challenges a UDP source is sent (to prove it later), and the failures
 // of a proven source (to ban password guessers, never a spoofed victim).
@@ -80,7 +92,7 @@ func (a auth) answered(r *Request, res *sip.Response, aor string) {
 	if code != 403 && r.Flow.Transport == nat.UDP {
 		a.proofs.challenged(r.Flow.Remote.Addr(), res)
 	}
-	if hadCredentials(r.Request) && a.proven(r) {
+	if r.credentials() && a.proven(r) {
 		a.limiter.AuthFailure(r.Flow.Remote.Addr(), aor)
 	}
 }

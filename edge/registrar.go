@@ -88,7 +88,7 @@ func (g *registrar) refused(r *Request, err error) {
 // audit is an event about REGISTER r, with what it says of itself.
 func (g *registrar) audit(r *Request, kind audit.Kind, tenant string) audit.Event {
 	e := audit.Event{Kind: kind, Tenant: tenant, Source: r.Flow.Remote, Transport: r.Flow.Transport.String(), Auth: "none"}
-	if hadCredentials(r.Request) {
+	if r.credentials() {
 		e.Auth = "offered"
 	}
 	if reg := r.Register; reg != nil {
@@ -107,7 +107,7 @@ func (g *registrar) audit(r *Request, kind audit.Kind, tenant string) audit.Even
 func (g *registrar) answered(r *Request, t *tenant, res *sip.Response) {
 	var e audit.Event
 	switch code := res.StatusCode; {
-	case (code == 401 || code == 407) && hadCredentials(r.Request) && !staleChallenge(res):
+	case (code == 401 || code == 407) && r.credentials() && !staleChallenge(res):
 		// Most cores answer a wrong password with a new challenge.
 		e = g.audit(r, audit.AuthFailure, t.name)
 		e.Auth, e.Severity, e.Reason = "failed", slog.LevelWarn, "credentials refused, challenged again"
@@ -117,7 +117,7 @@ func (g *registrar) answered(r *Request, t *tenant, res *sip.Response) {
 			e.Reason = "the nonce went stale"
 		}
 		e.Auth = "challenged"
-	case code == 403 && hadCredentials(r.Request):
+	case code == 403 && r.credentials():
 		e = g.audit(r, audit.AuthFailure, t.name)
 		e.Auth, e.Severity = "failed", slog.LevelWarn
 	case code >= 300:
@@ -452,7 +452,7 @@ func (g *registrar) coreContact(r *Request, reg *registerRequest, c regContact, 
 // carried. Contacts the core did not list are gone.
 func (g *registrar) update(r *Request, reg *registerRequest, t *tenant, sent []sentContact, res *sip.Response, ev nat.Evidence) registry.Update {
 	u := registry.Update{AOR: reg.AOR, Flow: r.Flow, Star: reg.Star, Auth: "none"}
-	if hadCredentials(r.Request) {
+	if r.credentials() {
 		u.Auth = "accepted"
 	}
 	if reg.Star {

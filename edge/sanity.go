@@ -44,14 +44,14 @@ func checkSanity(req *sip.Request, clean bool) *Error {
 			return reject(400, "Bad Header Value")
 		}
 		for i, sv := range singleValued {
-			if strings.EqualFold(name, sv) {
+			if len(name) == len(sv) && strings.EqualFold(name, sv) {
 				if seen[i] {
 					return reject(400, "Multiple "+sv)
 				}
 				seen[i] = true
 			}
 		}
-		if strings.EqualFold(name, "Date") && !strings.HasSuffix(strings.TrimSpace(h.Value()), " GMT") {
+		if len(name) == 4 && strings.EqualFold(name, "Date") && !strings.HasSuffix(strings.TrimSpace(h.Value()), " GMT") {
 			return reject(400, "Bad Date")
 		}
 	}

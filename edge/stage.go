@@ -44,6 +44,7 @@ type Request struct {
 	detach func(func() error) error
 
 	proof  int8         // whether the source proved itself: 0 not worked out yet, 1 yes, -1 no (Server.proven)
+	creds  int8         // whether it carries credentials: 0 not looked yet, 1 yes, -1 no (credentials)
 	status atomic.Int32 // the final status sent, once sent (send)
 }
 
