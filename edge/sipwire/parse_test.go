@@ -121,29 +121,28 @@ func parsedSparse(t *testing.T, data []byte) {
 	if g.StartLine() != w.StartLine() || string(g.Body()) != string(w.Body()) {
 		t.Fatalf("start line %q body %q, sipgo %q %q", g.StartLine(), g.Body(), w.StartLine(), w.Body())
 	}
-	var gotTyped, wantTyped, gotVias, wantVias []string
-	for _, h := range g.Headers() {
-		switch h.(type) {
-		case *sip.ViaHeader:
-			gotVias = append(gotVias, h.String())
-		case *sip.CSeqHeader, *sip.ContactHeader, *sip.ExpiresHeader, *sip.ContentLengthHeader:
-			gotTyped = append(gotTyped, fmt.Sprintf("%T %s", h, h.String()))
-		}
-	}
-	for _, h := range w.Headers() {
-		switch h.(type) {
-		case *sip.ViaHeader:
-			wantVias = append(wantVias, h.String())
-		case *sip.CSeqHeader, *sip.ContactHeader, *sip.ExpiresHeader, *sip.ContentLengthHeader:
-			wantTyped = append(wantTyped, fmt.Sprintf("%T %s", h, h.String()))
-		}
-	}
+	gotTyped, gotVias := sparseTyped(g)
+	wantTyped, wantVias := sparseTyped(w)
 	if !slices.Equal(gotTyped, wantTyped) {
 		t.Fatalf("typed %q, sipgo %q", gotTyped, wantTyped)
 	}
 	if len(gotVias) > len(wantVias) || !slices.Equal(gotVias, wantVias[:len(gotVias)]) || len(wantVias) > 0 && len(gotVias) == 0 {
 		t.Fatalf("Vias %q, sipgo %q", gotVias, wantVias)
 	}
+}
+
+// sparseTyped is res's headers of the types ParseSparse parses: the
+// Vias apart, each written out with its type.
+func sparseTyped(res *sip.Response) (typed, vias []string) {
+	for _, h := range res.Headers() {
+		switch h.(type) {
+		case *sip.ViaHeader:
+			vias = append(vias, h.String())
+		case *sip.CSeqHeader, *sip.ContactHeader, *sip.ExpiresHeader, *sip.ContentLengthHeader:
+			typed = append(typed, fmt.Sprintf("%T %s", h, h.String()))
+		}
+	}
+	return typed, vias
 }
 
 // sparse reports whether every header of res is of a type ParseSparse
