@@ -89,8 +89,8 @@ func TestBoltReadsFormat1(t *testing.T) {
 	if len(snap.Bindings) != 2 || !reflect.DeepEqual(snap.Bindings[0], old) || !reflect.DeepEqual(snap.Bindings[1], binding(2, nat.UDP)) {
 		t.Fatalf("loaded %+v", snap.Bindings)
 	}
-	if f := mark(); f != format {
-		t.Errorf("format mark after a write %q, want %q", f, format)
+	if f := mark(); f != Format || s.Format() != Format {
+		t.Errorf("format mark after a write %q (Format %q), want %q", f, s.Format(), Format)
 	}
 	s.db.View(func(tx *boltTx) error {
 		if v := tx.Bucket(bucketBindings).Get(bindingKey(binding(2, nat.UDP))); len(v) == 0 || v[0] != bindingV1 {

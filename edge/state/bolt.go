@@ -24,12 +24,9 @@ const FileName = "sipedge.db"
 // (a state-dump, a start that wrote nothing) an older sipedge can still
 // use it.
 const (
-	format   = Format
+	Format   = "sipedge-state/2" // what this sipedge writes
 	formatV1 = "sipedge-state/1"
 )
-
-// Format is the format this sipedge writes.
-const Format = "sipedge-state/2"
 
 var (
 	bucketMeta     = []byte("meta")
@@ -42,10 +39,9 @@ var (
 // Bolt is a Store in one bbolt file: embedded, one process at a time
 // (the file is locked while open).
 type Bolt struct {
-	db     *bolt.DB
-	path   string
-	opened string // the format the file had when opened
-	marked bool   // the file says format (Write's, the one writer's)
+	db   *bolt.DB
+	path string
+	mark string // the format the file says it is in (Write's, the one writer's, once open)
 }
 
 // OpenBolt opens or creates the state file in dir. A file that is not a
@@ -87,16 +83,15 @@ func (s *Bolt) init(tx *bolt.Tx) error {
 		if meta, err = tx.CreateBucket(bucketMeta); err != nil {
 			return err
 		}
-		if err := meta.Put(keyFormat, []byte(format)); err != nil {
+		if err := meta.Put(keyFormat, []byte(Format)); err != nil {
 			return err
 		}
-		s.opened = format
-	} else if f := string(meta.Get(keyFormat)); f != format && f != formatV1 {
-		return fmt.Errorf("unknown format %q (this sipedge reads %q)", f, format)
+		s.mark = Format
+	} else if f := string(meta.Get(keyFormat)); f != Format && f != formatV1 {
+		return fmt.Errorf("unknown format %q (this sipedge reads %q)", f, Format)
 	} else {
-		s.opened = f
+		s.mark = f
 	}
-	s.marked = s.opened == format
 	for _, b := range [][]byte{bucketBindings, bucketBans} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return err
@@ -216,15 +211,15 @@ func precheck(path string) error {
 	return nil
 }
 
-// Format is the file's format as it was opened: "sipedge-state/1" until
-// the first write marks it "sipedge-state/2".
-func (s *Bolt) Format() string { return s.opened }
+// Format is the format the file says it is in: "sipedge-state/1" for an
+// older file until the first write marks it "sipedge-state/2".
+func (s *Bolt) Format() string { return s.mark }
 
 // Write applies b in one transaction (one fsync).
 func (s *Bolt) Write(b Batch) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if !s.marked {
-			if err := tx.Bucket(bucketMeta).Put(keyFormat, []byte(format)); err != nil {
+		if s.mark != Format {
+			if err := tx.Bucket(bucketMeta).Put(keyFormat, []byte(Format)); err != nil {
 				return err
 			}
 		}
@@ -267,7 +262,7 @@ func (s *Bolt) Write(b Batch) error {
 		return tx.Bucket(bucketMeta).Put(keySaved, saved)
 	})
 	if err == nil {
-		s.marked = true
+		s.mark = Format
 	}
 	return err
 }
