@@ -57,18 +57,13 @@ func (l limit) ackAllowed(flow nat.FlowKey) bool {
 	return d == ratelimit.Allow
 }
 
-// hadCredentials reports whether a request carried an answer to a
-// challenge, so a 401/403/407 to it is a failed authentication.
-func hadCredentials(req *sip.Request) bool {
-	return headerNamed(req, "Authorization") != nil || headerNamed(req, "Proxy-Authorization") != nil
-}
-
-// credentials is hadCredentials of r's request, looked up once: the
+// credentials reports whether r carried an answer to a challenge, so a
+// 401/403/407 to it is a failed authentication. Looked up once: the
 // limits, the registrar and the audit each ask.
 func (r *Request) credentials() bool {
 	if r.creds == 0 {
 		r.creds = -1
-		if hadCredentials(r.Request) {
+		if headerNamed(r, "Authorization") != nil || headerNamed(r, "Proxy-Authorization") != nil {
 			r.creds = 1
 		}
 	}

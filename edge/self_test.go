@@ -2,9 +2,12 @@ package edge
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/sipedge/sipedge/edge/sipwire"
+	"github.com/sipedge/sipedge/upstream"
 )
 
 // path writes what the URI helpers and sipgo's writer wrote for it
@@ -24,5 +27,22 @@ func TestPathAsURI(t *testing.T) {
 	s := &self{core: netip.MustParseAddrPort("127.0.0.1:5070")}
 	if n := testing.AllocsPerRun(100, func() { _ = s.path("tok", "UDP") }); n != 1 {
 		t.Errorf("%v allocations, want 1", n)
+	}
+}
+
+// The 200 goes to the phone without the edge's Path, whatever the core
+// put above it: the flow token never reaches the phone.
+func TestRestoreReplyDropsOurPath(t *testing.T) {
+	const token = "TOKEN"
+	res := sip.NewResponse(200, "OK")
+	res.AppendHeader(sip.NewHeader("Path", "<sip:other@192.0.2.9;lr>"))
+	res.AppendHeader(sip.NewHeader("Path", "<sip:"+token+"@127.0.0.1:5070;lr;ob>"))
+	res.AppendHeader(sip.NewHeader("Path", "<sip:below@192.0.2.8;lr>"))
+	(&registrar{}).restoreReply(&registerRequest{}, upstream.ModePath, token, nil, res)
+	if out := res.String(); strings.Contains(out, token) {
+		t.Fatalf("the edge's token reached the phone:\n%s", out)
+	}
+	if !strings.Contains(res.String(), "sip:below@") {
+		t.Errorf("a Path below ours went too:\n%s", res.String())
 	}
 }
