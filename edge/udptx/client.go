@@ -150,16 +150,20 @@ func (c *Client) start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 	tx.mu.Lock()
 	tx.timer = time.AfterFunc(tx.interval, tx.tick) // set before any answer can come
 	c.mu.Unlock()
-	// Sent under tx.mu, as every copy is: the buffer goes back to the
-	// pool under it once the request is answered or given up.
-	_, err := c.conn.WriteToUDPAddrPort(tx.wire, dest)
-	if err == nil && onEnd != nil {
-		tx.hook(onEnd) // after the send: a request not sent calls nothing
-	}
-	tx.mu.Unlock()
-	if err != nil {
+	if err := tx.send(); err != nil {
 		tx.end(err)
 		return nil, err
+	}
+	if onEnd != nil {
+		// Hooked after the send (a request not sent calls nothing), so
+		// what happened during it counts: a final answer needs no hook,
+		// an end (the client closing) is told at once.
+		tx.mu.Lock()
+		ended, why := !tx.final && !tx.hook(onEnd), tx.err
+		tx.mu.Unlock()
+		if ended {
+			onEnd(tx.branch, why)
+		}
 	}
 	return tx, nil
 }
@@ -233,7 +237,8 @@ type ClientTx struct {
 	method    sip.RequestMethod
 	dest      netip.AddrPort
 	destName  string              // dest as the request named it, for answers from there
-	wire      []byte              // the request as sent
+	wire      []byte              // the request as sent (nil once answered or given up)
+	sending   int                 // sends of wire under way, outside mu
 	responses chan *sip.Response  // nil when notify takes them
 	notify    func(*sip.Response) // StartNotify's onResponse
 
@@ -266,8 +271,35 @@ func (tx *ClientTx) tick() {
 	}
 	next := min(tx.interval, tx.c.timers.F-time.Since(tx.started))
 	tx.timer.Reset(next)
-	_, _ = tx.c.conn.WriteToUDPAddrPort(tx.wire, tx.dest) // a lost copy is what retransmission is for
+	_ = tx.send() // a lost copy is what retransmission is for
+}
+
+// send sends the request once more; called with mu held, returns with it
+// released. The write is done without mu: a sendto can lose the CPU to
+// the core it wakes, and the core's answer, read meanwhile on the other
+// read loop, must not wait for it (under mu, that wait put the mutex
+// into starvation mode and stalled both loops). The buffer stays out of
+// the pool until the last send of it is over (release).
+func (tx *ClientTx) send() error {
+	wire := tx.wire
+	tx.sending++
 	tx.mu.Unlock()
+	_, err := tx.c.conn.WriteToUDPAddrPort(wire, tx.dest)
+	tx.mu.Lock()
+	if tx.sending--; tx.sending == 0 && tx.wire == nil {
+		tx.c.bufs.put(wire) // released while it was being sent
+	}
+	tx.mu.Unlock()
+	return err
+}
+
+// release gives the request's buffer back to the pool, or, while it is
+// being sent, leaves that to send. Called with mu held.
+func (tx *ClientTx) release() {
+	if tx.sending == 0 {
+		tx.c.bufs.put(tx.wire)
+	}
+	tx.wire = nil
 }
 
 func (tx *ClientTx) receive(res *sip.Response) {
@@ -280,8 +312,7 @@ func (tx *ClientTx) receive(res *sip.Response) {
 	if tx.final = final; final {
 		// Completed: the branch stays known for Timer K, so the core's
 		// copies of this answer are absorbed here.
-		tx.c.bufs.put(tx.wire)
-		tx.wire = nil
+		tx.release()
 		tx.timer.Stop()
 	} else {
 		tx.answered = true
@@ -327,8 +358,7 @@ func (tx *ClientTx) finish(err error) {
 		return
 	}
 	tx.err = err
-	tx.c.bufs.put(tx.wire)
-	tx.wire = nil
+	tx.release()
 	close(tx.done)
 	tx.mu.Unlock()
 	for _, f := range hooks {

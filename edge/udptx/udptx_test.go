@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -492,5 +494,116 @@ func TestClientSparse(t *testing.T) {
 		if sparse && !strings.Contains(got.String(), "\r\nfrom: sip:alice@example.com;tag=a\r\n") {
 			t.Errorf("%s: From not as written:\n%s", method, got)
 		}
+	}
+}
+
+// gatedConn holds its first write until release is closed, as a sendto
+// that lost the CPU to the process it woke would.
+type gatedConn struct {
+	*net.UDPConn
+	held    atomic.Bool
+	sending chan struct{} // closed when the first write is held
+	release chan struct{}
+	open    func() // closes release, once
+}
+
+// gate wraps c; the test's end lets a held write go, so that cleanups
+// waiting for it (Close) are not stuck when the test fails.
+func gate(c *net.UDPConn) *gatedConn {
+	g := &gatedConn{UDPConn: c, sending: make(chan struct{}), release: make(chan struct{})}
+	g.open = sync.OnceFunc(func() { close(g.release) })
+	return g
+}
+
+func (g *gatedConn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
+	if g.held.CompareAndSwap(false, true) {
+		close(g.sending)
+		<-g.release
+	}
+	return g.UDPConn.WriteToUDPAddrPort(b, addr)
+}
+
+// An answer read while the request is still being sent is taken at once:
+// the read loop that reads it does not wait for the send. The request's
+// buffer is not handed to another transaction before the send is over.
+func TestClientAnswerDuringSend(t *testing.T) {
+	edge, core := listen(t), listen(t)
+	g := gate(edge)
+	c := newClient(t, g, fastTimers)
+	t.Cleanup(g.open) // before Close
+	got, ended := make(chan int, 2), make(chan error, 1)
+	started := make(chan error, 1)
+	go func() {
+		_, err := c.StartNotify(context.Background(), parseRequest(t, register), addrOf(core),
+			func(res *sip.Response) { got <- res.StatusCode },
+			func(_ string, err error) { ended <- err })
+		started <- err
+	}()
+	<-g.sending
+
+	taken := make(chan bool, 1)
+	go func() { taken <- c.Receive(answer(t, []byte(register), 200, "OK"), addrOf(core), false) }()
+	select {
+	case ok := <-taken:
+		if !ok {
+			t.Fatal("the answer was not taken")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the answer waited for the request's send")
+	}
+	if code := <-got; code != 200 {
+		t.Fatalf("handed on %d, want 200", code)
+	}
+	// Another request now: it must not be written into the first one's
+	// buffer, which is still being sent.
+	other := strings.Replace(strings.Replace(register, "edge1", "edge2", 1), "alice", "bobby", -1)
+	if _, err := c.StartNotify(context.Background(), parseRequest(t, other), addrOf(core), func(*sip.Response) {}, nil); err != nil {
+		t.Fatal(err)
+	}
+	g.open()
+	if err := <-started; err != nil {
+		t.Fatal(err)
+	}
+	first, _ := read(t, core, time.Second)
+	second, _ := read(t, core, time.Second)
+	if bytes.Contains(second, []byte("edge1")) {
+		first, second = second, first // the two writes may land in either order
+	}
+	if !bytes.Contains(first, []byte("branch=z9hG4bK.edge1")) || !bytes.Contains(first, []byte("alice")) || bytes.Contains(first, []byte("bobby")) {
+		t.Fatalf("the first request went out changed:\n%s", first)
+	}
+	if !bytes.Contains(second, []byte("edge2")) {
+		t.Fatalf("the second request:\n%s", second)
+	}
+	select {
+	case err := <-ended:
+		t.Fatalf("onEnd called for a transaction answered during its send: %v", err)
+	default:
+	}
+}
+
+// A client closed while a request is being sent ends it through onEnd
+// once the send is over: nobody is left waiting for an answer.
+func TestClientCloseDuringSend(t *testing.T) {
+	edge, core := listen(t), listen(t)
+	g := gate(edge)
+	c := newClient(t, g, DefaultTimers())
+	t.Cleanup(g.open) // before Close
+	ended := make(chan error, 1)
+	go func() {
+		_, _ = c.StartNotify(context.Background(), parseRequest(t, register), addrOf(core),
+			func(res *sip.Response) { t.Errorf("a response from nowhere: %d", res.StatusCode) },
+			func(_ string, err error) { ended <- err })
+	}()
+	<-g.sending
+	c.Close()
+	g.open()
+	select {
+	case err := <-ended:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("ended with %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("onEnd never called for a transaction closed during its send")
 	}
 }
