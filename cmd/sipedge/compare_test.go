@@ -22,6 +22,8 @@
 //	SIPEDGE_BENCH_LATENCY_RATE  registrations/s of the captured runs (tcpdump), default 3000 (0: none)
 //	SIPEDGE_BENCH_LATENCY_ROUNDS captured rounds (A B A B), default 2
 //	SIPEDGE_BENCH_TRACE         set: the profiled run writes an execution trace too (go tool trace)
+//	SIPEDGE_BENCH_FLOOR         set: a third edge, "floor" (internal/floor), Go's least UDP relay:
+//	                            what sipedge costs above it is its SIP work
 //	SIPEDGE_ARTIFACTS           a directory to keep the profiles in
 //
 //	go test -tags bench -count=1 -v -timeout 60m -run EdgeCompare ./cmd/sipedge/
@@ -635,6 +637,9 @@ func TestEdgeCompare(t *testing.T) {
 		be.port = edges[1].port
 		edges = append(edges, be)
 	}
+	if os.Getenv(floorVar) != "" {
+		edges = append(edges, startFloor(t, core))
+	}
 	edges = append(edges, &cmpEdge{name: "none", addr: core.addr(), p: core.p, port: freePort(t), direct: true, csv: directCSV})
 	logIdle(t, edges, core)
 
@@ -755,6 +760,23 @@ func startBase(t *testing.T, core *kamailio) *cmpEdge {
 		bin: bin, env: strings.Fields(env),
 	})
 	return &cmpEdge{name: "base", addr: be.udp, p: be.p, refusals: sipedgeRefusals(t, be)}
+}
+
+// floorVar, set, adds the floor to a comparison: internal/floor, which
+// relays REGISTERs and their answers with one Via line added and taken
+// off and nothing else. It costs what any Go edge pays to the runtime and
+// the kernel for the same datagrams; sipedge less the floor is its SIP
+// work (parsing, checks, tokens, transactions, bindings, state, events).
+const floorVar = "SIPEDGE_BENCH_FLOOR"
+
+func startFloor(t *testing.T, core *kamailio) *cmpEdge {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "floor")
+	if out, err := runBounded(5*time.Minute, ".", "go", "build", "-o", bin, "./internal/floor"); err != nil {
+		t.Fatalf("go build ./internal/floor: %v\n%s", err, out)
+	}
+	fe := startSipedge(t, edgeOpts{mode: "path", upstream: fmt.Sprintf("sip:%s;transport=udp", core.addr()), level: "info", extra: cmpBorder, bin: bin})
+	return &cmpEdge{name: "floor", addr: fe.udp, p: fe.p, port: freePort(t)}
 }
 
 // registerRun runs sipp registrations through e at rate for seconds.
@@ -884,6 +906,9 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 			if base := per["base"]; base > 0 {
 				fmt.Fprintf(&b, "; sipedge/base: %.2fx", s/base)
 			}
+			if f := per["floor"]; f > 0 {
+				fmt.Fprintf(&b, "; floor/kamailio: %.2fx; sipedge's SIP work (less the floor): %.3f CPU-s per 1,000", f/k, s-f)
+			}
 			fmt.Fprintln(&b)
 			for name, v := range at {
 				both[name] = sum{both[name].cpu + v.cpu, both[name].n + v.n}
@@ -891,7 +916,7 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 		}
 		if none := rttsOf["none"]; len(none) > 0 {
 			var added []string
-			for _, name := range []string{"kamailio", "sipedge", "base"} {
+			for _, name := range []string{"kamailio", "sipedge", "base", "floor"} {
 				if v := rttsOf[name]; len(v) > 0 {
 					added = append(added, fmt.Sprintf("%s %s/%s", name,
 						fmtMS(percentile(v, 50)-percentile(none, 50)), fmtMS(percentile(v, 99)-percentile(none, 99))))
@@ -918,6 +943,9 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 	}
 	if k, s := cpuPer1000(both["kamailio"].cpu, both["kamailio"].n), cpuPer1000(both["sipedge"].cpu, both["sipedge"].n); k > 0 && s > 0 {
 		fmt.Fprintf(&b, "ratio sipedge/kamailio, CPU per %s over the rates both edges ran: %.2fx\n", strings.TrimSuffix(what, "s"), s/k)
+	}
+	if f, k := cpuPer1000(both["floor"].cpu, both["floor"].n), cpuPer1000(both["kamailio"].cpu, both["kamailio"].n); f > 0 && k > 0 {
+		fmt.Fprintf(&b, "ratio floor/kamailio (Go's least UDP relay: the runtime's and the kernel's share of any Go edge): %.2fx\n", f/k)
 	}
 	if base, s := cpuPer1000(both["base"].cpu, both["base"].n), cpuPer1000(both["sipedge"].cpu, both["sipedge"].n); base > 0 && s > 0 {
 		fmt.Fprintf(&b, "ratio sipedge/base (%s %s), CPU per %s over the same rates: %.2fx\n", os.Getenv(baseEnvVar), os.Getenv(baseVar), strings.TrimSuffix(what, "s"), s/base)
