@@ -683,7 +683,7 @@ func TestEdgeCompare(t *testing.T) {
 // in its own system time.
 func logResidence(t *testing.T, edges []*cmpEdge, core *kamailio, csv string, rate, seconds, rounds int) {
 	t.Helper()
-	times := map[string][]float64{}
+	times := map[string]*legs{}
 	unpaired, drops := map[string]int{}, map[string][]string{}
 	for range rounds {
 		for _, e := range edges {
@@ -691,7 +691,10 @@ func logResidence(t *testing.T, edges []*cmpEdge, core *kamailio, csv string, ra
 				continue
 			}
 			v, u, d := captureRun(t, e, core, csv, rate, seconds)
-			times[e.name] = append(times[e.name], v...)
+			if times[e.name] == nil {
+				times[e.name] = &legs{}
+			}
+			times[e.name].add(v)
 			unpaired[e.name] += u
 			drops[e.name] = append(drops[e.name], d)
 		}
@@ -699,20 +702,28 @@ func logResidence(t *testing.T, edges []*cmpEdge, core *kamailio, csv string, ra
 	var b strings.Builder
 	fmt.Fprintf(&b, "time in the edge at %d registrations/s, %d round(s), µs, from tcpdump on lo (kernel stamps): a request's arrival to its copy to the core, plus the core's final answer's arrival to its copy to the phone, per transaction\n", rate, rounds)
 	fmt.Fprintf(&b, "%-8s %-12s %-7s %-7s %-7s %-7s %-7s %s\n", "edge", "transactions", "p50", "p90", "p99", "p99.9", "max", "unpaired, capture drops per round")
-	for _, e := range edges {
-		v := times[e.name]
-		if e.direct || len(v) == 0 {
-			continue
-		}
+	row := func(name string, v []float64, tail string) {
 		us := func(p float64) string { return fmt.Sprintf("%.0f", percentile(v, p)) }
-		fmt.Fprintf(&b, "%-8s %-12d %-7s %-7s %-7s %-7s %-7s %d, %s\n", e.name, len(v), us(50), us(90), us(99), us(99.9), us(100), unpaired[e.name], strings.Join(drops[e.name], " "))
+		fmt.Fprintf(&b, "%-8s %-12d %-7s %-7s %-7s %-7s %-7s %s\n", name, len(v), us(50), us(90), us(99), us(99.9), us(100), tail)
+	}
+	for _, e := range edges {
+		if v := times[e.name]; !e.direct && v != nil && len(v.total) > 0 {
+			row(e.name, v.total, fmt.Sprintf("%d, %s", unpaired[e.name], strings.Join(drops[e.name], " ")))
+		}
+	}
+	fmt.Fprintf(&b, "each leg apart: the request's (arrival to its copy to the core) and the final answer's (arrival to its copy to the phone)\n")
+	for _, e := range edges {
+		if v := times[e.name]; !e.direct && v != nil && len(v.total) > 0 {
+			row(e.name+" req", v.request, "")
+			row(e.name+" ans", v.answer, "")
+		}
 	}
 	t.Log("\n" + b.String())
 }
 
 // captureRun is registerRun with tcpdump writing the loopback's traffic
 // between sipp, the edge and the core to a file, read afterwards.
-func captureRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, seconds int) (us []float64, unpaired int, drops string) {
+func captureRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, seconds int) (us legs, unpaired int, drops string) {
 	t.Helper()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "lo.pcap")
@@ -743,7 +754,7 @@ func captureRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, seco
 		t.Fatal(err)
 	}
 	us, unpaired = res.times()
-	t.Logf("%s captured at %d/s: %d ok, %d failed%s; %d transactions paired", e.name, rate, r.success, r.failed, paren(r.why), len(us))
+	t.Logf("%s captured at %d/s: %d ok, %d failed%s; %d transactions paired", e.name, rate, r.success, r.failed, paren(r.why), len(us.total))
 	return us, unpaired, drops
 }
 

@@ -137,10 +137,18 @@ func (s *residence) add(ns int64, src, dst uint16, p []byte) {
 	}
 }
 
-// times is the edge's residence per completed transaction in µs, its
-// request's and its final answer's summed, and how many answers the
-// phones got that could not be paired (a part missing from the capture).
-func (s *residence) times() (us []float64, unpaired int) {
+// legs are an edge's residence times in µs, per completed transaction:
+// its request's and its final answer's summed (total), and each apart.
+type legs struct{ total, request, answer []float64 }
+
+func (l *legs) add(o legs) {
+	l.total, l.request, l.answer = append(l.total, o.total...), append(l.request, o.request...), append(l.answer, o.answer...)
+}
+
+// times is the edge's residence per completed transaction, and how many
+// answers the phones got that could not be paired (a part missing from
+// the capture).
+func (s *residence) times() (l legs, unpaired int) {
 	for k, out := range s.resOut {
 		in, ok := s.resIn[k]
 		tk := k[:strings.LastIndexByte(k, ' ')]
@@ -150,9 +158,11 @@ func (s *residence) times() (us []float64, unpaired int) {
 			unpaired++
 			continue
 		}
-		us = append(us, float64(out-in+rout-rin)/1e3)
+		l.total = append(l.total, float64(out-in+rout-rin)/1e3)
+		l.request = append(l.request, float64(rout-rin)/1e3)
+		l.answer = append(l.answer, float64(out-in)/1e3)
 	}
-	return us, unpaired
+	return l, unpaired
 }
 
 // sipKey reads a SIP message's status (0 for a request) and its Call-ID

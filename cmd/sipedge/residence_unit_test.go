@@ -71,8 +71,8 @@ func TestResidenceFromCapture(t *testing.T) {
 		t.Fatal(err)
 	}
 	us, unpaired := r.times()
-	if want := 30.0 + 50.0; len(us) != 1 || us[0] != want {
-		t.Fatalf("residences %v µs, want [%v]", us, want)
+	if len(us.total) != 1 || us.total[0] != 30+50 || us.request[0] != 30 || us.answer[0] != 50 {
+		t.Fatalf("residences %+v µs, want total 80, request 30, answer 50", us)
 	}
 	if unpaired != 1 {
 		t.Fatalf("unpaired %d, want 1", unpaired)
