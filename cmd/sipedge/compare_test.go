@@ -676,6 +676,10 @@ func TestEdgeCompare(t *testing.T) {
 	}
 }
 
+func (l *legs) add(o legs) {
+	l.total, l.request, l.answer = append(l.total, o.total...), append(l.request, o.request...), append(l.answer, o.answer...)
+}
+
 // logResidence runs each edge rounds times more at rate (A B A B) with the
 // loopback captured, and logs how long it held each transaction
 // (residence_test.go), all rounds together. These runs are apart from

@@ -141,10 +141,6 @@ func (s *residence) add(ns int64, src, dst uint16, p []byte) {
 // its request's and its final answer's summed (total), and each apart.
 type legs struct{ total, request, answer []float64 }
 
-func (l *legs) add(o legs) {
-	l.total, l.request, l.answer = append(l.total, o.total...), append(l.request, o.request...), append(l.answer, o.answer...)
-}
-
 // times is the edge's residence per completed transaction, and how many
 // answers the phones got that could not be paired (a part missing from
 // the capture).
