@@ -5,6 +5,7 @@ import (
 	"errors"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -54,15 +55,39 @@ func (rl *relay) forwardLater(r *Request, fwd *sip.Request, l leg, onResponse fu
 		}
 		release = rel
 	}
-	f := &later{rl: rl, r: r, fwd: fwd, l: l, hops: []hop.Hop{l.Hop}, onResponse: onResponse, done: done, release: release}
+	f := &later{rl: rl, r: r, fwd: fwd, l: l, hops: []hop.Hop{l.Hop}, onResponse: onResponse, done: done, release: release, alarm: &alarm{}}
 	if l.report != nil {
 		f.hops = append(f.hops, l.alts...)
 	}
+	f.alarm.f.Store(f)
 	f.mu.Lock()
-	f.budget = time.AfterFunc(rl.timeout, f.timedOut)
+	f.budget = time.AfterFunc(rl.timeout, f.alarm.timedOut)
 	f.mu.Unlock()
 	f.next(0)
 	return nil
+}
+
+// alarm is what a later's timers hold of it: nothing once it ended. A
+// stopped timer can stay in the runtime's timer heap until it would have
+// fired (up to core.timeout): holding the later itself, it kept the
+// request, its forwarded copy and the datagram behind both for that long.
+type alarm struct {
+	f atomic.Pointer[later]
+}
+
+func (a *alarm) timedOut() {
+	if f := a.f.Load(); f != nil {
+		f.timedOut()
+	}
+}
+
+// tryTimedOut is the per-try timeout of try i.
+func (a *alarm) tryTimedOut(i int) func() {
+	return func() {
+		if f := a.f.Load(); f != nil {
+			f.tryTimedOut(i)
+		}
+	}
 }
 
 // later is one request forwarded by forwardLater: each try's answers,
@@ -88,6 +113,7 @@ type later struct {
 	misses    []tryMiss
 	tryTimer  *time.Timer
 	budget    *time.Timer
+	alarm     *alarm // what the timers call
 }
 
 // tryMiss is a try that got no answer, reported to the pool once
@@ -136,7 +162,7 @@ func (f *later) next(i int) {
 		if f.try == i && !f.ended {
 			f.tx = tx
 			if f.l.report != nil && !f.committed {
-				f.tryTimer = time.AfterFunc(f.l.tryTimeout, func() { f.tryTimedOut(i) })
+				f.tryTimer = time.AfterFunc(f.l.tryTimeout, f.alarm.tryTimedOut(i))
 			}
 		}
 		f.mu.Unlock()
@@ -300,6 +326,7 @@ func (f *later) end(err error) {
 		f.tryTimer.Stop()
 	}
 	f.budget.Stop()
+	f.alarm.f.Store(nil) // a stopped timer may linger: see alarm
 	f.mu.Unlock()
 	f.release()
 	f.done(err)

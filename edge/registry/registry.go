@@ -199,6 +199,7 @@ func (r *Registry) putLocked(u *Update, touched []nat.FlowKey, evs []Event) ([]n
 	for i := range u.Put {
 		b := &u.Put[i]
 		b.AOR, b.Flow, b.FlowSince, b.Updated = u.AOR, u.Flow, since, now
+		r.t.own(b)
 		old, replaced := r.t.put(*b)
 		e := Event{Kind: Registered, Binding: *b}
 		switch {

@@ -143,6 +143,52 @@ func (t *table) index(aor, id string) int {
 	return -1
 }
 
+// own gives b strings of its own: the edge cuts a message's strings
+// from one copy of it (sipwire.Parse), and one string kept from it would
+// keep the whole datagram for the binding's life. Where b's AOR already
+// has a binding with the same string, as on a refresh, that one is
+// shared; anything else is copied.
+func (t *table) own(b *Binding) {
+	olds := t.byAOR[b.AOR]
+	if len(olds) > 0 {
+		b.AOR = olds[0].AOR
+	} else {
+		b.AOR = strings.Clone(b.AOR)
+	}
+	for _, f := range ownedStrings {
+		s := f(b)
+		if *s == "" {
+			continue
+		}
+		shared := false
+		for i := range olds {
+			if v := *f(&olds[i]); v == *s {
+				*s, shared = v, true
+				break
+			}
+		}
+		if !shared {
+			*s = strings.Clone(*s)
+		}
+	}
+	if b.CoreContact == b.Contact { // as in Path mode
+		b.CoreContact = b.Contact
+	}
+}
+
+// ownedStrings are the strings of a binding that may come from a
+// message (own).
+var ownedStrings = [...]func(*Binding) *string{
+	func(b *Binding) *string { return &b.Contact },
+	func(b *Binding) *string { return &b.CoreContact },
+	func(b *Binding) *string { return &b.CallID },
+	func(b *Binding) *string { return &b.UserAgent },
+	func(b *Binding) *string { return &b.Instance },
+	func(b *Binding) *string { return &b.Push.Provider },
+	func(b *Binding) *string { return &b.Push.PRID },
+	func(b *Binding) *string { return &b.Push.Param },
+}
+
 func (t *table) insert(b Binding) {
 	t.byAOR[b.AOR] = append(t.byAOR[b.AOR], b)
 	t.count++

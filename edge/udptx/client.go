@@ -19,6 +19,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -125,7 +126,7 @@ func (c *Client) start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 	if branch == "" {
 		return nil, errors.New("udptx: request without a branch")
 	}
-	tx := &ClientTx{c: c, branch: branch, method: req.CSeq().MethodName, dest: dest,
+	tx := &ClientTx{c: c, branch: strings.Clone(branch), method: ownMethod(req.CSeq().MethodName), dest: dest,
 		notify: onResponse, ending: newEnding(), interval: c.timers.T1}
 	if onResponse == nil {
 		tx.responses = make(chan *sip.Response, responseBuffer)

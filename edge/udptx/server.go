@@ -62,6 +62,9 @@ func (s *Server) Receive(req *sip.Request, src netip.AddrPort) (tx *ServerTx, is
 		tx.retransmitted()
 		return tx, false, true
 	}
+	// The key is kept for Timer J: its own strings, not ones cut from
+	// the request's datagram (sipwire.Parse), which they would keep.
+	key.branch, key.host, key.method = strings.Clone(key.branch), strings.Clone(key.host), ownMethod(key.method)
 	tx = &ServerTx{s: s, key: key, src: src, ending: newEnding()}
 	s.txs[key] = tx
 	s.mu.Unlock()

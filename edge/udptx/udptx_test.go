@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -605,5 +606,23 @@ func TestClientCloseDuringSend(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("onEnd never called for a transaction closed during its send")
+	}
+}
+
+// A server transaction, kept for Timer J, keeps nothing of the request
+// it was made for: the edge cuts a request's strings from one copy of
+// its datagram (sipwire.Parse), which a kept branch would keep alive.
+func TestServerKeyOwnsItsStrings(t *testing.T) {
+	edge, phone := listen(t), listen(t)
+	s := newServer(t, edge, time.Minute)
+	req := parseRequest(t, register)
+	via := req.Via()
+	branch, _ := via.Params.Get("branch")
+	tx, isNew, _ := s.Receive(req, addrOf(phone))
+	if !isNew {
+		t.Fatal("not new")
+	}
+	if unsafe.StringData(tx.key.branch) == unsafe.StringData(branch) || unsafe.StringData(tx.key.host) == unsafe.StringData(via.Host) {
+		t.Fatal("the transaction's key shares the request's strings")
 	}
 }

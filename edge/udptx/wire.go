@@ -2,6 +2,7 @@ package udptx
 
 import (
 	"bytes"
+	"strings"
 	"sync"
 
 	"github.com/emiago/sipgo/sip"
@@ -90,3 +91,19 @@ func viaValue(line []byte) ([]byte, bool) {
 }
 
 var _ sip.ClientTransaction = (*ClientTx)(nil)
+
+// ownMethod is m as sipgo's constant for it, or else a copy: a
+// transaction kept after its answer (Timers J and K) must not keep the
+// message m was cut from (sipwire.Parse cuts all of a message's strings
+// from one copy of its datagram).
+func ownMethod(m sip.RequestMethod) sip.RequestMethod {
+	for _, k := range methods {
+		if m == k {
+			return k
+		}
+	}
+	return sip.RequestMethod(strings.Clone(string(m)))
+}
+
+var methods = [...]sip.RequestMethod{sip.REGISTER, sip.OPTIONS, sip.MESSAGE, sip.SUBSCRIBE, sip.NOTIFY, sip.PUBLISH,
+	sip.INFO, sip.BYE, sip.PRACK, sip.UPDATE, sip.REFER, sip.INVITE, sip.ACK, sip.CANCEL}
