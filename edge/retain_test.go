@@ -10,11 +10,13 @@ import (
 	"github.com/sipedge/sipedge/upstream/upstreamtest"
 )
 
-// TestRegistrationsKeepNoAnswer: sipwire.Parse cuts an answer's strings
-// from one copy of its datagram, so a string kept past the answer keeps
-// the whole datagram alive. Once registrations are done and their
-// transactions ended, the heap holds next to nothing sipwire.parse
-// allocated, however many phones registered.
+// TestRegistrationsKeepNoAnswer: sipwire.Parse cuts a message's strings
+// from one copy of its datagram, REGISTERs and their answers alike, so a
+// string kept past the message (in a binding, a transaction kept for
+// Timer J or K, a stopped timer) keeps the whole datagram alive. Once
+// registrations are done and their transactions ended, the heap holds
+// next to nothing sipwire.parse allocated, however many phones
+// registered.
 func TestRegistrationsKeepNoAnswer(t *testing.T) {
 	const phones, each = 10, 50
 	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)

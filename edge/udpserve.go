@@ -11,6 +11,7 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/sipwire"
 	"github.com/sipedge/sipedge/edge/udptx"
 	"github.com/sipedge/sipedge/nat"
 	"github.com/sipedge/sipedge/ratelimit"
@@ -255,7 +256,7 @@ func (s *Server) leanAccess(u *udpSocket) func(netip.AddrPort, []byte) bool {
 		if !leanMethod(b) {
 			return false
 		}
-		msg, err := parser.ParseSIP(b)
+		msg, err := sipwire.Parse(parser, b)
 		if err != nil {
 			s.leanFallbacks.Add(1)
 			return false // sipgo refuses it, as it always did

@@ -8,16 +8,16 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-// Parse is sipgo's ParseSIP for one datagram, with the strings of a
-// response cut from one copy of b instead of a copy per name and value:
+// Parse is sipgo's ParseSIP for one datagram, with the strings of the
+// message cut from one copy of b instead of a copy per name and value:
 // for a 200 to a REGISTER, a score of allocations fewer. The price is
 // that any one of those strings keeps the whole copy alive, so Parse
-// suits messages whose strings are not kept past the message (responses
-// relayed on); a caller that keeps some clones them.
+// suits messages whose strings are not kept past the message (answers
+// relayed on), or a caller that clones what it keeps.
 //
-// Requests, and whatever it would not do exactly as sipgo does (a folded
-// line, a header sipgo's parser refuses, a message cut short, a body
-// longer than its Content-Length says), go to sipgo whole.
+// Whatever it would not do exactly as sipgo does (a folded line, a
+// header sipgo's parser refuses, a message cut short, a body longer than
+// its Content-Length says) goes to sipgo whole.
 // FuzzParseMatchesSipgo holds the two to the same messages.
 func Parse(p *sip.Parser, b []byte) (sip.Message, error) {
 	if msg, ok := parse(b, nil); ok {
@@ -77,9 +77,9 @@ func parse(b []byte, typed map[string]bool) (sip.Message, bool) {
 	if !ok {
 		return nil, false
 	}
-	res, ok := statusLine(s[:end])
-	if !ok {
-		return nil, false
+	msg, ok := startLine(s[:end])
+	if _, req := msg.(*sip.Request); !ok || req && typed != nil {
+		return nil, false // ParseSparse is for answers: requests go to sipgo
 	}
 	s = s[next:]
 	var (
@@ -107,7 +107,7 @@ func parse(b []byte, typed map[string]bool) (sip.Message, bool) {
 			if cl, ok := h.(*sip.ContentLengthHeader); ok {
 				contentLength = cl
 			}
-			res.AppendHeader(h)
+			msg.AppendHeader(h)
 		}
 	}
 	size := len(s)
@@ -115,13 +115,13 @@ func parse(b []byte, typed map[string]bool) (sip.Message, bool) {
 		size = int(*contentLength)
 	}
 	if size == 0 {
-		return res, true
+		return msg, true
 	}
 	if size > len(s) || size > sip.ParseMaxMessageLength-(len(b)-len(s)) {
 		return nil, false // sipgo says why
 	}
-	res.SetBody([]byte(s[:size]))
-	return res, true
+	msg.SetBody([]byte(s[:size]))
+	return msg, true
 }
 
 // lineEnd finds the CRLF that ends the line at the start of s: sipgo's
@@ -131,24 +131,42 @@ func lineEnd(s string) (end, next int, ok bool) {
 	return i, i + 2, i >= 0 && i+1 < len(s) && s[i+1] == '\n'
 }
 
-// statusLine is sipgo's parse of a response's start line; not one
-// (a request's, or nothing sipgo takes) is not ok.
-func statusLine(line string) (*sip.Response, bool) {
-	version, rest, ok := strings.Cut(line, " ")
+// message is what parse fills: a request or a response.
+type message interface {
+	sip.Message
+	AppendHeader(sip.Header)
+}
+
+// startLine is sipgo's parse of a start line (its parseLine): a request
+// line where sipgo sees one, else a status line; anything sipgo refuses
+// is not ok.
+func startLine(line string) (message, bool) {
+	first, rest, ok := strings.Cut(line, " ")
 	if !ok {
 		return nil, false
 	}
-	code, reason, ok := strings.Cut(rest, " ")
-	if !ok || len(version) < 3 || !sip.UriIsSIP(version[:3]) ||
-		len(reason) >= 3 && !strings.Contains(reason, " ") && sip.UriIsSIP(reason[:3]) { // sipgo's test for a request
+	second, third, ok := strings.Cut(rest, " ")
+	if !ok {
 		return nil, false
 	}
-	n, err := strconv.ParseUint(code, 10, 16)
+	if len(third) >= 3 && !strings.Contains(third, " ") && sip.UriIsSIP(third[:3]) { // sipgo's test for a request
+		var u sip.Uri
+		if err := sip.ParseUri(second, &u); err != nil || u.Wildcard {
+			return nil, false
+		}
+		req := sip.NewRequest(sip.RequestMethod(strings.ToUpper(first)), u)
+		req.SipVersion = third
+		return req, true
+	}
+	if len(first) < 3 || !sip.UriIsSIP(first[:3]) {
+		return nil, false
+	}
+	n, err := strconv.ParseUint(second, 10, 16)
 	if err != nil {
 		return nil, false
 	}
-	res := sip.NewResponse(int(n), reason)
-	res.SipVersion = version
+	res := sip.NewResponse(int(n), third)
+	res.SipVersion = first
 	return res, true
 }
 

@@ -55,6 +55,12 @@ func TestParseMatchesSipgo(t *testing.T) {
 		"SIP/2.0 200 OK\r\nCall-ID: a\r\r\n\r\n", // CR without LF
 		"\r\n\r\n",
 		"SIP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nab",
+		"register sip:a@b SIP/2.0\r\nCall-ID: a\r\nContent-Length: 0\r\n\r\n", // a method in lower case
+		"REGISTER * SIP/2.0\r\nCall-ID: a\r\n\r\n",                            // a wildcard sipgo refuses
+		"REGISTER sip:a@b:x SIP/2.0\r\nCall-ID: a\r\n\r\n",                    // a URI sipgo refuses
+		"REGISTER sip:a@b SIP/2.0 x\r\nCall-ID: a\r\n\r\n",                    // no request line for sipgo
+		"MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 3\r\n\r\nabcdef",          // a body longer than said
+		"OPTIONS sips:[::1]:5061;transport=tls SIP/2.0\r\nl: 0\r\nv: SIP/2.0/TLS x;branch=z9hG4bKa\r\n\r\n",
 	) {
 		parsedAsSipgo(t, []byte(s))
 	}
