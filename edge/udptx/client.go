@@ -19,7 +19,6 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -126,7 +125,9 @@ func (c *Client) start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 	if branch == "" {
 		return nil, errors.New("udptx: request without a branch")
 	}
-	tx := &ClientTx{c: c, branch: strings.Clone(branch), method: ownMethod(req.CSeq().MethodName), dest: dest,
+	// The branch is the edge's own, made for this request; the method
+	// may be cut from the phone's datagram, which Timer K must not keep.
+	tx := &ClientTx{c: c, branch: branch, method: ownMethod(req.CSeq().MethodName), dest: dest,
 		notify: onResponse, ending: newEnding(), interval: c.timers.T1}
 	if onResponse == nil {
 		tx.responses = make(chan *sip.Response, responseBuffer)
@@ -136,7 +137,8 @@ func (c *Client) start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 			tx.destName = name
 		}
 	}
-	tx.wire = sipwire.AppendRequest(c.bufs.get(), req)
+	tx.wire = c.bufs.get()
+	tx.wire.b = sipwire.AppendRequest(tx.wire.b, req)
 	tx.started = time.Now()
 	c.mu.Lock()
 	if c.closed {
@@ -238,7 +240,7 @@ type ClientTx struct {
 	method    sip.RequestMethod
 	dest      netip.AddrPort
 	destName  string              // dest as the request named it, for answers from there
-	wire      []byte              // the request as sent (nil once answered or given up)
+	wire      *buffer             // the request as sent (nil once answered or given up)
 	sending   int                 // sends of wire under way, outside mu
 	responses chan *sip.Response  // nil when notify takes them
 	notify    func(*sip.Response) // StartNotify's onResponse
@@ -285,7 +287,7 @@ func (tx *ClientTx) send() error {
 	wire := tx.wire
 	tx.sending++
 	tx.mu.Unlock()
-	_, err := tx.c.conn.WriteToUDPAddrPort(wire, tx.dest)
+	_, err := tx.c.conn.WriteToUDPAddrPort(wire.b, tx.dest)
 	tx.mu.Lock()
 	if tx.sending--; tx.sending == 0 && tx.wire == nil {
 		tx.c.bufs.put(wire) // released while it was being sent
@@ -322,7 +324,7 @@ func (tx *ClientTx) receive(res *sip.Response) {
 	if final && notify != nil {
 		// The caller is done with the transaction once it has the final
 		// answer: what waits for Timer K keeps nothing of the caller's.
-		tx.notify, tx.hooks = nil, nil
+		tx.notify, tx.hooks = nil, hooks{}
 	}
 	tx.mu.Unlock()
 	if final {
@@ -353,7 +355,7 @@ func (tx *ClientTx) end(err error) {
 // finish ends tx for its reader: Done closes, Err says why.
 func (tx *ClientTx) finish(err error) {
 	tx.mu.Lock()
-	hooks, ok := tx.terminate()
+	hs, ok := tx.terminate()
 	if !ok {
 		tx.mu.Unlock()
 		return
@@ -362,9 +364,7 @@ func (tx *ClientTx) finish(err error) {
 	tx.release()
 	close(tx.done)
 	tx.mu.Unlock()
-	for _, f := range hooks {
-		f(tx.branch, err)
-	}
+	hs.call(tx.branch, err)
 }
 
 // Terminate ends the transaction. Once a final answer came, its branch

@@ -8,7 +8,23 @@ import "github.com/emiago/sipgo/sip"
 type ending struct {
 	done       chan struct{}
 	terminated bool
-	hooks      []sip.FnTxTerminate
+	hooks      hooks
+}
+
+// hooks are the OnTerminate hooks: nearly always one, kept without a
+// slice of its own.
+type hooks struct {
+	first sip.FnTxTerminate
+	more  []sip.FnTxTerminate
+}
+
+func (h hooks) call(id string, err error) {
+	if h.first != nil {
+		h.first(id, err)
+	}
+	for _, f := range h.more {
+		f(id, err)
+	}
 }
 
 func newEnding() ending { return ending{done: make(chan struct{})} }
@@ -16,13 +32,13 @@ func newEnding() ending { return ending{done: make(chan struct{})} }
 // terminate marks the transaction ended and returns the hooks to call
 // (ok false: it had ended already). Done is closed by the caller, at the
 // point its kind of transaction promises.
-func (e *ending) terminate() (hooks []sip.FnTxTerminate, ok bool) {
+func (e *ending) terminate() (h hooks, ok bool) {
 	if e.terminated {
-		return nil, false
+		return hooks{}, false
 	}
 	e.terminated = true
-	hooks, e.hooks = e.hooks, nil
-	return hooks, true
+	h, e.hooks = e.hooks, hooks{}
+	return h, true
 }
 
 // hook adds f to the hooks, unless the transaction has ended (false).
@@ -30,7 +46,11 @@ func (e *ending) hook(f sip.FnTxTerminate) bool {
 	if e.terminated {
 		return false
 	}
-	e.hooks = append(e.hooks, f)
+	if e.hooks.first == nil {
+		e.hooks.first = f
+	} else {
+		e.hooks.more = append(e.hooks.more, f)
+	}
 	return true
 }
 

@@ -64,7 +64,11 @@ func (s *Server) Receive(req *sip.Request, src netip.AddrPort) (tx *ServerTx, is
 	}
 	// The key is kept for Timer J: its own strings, not ones cut from
 	// the request's datagram (sipwire.Parse), which they would keep.
-	key.branch, key.host, key.method = strings.Clone(key.branch), strings.Clone(key.host), ownMethod(key.method)
+	own := key.branch + key.host // one allocation for both, when both are there
+	if key.host == "" {
+		own = strings.Clone(key.branch) // a + "" may be a itself
+	}
+	key.branch, key.host, key.method = own[:len(key.branch)], own[len(key.branch):], ownMethod(key.method)
 	tx = &ServerTx{s: s, key: key, src: src, ending: newEnding()}
 	s.txs[key] = tx
 	s.mu.Unlock()
@@ -115,11 +119,12 @@ func (tx *ServerTx) Respond(res *sip.Response) error {
 	}
 	// Written in a pooled buffer, kept in one of its own size: an
 	// answered transaction may hold it for Timer J.
-	wire := sipwire.AppendResponse(tx.s.bufs.get(), res)
-	tx.last = bytes.Clone(wire)
+	wire := tx.s.bufs.get()
+	wire.b = sipwire.AppendResponse(wire.b, res)
+	tx.last = bytes.Clone(wire.b)
 	tx.final = res.StatusCode >= 200
 	tx.mu.Unlock()
-	_, err := tx.s.conn.WriteToUDPAddrPort(wire, tx.src)
+	_, err := tx.s.conn.WriteToUDPAddrPort(wire.b, tx.src)
 	tx.s.bufs.put(wire)
 	return err
 }
@@ -157,7 +162,7 @@ func (tx *ServerTx) retransmitted() {
 // later are new requests.
 func (tx *ServerTx) Terminate() {
 	tx.mu.Lock()
-	hooks, ok := tx.terminate()
+	hs, ok := tx.terminate()
 	tx.last = nil
 	tx.mu.Unlock()
 	if !ok {
@@ -165,9 +170,7 @@ func (tx *ServerTx) Terminate() {
 	}
 	tx.s.forget(tx) // before Done: a copy that follows is a new request
 	close(tx.done)
-	for _, f := range hooks {
-		f(tx.key.branch, nil)
-	}
+	hs.call(tx.key.branch, nil)
 }
 
 func (tx *ServerTx) expire() { tx.Terminate() }

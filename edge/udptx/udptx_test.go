@@ -428,7 +428,7 @@ func TestClientNotify(t *testing.T) {
 	}
 	ctx := tx.(*ClientTx)
 	ctx.mu.Lock()
-	kept := ctx.notify != nil || len(ctx.hooks) > 0
+	kept := ctx.notify != nil || ctx.hooks.first != nil || len(ctx.hooks.more) > 0
 	ctx.mu.Unlock()
 	if kept {
 		t.Error("the callbacks stay with the transaction after its final response")
