@@ -78,3 +78,36 @@ func inUseBy(fn string) int64 {
 	}
 	return sum
 }
+
+// TestStrangersKeepNothing: a host with no account sends REGISTERs (each
+// padded to a kilobyte) for names the core does not know. Each is parsed
+// from one copy of its datagram and challenged by the core; once the
+// challenges are relayed, none of those copies may stay: a stranger must
+// not be able to grow the edge's memory with what it sends.
+func TestStrangersKeepNothing(t *testing.T) {
+	const phones, each = 10, 50
+	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+	runtime.MemProfileRate = 1
+
+	core := upstreamtest.Start(t, upstreamtest.Options{Users: map[string]string{"alice": "secret"}})
+	e := edgetest.Start(t, core.URI("udp"), func(c *edgetest.Config) {
+		c.RateLimit.Allow = []string{"127.0.0.0/8"} // the limits are not what is tested here
+	})
+	pad := "X-Pad: " + strings.Repeat("p", 1024)
+	for p := range phones {
+		phone := edgetest.Dial(t, "udp", e.UDP)
+		for i := range each {
+			user := fmt.Sprintf("nobody%d-%d", p, i)
+			phone.Send(phone.Register(edgetest.Reg{User: user, Extra: pad}))
+			if res := phone.MustRecvResponse(wait); res.StatusCode != 401 {
+				t.Fatalf("%s: got %d, want the core's 401", user, res.StatusCode)
+			}
+		}
+	}
+	if n := e.Bindings().Len(); n != 0 {
+		t.Fatalf("%d bindings from strangers", n)
+	}
+	if kept := inUseBy("github.com/sipedge/sipedge/edge/sipwire.parse"); kept > 16<<10 {
+		t.Fatalf("%d bytes allocated by sipwire.parse still in use after %d strangers' REGISTERs", kept, phones*each)
+	}
+}
