@@ -21,7 +21,7 @@ test: lint unit interop natlab ## everything CI runs: lint, unit tests with -rac
 
 unit: ## unit and in-process tests with -race, then the allocation and memory checks that -race cannot make
 	$(GO) test -race -count=1 $(PKGS)
-	$(GO) test -count=1 -run 'Allocs$$|FloodMemory$$' ./nat/ ./ratelimit/ ./edge/
+	$(GO) test -count=1 -run 'Allocs$$|FloodMemory$$' ./nat/ ./nat/rawudp/ ./ratelimit/ ./edge/
 
 lint: ## gofmt, go vet, staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }

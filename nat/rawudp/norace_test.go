@@ -1,0 +1,5 @@
+//go:build !race
+
+package rawudp_test
+
+const raceEnabled = false
