@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"runtime/debug"
 	"sync"
@@ -225,8 +224,9 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 		return nil, err
 	}
 	fwdDeps := upstream.ForwarderDeps{Client: coreClient, Local: coreAddr, Admit: d.Limiter.Inflight}
-	if raw, ok := socks.CoreUDP.(*net.UDPConn); ok {
-		s.coreTx = udptx.NewClient(raw, udptx.DefaultTimers())
+	s.coreUDP = newUDPSocket(socks.CoreUDP)
+	if conn, ok := s.coreUDP.udpConn(); ok {
+		s.coreTx = udptx.NewClient(conn, udptx.DefaultTimers())
 		// The registrar reads no more of a REGISTER's answer (contacts,
 		// expiry) and relays the rest as it came.
 		s.coreTx.SetSparse(sip.REGISTER)
@@ -250,7 +250,6 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 	}
 	s.pinger = &pinger{flowLeg: flowLeg}
 	s.pinger.udp.Store(&map[netip.AddrPort]*nat.PacketConn{})
-	s.coreUDP = newUDPSocket(socks.CoreUDP)
 	s.coreUDP.guardCore(d.Limiter, s.tenants.trusts, s.coreTx)
 	s.self = self
 	s.hooks = streamHooks(s.log, d.Limiter, d.Flows, d.Conns, d.Registry.HasFlow, cfg.NAT.StreamLimits)

@@ -14,6 +14,7 @@ import (
 	"github.com/sipedge/sipedge/edge/sipwire"
 	"github.com/sipedge/sipedge/edge/udptx"
 	"github.com/sipedge/sipedge/nat"
+	"github.com/sipedge/sipedge/nat/rawudp"
 	"github.com/sipedge/sipedge/ratelimit"
 )
 
@@ -40,6 +41,7 @@ const recycleDrain = 100 * time.Millisecond
 type udpSocket struct {
 	net.PacketConn                // the nat.PacketConn over raw, or raw itself
 	raw            net.PacketConn // the socket the edge bound
+	io             net.PacketConn // raw, or raw with raw system calls (rawudp)
 	local          netip.AddrPort
 	unknown        atomic.Int64 // datagrams from flowless sources since the last restart
 	quiet          struct {     // maintenance's view of unknown, to recycle once a flood is over
@@ -54,7 +56,26 @@ type udpSocket struct {
 }
 
 func newUDPSocket(raw net.PacketConn) *udpSocket {
-	return &udpSocket{PacketConn: raw, raw: raw, local: addrPortOf(raw.LocalAddr()), ready: make(chan struct{})}
+	u := &udpSocket{PacketConn: raw, raw: raw, io: raw, local: addrPortOf(raw.LocalAddr()), ready: make(chan struct{})}
+	if c, ok := raw.(*net.UDPConn); ok {
+		if fast := rawudp.New(c); fast != nil {
+			u.io = fast
+		}
+	}
+	return u
+}
+
+// udpConn is u's socket for the edge's own reads and writes (udptx):
+// with raw system calls where it can be. ok is false when u's socket is
+// not a UDP one.
+func (u *udpSocket) udpConn() (udptx.Conn, bool) {
+	switch c := u.io.(type) {
+	case *rawudp.Conn:
+		return c, true
+	case *net.UDPConn:
+		return c, true
+	}
+	return nil, false
 }
 
 func (u *udpSocket) ReadFrom(b []byte) (int, net.Addr, error) {
@@ -122,7 +143,7 @@ func (u *udpSocket) Close() error {
 // set, may take a SIP datagram for the edge's own transactions (true:
 // taken, sipgo never sees it).
 func (u *udpSocket) guardAccess(limiter *ratelimit.Limiter, flows *nat.FlowTable, lean func(netip.AddrPort, []byte) bool) *nat.PacketConn {
-	pc := nat.NewPacketConn(u.raw, nat.PacketHooks{
+	pc := nat.NewPacketConn(u.io, nat.PacketHooks{
 		Accept: func(src netip.AddrPort, n int) bool {
 			// Traffic refreshes a known flow, in the same lookup that
 			// tells whether the source proved it receives what is sent to
@@ -156,7 +177,7 @@ func (u *udpSocket) guardAccess(limiter *ratelimit.Limiter, flows *nat.FlowTable
 // for the answers to the edge's own transactions (txs, if set), which
 // are taken before sipgo sees them.
 func (u *udpSocket) guardCore(limiter *ratelimit.Limiter, trusted func(netip.Addr) bool, txs *udptx.Client) {
-	u.PacketConn = nat.NewPacketConn(u.raw, nat.PacketHooks{
+	u.PacketConn = nat.NewPacketConn(u.io, nat.PacketHooks{
 		Accept: func(src netip.AddrPort, n int) bool {
 			if trusted(src.Addr()) {
 				return true
@@ -245,7 +266,7 @@ func looksLikeSIP(b []byte) bool {
 // take (no RFC 3261 branch, unparsable). nil when u is not a
 // *net.UDPConn.
 func (s *Server) leanAccess(u *udpSocket) func(netip.AddrPort, []byte) bool {
-	raw, ok := u.raw.(*net.UDPConn)
+	raw, ok := u.udpConn()
 	if !ok {
 		return nil
 	}
