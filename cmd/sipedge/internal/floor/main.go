@@ -25,6 +25,7 @@ import (
 	"strings"
 
 	"github.com/BurntSushi/toml"
+	"github.com/sipedge/sipedge/nat/rawudp"
 )
 
 type config struct {
@@ -85,18 +86,34 @@ func run(args []string) error {
 	return fmt.Errorf("access socket closed")
 }
 
-func listen(addr string) (*net.UDPConn, error) {
+// conn is a UDP socket as the floor uses it.
+type conn interface {
+	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
+	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
+	LocalAddr() net.Addr
+}
+
+// listen binds addr, read and written with raw system calls as sipedge's
+// are (nat/rawudp).
+func listen(addr string) (conn, error) {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return nil, err
 	}
-	return net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
+	if err != nil {
+		return nil, err
+	}
+	if fast := rawudp.New(c); fast != nil {
+		return fast, nil
+	}
+	return c, nil
 }
 
 var crlf = []byte("\r\n")
 
 // fromPhones relays requests to the core with a Via naming their source.
-func fromPhones(access, toCore *net.UDPConn, core netip.AddrPort, self string) {
+func fromPhones(access, toCore conn, core netip.AddrPort, self string) {
 	buf, out := make([]byte, 65536), make([]byte, 0, 65536)
 	for {
 		n, src, err := access.ReadFromUDPAddrPort(buf)
@@ -127,7 +144,7 @@ func fromPhones(access, toCore *net.UDPConn, core netip.AddrPort, self string) {
 }
 
 // fromCore relays answers to the address their top Via's branch names.
-func fromCore(toCore, access *net.UDPConn) {
+func fromCore(toCore, access conn) {
 	buf, out := make([]byte, 65536), make([]byte, 0, 65536)
 	for {
 		n, _, err := toCore.ReadFromUDPAddrPort(buf)
