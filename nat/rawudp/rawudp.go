@@ -2,13 +2,14 @@
 // system calls, under Go's poller as usual (a socket with nothing to
 // read, or no room to send, parks the goroutine until it has).
 //
-// Why: Go marks a goroutine in a system call as such, and its monitor
-// thread hands that goroutine's processor to another thread when the
-// call lasts past a tick (20 µs at first). A sendto on a busy machine
-// often does: it wakes the receiver, which may take the CPU from the
-// sender before the call returns. Each hand-off wakes a thread, and the
-// sender, back from the call, parks its own. Short calls that cannot
-// block (the socket is non-blocking) need none of that.
+// Why: a plain system call marks the goroutine as in one, and Go's
+// monitor hands its processor to another thread when the call lasts past
+// a tick (20 µs at first), as it does when the thread loses the CPU
+// inside it on a busy machine; the hand-off wakes a thread, and the
+// caller, back, parks its own. Non-blocking UDP calls need none of that.
+// At 3,000 registrations/s the edge spent a sixth less CPU with its
+// reads and sends here (the reads carry it: sends alone measured the
+// same as plain ones).
 package rawudp
 
 import (
