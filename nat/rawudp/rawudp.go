@@ -110,7 +110,7 @@ func (c *Conn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
 
 // WriteTo is net.PacketConn's send, the one sipgo uses.
 func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
-	if a, ok := addr.(*net.UDPAddr); ok && a != nil {
+	if a, ok := addr.(*net.UDPAddr); ok && a != nil && a.IP != nil {
 		return c.WriteToUDPAddrPort(b, a.AddrPort())
 	}
 	return c.UDPConn.WriteTo(b, addr)
