@@ -39,7 +39,7 @@ const recycleDrain = 100 * time.Millisecond
 // then starts reading, so requests can now leave from it (sending
 // earlier makes sipgo bind a second socket to the same port and fail).
 type udpSocket struct {
-	net.PacketConn                // the nat.PacketConn over raw, or raw itself
+	net.PacketConn                // the nat.PacketConn over io, or raw itself
 	raw            net.PacketConn // the socket the edge bound
 	io             net.PacketConn // raw, or raw with raw system calls (rawudp)
 	local          netip.AddrPort
