@@ -56,37 +56,33 @@ func (s *sockaddr) addrPort() netip.AddrPort {
 
 // recvfrom is the read given to the RawConn: false (wait) when nothing
 // is there yet.
-func (o *op) recvfrom(fd uintptr) bool {
-	for {
-		o.sa.len = uint32(unsafe.Sizeof(o.sa.raw))
-		o.sa.raw.Addr.Family = syscall.AF_UNSPEC
-		var p unsafe.Pointer
-		if len(o.b) > 0 {
-			p = unsafe.Pointer(&o.b[0])
-		}
-		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(p), uintptr(len(o.b)), 0,
-			uintptr(unsafe.Pointer(&o.sa.raw)), uintptr(unsafe.Pointer(&o.sa.len)))
-		switch e {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		o.n, o.errno = int(n), e
-		return true
-	}
-}
+func (o *op) recvfrom(fd uintptr) bool { return o.call(fd, true) }
 
 // sendto is the write given to the RawConn: false (wait) when the
 // socket has no room.
-func (o *op) sendto(fd uintptr) bool {
+func (o *op) sendto(fd uintptr) bool { return o.call(fd, false) }
+
+// call makes the recvfrom (read) or sendto on fd, again if interrupted;
+// false for EAGAIN. The two differ in the address length: recvfrom is
+// given its place, sendto its value (pointers are converted only in the
+// calls themselves, as unsafe's rules ask).
+func (o *op) call(fd uintptr, read bool) bool {
+	var p unsafe.Pointer
+	if len(o.b) > 0 {
+		p = unsafe.Pointer(&o.b[0])
+	}
 	for {
-		var p unsafe.Pointer
-		if len(o.b) > 0 {
-			p = unsafe.Pointer(&o.b[0])
+		var n uintptr
+		var e syscall.Errno
+		if read {
+			o.sa.len = uint32(unsafe.Sizeof(o.sa.raw))
+			o.sa.raw.Addr.Family = syscall.AF_UNSPEC
+			n, _, e = syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(p), uintptr(len(o.b)), 0,
+				uintptr(unsafe.Pointer(&o.sa.raw)), uintptr(unsafe.Pointer(&o.sa.len)))
+		} else {
+			n, _, e = syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(p), uintptr(len(o.b)), 0,
+				uintptr(unsafe.Pointer(&o.sa.raw)), uintptr(o.sa.len))
 		}
-		n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(p), uintptr(len(o.b)), 0,
-			uintptr(unsafe.Pointer(&o.sa.raw)), uintptr(o.sa.len))
 		switch e {
 		case syscall.EINTR:
 			continue
