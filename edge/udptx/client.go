@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/expiry"
 	"github.com/sipedge/sipedge/edge/sipwire"
 )
 
@@ -55,8 +56,8 @@ type Client struct {
 	txs    map[string]*ClientTx // by the branch of the edge's Via
 	closed bool
 
-	answered *expiry // Timer K
-	bufs     buffers // the requests' bytes, kept until answered
+	answered *expiry.Queue // Timer K
+	bufs     buffers       // the requests' bytes, kept until answered
 	sparse   []sip.RequestMethod
 }
 
@@ -76,12 +77,12 @@ func (c *Client) Close() {
 	for _, tx := range txs {
 		tx.end(ErrClosed)
 	}
-	c.answered.close()
+	c.answered.Close()
 }
 
 // NewClient sends from conn. Close stops it.
 func NewClient(conn Conn, t Timers) *Client {
-	return &Client{conn: conn, timers: t, parser: sip.NewParser(), txs: make(map[string]*ClientTx), answered: newExpiry(t.K)}
+	return &Client{conn: conn, timers: t, parser: sip.NewParser(), txs: make(map[string]*ClientTx), answered: expiry.New(t.K)}
 }
 
 // SetSparse names the methods whose answers the caller reads no further
@@ -128,7 +129,7 @@ func (c *Client) start(ctx context.Context, req *sip.Request, dest netip.AddrPor
 	// The branch is the edge's own, made for this request; the method
 	// may be cut from the phone's datagram, which Timer K must not keep.
 	tx := &ClientTx{c: c, branch: branch, method: ownMethod(req.CSeq().MethodName), dest: dest,
-		notify: onResponse, ending: newEnding(), interval: c.timers.T1}
+		notify: onResponse, interval: c.timers.T1}
 	if onResponse == nil {
 		tx.responses = make(chan *sip.Response, responseBuffer)
 	}
@@ -328,7 +329,7 @@ func (tx *ClientTx) receive(res *sip.Response) {
 	}
 	tx.mu.Unlock()
 	if final {
-		tx.c.answered.add(tx) // Timer K
+		tx.c.answered.Add(tx) // Timer K
 	}
 	if notify != nil {
 		notify(res)
@@ -341,7 +342,8 @@ func (tx *ClientTx) receive(res *sip.Response) {
 	}
 }
 
-func (tx *ClientTx) expire() { tx.end(nil) }
+// Expire ends the transaction once Timer K ran out (expiry.Item).
+func (tx *ClientTx) Expire() { tx.end(nil) }
 
 // end terminates tx with err (nil: normally) and forgets its branch.
 func (tx *ClientTx) end(err error) {
@@ -362,9 +364,16 @@ func (tx *ClientTx) finish(err error) {
 	}
 	tx.err = err
 	tx.release()
-	close(tx.done)
+	tx.closeDone()
 	tx.mu.Unlock()
 	hs.call(tx.branch, err)
+}
+
+// Done is closed once the transaction ended.
+func (tx *ClientTx) Done() <-chan struct{} {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.doneChan()
 }
 
 // Terminate ends the transaction. Once a final answer came, its branch

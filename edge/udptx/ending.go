@@ -6,7 +6,7 @@ import "github.com/emiago/sipgo/sip"
 // Done closed, the OnTerminate hooks called. Its fields are under the
 // transaction's mutex; the hooks are called after it is released.
 type ending struct {
-	done       chan struct{}
+	done       chan struct{} // made once asked for: most ends nobody waits on
 	terminated bool
 	hooks      hooks
 }
@@ -27,7 +27,30 @@ func (h hooks) call(id string, err error) {
 	}
 }
 
-func newEnding() ending { return ending{done: make(chan struct{})} }
+// closed is a closed channel: Done of a transaction that ended before
+// anyone asked. Nothing writes to it.
+var closed = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// doneChan is Done's channel, made now if nobody asked before.
+func (e *ending) doneChan() <-chan struct{} {
+	if e.done == nil {
+		e.done = make(chan struct{})
+	}
+	return e.done
+}
+
+// closeDone closes Done's channel, once the transaction is terminated.
+func (e *ending) closeDone() {
+	if e.done == nil {
+		e.done = closed
+		return
+	}
+	close(e.done)
+}
 
 // terminate marks the transaction ended and returns the hooks to call
 // (ok false: it had ended already). Done is closed by the caller, at the
@@ -53,5 +76,3 @@ func (e *ending) hook(f sip.FnTxTerminate) bool {
 	}
 	return true
 }
-
-func (e *ending) Done() <-chan struct{} { return e.done }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipedge/sipedge/edge/expiry"
 	"github.com/sipedge/sipedge/edge/sipwire"
 )
 
@@ -16,8 +17,8 @@ import (
 // socket.
 type Server struct {
 	conn     Conn
-	answered *expiry // Timer J: how long an answered transaction stays to answer copies
-	bufs     buffers // responses as they are written
+	answered *expiry.Queue // Timer J: how long an answered transaction stays to answer copies
+	bufs     buffers       // responses as they are written
 
 	mu  sync.Mutex
 	txs map[serverKey]*ServerTx
@@ -34,11 +35,11 @@ type serverKey struct {
 // NewServer answers on conn; an answered transaction is kept for timerJ
 // (sipgo's Timer J, as the edge set it). Close stops it.
 func NewServer(conn Conn, timerJ time.Duration) *Server {
-	return &Server{conn: conn, answered: newExpiry(timerJ), txs: make(map[serverKey]*ServerTx)}
+	return &Server{conn: conn, answered: expiry.New(timerJ), txs: make(map[serverKey]*ServerTx)}
 }
 
 // Close stops s's timer; its transactions are dropped with it.
-func (s *Server) Close() { s.answered.close() }
+func (s *Server) Close() { s.answered.Close() }
 
 // Receive finds or makes the transaction of req, a non-INVITE request
 // (not ACK, not CANCEL) that came from src. A copy of a request already
@@ -69,7 +70,7 @@ func (s *Server) Receive(req *sip.Request, src netip.AddrPort) (tx *ServerTx, is
 		own = strings.Clone(key.branch) // a + "" may be a itself
 	}
 	key.branch, key.host, key.method = own[:len(key.branch)], own[len(key.branch):], ownMethod(key.method)
-	tx = &ServerTx{s: s, key: key, src: src, ending: newEnding()}
+	tx = &ServerTx{s: s, key: key, src: src}
 	s.txs[key] = tx
 	s.mu.Unlock()
 	return tx, true, true
@@ -141,7 +142,7 @@ func (tx *ServerTx) Hold() {
 	switch {
 	case terminated:
 	case final:
-		tx.s.answered.add(tx) // Timer J
+		tx.s.answered.Add(tx) // Timer J
 	default:
 		tx.Terminate()
 	}
@@ -169,11 +170,21 @@ func (tx *ServerTx) Terminate() {
 		return
 	}
 	tx.s.forget(tx) // before Done: a copy that follows is a new request
-	close(tx.done)
+	tx.mu.Lock()
+	tx.closeDone()
+	tx.mu.Unlock()
 	hs.call(tx.key.branch, nil)
 }
 
-func (tx *ServerTx) expire() { tx.Terminate() }
+// Expire ends the transaction once Timer J ran out (expiry.Item).
+func (tx *ServerTx) Expire() { tx.Terminate() }
+
+// Done is closed once the transaction ended.
+func (tx *ServerTx) Done() <-chan struct{} {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.doneChan()
+}
 
 func (tx *ServerTx) Err() error                { return nil }
 func (tx *ServerTx) Acks() <-chan *sip.Request { return nil } // no INVITE here

@@ -384,9 +384,7 @@ func TestServerHold(t *testing.T) {
 	_ = tx.Respond(sip.NewResponseFromRequest(req, 403, "Forbidden", nil))
 	tx.Terminate()
 	tx.Hold()
-	s.answered.mu.Lock()
-	waiting := len(s.answered.q)
-	s.answered.mu.Unlock()
+	waiting := s.answered.Len()
 	if s.Len() != 0 || waiting != 0 {
 		t.Fatalf("a terminated transaction stayed: %d in the table, %d waiting for Timer J", s.Len(), waiting)
 	}

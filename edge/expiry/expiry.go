@@ -1,16 +1,17 @@
-package udptx
+// Package expiry ends things a fixed time after they were added, in the
+// order they were added, on one ticker for all of them: where a timer
+// each cost an allocation and the runtime's timer heap twice (set and
+// stopped) per item. An item ends up to one tick late.
+package expiry
 
 import (
 	"sync"
 	"time"
 )
 
-// expiry ends transactions a fixed time after they were answered (Timer
-// J on the server side, K on the client side), in the order they were
-// answered: one ticker for all of them, where a timer each cost an
-// allocation and a goroutine per transaction. A transaction ends up to
-// one tick late.
-type expiry struct {
+// Queue ends each item a fixed time after it was added. The tick is a
+// twentieth of that time, between 10 and 250 ms.
+type Queue struct {
 	after time.Duration
 	mu    sync.Mutex
 	q     []expiring // due in order; q[head:] are waiting
@@ -20,18 +21,23 @@ type expiry struct {
 	stop, done      chan struct{}
 }
 
+// Item is what a Queue ends: Expire is called from the Queue's own
+// goroutine, one item after the other.
+type Item interface{ Expire() }
+
 type expiring struct {
 	at time.Time
-	tx interface{ expire() }
+	tx Item
 }
 
-func newExpiry(after time.Duration) *expiry {
-	return &expiry{after: after, stop: make(chan struct{}), done: make(chan struct{})}
+// New is a Queue whose items end after after. Close stops it.
+func New(after time.Duration) *Queue {
+	return &Queue{after: after, stop: make(chan struct{}), done: make(chan struct{})}
 }
 
-// add schedules tx to expire after e.after from now; after close,
-// nothing is.
-func (e *expiry) add(tx interface{ expire() }) {
+// Add schedules tx to expire after the queue's time from now; after
+// Close, nothing is.
+func (e *Queue) Add(tx Item) {
 	at := time.Now().Add(e.after)
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -45,7 +51,7 @@ func (e *expiry) add(tx interface{ expire() }) {
 	e.q = append(e.q, expiring{at: at, tx: tx})
 }
 
-func (e *expiry) run() {
+func (e *Queue) run() {
 	defer close(e.done)
 	t := time.NewTicker(min(max(e.after/20, 10*time.Millisecond), 250*time.Millisecond))
 	defer t.Stop()
@@ -57,7 +63,7 @@ func (e *expiry) run() {
 		case now := <-t.C:
 			due = e.pop(now, due[:0])
 			for i := range due {
-				due[i].tx.expire()
+				due[i].tx.Expire()
 				due[i] = expiring{}
 			}
 		}
@@ -65,7 +71,7 @@ func (e *expiry) run() {
 }
 
 // pop appends the entries due at now to dst and removes them.
-func (e *expiry) pop(now time.Time, dst []expiring) []expiring {
+func (e *Queue) pop(now time.Time, dst []expiring) []expiring {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	i := e.head
@@ -84,8 +90,15 @@ func (e *expiry) pop(now time.Time, dst []expiring) []expiring {
 	return dst
 }
 
-// close stops the ticker; what is waiting is dropped with the table.
-func (e *expiry) close() {
+// Len is how many items wait.
+func (e *Queue) Len() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.q) - e.head
+}
+
+// Close stops the ticker; what is waiting never expires.
+func (e *Queue) Close() {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()

@@ -1,4 +1,4 @@
-package udptx
+package expiry
 
 import (
 	"sync/atomic"
@@ -8,22 +8,22 @@ import (
 
 type counted struct{ n *atomic.Int64 }
 
-func (c counted) expire() { c.n.Add(1) }
+func (c counted) Expire() { c.n.Add(1) }
 
 // Entries come due in the order added, and the queue reuses its space:
 // a steady stream keeps it as long as one period's worth.
 func TestExpiryOrderAndSpace(t *testing.T) {
-	e := newExpiry(time.Hour) // the ticker never fires: pop is driven by hand
-	defer e.close()
+	e := New(time.Hour) // the ticker never fires: pop is driven by hand
+	defer e.Close()
 	var n atomic.Int64
 	t0 := time.Now()
 	for i := range 1000 {
-		e.add(counted{&n})
+		e.Add(counted{&n})
 		if i%10 == 9 {
 			// Everything added up to now comes due an hour on.
 			due := e.pop(t0.Add(2*time.Hour), nil)
 			for _, d := range due {
-				d.tx.expire()
+				d.tx.Expire()
 			}
 		}
 	}
@@ -39,9 +39,9 @@ func TestExpiryOrderAndSpace(t *testing.T) {
 }
 
 func TestExpiryTicks(t *testing.T) {
-	e := newExpiry(20 * time.Millisecond)
+	e := New(20 * time.Millisecond)
 	var n atomic.Int64
-	e.add(counted{&n})
+	e.Add(counted{&n})
 	deadline := time.Now().Add(2 * time.Second)
 	for n.Load() == 0 {
 		if time.Now().After(deadline) {
@@ -49,7 +49,7 @@ func TestExpiryTicks(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond) // polling a counter with a deadline
 	}
-	e.close()
-	e.close() // twice is fine
-	e.add(counted{&n})
+	e.Close()
+	e.Close() // twice is fine
+	e.Add(counted{&n})
 }
