@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
-	"github.com/sipedge/sipedge/edge/expiry"
 	"github.com/sipedge/sipedge/upstream"
 	"github.com/sipedge/sipedge/upstream/hop"
 )
@@ -39,15 +38,12 @@ type leg struct {
 // retransmissions relayed, ACKs for 2xx passed statelessly, and the
 // edge's own short transactions that clean up after them.
 type relay struct {
-	log     *slog.Logger
-	timeout time.Duration // a non-INVITE transaction's budget
-	// deadlines end forwardLater's forwards after timeout, a tick late
-	// at most (a twentieth of it, up to 250 ms).
-	deadlines *expiry.Queue
-	self      *self
-	followUp  sync.WaitGroup // CANCELs and hang-ups sent after their request ended
-	noCore    onceAWhile     // requests no core took, counted
-	badCert   onceAWhile     // cores whose TLS certificate failed verification
+	log      *slog.Logger
+	timeout  time.Duration // a non-INVITE transaction's budget
+	self     *self
+	followUp sync.WaitGroup // CANCELs and hang-ups sent after their request ended
+	noCore   onceAWhile     // requests no core took, counted
+	badCert  onceAWhile     // cores whose TLS certificate failed verification
 }
 
 // forward sends fwd (a clone of r's request, already adapted) over l and

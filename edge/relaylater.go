@@ -60,22 +60,22 @@ func (rl *relay) forwardLater(r *Request, fwd *sip.Request, l leg, onResponse fu
 		f.hops = append(f.hops, l.alts...)
 	}
 	f.alarm.f.Store(f)
-	rl.deadlines.Add(f.alarm) // the forward's own deadline, rl.timeout on
+	f.mu.Lock()
+	f.budget = time.AfterFunc(rl.timeout, f.alarm.timedOut)
+	f.mu.Unlock()
 	f.next(0)
 	return nil
 }
 
-// alarm is what a later's timers hold of it: nothing once it ended.
-// Its deadline stays queued until it would have come (core.timeout), and
-// a stopped timer can stay in the runtime's timer heap as long: holding
-// the later itself, they kept the request, its forwarded copy and the
-// datagram behind both for that long.
+// alarm is what a later's timers hold of it: nothing once it ended. A
+// stopped timer can stay in the runtime's timer heap until it would have
+// fired (up to core.timeout): holding the later itself, it kept the
+// request, its forwarded copy and the datagram behind both for that long.
 type alarm struct {
 	f atomic.Pointer[later]
 }
 
-// Expire is the forward's deadline (expiry.Item).
-func (a *alarm) Expire() {
+func (a *alarm) timedOut() {
 	if f := a.f.Load(); f != nil {
 		f.timedOut()
 	}
@@ -112,6 +112,7 @@ type later struct {
 	last      error
 	misses    []tryMiss
 	tryTimer  *time.Timer
+	budget    *time.Timer
 	alarm     *alarm // what the timers call
 }
 
@@ -324,7 +325,8 @@ func (f *later) end(err error) {
 	if f.tryTimer != nil {
 		f.tryTimer.Stop()
 	}
-	f.alarm.f.Store(nil) // the deadline and a stopped timer linger: see alarm
+	f.budget.Stop()
+	f.alarm.f.Store(nil) // a stopped timer may linger: see alarm
 	f.mu.Unlock()
 	f.release()
 	f.done(err)

@@ -23,7 +23,6 @@ import (
 	"github.com/sipedge/sipedge/edge/audit"
 	"github.com/sipedge/sipedge/edge/clock"
 	"github.com/sipedge/sipedge/edge/dialog"
-	"github.com/sipedge/sipedge/edge/expiry"
 	"github.com/sipedge/sipedge/edge/registry"
 	"github.com/sipedge/sipedge/edge/udptx"
 	"github.com/sipedge/sipedge/nat"
@@ -266,7 +265,7 @@ func New(cfg Config, socks *Sockets, d Deps) (*Server, error) {
 // sanity for the core.
 func (s *Server) chains(self *self, flowLeg func(nat.FlowKey) leg) {
 	cfg, d := s.cfg, s.d
-	s.relay = &relay{log: d.Log, timeout: cfg.Core.Timeout, deadlines: expiry.New(cfg.Core.Timeout), self: self}
+	s.relay = &relay{log: d.Log, timeout: cfg.Core.Timeout, self: self}
 	s.limit = limit{log: d.Log, limiter: d.Limiter, registry: d.Registry, proven: s.proven}
 	au := auth{limiter: d.Limiter, proofs: s.proofs, proven: s.proven}
 	s.proxy = &proxy{log: d.Log, self: self, relay: s.relay, tenants: s.tenants, flowLeg: flowLeg,
@@ -670,7 +669,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-time.After(time.Second):
 		s.log.Warn("handlers still running after close")
 	}
-	s.relay.deadlines.Close()
 	// sipgo hands each request it read to a goroutine of its own, which
 	// then looks up the connection to answer on. One that got there after
 	// the UAs closed found the pool cleared and bound a socket of its own
