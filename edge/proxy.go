@@ -349,7 +349,16 @@ func (p *proxy) wake(ctx context.Context, r *Request, fwd *sip.Request, flow nat
 	if !r.Tx.OnCancel(func(*sip.Request) { once.Do(func() { close(canceled) }) }) {
 		return flow, errDrop // canceled already: sipgo answered
 	}
-	woke, contact, err := p.waker.hold(ctx, b, fwd, canceled)
+	held := func() {
+		if r.IsInvite() {
+			// 100 Trying now rather than from sipgo's Timer_1xx: a
+			// retransmission that reaches sipgo before that timer fires
+			// stops it, and the transaction then has nothing to resend
+			// for the whole hold.
+			reply(p.log, r, 100, "Trying")
+		}
+	}
+	woke, contact, err := p.waker.hold(ctx, b, fwd, canceled, held)
 	if err != nil {
 		return flow, err
 	}

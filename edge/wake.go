@@ -118,8 +118,8 @@ func (w *waker) wakes(b registry.Binding) bool {
 
 // hold waits until b's phone registered again, pushing it once, and
 // returns its new binding's flow and contact. canceled ends the wait (a
-// CANCEL from the core).
-func (w *waker) hold(ctx context.Context, b registry.Binding, req *sip.Request, canceled <-chan struct{}) (nat.FlowKey, string, error) {
+// CANCEL from the core). held is called once the request counts as held.
+func (w *waker) hold(ctx context.Context, b registry.Binding, req *sip.Request, canceled <-chan struct{}, held func()) (nat.FlowKey, string, error) {
 	key := b.AOR + "\x00" + b.Push.PRID
 	select {
 	case <-w.quit:
@@ -155,6 +155,7 @@ func (w *waker) hold(ctx context.Context, b registry.Binding, req *sip.Request, 
 		}
 		w.mu.Unlock()
 	}()
+	held()
 
 	t := time.NewTimer(w.cfg.Hold)
 	defer t.Stop()

@@ -119,6 +119,14 @@ func TestWakeLoadBoundedHolding(t *testing.T) {
 	if got := calls.deliver(t, ids, window, 20*time.Second); got[100] != len(ids) {
 		t.Fatalf("%d INVITEs for 99 phones: %v, want every one held (100 Trying, no final)", len(ids), got)
 	}
+	// A 100 Trying says the edge has the INVITE, not that it holds it
+	// yet (sipgo sends one after 200 ms wherever the handler is): the
+	// bounds are full only once every one is held.
+	for deadline := time.Now().Add(20 * time.Second); heldGoroutines() < maxHeld; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d INVITEs held 20 s after every one had its 100 Trying, want %d", heldGoroutines(), maxHeld)
+		}
+	}
 	sendTook := time.Since(sendStart)
 	during := memNow()
 

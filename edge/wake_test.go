@@ -221,6 +221,27 @@ func TestPushHoldEnds(t *testing.T) {
 	}
 }
 
+// A held INVITE is answered 100 Trying even when its first copy comes
+// at once: sipgo's own 100 (after 200 ms) is cancelled by any copy that
+// reaches the transaction first, after which the transaction had
+// nothing to resend for the whole hold. Later copies get the 100 again.
+func TestPushHoldTryingSurvivesACopy(t *testing.T) {
+	l := startPushLab(t, 5*time.Second)
+	inv := l.invite("copied-1")
+	l.coreSk.Send(inv)
+	l.coreSk.Send(inv) // the copy, before sipgo's Timer_1xx
+	trying := func(what string) {
+		t.Helper()
+		res := l.coreSk.MustRecvResponse(2 * time.Second)
+		if res.StatusCode != 100 {
+			t.Fatalf("%s: got %d, want 100 Trying", what, res.StatusCode)
+		}
+	}
+	trying("the INVITE and its copy")
+	l.coreSk.Send(inv)
+	trying("a later copy")
+}
+
 // apnsPusher is cmd/sipedge's adapter, for the edge's tests.
 type apnsPusher struct{ s *push.Senders }
 
