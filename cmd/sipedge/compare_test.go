@@ -804,10 +804,13 @@ func startFloor(t *testing.T, core *kamailio) *cmpEdge {
 func warmUp(t *testing.T, edges []*cmpEdge, core *kamailio, csv string, rate int) {
 	t.Helper()
 	for _, e := range edges {
-		r := registerRun(t, e, core, csv, rate, 0, 5)
+		r := registerRun(t, e, core, csv, rate, 0, warmUpSeconds)
 		t.Logf("%-8s %5d/s warm-up, not counted: %d ok, %d failed, CPU %.2fs", e.name, rate, r.success, r.failed, r.cpu.Seconds())
 	}
 }
+
+// warmUpSeconds is how long a warm-up run lasts.
+const warmUpSeconds = 5
 
 // inTurn is the order the edges run in in round: as listed, then the
 // other way round (A B, B A), so that neither gains from its place.
@@ -1085,8 +1088,8 @@ func TestEdgeCompareCalls(t *testing.T) {
 	// their edge and wait through the other edge's (each run is followed
 	// by at most settleMax of measure).
 	runLimit := time.Duration(env.seconds)*time.Second + 20*time.Second
-	total := time.Duration(len(env.rates)*env.rounds*len(edges)) * (runLimit + settleMax)
-	calls := 0
+	total := time.Duration((len(env.rates)*env.rounds+1)*len(edges)) * (runLimit + settleMax)
+	calls := env.rates[0] * warmUpSeconds
 	for _, r := range env.rates {
 		calls += env.rounds * r * env.seconds
 	}
@@ -1117,43 +1120,53 @@ func TestEdgeCompareCalls(t *testing.T) {
 		})
 	}
 
+	// run is one run of edges[i] at rate for seconds.
+	run := func(i, rate, round, seconds int) cmpRun {
+		e := edges[i]
+		r := cmpRun{rate: rate, round: round, planned: rate * seconds}
+		bans := e.bansSeen()
+		refused := e.refused()
+		var uac *phone
+		var exit int
+		u := measure(t, e, core, func() {
+			uac = startPhone(t, phoneOpts{
+				name: "uac " + e.name, target: e.addr, transport: "u1", scenario: "uac_bench.xml",
+				port: e.port, calls: r.planned, rate: rate, limit: runLimit, load: true,
+				keys: map[string]string{"user": strconv.Itoa(1000 + 2*i), "callee": strconv.Itoa(1001 + 2*i)},
+				args: []string{"-trace_rtt", "-rtt_freq", rttFreq, "-aa"},
+			})
+			exit = uac.wait(t)
+		})
+		r.cpu, r.sys, r.wait, r.coreCPU = u.cpu, u.sys, u.wait, u.core
+		r.exit = exit
+		st := uac.stat()
+		r.sippOutcome(st.stat, st.errors, uac.dir)
+		r.bans = e.bansSeen() - bans
+		r.addRefusals(refused, e.refused())
+		r.mib = treeMiB(e.p.cmd.Process.Pid)
+		if r.failed > 0 || r.exit != 0 {
+			t.Logf("%s %d calls/s round %d: first sipp errors:\n%s%s", e.name, rate, round, head(st.errors, 12), sippFatal(r.exit, uac.dir))
+		}
+		if r.bans > 0 {
+			t.Logf("%s reported %d ban(s) during the run", e.name, r.bans)
+		}
+		return r
+	}
+	for i, e := range edges { // uncounted, as warmUp for registrations
+		r := run(i, env.rates[0], 0, warmUpSeconds)
+		t.Logf("%-8s %5d calls/s warm-up, not counted: %d ok, %d failed, CPU %.2fs", e.name, env.rates[0], r.success, r.failed, r.cpu.Seconds())
+	}
 	for _, rate := range env.rates {
 		for round := 1; round <= env.rounds; round++ {
-			for i, e := range edges {
+			for _, e := range inTurn(edges, round) {
 				if e.gaveUp != 0 {
 					continue
 				}
-				r := cmpRun{rate: rate, round: round, planned: rate * env.seconds}
-				bans := e.bansSeen()
-				refused := e.refused()
-				var uac *phone
-				var exit int
-				u := measure(t, e, core, func() {
-					uac = startPhone(t, phoneOpts{
-						name: "uac " + e.name, target: e.addr, transport: "u1", scenario: "uac_bench.xml",
-						port: e.port, calls: r.planned, rate: rate, limit: runLimit, load: true,
-						keys: map[string]string{"user": strconv.Itoa(1000 + 2*i), "callee": strconv.Itoa(1001 + 2*i)},
-						args: []string{"-trace_rtt", "-rtt_freq", rttFreq, "-aa"},
-					})
-					exit = uac.wait(t)
-				})
-				r.cpu, r.sys, r.wait, r.coreCPU = u.cpu, u.sys, u.wait, u.core
-				r.exit = exit
-				st := uac.stat()
-				r.sippOutcome(st.stat, st.errors, uac.dir)
-				r.bans = e.bansSeen() - bans
-				r.addRefusals(refused, e.refused())
-				r.mib = treeMiB(e.p.cmd.Process.Pid)
+				r := run(slices.Index(edges, e), rate, round, env.seconds)
 				e.runs = append(e.runs, r)
 				t.Logf("%-8s %5d calls/s round %d: exit %d, %d ok, %d failed%s, %.0f/s, CPU %.2fs (core %.2fs), INVITE→200 p50/p99 %s ms, %.0f MiB, load %s",
 					e.name, rate, round, r.exit, r.success, r.failed, paren(r.why), r.achieved,
 					r.cpu.Seconds(), r.coreCPU.Seconds(), p50p99(r.rtts), r.mib, loadavg())
-				if r.failed > 0 || r.exit != 0 {
-					t.Logf("first sipp errors:\n%s%s", head(st.errors, 12), sippFatal(r.exit, uac.dir))
-				}
-				if r.bans > 0 {
-					t.Logf("%s reported %d ban(s) during the run", e.name, r.bans)
-				}
 				if r.failed*2 > int64(r.planned) || r.success*2 < int64(r.planned) {
 					e.gaveUp = rate
 					t.Logf("%s: most calls failed at %d/s; no higher rates for it", e.name, rate)
@@ -1162,6 +1175,6 @@ func TestEdgeCompareCalls(t *testing.T) {
 		}
 	}
 	t.Log("\n" + cmpTable(fmt.Sprintf(
-		"calls INVITE 180 200 ACK BYE 200 (no media, callee rings 20 ms), both phones behind the edge (each call crosses it twice), UDP, 127.0.0.1, %d s a run, %d round(s) A B A B, one Kamailio core; p50/p99 is INVITE→200, ring included",
+		"calls INVITE 180 200 ACK BYE 200 (no media, callee rings 20 ms), both phones behind the edge (each call crosses it twice), UDP, 127.0.0.1, %d s a run, %d round(s) A B then B A after a warm-up run each, one Kamailio core; p50/p99 is INVITE→200, ring included",
 		env.seconds, env.rounds), "calls", env.rates, edges))
 }
