@@ -797,10 +797,10 @@ func startFloor(t *testing.T, core *kamailio) *cmpEdge {
 }
 
 // warmUp runs each edge once at rate, uncounted. The first traffic a
-// process gets costs more than what follows (Kamailio's edge first
-// touches its shared memory: its first round at 3,000/s cost 1.6 times
-// its next three), and would otherwise be charged to the first rate's
-// first round.
+// process gets costs more than what follows (Kamailio's edge's first
+// round at 3,000/s cost 1.6 times its next three, most likely its shared
+// memory's first touch: it grew from 11 to some 300 MiB in that round),
+// and would otherwise be charged to the first rate's first round.
 func warmUp(t *testing.T, edges []*cmpEdge, core *kamailio, csv string, rate int) {
 	t.Helper()
 	for _, e := range edges {
@@ -823,6 +823,22 @@ func inTurn(edges []*cmpEdge, round int) []*cmpEdge {
 	return rev
 }
 
+// measure fills r from one sipp run through e (sipp runs it, inside
+// the CPU measure): the edge's CPU, sipp's outcome, and what the edge
+// says it did meanwhile (bans, refusals) and holds after (memory).
+func (r *cmpRun) measure(t *testing.T, e *cmpEdge, core *kamailio, sipp func() sippResult) {
+	t.Helper()
+	bans, refused := e.bansSeen(), e.refused()
+	var res sippResult
+	u := measure(t, e, core, func() { res = sipp() })
+	r.cpu, r.sys, r.wait, r.coreCPU = u.cpu, u.sys, u.wait, u.core
+	r.exit = res.exit
+	r.sippOutcome(res.stat, res.errors, res.dir)
+	r.bans = e.bansSeen() - bans
+	r.addRefusals(refused, e.refused())
+	r.mib = treeMiB(e.p.cmd.Process.Pid)
+}
+
 // registerRun runs sipp registrations through e at rate for seconds.
 func registerRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, round, seconds int) cmpRun {
 	t.Helper()
@@ -830,23 +846,16 @@ func registerRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, rou
 		csv = e.csv
 	}
 	r := cmpRun{rate: rate, round: round, planned: rate * seconds}
-	bans := e.bansSeen()
-	refused := e.refused()
 	var res sippResult
-	u := measure(t, e, core, func() {
+	r.measure(t, e, core, func() sippResult {
 		res = runSippQuiet(t, sippRun{
 			target: e.addr, transport: "u1", csv: csv, scenario: "register_bench.xml",
 			calls: r.planned, rate: rate, limit: time.Duration(seconds)*time.Second + 20*time.Second,
 			port: e.port,
 			args: []string{"-trace_rtt", "-rtt_freq", rttFreq, "-buff_size", strconv.Itoa(4 << 20)},
 		})
+		return res
 	})
-	r.cpu, r.sys, r.wait, r.coreCPU = u.cpu, u.sys, u.wait, u.core
-	r.exit = res.exit
-	r.sippOutcome(res.stat, res.errors, res.dir)
-	r.bans = e.bansSeen() - bans
-	r.addRefusals(refused, e.refused())
-	r.mib = treeMiB(e.p.cmd.Process.Pid)
 	if r.failed > 0 || r.exit != 0 {
 		t.Logf("%s %d/s round %d: first sipp errors:\n%s%s", e.name, rate, round, head(res.errors, 12), sippFatal(r.exit, res.dir))
 	}
@@ -1124,28 +1133,21 @@ func TestEdgeCompareCalls(t *testing.T) {
 	run := func(i, rate, round, seconds int) cmpRun {
 		e := edges[i]
 		r := cmpRun{rate: rate, round: round, planned: rate * seconds}
-		bans := e.bansSeen()
-		refused := e.refused()
-		var uac *phone
-		var exit int
-		u := measure(t, e, core, func() {
-			uac = startPhone(t, phoneOpts{
+		var res sippResult
+		r.measure(t, e, core, func() sippResult {
+			uac := startPhone(t, phoneOpts{
 				name: "uac " + e.name, target: e.addr, transport: "u1", scenario: "uac_bench.xml",
 				port: e.port, calls: r.planned, rate: rate, limit: runLimit, load: true,
 				keys: map[string]string{"user": strconv.Itoa(1000 + 2*i), "callee": strconv.Itoa(1001 + 2*i)},
 				args: []string{"-trace_rtt", "-rtt_freq", rttFreq, "-aa"},
 			})
-			exit = uac.wait(t)
+			res.exit = uac.wait(t)
+			st := uac.stat()
+			res.stat, res.errors, res.dir = st.stat, st.errors, uac.dir
+			return res
 		})
-		r.cpu, r.sys, r.wait, r.coreCPU = u.cpu, u.sys, u.wait, u.core
-		r.exit = exit
-		st := uac.stat()
-		r.sippOutcome(st.stat, st.errors, uac.dir)
-		r.bans = e.bansSeen() - bans
-		r.addRefusals(refused, e.refused())
-		r.mib = treeMiB(e.p.cmd.Process.Pid)
 		if r.failed > 0 || r.exit != 0 {
-			t.Logf("%s %d calls/s round %d: first sipp errors:\n%s%s", e.name, rate, round, head(st.errors, 12), sippFatal(r.exit, uac.dir))
+			t.Logf("%s %d calls/s round %d: first sipp errors:\n%s%s", e.name, rate, round, head(res.errors, 12), sippFatal(r.exit, res.dir))
 		}
 		if r.bans > 0 {
 			t.Logf("%s reported %d ban(s) during the run", e.name, r.bans)
