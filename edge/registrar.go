@@ -241,7 +241,7 @@ func (g *registrar) forwardRegister(ctx context.Context, r *Request, reg *regist
 	to leg, mine []registry.Binding, v verdict) error {
 	cfg := pol.cfg
 	maxE := int(cfg.MaxExpires / time.Second)
-	// Near max_inflight refreshes go first: past three quarters of it only
+	// Near the in-flight cap refreshes go first: past three quarters of it only
 	// a source already holding the AOR gets a slot. The registry is asked
 	// only then, not for every REGISTER.
 	to.admit = func() (func(), error) {

@@ -86,8 +86,12 @@ type Config struct {
 	RetryAfter  time.Duration `toml:"retry_after"`
 	RetryJitter float64       `toml:"retry_jitter"`
 
-	// MaxInflight caps requests forwarded to the core and not yet answered.
-	MaxInflight int `toml:"max_inflight"`
+	// MaxInflight caps requests forwarded to the core and not yet
+	// answered. InflightTime raises that cap to as many as the core
+	// answered in so long at its recent pace, when that is more (at
+	// most ten times MaxInflight; 0: MaxInflight only).
+	MaxInflight  int           `toml:"max_inflight"`
+	InflightTime time.Duration `toml:"inflight_time"`
 
 	// FloodWindow: a proven source over any per-source limit, without a
 	// pause of a second or more, for this long is banned.
@@ -181,7 +185,8 @@ func DefaultConfig() Config {
 		RetryAfter:  20 * time.Second,
 		RetryJitter: 0.25,
 
-		MaxInflight: 1000,
+		MaxInflight:  1000,
+		InflightTime: time.Second,
 
 		FloodWindow: 10 * time.Second,
 
@@ -302,6 +307,7 @@ func (c Config) validateBans(v *validator) {
 		v.bad("retry_jitter", "must be in [0, 1)")
 	}
 	v.atLeast("max_inflight", c.MaxInflight, 1)
+	v.dur("inflight_time", c.InflightTime, 0)
 	v.dur("flood_window", c.FloodWindow, time.Second)
 	v.dur("ban_time", c.BanTime, time.Second)
 	if c.BanMax < c.BanTime {

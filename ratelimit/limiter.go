@@ -154,7 +154,7 @@ type Limiter struct {
 	overReq     reqLimits
 	overLim     *limits // what overEnt and overReq are scaled to
 
-	inflight atomic.Int64
+	inflight inflight
 
 	wideMu   sync.Mutex
 	wideList []wideBan                 // owned under wideMu

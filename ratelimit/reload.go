@@ -81,6 +81,7 @@ func newLimits(cfg Config) *limits {
 //   - Smaller max_sources, max_aors, max_bans, max_conns or max_inflight
 //     evict nothing: they refuse new entries, connections or requests
 //     until the count is below them (Sweep drops idle entries as usual).
+//     inflight_time applies from the next Sweep.
 //   - A newly allowlisted source is let through at once; a ban it holds is
 //     kept as a record but not enforced while it is allowlisted.
 //

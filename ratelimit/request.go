@@ -5,7 +5,6 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -151,43 +150,6 @@ func (l *Limiter) aorLookup(as *aorShard, aor string) (aorEntry, bool) {
 		return aorEntry{}, false
 	}
 	return aorEntry{key: strings.Clone(aor)}, true
-}
-
-// Inflight takes one of max_inflight slots for a request forwarded to the
-// core. When ok, release must be called once the core has answered (or
-// the request is abandoned); it is idempotent. When not ok, answer 503
-// with RetryAfter; release is then a no-op, never nil.
-func (l *Limiter) Inflight() (release func(), ok bool) {
-	return l.inflightUnder(l.lim.Load().cfg.MaxInflight)
-}
-
-// InflightNew is Inflight for a request that starts something new, a
-// first registration: it leaves the last quarter of max_inflight to
-// refreshes, so a core near its limit keeps the phones it has and turns
-// new ones away first.
-func (l *Limiter) InflightNew() (release func(), ok bool) {
-	return l.inflightUnder(max(1, l.lim.Load().cfg.MaxInflight*3/4))
-}
-
-// InflightCrowded reports whether three quarters of max_inflight are
-// taken: from there InflightNew refuses. A cheap look, for callers that
-// must work out first whether a request is new.
-func (l *Limiter) InflightCrowded() bool {
-	return l.inflight.Load() >= int64(max(1, l.lim.Load().cfg.MaxInflight*3/4))
-}
-
-func (l *Limiter) inflightUnder(limit int) (release func(), ok bool) {
-	if l.inflight.Add(1) > int64(limit) {
-		l.inflight.Add(-1)
-		l.count(&l.shards[0], Reject, ReasonInflight, netip.Addr{})
-		return noop, false
-	}
-	var done atomic.Bool
-	return func() {
-		if done.CompareAndSwap(false, true) {
-			l.inflight.Add(-1)
-		}
-	}, true
 }
 
 // AuthFailure records that the core answered 401 or 403 to a request from

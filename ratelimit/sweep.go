@@ -63,6 +63,7 @@ func (l *Limiter) Sweep() {
 		as.mu.Unlock()
 	}
 	expired = l.sweepWide(now, forget, expired)
+	l.inflight.pace(now, l.lim.Load().cfg.InflightTime)
 	if l.ev.OnUnban != nil {
 		for _, b := range expired {
 			l.ev.OnUnban(b)
@@ -98,12 +99,13 @@ func (sh *shard) compact() {
 
 // Stats is a snapshot for metrics.
 type Stats struct {
-	Sources      int // sources tracked individually, bound ones included
-	BoundSources int // tracked sources holding bindings
-	AORs         int // addresses-of-record tracked
-	Bans         int // bans in force (sources and prefixes)
-	BanRecords   int // source ban records, in force or kept for escalation
-	Inflight     int // requests toward the core now
+	Sources       int // sources tracked individually, bound ones included
+	BoundSources  int // tracked sources holding bindings
+	AORs          int // addresses-of-record tracked
+	Bans          int // bans in force (sources and prefixes)
+	BanRecords    int // source ban records, in force or kept for escalation
+	Inflight      int // requests toward the core now
+	InflightLimit int // how many may be: max_inflight, or more at the core's pace
 
 	OverflowHits uint64 // times an untracked source used the shared budget (max_sources reached)
 	AOROverflow  uint64 // times an AOR went unlimited because max_aors was reached
@@ -119,14 +121,15 @@ type Stats struct {
 func (l *Limiter) Stats() Stats {
 	now := l.nowNS()
 	s := Stats{
-		Sources:      int(l.tracked.Load()),
-		BoundSources: int(l.bound.Load()),
-		AORs:         int(l.aorCount.Load()),
-		BanRecords:   int(l.banRecs.Load()),
-		Inflight:     int(l.inflight.Load()),
-		OverflowHits: l.overflowHits.Load(),
-		AOROverflow:  l.aorOverflow.Load(),
-		BanOverflow:  l.banOverflow.Load(),
+		Sources:       int(l.tracked.Load()),
+		BoundSources:  int(l.bound.Load()),
+		AORs:          int(l.aorCount.Load()),
+		BanRecords:    int(l.banRecs.Load()),
+		Inflight:      int(l.inflight.n.Load()),
+		InflightLimit: int(l.inflightLimit(false)),
+		OverflowHits:  l.overflowHits.Load(),
+		AOROverflow:   l.aorOverflow.Load(),
+		BanOverflow:   l.banOverflow.Load(),
 	}
 	for i := range l.shards {
 		sh := &l.shards[i]

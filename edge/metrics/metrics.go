@@ -216,6 +216,7 @@ var (
 	descBans          = prometheus.NewDesc("sipedge_bans", "Bans in force (sources and networks).", nil, nil)
 	descSources       = prometheus.NewDesc("sipedge_limiter_sources", "Sources the limiter tracks, and of them those holding bindings.", []string{"kind"}, nil)
 	descInflight      = prometheus.NewDesc("sipedge_core_requests_in_flight", "Requests toward the cores awaiting their answer.", nil, nil)
+	descInflightLimit = prometheus.NewDesc("sipedge_core_requests_in_flight_limit", "How many requests may await the cores at once: max_inflight, or more at the cores' recent pace (inflight_time).", nil, nil)
 	descCoreUp        = prometheus.NewDesc("sipedge_core_up", "1 if the core takes requests (up or overloaded), 0 if down.", []string{"tenant", "core", "state"}, nil)
 	descStoreOK       = prometheus.NewDesc("sipedge_store_ok", "1 if the state store took the last write, 0 if it is failing.", nil, nil)
 	descRTT           = prometheus.NewDesc("sipedge_keepalive_rtt_seconds", "Round-trip time of the last answered keepalive (OPTIONS) of each flow: quantiles over the flows.", []string{"quantile"}, nil)
@@ -228,7 +229,7 @@ var (
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBindings, descFlows, descFlowRefused, descDecisions, descAllowed, descBans,
-		descSources, descInflight, descCoreUp, descStoreOK, descRTT, descKeepKind, descKeepMiss, descPingsSeen, descTx, descLeanFallbacks} {
+		descSources, descInflight, descInflightLimit, descCoreUp, descStoreOK, descRTT, descKeepKind, descKeepMiss, descPingsSeen, descTx, descLeanFallbacks} {
 		ch <- d
 	}
 }
@@ -296,6 +297,7 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descSources, prometheus.GaugeValue, float64(st.Sources), "tracked")
 		ch <- prometheus.MustNewConstMetric(descSources, prometheus.GaugeValue, float64(st.BoundSources), "bound")
 		ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(st.Inflight))
+		ch <- prometheus.MustNewConstMetric(descInflightLimit, prometheus.GaugeValue, float64(st.InflightLimit))
 	}
 	if s.Cores != nil {
 		for _, c := range s.Cores() {

@@ -131,7 +131,7 @@ func TestMetricsKnownScenario(t *testing.T) {
 			t.Errorf("%s%v = %v (found %v), want %v", c.name, c.labels, got, ok, c.want)
 		}
 	}
-	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "sipedge_limiter_allowed_total", "sipedge_core_requests_in_flight"} {
+	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "sipedge_limiter_allowed_total", "sipedge_core_requests_in_flight", "sipedge_core_requests_in_flight_limit"} {
 		if fams[name] == nil {
 			t.Errorf("%s missing", name)
 		}
