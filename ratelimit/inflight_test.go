@@ -34,6 +34,16 @@ func fill(l *Limiter) int {
 	return len(taken)
 }
 
+// second is a second in which the core answers n requests, ended by the
+// maintenance loop's look; it says how many slots are then to be had.
+func second(t *testing.T, l *Limiter, c *clock, n int) int {
+	t.Helper()
+	answer(t, l, n)
+	c.Advance(time.Second)
+	l.Sweep()
+	return fill(l)
+}
+
 func TestInflightFollowsTheCorePace(t *testing.T) {
 	l, c := newLimiter(t, func(c *Config) { c.MaxInflight, c.InflightTime = 10, 500*time.Millisecond }, Events{})
 	l.Sweep() // the first look only starts the count
@@ -41,10 +51,7 @@ func TestInflightFollowsTheCorePace(t *testing.T) {
 		t.Fatalf("before any pace: %d slots, want max_inflight 10", n)
 	}
 	// The fill's own 10 slots were given back too: 10 + 50 answers in 1 s.
-	answer(t, l, 50)
-	c.Advance(time.Second)
-	l.Sweep()
-	if n := fill(l); n != 30 {
+	if n := second(t, l, c, 50); n != 30 {
 		t.Fatalf("at 60 answers/s and inflight_time 0.5 s: %d slots, want 30", n)
 	}
 	if s := l.Stats(); s.InflightLimit != 30 || s.Inflight != 0 {
@@ -77,10 +84,8 @@ func TestInflightFollowsTheCorePace(t *testing.T) {
 func TestInflightPaceBounded(t *testing.T) {
 	l, c := newLimiter(t, func(c *Config) { c.MaxInflight = 10 }, Events{})
 	l.Sweep()
-	answer(t, l, 5000) // a core answering 5,000/s: 5,000 allowed by the pace
-	c.Advance(time.Second)
-	l.Sweep()
-	if n := fill(l); n != 100 {
+	// A core answering 5,000/s: 5,000 allowed by the pace.
+	if n := second(t, l, c, 5000); n != 100 {
 		t.Fatalf("%d slots, want ten times max_inflight", n)
 	}
 	// A reload to a smaller max_inflight lowers the bound at once.
@@ -97,10 +102,7 @@ func TestInflightPaceBounded(t *testing.T) {
 func TestInflightTimeZeroKeepsTheFixedCap(t *testing.T) {
 	l, c := newLimiter(t, func(c *Config) { c.MaxInflight, c.InflightTime = 10, 0 }, Events{})
 	l.Sweep()
-	answer(t, l, 1000)
-	c.Advance(time.Second)
-	l.Sweep()
-	if n := fill(l); n != 10 {
+	if n := second(t, l, c, 1000); n != 10 {
 		t.Fatalf("%d slots, want max_inflight 10", n)
 	}
 }
