@@ -20,7 +20,7 @@ const paceSeconds = 10
 // four seconds at 250. So the cap follows the core's own recent pace: as
 // many as it answered in inflight_time, never fewer than max_inflight nor
 // more than ten times it. A flood cannot raise it past what the core
-// answers, and the core's 503s and silence lower it within paceSeconds.
+// answers, and a core that falls silent lowers it within paceSeconds.
 type inflight struct {
 	n        atomic.Int64 // slots taken now
 	answered atomic.Int64 // slots given back, ever
