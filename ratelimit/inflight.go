@@ -26,12 +26,19 @@ type inflight struct {
 	answered atomic.Int64 // slots given back, ever
 	paced    atomic.Int64 // the cap the pace allows
 
-	mu     sync.Mutex // pace's
-	looked bool
-	last   int64 // answered at the last look
-	lastNS int64
-	perSec [paceSeconds]int64 // answers a second between looks, a ring
+	last atomic.Pointer[look] // the last look; nil before the first
+
+	mu     sync.Mutex         // pace's ring
+	perSec [paceSeconds]int64 // answers a second between looks
 	i      int
+}
+
+// look is what the maintenance loop saw: slots given back, and when.
+type look struct{ answered, ns int64 }
+
+// perSec is the answers a second from l to a answers at now.
+func (l *look) perSec(a, now int64) int64 {
+	return (a - l.answered) * int64(time.Second) / (now - l.ns)
 }
 
 // Inflight takes one of the slots for a request forwarded to the core
@@ -88,15 +95,14 @@ func (l *Limiter) inflightUnder(num, den int64) (release func(), ok bool) {
 }
 
 // since is the cap the core's pace since the last look allows for over,
-// once that is long enough to tell (a tenth of a second).
+// once that is long enough to tell (a tenth of a second). It takes no
+// lock: it runs for every request near the cap, refused ones included.
 func (f *inflight) since(now int64, over time.Duration) int64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if !f.looked || now-f.lastNS < int64(100*time.Millisecond) {
+	last := f.last.Load()
+	if last == nil || now-last.ns < int64(100*time.Millisecond) {
 		return 0
 	}
-	perSec := (f.answered.Load() - f.last) * int64(time.Second) / (now - f.lastNS)
-	return int64(float64(perSec) * over.Seconds())
+	return int64(float64(last.perSec(f.answered.Load(), now)) * over.Seconds())
 }
 
 // pace is the maintenance loop's look (Sweep, about once a second): the
@@ -106,11 +112,11 @@ func (f *inflight) pace(now int64, over time.Duration) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	a := f.answered.Load()
-	if f.looked && now > f.lastNS {
-		f.perSec[f.i] = (a - f.last) * int64(time.Second) / (now - f.lastNS)
+	if last := f.last.Load(); last != nil && now > last.ns {
+		f.perSec[f.i] = last.perSec(a, now)
 		f.i = (f.i + 1) % paceSeconds
 	}
-	f.looked, f.last, f.lastNS = true, a, now
+	f.last.Store(&look{a, now})
 	var best int64
 	for _, r := range f.perSec {
 		best = max(best, r)
