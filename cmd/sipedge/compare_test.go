@@ -333,6 +333,7 @@ type cmpRun struct {
 	wait        time.Duration // the edge's threads runnable, waiting for a CPU
 	coreCPU     time.Duration
 	mib         float64   // the edge's memory after the run (treeMiB)
+	box, steal  float64   // per cent of the box's CPUs busy, and stolen, while sipp ran
 	rtts        []float64 // ms, each response time measured (sipp -trace_rtt)
 	exit        int
 	bans        int // bans the edge reported during the run
@@ -404,8 +405,12 @@ const (
 // runUsage is what measure reads of a run: the edge's CPU and the kernel's
 // part of it, how long the edge's threads waited for a CPU while
 // runnable (the run-queue delay of /proc/PID/task/TID/schedstat), and
-// the core's CPU.
-type runUsage struct{ cpu, sys, wait, core time.Duration }
+// the core's CPU; and how busy the whole box was while the load ran
+// (per cent of all CPUs, and the hypervisor's steal apart).
+type runUsage struct {
+	cpu, sys, wait, core time.Duration
+	boxBusy, boxSteal    float64
+}
 
 // measure runs load (a sipp run through e, which returns when sipp has
 // ended) and returns what e's process tree and the core used from just
@@ -430,7 +435,16 @@ func measure(t *testing.T, e *cmpEdge, core *kamailio, load func()) runUsage {
 		return u
 	}
 	u0 := read()
+	box0, err := readBoxTicks()
+	if err != nil {
+		t.Fatal(err)
+	}
 	load()
+	box1, err := readBoxTicks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy, steal := box1.since(box0)
 	time.Sleep(settleMin)
 	u1 := read()
 	for deadline := time.Now().Add(settleMax - settleMin); time.Now().Before(deadline); {
@@ -442,7 +456,8 @@ func measure(t *testing.T, e *cmpEdge, core *kamailio, load func()) runUsage {
 			break
 		}
 	}
-	return runUsage{cpu: u1.cpu - u0.cpu, sys: u1.sys - u0.sys, wait: u1.wait - u0.wait, core: u1.core - u0.core}
+	return runUsage{cpu: u1.cpu - u0.cpu, sys: u1.sys - u0.sys, wait: u1.wait - u0.wait, core: u1.core - u0.core,
+		boxBusy: busy, boxSteal: steal}
 }
 
 // runQueueWait sums, over every thread of pids, the time it spent
@@ -760,7 +775,7 @@ func captureRun(t *testing.T, e *cmpEdge, core *kamailio, csv string, rate, seco
 		t.Fatal(err)
 	}
 	us, unpaired = res.times()
-	t.Logf("%s captured at %d/s: %d ok, %d failed%s; %d transactions paired", e.name, rate, r.success, r.failed, paren(r.why), len(us.total))
+	t.Logf("%s captured at %d/s: %d ok, %d failed%s; %d transactions paired; box %s%% busy/stolen", e.name, rate, r.success, r.failed, paren(r.why), len(us.total), boxLoad(r.box, r.steal))
 	return us, unpaired, drops
 }
 
@@ -832,6 +847,7 @@ func (r *cmpRun) measure(t *testing.T, e *cmpEdge, core *kamailio, sipp func() s
 	var res sippResult
 	u := measure(t, e, core, func() { res = sipp() })
 	r.cpu, r.sys, r.wait, r.coreCPU = u.cpu, u.sys, u.wait, u.core
+	r.box, r.steal = u.boxBusy, u.boxSteal
 	r.exit = res.exit
 	r.sippOutcome(res.stat, res.errors, res.dir)
 	r.bans = e.bansSeen() - bans
@@ -898,9 +914,10 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 	fmt.Fprintf(&b, "load average at the end: %s\n", loadavg())
 	fmt.Fprintf(&b, "MiB: the edge's memory after the rate's last run (Pss summed over its processes)\n")
 	fmt.Fprintf(&b, "sys%%: the kernel's share (stime) of the edge's CPU; wait/1000: how long its threads were runnable but waiting for a CPU (schedstat), ms per 1,000\n")
+	fmt.Fprintf(&b, "box%%: how busy the whole machine's CPUs were while sipp ran (sipp, the core, the edge and the rest; /proc/stat), rounds averaged, and the hypervisor's steal after the slash\n")
 	fmt.Fprintf(&b, "none: sipp straight to the core, no edge (its CPU is the core's); added: an edge's p50/p99 less these\n\n")
-	fmt.Fprintf(&b, "%-9s %-8s %-6s %-13s %-7s %-11s %-5s %-10s %-9s %-10s %-6s %s\n",
-		"offered/s", "edge", "held", "completed/s", "failed", "CPU-s/1000", "sys%", "wait/1000", "p50/p99", "core/1000", "MiB", "CPU-s per round")
+	fmt.Fprintf(&b, "%-9s %-8s %-6s %-13s %-7s %-11s %-5s %-10s %-9s %-10s %-6s %-7s %s\n",
+		"offered/s", "edge", "held", "completed/s", "failed", "CPU-s/1000", "sys%", "wait/1000", "p50/p99", "core/1000", "MiB", "box%", "CPU-s per round")
 	type sum struct {
 		cpu time.Duration
 		n   int64
@@ -923,6 +940,7 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 				continue
 			}
 			var cpu, sys, wait, core time.Duration
+			var box, steal float64
 			var n, failed int64
 			var rtts []float64
 			var achieved, cpus []string
@@ -932,6 +950,8 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 				sys += r.sys
 				wait += r.wait
 				core += r.coreCPU
+				box += r.box / float64(len(runs))
+				steal += r.steal / float64(len(runs))
 				n += r.success
 				failed += r.failed
 				rtts = append(rtts, r.rtts...)
@@ -944,15 +964,16 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 			}
 			rttsOf[e.name] = rtts
 			if e.direct {
-				fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11s %-5s %-10s %-9s %-10.3f\n",
-					rate, e.name, yesNo(held), strings.Join(achieved, ", "), failed, "-", "-", "-", p50p99(rtts), cpuPer1000(core, n))
+				fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11s %-5s %-10s %-9s %-10.3f %-6s %s\n",
+					rate, e.name, yesNo(held), strings.Join(achieved, ", "), failed, "-", "-", "-", p50p99(rtts), cpuPer1000(core, n), "-", boxLoad(box, steal))
 				continue
 			}
 			at[e.name] = sum{cpu, n}
 			per[e.name] = cpuPer1000(cpu, n)
-			fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11.3f %-5.0f %-10.0f %-9s %-10.3f %-6.0f %s\n",
+			fmt.Fprintf(&b, "%-9d %-8s %-6s %-13s %-7d %-11.3f %-5.0f %-10.0f %-9s %-10.3f %-6.0f %-7s %s\n",
 				rate, e.name, yesNo(held), strings.Join(achieved, ", "), failed,
-				per[e.name], 100*sys.Seconds()/cpu.Seconds(), 1000*cpuPer1000(wait, n), p50p99(rtts), cpuPer1000(core, n), runs[len(runs)-1].mib, strings.Join(cpus, ", "))
+				per[e.name], 100*sys.Seconds()/cpu.Seconds(), 1000*cpuPer1000(wait, n), p50p99(rtts), cpuPer1000(core, n), runs[len(runs)-1].mib,
+				boxLoad(box, steal), strings.Join(cpus, ", "))
 		}
 		if k, s := per["kamailio"], per["sipedge"]; k > 0 && s > 0 {
 			fmt.Fprintf(&b, "%-9s sipedge/kamailio CPU per %s: %.2fx", "", strings.TrimSuffix(what, "s"), s/k)
@@ -1005,6 +1026,9 @@ func cmpTable(title, what string, rates []int, edges []*cmpEdge) string {
 	}
 	return b.String()
 }
+
+// boxLoad is the box% column: busy/steal, in whole per cent.
+func boxLoad(busy, steal float64) string { return fmt.Sprintf("%.0f/%.0f", busy, steal) }
 
 func yesNo(b bool) string {
 	if b {
