@@ -78,8 +78,9 @@ func (l *Limiter) inflightLimit(fresh bool) int64 {
 func (l *Limiter) inflightUnder(num, den int64) (release func(), ok bool) {
 	f := &l.inflight
 	n := f.n.Add(1)
-	// The pace since the last look is worked out only near the limit: a
-	// run that starts at a high rate need not wait for the next look.
+	// Past the limit as of the last look, the pace since then counts too
+	// (worked out only there): a run that starts at a high rate need not
+	// wait for the next look.
 	if n > max(1, l.inflightLimit(false)*num/den) && n > max(1, l.inflightLimit(true)*num/den) {
 		f.n.Add(-1)
 		l.count(&l.shards[0], Reject, ReasonInflight, netip.Addr{})
